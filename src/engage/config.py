@@ -1,0 +1,168 @@
+"""One typed, frozen configuration object for every job.
+
+Built once at the edge (``cli.py``) from ``conf/default.yaml`` plus flags and passed down;
+nothing below reads files or the environment for settings. Every field has a default so
+``EngageConfig()`` alone is a working configuration.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+PACKAGE_CONF_DIR = Path(__file__).parent / "conf"
+DEFAULT_CONFIG_PATH = PACKAGE_CONF_DIR / "default.yaml"
+DEFAULT_CATALOG_PATH = PACKAGE_CONF_DIR / "messages.yaml"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SimulateConfig(_Frozen):
+    users: int = Field(5_000, gt=0)
+    days: int = Field(180, gt=0)
+    start: str = "2024-01-01"
+    campaign_every_days: int = Field(7, gt=0)
+
+
+class ValidationConfig(_Frozen):
+    reference_time: str | None = None
+    """Events stamped after this instant are quarantined (ISO 8601; None = no check)."""
+
+
+class FeatureConfig(_Frozen):
+    windows: tuple[int, ...] = (7, 28, 90)
+    cart_abandon_hours: int = Field(24, gt=0)
+    engaged_session_seconds: int = Field(10, ge=0)
+    engine: Literal["polars", "duckdb", "spark"] = "polars"
+
+
+class LabelConfig(_Frozen):
+    definition: Literal["inactivity", "cancel_event"] = "inactivity"
+    horizon_days: int = Field(30, gt=0)
+    lookback_days: int = Field(90, gt=0)
+    lead_days: int = Field(0, ge=0)
+    qualifying_events: tuple[str, ...] | None = None
+    """Event types that count as activity for the inactivity label (None = any event)."""
+    cancel_event: str | None = None
+    every_days: int = Field(28, gt=0)
+    min_churned: int = Field(1_000, ge=0)
+    min_retained: int = Field(1_000, ge=0)
+
+
+class ChurnModelConfig(_Frozen):
+    n_estimators: int = Field(600, gt=0)
+    learning_rate: float = Field(0.05, gt=0)
+    num_leaves: int = Field(31, gt=1)
+    min_child_samples: int = Field(50, gt=0)
+    subsample: float = Field(0.8, gt=0, le=1)
+    colsample_bytree: float = Field(0.8, gt=0, le=1)
+    early_stopping_rounds: int = Field(50, gt=0)
+    validation_snapshots: int = Field(1, gt=0)
+    calibration: Literal["isotonic", "platt"] = "isotonic"
+    promote_margin: float = 0.0
+    reasons_top_k: int = Field(3, gt=0)
+    risk_bands: tuple[float, ...] = (0.3, 0.6)
+    """Upper bounds of the low and medium bands; above the last is high."""
+
+
+class OfferConfig(_Frozen):
+    catalog_path: str = str(DEFAULT_CATALOG_PATH)
+    attribution_days: int = Field(7, gt=0)
+    outcome: Literal["purchase", "retention"] = "purchase"
+    learner: Literal["t", "x", "s"] = "t"
+    n_estimators: int = Field(300, gt=0)
+    learning_rate: float = Field(0.05, gt=0)
+    num_leaves: int = Field(15, gt=1)
+    min_child_samples: int = Field(100, gt=0)
+    promote_margin: float = 0.0
+
+
+class PolicyConfig(_Frozen):
+    exploration: Literal["epsilon", "softmax", "none"] = "epsilon"
+    epsilon: float = Field(0.05, ge=0, le=1)
+    temperature: float = Field(0.1, gt=0)
+    holdout_pct: float = Field(0.05, ge=0, lt=1)
+    max_per_7d: int = Field(2, ge=0)
+
+
+class TrackingConfig(_Frozen):
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = "engage"
+    churn_model_name: str = "engage-churn"
+    offer_model_name: str = "engage-offers"
+
+
+class ServeConfig(_Frozen):
+    host: str = "127.0.0.1"
+    port: int = Field(3000, gt=0, lt=65536)
+    max_users_per_request: int = Field(1_000, gt=0)
+    feature_snapshot_path: str = "models/feature_snapshot.parquet"
+    decision_log_dir: str = "models/decisions"
+
+
+class EngageConfig(_Frozen):
+    seed: int = 42
+    simulate: SimulateConfig = SimulateConfig()
+    validation: ValidationConfig = ValidationConfig()
+    features: FeatureConfig = FeatureConfig()
+    labels: LabelConfig = LabelConfig()
+    churn: ChurnModelConfig = ChurnModelConfig()
+    offers: OfferConfig = OfferConfig()
+    policy: PolicyConfig = PolicyConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    serve: ServeConfig = ServeConfig()
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be used, with the file and field named."""
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> EngageConfig:
+    """Read a YAML file (default: the packaged ``default.yaml``) and apply dotted-key overrides.
+
+    ``overrides={"labels.horizon_days": 14}`` sets one field; unknown keys are errors.
+    """
+    source = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    raw: dict[str, Any] = {}
+    if path is not None or source.exists():
+        try:
+            raw = yaml.safe_load(source.read_text()) or {}
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{source}: config file not found") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: top level must be a mapping of sections")
+    extra: dict[str, Any] = {}
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(extra, dotted, value)
+    try:
+        return EngageConfig.model_validate(_deep_merge(raw, extra))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{source}: {problems}") from exc

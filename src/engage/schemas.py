@@ -1,0 +1,104 @@
+"""Table contracts shared by every layer: column names, dtypes and known vocabularies.
+
+Everything above this module refers to columns through these names so that a contract
+change is a one-line edit here. See DESIGN.md, "Table contracts".
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import polars as pl
+
+UTC: Final = "UTC"
+TS_DTYPE: Final = pl.Datetime("us", UTC)
+
+# --- events -----------------------------------------------------------------------------
+USER_ID: Final = "user_id"
+TS: Final = "ts"
+EVENT_TYPE: Final = "event_type"
+
+EVENT_REQUIRED: Final[tuple[str, ...]] = (USER_ID, TS, EVENT_TYPE)
+EVENT_OPTIONAL: Final[dict[str, pl.DataType]] = {
+    "session_id": pl.String(),
+    "item_id": pl.String(),
+    "category": pl.String(),
+    "amount": pl.Float64(),
+    "channel": pl.String(),
+    "message_id": pl.String(),
+    "properties": pl.String(),
+}
+EVENT_SCHEMA: Final[dict[str, pl.DataType]] = {
+    USER_ID: pl.String(),
+    TS: TS_DTYPE,
+    EVENT_TYPE: pl.String(),
+    **EVENT_OPTIONAL,
+}
+EVENT_COLUMNS: Final[tuple[str, ...]] = tuple(EVENT_SCHEMA)
+
+# Event types the simulator emits and the standard features know by name. Others are kept.
+KNOWN_EVENT_TYPES: Final[tuple[str, ...]] = (
+    "session_start",
+    "page_view",
+    "product_view",
+    "add_to_cart",
+    "purchase",
+    "refund",
+    "email_open",
+    "email_click",
+    "push_open",
+)
+
+# --- quarantine -------------------------------------------------------------------------
+REASON: Final = "reason"
+REASON_MISSING_USER: Final = "missing_user_id"
+REASON_BAD_TS: Final = "unparseable_timestamp"
+REASON_FUTURE_TS: Final = "timestamp_after_reference"
+REASON_BAD_AMOUNT: Final = "non_numeric_amount"
+REASON_DUPLICATE: Final = "duplicate_row"
+REASON_MISSING_EVENT_TYPE: Final = "missing_event_type"
+REASON_GUEST: Final = "guest"
+QUARANTINE_REASONS: Final[tuple[str, ...]] = (
+    REASON_MISSING_USER,
+    REASON_MISSING_EVENT_TYPE,
+    REASON_BAD_TS,
+    REASON_FUTURE_TS,
+    REASON_BAD_AMOUNT,
+    REASON_DUPLICATE,
+    REASON_GUEST,
+)
+
+# --- users ------------------------------------------------------------------------------
+SIGNUP_TS: Final = "signup_ts"
+CHANNELS: Final[tuple[str, ...]] = ("email", "push", "in_app", "web_popup")
+
+
+def consent_column(channel: str) -> str:
+    """Name of the users-table flag saying the user accepts messages on `channel`."""
+    return f"consent_{channel}"
+
+
+# --- exposures (campaign log) -----------------------------------------------------------
+MESSAGE_ID: Final = "message_id"
+CHANNEL: Final = "channel"
+PROPENSITY: Final = "propensity"
+CONTROL_ARM: Final = "none"
+EXPOSURE_COLUMNS: Final[tuple[str, ...]] = (USER_ID, TS, MESSAGE_ID, CHANNEL, PROPENSITY)
+CONVERTED: Final = "converted"
+REVENUE: Final = "revenue"
+
+# --- features / labels / scores ---------------------------------------------------------
+AS_OF: Final = "as_of"
+LABEL: Final = "churned"
+SCORE_COLUMNS: Final[tuple[str, ...]] = (
+    USER_ID,
+    AS_OF,
+    "churn_probability",
+    "risk_band",
+    "reasons",
+    MESSAGE_ID,
+    CHANNEL,
+    "expected_uplift",
+    PROPENSITY,
+    "model_versions",
+)
