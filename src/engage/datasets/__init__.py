@@ -1,0 +1,1 @@
+"""Data set adapters (real logs) and the simulator with ground truth."""

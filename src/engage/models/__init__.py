@@ -1,0 +1,1 @@
+"""Estimators: churn (LightGBM + baselines), uplift (multi-arm meta-learners), BTYD."""

@@ -1,0 +1,1 @@
+"""Metrics and estimators that judge models and policies: classification, uplift, off-policy."""

@@ -1,0 +1,1 @@
+"""Plot helpers returning matplotlib figures (never shown or saved here)."""
