@@ -227,7 +227,7 @@ class BGNBD:
         params, fun, converged = _fit_log_params(neg_ll, start, self.maxiter)
         self.params_ = dict(zip(("r", "alpha", "a", "b"), (float(p) for p in params), strict=True))
         self.log_likelihood_ = -fun * total
-        self.n_customers_ = int(round(total))
+        self.n_customers_ = round(total)
         self.converged_ = converged
         return self
 
