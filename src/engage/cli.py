@@ -1,0 +1,435 @@
+"""The `engage` command line: the edge where files, flags and config meet the pure layers.
+
+Heavy libraries are imported inside each command so that `engage --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from engage.config import ConfigError, EngageConfig, load_config
+
+app = typer.Typer(
+    name="engage",
+    help="Churn risk, reasons and the next-best message from raw customer event logs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+import_app = typer.Typer(help="Convert a real data set into engage's tables.", no_args_is_help=True)
+train_app = typer.Typer(help="Train models (tracked in MLflow).", no_args_is_help=True)
+evaluate_app = typer.Typer(help="Judge models and policies offline.", no_args_is_help=True)
+app.add_typer(import_app, name="import")
+app.add_typer(train_app, name="train")
+app.add_typer(evaluate_app, name="evaluate")
+
+console = Console(stderr=True)
+out = Console()
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML config (default: the packaged defaults).")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override one config value, e.g. --set labels.horizon_days=14."),
+]
+
+QUIET_ENV = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "BENTOML_DO_NOT_TRACK": "true",
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+}
+
+
+def _quiet_env() -> None:
+    """Telemetry off before any tracking or serving library is imported."""
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+def build_config(path: Path | None, sets: list[str] | None, **flags: Any) -> EngageConfig:
+    """The one config object: file, then ``--set`` overrides, then explicit command flags."""
+    overrides: dict[str, Any] = {}
+    for item in sets or []:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise _fail(f"--set expects KEY=VALUE, got {item!r}")
+        import yaml
+
+        overrides[key.strip()] = yaml.safe_load(raw)
+    overrides.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        return load_config(path, overrides)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from exc
+
+
+def parse_date(value: str, option: str = "--as-of") -> datetime:
+    """A date or timestamp from the command line, as an aware UTC datetime."""
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise _fail(f"{option}: cannot read {value!r} as a date (use YYYY-MM-DD)") from exc
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def parse_days(value: str, option: str) -> int:
+    """'28d', '4w' or '28' -> days."""
+    text = value.strip().lower()
+    factor = 7 if text.endswith("w") else 1
+    try:
+        return int(text.rstrip("dw")) * factor
+    except ValueError as exc:
+        raise _fail(f"{option}: cannot read {value!r} as a duration (use e.g. 28d or 4w)") from exc
+
+
+@contextmanager
+def progress_bar(label: str) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar exposed as a ``progress(done, total)`` callback."""
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+def _load_events(path: Path, cfg: EngageConfig) -> Any:
+    """Accepted events of a file; a file that can't be read stops the command with its message."""
+    from engage.events import EventsFileError, read_events
+
+    reference = parse_date(cfg.validation.reference_time) if cfg.validation.reference_time else None
+    try:
+        result = read_events(path, reference_time=reference)
+    except EventsFileError as exc:
+        raise _fail(str(exc)) from exc
+    quarantined = result.quarantine.height
+    if quarantined:
+        console.print(
+            f"[yellow]{path}: {quarantined:,} of {result.rows_in:,} rows quarantined "
+            f"(run `engage validate {path}` for reasons)[/]"
+        )
+    return result.accepted
+
+
+def _load_optional_table(path: Path | None) -> Any:
+    if path is None:
+        return None
+    import polars as pl
+
+    if not path.exists():
+        raise _fail(f"{path}: file not found")
+    return pl.read_parquet(path) if path.suffix != ".csv" else pl.read_csv(path, try_parse_dates=True)
+
+
+# ---------------------------------------------------------------------------------------------
+@app.command()
+def simulate(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the four parquet files.")] = Path(
+        "demo/data"
+    ),
+    users: Annotated[int | None, typer.Option(help="Number of users.")] = None,
+    days: Annotated[int | None, typer.Option(help="Days of history.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (same seed, same files).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Simulate users, events and randomized campaigns with ground truth."""
+    from engage.datasets.simulate import simulate as run_simulation
+    from engage.datasets.simulate import write_simulation
+
+    cfg = build_config(config, set_, **{"simulate.users": users, "simulate.days": days, "seed": seed})
+    started = time.perf_counter()
+    with console.status(f"simulating {cfg.simulate.users:,} users x {cfg.simulate.days} days"):
+        data = run_simulation(
+            cfg.simulate.users,
+            cfg.simulate.days,
+            seed=cfg.seed,
+            start=cfg.simulate.start,
+            campaign_every_days=cfg.simulate.campaign_every_days,
+            oracle_horizon_days=cfg.labels.horizon_days,
+        )
+        paths = write_simulation(data, out_dir)
+    elapsed = time.perf_counter() - started
+    table = Table("table", "rows", "file", title=f"simulated in {elapsed:.1f} s (seed {cfg.seed})")
+    for name, path in paths.items():
+        table.add_row(name, f"{getattr(data, name).height:,}", str(path))
+    out.print(table)
+
+
+@app.command()
+def validate(
+    path: Annotated[Path, typer.Argument(help="Events file: CSV, Parquet or JSON Lines (.gz ok).")],
+    out_dir: Annotated[
+        Path | None, typer.Option("--out-dir", help="Write accepted.parquet and quarantine.parquet here.")
+    ] = None,
+    reference_time: Annotated[
+        str | None, typer.Option(help="Quarantine events stamped after this instant.")
+    ] = None,
+    map_: Annotated[
+        list[str] | None, typer.Option("--map", help="Rename a column: THEIRS=OURS, e.g. timestamp=ts.")
+    ] = None,
+) -> None:
+    """Check an events file against the contract; print a summary; split accepted / quarantined."""
+    from engage.events import EventsFileError, read_events, write_validation
+
+    column_map = dict(item.split("=", 1) for item in map_ or [] if "=" in item)
+    reference = parse_date(reference_time, "--reference-time") if reference_time else None
+    started = time.perf_counter()
+    try:
+        result = read_events(path, reference_time=reference, column_map=column_map)
+    except EventsFileError as exc:
+        raise _fail(str(exc)) from exc
+    elapsed = time.perf_counter() - started
+    for line in result.summary().lines():
+        out.print(line, highlight=False)
+    out.print(f"validated in {elapsed:.2f} s ({result.rows_in / max(elapsed, 1e-9):,.0f} rows/s)")
+    if out_dir is not None:
+        accepted, quarantine = write_validation(result, out_dir)
+        out.print(f"wrote {accepted} and {quarantine}")
+
+
+@import_app.command("online-retail-ii")
+def import_online_retail_ii(
+    path: Annotated[Path, typer.Argument(help="online_retail_II_*.parquet (or .csv)")],
+    out_file: Annotated[Path, typer.Option("--out", help="Canonical events parquet.")],
+) -> None:
+    """UCI Online Retail II invoice lines -> purchase / refund events (guests quarantined)."""
+    _import_events("online-retail-ii", path, out_file)
+
+
+@import_app.command("cdnow")
+def import_cdnow(
+    path: Annotated[Path, typer.Argument(help="CDNOW_master.txt(.gz) or CDNOW_sample.txt(.gz)")],
+    out_file: Annotated[Path, typer.Option("--out", help="Canonical events parquet.")],
+) -> None:
+    """CDNOW purchase log -> purchase events."""
+    _import_events("cdnow", path, out_file)
+
+
+@import_app.command("hillstrom")
+def import_hillstrom(
+    path: Annotated[Path, typer.Argument(help="hillstrom.csv(.gz)")],
+    out_file: Annotated[Path, typer.Option("--out", help="Campaign table parquet.")],
+) -> None:
+    """Hillstrom e-mail campaign -> a randomized campaign table (arm, outcomes, propensity)."""
+    from engage.datasets.hillstrom import load_hillstrom
+
+    if not path.exists():
+        raise _fail(f"{path}: file not found")
+    table = load_hillstrom(path)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(out_file, index=False)
+    out.print(f"{len(table):,} rows, arms: {', '.join(sorted(table['arm'].unique()))} -> {out_file}")
+
+
+def _import_events(name: str, path: Path, out_file: Path) -> None:
+    from engage.datasets.registry import ADAPTERS
+    from engage.events import EventsFileError, write_parquet_atomic
+
+    if not path.exists():
+        raise _fail(f"{path}: file not found")
+    try:
+        result = ADAPTERS[name](path)
+    except EventsFileError as exc:
+        raise _fail(str(exc)) from exc
+    write_parquet_atomic(result.accepted, out_file)
+    for line in result.summary().lines():
+        out.print(line, highlight=False)
+    if result.quarantine.height:
+        qpath = out_file.with_name(out_file.stem + ".quarantine.parquet")
+        write_parquet_atomic(result.quarantine, qpath)
+        out.print(f"quarantine -> {qpath}")
+    out.print(f"events -> {out_file}")
+
+
+@app.command()
+def features(
+    events: Annotated[Path, typer.Option(help="Events file.")],
+    as_of: Annotated[list[str], typer.Option("--as-of", help="Snapshot date(s); repeat for several.")],
+    out_file: Annotated[Path, typer.Option("--out", help="Features parquet.")],
+    users: Annotated[Path | None, typer.Option(help="Users table (attributes, consents).")] = None,
+    exposures: Annotated[Path | None, typer.Option(help="Campaign exposures (message fatigue).")] = None,
+    engine: Annotated[str | None, typer.Option(help="polars (default), duckdb or spark.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Point-in-time features per (user, as_of): only events before as_of are read."""
+    cfg = build_config(config, set_, **{"features.engine": engine})
+    dates = [parse_date(d) for d in as_of]
+    table = _compute_features(events, dates, cfg, users, exposures)
+    _write_pandas(table, out_file)
+    out.print(f"{len(table):,} rows x {table.shape[1] - 2} features -> {out_file}")
+
+
+def _compute_features(
+    events: Path, dates: list[datetime], cfg: EngageConfig, users: Path | None, exposures: Path | None
+) -> Any:
+    user_table, exposure_table = _load_optional_table(users), _load_optional_table(exposures)
+    if cfg.features.engine == "spark":
+        from engage.batch import build_features_spark
+
+        return build_features_spark(
+            events, dates, config=cfg.features, users=user_table, exposures=exposure_table
+        )
+    from engage.features import build_features
+
+    frame = _load_events(events, cfg)
+    with progress_bar("features") as progress:
+        return build_features(
+            frame,
+            dates,
+            config=cfg.features,
+            users=user_table,
+            exposures=exposure_table,
+            engine=cfg.features.engine,
+            progress=progress,
+        )
+
+
+def _write_pandas(table: Any, path: Path) -> None:
+    import polars as pl
+
+    from engage.events import write_parquet_atomic
+
+    write_parquet_atomic(pl.from_pandas(table), path)
+
+
+@app.command()
+def dataset(
+    events: Annotated[Path, typer.Option(help="Events file.")],
+    start: Annotated[str, typer.Option(help="First snapshot date.")],
+    end: Annotated[str, typer.Option(help="Last snapshot date (inclusive).")],
+    out_file: Annotated[Path, typer.Option("--out", help="Training table parquet.")],
+    every: Annotated[str, typer.Option(help="Days between snapshots, e.g. 28d.")] = "28d",
+    horizon: Annotated[str, typer.Option(help="Churn horizon, e.g. 30d.")] = "30d",
+    users: Annotated[Path | None, typer.Option(help="Users table.")] = None,
+    exposures: Annotated[Path | None, typer.Option(help="Campaign exposures.")] = None,
+    engine: Annotated[str | None, typer.Option(help="polars (default), duckdb or spark.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Stacked snapshots: features as of each date + churn label over the horizon after it."""
+    from engage.labels import InsufficientDataError, build_training_table, check_sufficiency
+
+    cfg = build_config(
+        config,
+        set_,
+        **{
+            "features.engine": engine,
+            "labels.every_days": parse_days(every, "--every"),
+            "labels.horizon_days": parse_days(horizon, "--horizon"),
+        },
+    )
+    frame = _load_events(events, cfg)
+    with progress_bar("snapshots") as progress:
+        table = build_training_table(
+            frame,
+            parse_date(start, "--start"),
+            parse_date(end, "--end"),
+            feature_config=cfg.features,
+            label_config=cfg.labels,
+            users=_load_optional_table(users),
+            exposures=_load_optional_table(exposures),
+            engine=cfg.features.engine,
+            progress=progress,
+        )
+    _write_pandas(table, out_file)
+    rates = table.groupby("as_of")["churned"].agg(["size", "mean"])
+    summary = Table("as_of", "users", "churn rate", title=f"{len(table):,} rows -> {out_file}")
+    for as_of_value, row in rates.iterrows():
+        summary.add_row(str(as_of_value)[:10], f"{int(row['size']):,}", f"{row['mean']:.1%}")
+    out.print(summary)
+    try:
+        check_sufficiency(table, cfg.labels)
+    except InsufficientDataError as exc:
+        console.print(f"[yellow]warning:[/] {exc}")
+
+
+@app.command()
+def report(
+    events: Annotated[Path, typer.Option(help="Events file.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for CSV, PNG and report.html.")],
+    as_of: Annotated[
+        str | None, typer.Option(help="Report as of this date (default: after the last event).")
+    ] = None,
+) -> None:
+    """Cohort retention, funnel, RFM segments, loyalty tiers and engagement scores as one HTML page."""
+    from engage.report import build_report
+
+    cfg = build_config(None, None)
+    frame = _load_events(events, cfg)
+    if as_of is None:
+        from datetime import timedelta
+
+        moment = frame["ts"].max() + timedelta(microseconds=1)
+    else:
+        moment = parse_date(as_of)
+    path = build_report(frame, as_of=moment, out_dir=out_dir)
+    out.print(f"report -> {path}")
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path, typer.Option("--out", help="Working folder for the demo.")] = Path("demo"),
+    users: Annotated[int | None, typer.Option(help="Simulated users.")] = None,
+    days: Annotated[int | None, typer.Option(help="Simulated days.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """The whole loop on simulated data: simulate -> validate."""
+    cfg = build_config(config, set_, **{"simulate.users": users, "simulate.days": days, "seed": seed})
+    data_dir = out_dir / "data"
+    console.rule("[bold]1. simulate")
+    simulate(
+        out_dir=data_dir,
+        users=cfg.simulate.users,
+        days=cfg.simulate.days,
+        seed=cfg.seed,
+        config=config,
+        set_=set_,
+    )
+    console.rule("[bold]2. validate")
+    validate(path=data_dir / "events.parquet", out_dir=out_dir / "validated", reference_time=None, map_=None)
+
+
+def main() -> None:  # pragma: no cover - console entry point convenience
+    app(prog_name="engage")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Imports point down the layers of DESIGN.md; heavy edge libraries stay at their edge module."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[2] / "src" / "engage"
+
+# Lower number = lower layer. A module may import its own layer or any layer below it.
+LAYERS: dict[str, int] = {
+    "engage": 0,
+    "engage.schemas": 0,
+    "engage.config": 0,
+    "engage.events": 1,
+    "engage.catalog": 1,
+    "engage.datasets": 1,
+    "engage.features": 2,
+    "engage.labels": 2,
+    "engage.outcomes": 2,
+    "engage.analytics": 2,
+    "engage.models": 3,
+    "engage.explain": 3,
+    "engage.policy": 4,
+    "engage.evaluation": 4,
+    "engage.plots": 4,
+    "engage.report": 4,
+    "engage.train": 5,
+    "engage.tracking": 5,
+    "engage.scoring": 5,
+    "engage.batch": 6,
+    "engage.service": 6,
+    "engage.cli": 7,
+}
+EDGE_ONLY = {"mlflow": {"engage.tracking"}, "bentoml": {"engage.service"}, "pyspark": {"engage.batch"}}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _layer(module: str) -> int:
+    best = max((key for key in LAYERS if module == key or module.startswith(key + ".")), key=len)
+    return LAYERS[best]
+
+
+def _imports(path: Path) -> list[str]:
+    names: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+            names += [f"{node.module}.{alias.name}" for alias in node.names if node.module == "engage"]
+    return names
+
+
+MODULES = sorted(SRC.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: _module_name(p))
+def test_every_module_has_a_layer(path: Path) -> None:
+    module = _module_name(path)
+    assert (
+        any(module == k or module.startswith(k + ".") for k in LAYERS if k != "engage") or module == "engage"
+    ), f"{module} is not placed in a layer: add it to LAYERS in {__file__}"
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: _module_name(p))
+def test_imports_point_down(path: Path) -> None:
+    module = _module_name(path)
+    own = _layer(module)
+    for name in _imports(path):
+        if name.startswith("engage.") and name != "engage":
+            assert _layer(name) <= own, f"{module} (layer {own}) imports {name} (layer {_layer(name)})"
+        root = name.split(".")[0]
+        if root in EDGE_ONLY:
+            assert module in EDGE_ONLY[root], f"{module} imports {root}; only {EDGE_ONLY[root]} may"
+
+
+def test_the_rule_catches_an_upward_import(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("from engage.cli import app\nimport mlflow\n")
+    names = _imports(bad)
+    assert _layer("engage.features.spec") < max(_layer(n) for n in names if n.startswith("engage."))
+    assert "mlflow" in names
