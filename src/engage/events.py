@@ -146,7 +146,7 @@ def read_raw(path: str | Path, *, column_map: Mapping[str, str] | None = None) -
             frame = pl.read_parquet(path)
         elif fmt == "csv":
             sep = "\t" if ".tsv" in path.suffixes else ","
-            frame = pl.read_csv(path, infer_schema=False, separator=sep, missing_utf8_is_empty_string=True)
+            frame = pl.read_csv(path, infer_schema=False, separator=sep)
         else:
             frame = pl.read_ndjson(path, infer_schema_length=None)
     except Exception as exc:  # polars raises many types; the user needs the file and the cause
