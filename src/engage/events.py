@@ -321,3 +321,20 @@ def write_validation(result: ValidationResult, out_dir: str | Path) -> tuple[Pat
         write_parquet_atomic(result.accepted, out / "accepted.parquet"),
         write_parquet_atomic(result.quarantine, out / "quarantine.parquet"),
     )
+
+
+def fingerprint(events: pl.DataFrame) -> dict[str, str | int]:
+    """Rows, users, time range and a content hash: enough to tell two training inputs apart."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    if events.height:
+        digest.update(events.select(sorted(events.columns)).hash_rows(seed=0).sort().to_numpy().tobytes())
+    ts = events[s.TS] if s.TS in events.columns else pl.Series([], dtype=s.TS_DTYPE)
+    return {
+        "rows": events.height,
+        "users": events[s.USER_ID].n_unique() if s.USER_ID in events.columns else 0,
+        "ts_min": str(ts.min()),
+        "ts_max": str(ts.max()),
+        "sha256": digest.hexdigest()[:16],
+    }

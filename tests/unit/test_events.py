@@ -93,7 +93,9 @@ def test_accepted_rows_follow_the_contract_exactly() -> None:
         ("events.xlsx", "whatever", "unknown file format"),
     ],
 )
-def test_unreadable_files_raise_one_clear_error(tmp_path: Path, name: str, content: str, message: str) -> None:
+def test_unreadable_files_raise_one_clear_error(
+    tmp_path: Path, name: str, content: str, message: str
+) -> None:
     path = tmp_path / name
     path.write_text(content)
     with pytest.raises(EventsFileError) as info:
@@ -162,18 +164,14 @@ _messy = st.one_of(st.none(), st.text(max_size=6), st.sampled_from(["u1", "u2", 
 _ts = st.one_of(
     st.none(),
     st.text(max_size=8),
-    st.datetimes(min_value=datetime(2020, 1, 1), max_value=datetime(2027, 1, 1)).map(
-        lambda d: d.isoformat()
-    ),
+    st.datetimes(min_value=datetime(2020, 1, 1), max_value=datetime(2027, 1, 1)).map(lambda d: d.isoformat()),
 )
 _amount = st.one_of(st.none(), st.text(max_size=5), st.floats(allow_nan=True).map(str))
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    rows=st.lists(
-        st.tuples(_messy, _ts, st.sampled_from(["purchase", "", "x", None]), _amount), max_size=30
-    ),
+    rows=st.lists(st.tuples(_messy, _ts, st.sampled_from(["purchase", "", "x", None]), _amount), max_size=30),
     duplicate_first=st.booleans(),
 )
 def test_conservation_and_contract_for_any_input(
@@ -195,3 +193,16 @@ def test_conservation_and_contract_for_any_input(
     assert acc[s.TS].null_count() == 0 and (acc[s.TS] <= REF).all()
     assert acc["amount"].drop_nulls().is_finite().all()
     assert acc.is_unique().all()
+
+
+def test_fingerprint_changes_with_content_not_with_row_order() -> None:
+    from engage.events import fingerprint
+
+    events = validate_events(pl.concat([_one(), _one(user_id="u2"), _one(amount="3")]), source="t").accepted
+    same = fingerprint(events.reverse())
+    assert fingerprint(events) == same
+    changed = events.with_columns(
+        pl.when(pl.col("user_id") == "u2").then(1.0).otherwise(pl.col("amount")).alias("amount")
+    )
+    assert fingerprint(changed)["sha256"] != same["sha256"]
+    assert same["rows"] == 3 and same["users"] == 2

@@ -1,0 +1,59 @@
+"""What a trained churn model ships with: the estimator, its reason explainer and risk bands.
+
+One picklable object so that MLflow, the Bento service and batch scoring load the same thing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+RISK_BAND_NAMES = ("low", "medium", "high", "very_high", "extreme")
+
+
+def risk_bands(probability: np.ndarray | pd.Series, thresholds: Sequence[float]) -> np.ndarray:
+    """Band names for probabilities: below thresholds[0] is 'low', then 'medium', then 'high'."""
+    edges = np.asarray(sorted(thresholds), dtype=float)
+    names = np.asarray(RISK_BAND_NAMES[: len(edges) + 1], dtype=object)
+    return names[np.searchsorted(edges, np.asarray(probability, dtype=float), side="right")]
+
+
+@dataclass
+class ChurnBundle:
+    """A fitted churn model plus what turns its output into an answer a marketer can read."""
+
+    model: Any
+    explainer: Any
+    feature_names: list[str]
+    thresholds: tuple[float, ...] = (0.3, 0.6)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def _features(self, frame: pd.DataFrame) -> pd.DataFrame:
+        missing = [c for c in self.feature_names if c not in frame.columns]
+        if missing:
+            raise ValueError(f"features missing for the churn model: {', '.join(missing[:10])}")
+        return frame[self.feature_names]
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        """Calibrated (n, 2) probabilities, like scikit-learn."""
+        return np.asarray(self.model.predict_proba(self._features(frame)))
+
+    def churn_probability(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.predict_proba(frame)[:, 1]
+
+    def bands(self, probability: np.ndarray) -> np.ndarray:
+        return risk_bands(probability, self.thresholds)
+
+    def reasons(self, frame: pd.DataFrame, top_k: int | None = None) -> list[list[dict[str, Any]]]:
+        """Top risk-raising reasons per row, in plain words."""
+        features = self._features(frame)
+        contributions = self.model.contributions(features)
+        reasons = self.explainer.explain(contributions, features)
+        return [r[:top_k] for r in reasons] if top_k is not None else reasons
+
+    def contributions(self, frame: pd.DataFrame) -> pd.DataFrame:
+        return self.model.contributions(self._features(frame))
