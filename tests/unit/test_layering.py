@@ -16,6 +16,7 @@ LAYERS: dict[str, int] = {
     "engage.config": 0,
     "engage.events": 1,
     "engage.catalog": 1,
+    "engage.decisions": 1,
     "engage.datasets": 1,
     "engage.features": 2,
     "engage.labels": 2,

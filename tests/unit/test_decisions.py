@@ -1,0 +1,50 @@
+"""The decision log survives a crash mid-write and keeps only decision fields."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from engage.decisions import append_decisions, read_decisions
+
+WHEN = datetime(2024, 6, 1, 12, tzinfo=UTC)
+
+
+def _record(i: int) -> dict[str, object]:
+    return {
+        "decision_id": f"d{i}",
+        "user_id": f"u{i}",
+        "message_id": "cart_coupon",
+        "propensity": 0.9,
+        "holdout": False,
+        "events": [{"secret": "raw event"}],
+        "attributes": {"email": "x@example.com"},
+    }
+
+
+def test_round_trip_and_day_partition(tmp_path: Path) -> None:
+    append_decisions([_record(1), _record(2)], tmp_path, decided_at=WHEN)
+    append_decisions([_record(3)], tmp_path, decided_at=WHEN.replace(day=2))
+    frame, skipped = read_decisions(tmp_path)
+    assert skipped == 0
+    assert frame["decision_id"].tolist() == ["d1", "d2", "d3"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["date=2024-06-01", "date=2024-06-02"]
+
+
+def test_raw_events_and_attributes_are_never_written(tmp_path: Path) -> None:
+    path = append_decisions([_record(1)], tmp_path, decided_at=WHEN)
+    text = path.read_text()
+    assert "raw event" not in text and "example.com" not in text
+
+
+def test_a_truncated_last_line_is_skipped_not_fatal(tmp_path: Path) -> None:
+    path = append_decisions([_record(1), _record(2)], tmp_path, decided_at=WHEN)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 17])  # a crash in the middle of the second record
+    frame, skipped = read_decisions(tmp_path)
+    assert frame["decision_id"].tolist() == ["d1"]
+    assert skipped == 1
+    append_decisions([_record(3)], tmp_path, decided_at=WHEN)
+    frame, skipped = read_decisions(tmp_path)
+    assert frame["decision_id"].tolist() == ["d1", "d3"]
+    assert skipped == 1
