@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from engage.analytics import ALL_SEGMENT, SEGMENT_ORDER, TIER_ORDER, CohortTable
 
@@ -46,7 +47,7 @@ def cohort_heatmap(table: CohortTable, *, max_cohorts: int = 24, title: str | No
     fig = Figure(figsize=(max(6.0, 0.55 * n_cols + 2.5), max(3.0, 0.38 * n_rows + 1.6)), layout="constrained")
     ax = fig.add_subplot()
     unit = "months" if table.period == "M" else "weeks"
-    ax.set_title(title or f"Cohort retention (% of cohort active, by {unit} since first activity)")
+    ax.set_title(title or "Cohort retention (% of cohort active)")
     if rates.empty:
         return _empty(fig, ax, "no activity before as_of")
     values = np.ma.masked_invalid(rates.to_numpy(dtype=float))
@@ -95,6 +96,7 @@ def retention_curves(table: CohortTable, *, max_cohorts: int = 12, title: str | 
     ax.plot([], [], color=_GREY, linewidth=1, label=f"single cohorts (latest {len(cohorts)})")
     ax.set_ylim(0, 1.05)
     ax.set_xlabel(f"{unit} since first activity")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("share of cohort active")
     ax.yaxis.set_major_formatter(lambda v, _pos: f"{100 * v:.0f}%")
     ax.grid(alpha=0.3)
@@ -199,21 +201,24 @@ def engagement_histogram(
     """Histogram of engagement scores (0..100) with the low/medium/high band limits and the median."""
     fig = Figure(figsize=(7.5, 4.2), layout="constrained")
     ax = fig.add_subplot()
-    ax.set_title(title or "Engagement score distribution")
     values = scores["engagement_score"].dropna().to_numpy(dtype=float) if len(scores) else np.array([])
     if values.size == 0:
+        ax.set_title(title or "Engagement score distribution")
         return _empty(fig, ax, "no users before as_of")
     edges = np.linspace(0, 100, bins + 1) if isinstance(bins, int) else np.asarray(bins, dtype=float)
     ax.hist(values, bins=edges, color=_BLUE, edgecolor="white")
     for limit in (100 / 3, 200 / 3):
         ax.axvline(limit, color=_GREY, linestyle="--", linewidth=1)
     median = float(np.median(values))
-    ax.axvline(median, color="#c53030", linewidth=2, label=f"median {median:.0f}")
-    top = ax.get_ylim()[1]
+    ax.set_title(
+        title or f"Engagement score distribution ({values.size:,} users, median {median:.0f} in red)"
+    )
+    ax.axvline(median, color="#c53030", linewidth=2)
+    top = ax.get_ylim()[1] * 1.12
+    ax.set_ylim(0, top)
     for x, band in ((100 / 6, "low"), (50, "medium"), (500 / 6, "high")):
         ax.text(x, top * 0.97, band, ha="center", va="top", color="#4a5568")
     ax.set_xlim(0, 100)
     ax.set_xlabel("engagement score (0 = least engaged, 100 = most)")
     ax.set_ylabel("users")
-    ax.legend(loc="upper left")
     return fig
