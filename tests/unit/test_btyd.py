@@ -12,6 +12,7 @@ from engage.models.btyd import (
     BGNBD,
     GammaGamma,
     bgnbd_log_likelihood,
+    btyd_features,
     rfm_summary,
     simulate_bgnbd,
 )
@@ -180,3 +181,32 @@ def test_estimator_contract() -> None:
     assert set(model.params_) == {"r", "alpha", "a", "b"}
     with pytest.raises(ValueError, match="frequency > 0"):
         GammaGamma().fit([0, 0], [0.0, 0.0])
+
+
+def test_btyd_features_follow_the_point_in_time_rule() -> None:
+    model = BGNBD()
+    model.params_ = dict(PUBLISHED_BGNBD)
+    as_of = pd.Timestamp("2024-03-01", tz="UTC")
+    tx = pd.DataFrame(
+        {
+            "user": ["a", "a", "a", "b", "b"],
+            "ts": pd.to_datetime(
+                ["2024-01-01", "2024-01-15", "2024-02-20", "2024-01-03", "2024-02-10"], utc=True
+            ),
+        }
+    )
+    base = btyd_features(tx, "user", "ts", as_of, model, horizons=(4, 8)).set_index("user")
+    # Events at or after as_of (and new users appearing then) change nothing.
+    later = pd.DataFrame(
+        {"user": ["a", "b", "c"], "ts": pd.to_datetime(["2024-03-01", "2024-03-05", "2024-03-02"], utc=True)}
+    )
+    after = btyd_features(pd.concat([tx, later]), "user", "ts", as_of, model, horizons=(4, 8)).set_index(
+        "user"
+    )
+    pd.testing.assert_frame_equal(base, after)
+    summary = rfm_summary(tx, "user", "ts", as_of).set_index("user")
+    expected_alive = model.p_alive(summary["frequency"], summary["recency"], summary["T"])
+    np.testing.assert_allclose(base["btyd_p_alive"], expected_alive)
+    np.testing.assert_allclose(base["btyd_churn_probability"], 1 - expected_alive)
+    four, eight = base["btyd_expected_purchases_4w"], base["btyd_expected_purchases_8w"]
+    assert (eight > four).all() and (four > 0).all()

@@ -390,3 +390,51 @@ class GammaGamma:
         if len(x) != len(m):
             raise ValueError(f"frequency and monetary_value differ in length: {len(x)}, {len(m)}")
         return p * (v + x * m) / (p * x + q - 1)
+
+
+# --- churn baseline and features -------------------------------------------------------------
+
+P_ALIVE = "btyd_p_alive"
+CHURN_BASELINE = "btyd_churn_probability"
+
+
+def expected_purchases_column(horizon: float, unit: str = "W") -> str:
+    """Deterministic feature name for the expected purchases in the next ``horizon`` units."""
+    return f"btyd_expected_purchases_{horizon:g}{unit.lower()}"
+
+
+def btyd_features(
+    transactions: Any,
+    user_col: str,
+    ts_col: str,
+    as_of: str | date | datetime | pd.Timestamp,
+    model: BGNBD,
+    horizons: tuple[float, ...] = (4.0,),
+    unit: str = "W",
+) -> pd.DataFrame:
+    """Point-in-time BG/NBD features per user as of ``as_of`` from a fitted ``model``.
+
+    Uses only transactions with ``ts < as_of`` (the point-in-time rule), so events at or after
+    ``as_of`` cannot change the result. Returns ``user_col``, frequency, recency, T,
+    ``btyd_p_alive``, ``btyd_churn_probability`` (= 1 - P(alive), the churn baseline) and one
+    ``btyd_expected_purchases_<h><unit>`` column per horizon. Users with no purchase before
+    ``as_of`` are absent: the caller decides how to fill them.
+    """
+    frame = _as_pandas(transactions)
+    if ts_col not in frame.columns:
+        raise KeyError(f"btyd_features: missing column {ts_col!r}; have {list(frame.columns)}")
+    ts = pd.to_datetime(frame[ts_col])
+    cutoff = pd.Timestamp(as_of)
+    if ts.dt.tz is not None and cutoff.tzinfo is None:
+        cutoff = cutoff.tz_localize(ts.dt.tz)
+    elif ts.dt.tz is None and cutoff.tzinfo is not None:
+        cutoff = cutoff.tz_convert("UTC").tz_localize(None)
+    before = frame[(ts < cutoff).to_numpy()]
+    out = rfm_summary(before, user_col, ts_col, cutoff, unit=unit)
+    x, t_x, big_t = out[FREQUENCY], out[RECENCY], out[T_COL]
+    alive = model.p_alive(x, t_x, big_t)
+    out[P_ALIVE] = alive
+    out[CHURN_BASELINE] = 1.0 - alive
+    for horizon in horizons:
+        out[expected_purchases_column(horizon, unit)] = model.expected_purchases(horizon, x, t_x, big_t)
+    return out
