@@ -462,7 +462,8 @@ def loyalty_tier(frequency: int, r: int, f: int, m: int) -> str:
 
     - Champions: R >= 4 and F >= 4 (buy often and lately: the RFM ``Champions`` segment);
     - Loyal: F >= 4 and M >= 3 (buy often and spend, not necessarily lately);
-    - Regular: F >= 3;
+    - Regular: F >= 3 and three or more purchase occasions (the raw count keeps heavy ties of
+      one- and two-time buyers, which can share a high F score, out of this tier);
     - Repeat: two or more purchase occasions;
     - New: exactly one purchase occasion.
     """
@@ -470,7 +471,7 @@ def loyalty_tier(frequency: int, r: int, f: int, m: int) -> str:
         return "Champions"
     if f >= 4 and m >= 3:
         return "Loyal"
-    if f >= 3:
+    if f >= 3 and frequency >= 3:
         return "Regular"
     return "Repeat" if frequency >= 2 else "New"
 

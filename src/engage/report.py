@@ -143,6 +143,7 @@ def _captions(t: AnalyticsTables) -> dict[str, str]:
     f_all = t.funnel[t.funnel["segment"] == an.ALL_SEGMENT]
     starters = int(f_all["users"].iloc[0]) if len(f_all) else 0
     end_conv = _pct(float(f_all["conversion"].iloc[-1])) if len(f_all) else "n/a"
+    first_step = str(f_all["step"].iloc[0]) if len(f_all) else ""
     worst = f_all.iloc[1:].sort_values("drop_off", ascending=False).head(1)
     worst_text = (
         f" The largest drop-off is into '{worst['step'].iloc[0]}' ({_pct(float(worst['drop_off'].iloc[0]))})."
@@ -171,6 +172,9 @@ def _captions(t: AnalyticsTables) -> dict[str, str]:
             f"Of {starters:,} users who started the funnel, the bars show the share reaching each later "
             f"step in order within the window; {end_conv} reached the last step.{worst_text} Bars per "
             f"segment compare where each segment loses users; steps with no such events read 0%."
+            if starters
+            else f"No user has a '{first_step}' event before as_of (a purchase-only log, for example), so "
+            f"nobody enters the funnel and every bar reads 0%."
         ),
         "rfm_segments": (
             f"{customers:,} customers with a purchase, placed in named segments by recency (R), frequency "

@@ -229,7 +229,10 @@ def test_loyalty_tiers_pyramid() -> None:
     assert tiers.pyramid["share"].sum() == pytest.approx(1.0)
     merged = table.merge(tiers.users, on=s.USER_ID)
     assert (merged.loc[merged["tier"] == "New", "frequency"] == 1).all()
-    assert (merged.loc[merged["frequency"] == 1, "tier"].isin(["New", "Champions", "Loyal", "Regular"])).all()
+    assert (merged.loc[merged["frequency"] == 1, "tier"].isin(["New", "Champions", "Loyal"])).all()
+    assert (merged.loc[merged["tier"] == "Regular", "frequency"] >= 3).all()
+    assert (merged.loc[merged["tier"] == "Repeat", "frequency"] >= 2).all()
+    assert {"New", "Repeat"} <= set(merged["tier"])
     assert (merged.loc[merged["segment"] == "Champions", "tier"] == "Champions").all()
 
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -31,11 +32,11 @@ _SEGMENT_COLORS = {
 }
 
 
-def _empty(fig: Figure, ax: object, message: str) -> Figure:
+def _empty(fig: Figure, ax: Axes, message: str) -> Figure:
     """Mark an axis as having no data (so an empty table still gives a readable figure)."""
-    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="#4a5568")  # type: ignore[attr-defined]
-    ax.set_xticks([])  # type: ignore[attr-defined]
-    ax.set_yticks([])  # type: ignore[attr-defined]
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="#4a5568")
+    ax.set_xticks([])
+    ax.set_yticks([])
     return fig
 
 
@@ -114,6 +115,8 @@ def funnel_bars(table: pd.DataFrame, *, max_segments: int = 6, title: str | None
         return _empty(fig, ax, "no funnel data")
     steps = list(dict.fromkeys(table["step"]))
     firsts = table[table["step_index"] == 1].set_index("segment")["users"]
+    if int(firsts.max()) == 0:
+        return _empty(fig, ax, f"nobody has a '{steps[0]}' event before as_of: no one enters the funnel")
     others = [seg for seg in firsts.sort_values(ascending=False).index if seg != ALL_SEGMENT][:max_segments]
     segments = [ALL_SEGMENT, *others] if ALL_SEGMENT in firsts.index else others
     width = 0.8 / max(len(segments), 1)
