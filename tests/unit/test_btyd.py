@@ -210,3 +210,9 @@ def test_btyd_features_follow_the_point_in_time_rule() -> None:
     np.testing.assert_allclose(base["btyd_churn_probability"], 1 - expected_alive)
     four, eight = base["btyd_expected_purchases_4w"], base["btyd_expected_purchases_8w"]
     assert (eight > four).all() and (four > 0).all()
+
+
+def test_rfm_summary_names_missing_timestamps() -> None:
+    tx = pd.DataFrame({"user": ["a", "b"], "ts": pd.to_datetime(["2024-01-01", None])})
+    with pytest.raises(ValueError, match=r"'ts'.*row 2"):
+        rfm_summary(tx, "user", "ts", "2024-02-01")

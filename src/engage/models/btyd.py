@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 from scipy import optimize, special
+from sklearn.exceptions import NotFittedError
 
 FREQUENCY = "frequency"
 RECENCY = "recency"
@@ -89,6 +90,9 @@ def rfm_summary(
     if missing:
         raise KeyError(f"rfm_summary: missing column(s) {missing}; have {list(frame.columns)}")
     days, end = _day_floor(frame[ts_col], calibration_end)
+    if days.isna().any():
+        row = int(days.isna().to_numpy().argmax()) + 1
+        raise ValueError(f"rfm_summary: column {ts_col!r} has a missing timestamp (row {row})")
     data = pd.DataFrame({user_col: frame[user_col].to_numpy(), "_day": days.array})
     if amount_col is not None:
         data["_amount"] = pd.to_numeric(frame[amount_col]).to_numpy(dtype=float)
@@ -153,10 +157,6 @@ def _fit_log_params(
     polished = optimize.minimize(neg_ll, result.x, method="BFGS", options={"maxiter": maxiter, "gtol": 1e-6})
     best = polished if polished.fun <= result.fun and np.all(np.isfinite(polished.x)) else result
     return np.exp(best.x), float(best.fun), bool(best.success or result.success)
-
-
-class _NotFittedError(ValueError, AttributeError):
-    """Raised when a model is used before ``fit`` (same bases as scikit-learn's NotFittedError)."""
 
 
 # --- BG/NBD ----------------------------------------------------------------------------------
@@ -234,7 +234,7 @@ class BGNBD:
     def _params(self) -> tuple[float, float, float, float]:
         params = getattr(self, "params_", None)
         if params is None:
-            raise _NotFittedError("BGNBD is not fitted yet: call fit(frequency, recency, T) first")
+            raise NotFittedError("BGNBD is not fitted yet: call fit(frequency, recency, T) first")
         return params["r"], params["alpha"], params["a"], params["b"]
 
     def _log_dropout_odds(self, x: FloatArray, t_x: FloatArray, big_t: FloatArray) -> FloatArray:
@@ -381,7 +381,7 @@ class GammaGamma:
         """E[mean spend per transaction | x, observed mean]; population mean where x = 0."""
         params = getattr(self, "params_", None)
         if params is None:
-            raise _NotFittedError("GammaGamma is not fitted yet: call fit(frequency, monetary_value) first")
+            raise NotFittedError("GammaGamma is not fitted yet: call fit(frequency, monetary_value) first")
         p, q, v = params["p"], params["q"], params["v"]
         if q <= 1:
             raise ValueError(f"fitted q = {q:.3f} <= 1: the population mean spend is undefined")
