@@ -209,6 +209,15 @@ def build_sections(t: AnalyticsTables) -> list[Section]:
     top_users = t.engagement.sort_values("engagement_score", ascending=False).head(10)
     return [
         Section(
+            "event_types",
+            "Event types",
+            "Events and distinct users per event type before as_of. Types a log lacks (a purchase-only "
+            "log has no sessions or views) simply read zero in the sections below.",
+            None,
+            (("Events per type", t.event_types),),
+            ("event_types.csv",),
+        ),
+        Section(
             "cohort_heatmap",
             "Cohort retention",
             cap["cohort_heatmap"],

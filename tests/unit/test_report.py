@@ -131,6 +131,7 @@ def test_build_report_writes_files_and_self_contained_html(tmp_path: Path) -> No
     _check_images(page)
     for name in (
         "Overview",
+        "Events per type",
         "Retention rate by cohort",
         "Funnel by segment",
         "Customers per segment",
