@@ -247,12 +247,15 @@ def import_hillstrom(
 ) -> None:
     """Hillstrom e-mail campaign -> a randomized campaign table (arm, outcomes, propensity)."""
     from engage.datasets.hillstrom import load_hillstrom
+    from engage.events import EventsFileError
 
     if not path.exists():
         raise _fail(f"{path}: file not found")
-    table = load_hillstrom(path)
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    table.to_parquet(out_file, index=False)
+    try:
+        table = load_hillstrom(path)
+    except EventsFileError as exc:
+        raise _fail(str(exc)) from exc
+    _write_pandas(table, out_file)
     out.print(f"{len(table):,} rows, arms: {', '.join(sorted(table['arm'].unique()))} -> {out_file}")
 
 
