@@ -166,7 +166,9 @@ def _captions(t: AnalyticsTables) -> dict[str, str]:
         "retention_curves": (
             f"The same retention as lines: thin grey lines are single cohorts, the thick blue line pools "
             f"all cohorts observed that far. On average {month1} of a cohort is active again one {unit} "
-            f"after its first {unit}; a curve that flattens marks a core of retained users."
+            f"after its first {unit}; a curve that flattens marks a core of retained users. The first "
+            f"cohort also holds customers already active before the log begins, so it retains better "
+            f"and dominates the pooled line at long ages."
         ),
         "funnel": (
             f"Of {starters:,} users who started the funnel, the bars show the share reaching each later "
