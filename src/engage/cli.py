@@ -387,21 +387,34 @@ def report(
     events: Annotated[Path, typer.Option(help="Events file.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for CSV, PNG and report.html.")],
     as_of: Annotated[
-        str | None, typer.Option(help="Report as of this date (default: after the last event).")
+        str | None, typer.Option(help="Report as of this date (default: just after the last event).")
     ] = None,
+    period: Annotated[str, typer.Option(help="Cohort period: M (months) or W (weeks).")] = "M",
+    activity: Annotated[
+        list[str] | None,
+        typer.Option(help="Event types that count as activity for cohorts (repeat; default: all)."),
+    ] = None,
+    segment: Annotated[str | None, typer.Option(help="Events column that splits the funnel.")] = None,
+    title: Annotated[str | None, typer.Option(help="Page title.")] = None,
 ) -> None:
     """Cohort retention, funnel, RFM segments, loyalty tiers and engagement scores as one HTML page."""
+    from datetime import timedelta
+
     from engage.report import build_report
 
-    cfg = build_config(None, None)
-    frame = _load_events(events, cfg)
-    if as_of is None:
-        from datetime import timedelta
-
-        moment = frame["ts"].max() + timedelta(microseconds=1)
-    else:
-        moment = parse_date(as_of)
-    path = build_report(frame, as_of=moment, out_dir=out_dir)
+    frame = _load_events(events, build_config(None, None))
+    moment = frame["ts"].max() + timedelta(microseconds=1) if as_of is None else parse_date(as_of)
+    extra: dict[str, Any] = {"cohort_period": period, "activity_types": activity, "funnel_segment": segment}
+    if title:
+        extra["title"] = title
+    with console.status("report") as status:
+        path = build_report(
+            frame,
+            as_of=moment,
+            out_dir=out_dir,
+            progress=lambda msg: status.update(f"report: {msg}"),
+            **extra,
+        )
     out.print(f"report -> {path}")
 
 
