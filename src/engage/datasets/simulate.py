@@ -1,0 +1,562 @@
+"""Simulated customer event logs with ground truth (churn hazard, per-arm conversion odds).
+
+Users sign up over time; each has a latent engagement level (a Markov chain that drifts),
+an activity trait, category preferences and channel consents. Alive users open sessions
+(Poisson per day, weekly seasonality) that emit page/product views, carts, purchases and
+refunds; a churn hazard that rises as engagement falls moves them to a silent churned state
+(some reactivate). On campaign days every signed-up user is assigned uniformly among the
+control and the messages they consented to; true effects depend on user state. The truth
+tables give, per exposure, the conversion probability under every arm, and, per user on a
+weekly grid, the exact probability of no event in the next H days (the oracle churn score).
+
+Vectorized over users with numpy, looping over days; deterministic by seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from numpy.typing import NDArray
+
+from engage import schemas
+from engage.datasets import _sim_model as m
+
+CATEGORIES: tuple[str, ...] = (
+    "electronics",
+    "fashion",
+    "home",
+    "beauty",
+    "sports",
+    "books",
+    "toys",
+    "grocery",
+)
+ITEMS_PER_CATEGORY = 200
+REGIONS: tuple[str, ...] = ("north", "south", "east", "west", "central")
+PLANS: tuple[str, ...] = ("free", "plus", "premium")
+CONSENT_RATES = {"email": 0.70, "push": 0.45, "in_app": 0.60, "web_popup": 0.20}
+GRID_EVERY_DAYS = 7
+ABANDON_RECENT_DAYS = 7
+US_PER_S = 1_000_000
+DAY_S = 86_400
+
+EVENT_TYPES: tuple[str, ...] = schemas.KNOWN_EVENT_TYPES
+_ET = {name: i for i, name in enumerate(EVENT_TYPES)}
+
+
+@dataclass(frozen=True)
+class SimulatedData:
+    """The simulated tables: raw logs (events, users, exposures) and ground truth (truth, states)."""
+
+    events: pl.DataFrame
+    users: pl.DataFrame
+    exposures: pl.DataFrame
+    truth: pl.DataFrame
+    states: pl.DataFrame
+
+
+class _Buffer:
+    """Column-wise accumulator of numpy chunks (one chunk per simulated day)."""
+
+    def __init__(self) -> None:
+        self._cols: dict[str, list[NDArray[np.generic]]] = {}
+
+    def add(self, **cols: NDArray[np.generic]) -> None:
+        for name, values in cols.items():
+            self._cols.setdefault(name, []).append(np.asarray(values))
+
+    def get(self, name: str, dtype: type | np.dtype = np.float64) -> NDArray[np.generic]:
+        chunks = self._cols.get(name)
+        if not chunks:
+            return np.zeros(0, dtype=dtype)
+        return np.concatenate(chunks)
+
+
+def _arm_name(message_id: str) -> str:
+    return f"p_{message_id}"
+
+
+def _start_us(start: str) -> tuple[int, int]:
+    """Epoch microseconds of `start` at 00:00 UTC, and its weekday (Monday = 0)."""
+    day = datetime.fromisoformat(start).date()
+    midnight = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    return int(midnight.timestamp()) * US_PER_S, day.weekday()
+
+
+def _session_seconds(rng: np.random.Generator, n: int) -> NDArray[np.int64]:
+    """Second of the day a session starts: 07:00-22:00, peaking mid-afternoon."""
+    return (3600.0 * (7.0 + 15.0 * rng.beta(2.0, 2.0, n))).astype(np.int64)
+
+
+def simulate(
+    n_users: int,
+    days: int,
+    *,
+    seed: int,
+    start: str = "2024-01-01",
+    campaign_every_days: int = 7,
+    oracle_horizon_days: int = 30,
+    messages: Sequence[tuple[str, str]] | None = None,
+) -> SimulatedData:
+    """Simulate `n_users` over `days` days from `start` (00:00 UTC); deterministic by `seed`.
+
+    `messages` is the catalog as (message_id, channel) pairs (default: the five packaged
+    messages); the control arm ``none`` is always added. Campaigns run every
+    `campaign_every_days` days (while their 7-day attribution window fits in the run);
+    `oracle_horizon_days` is H in the ``p_inactive_<H>d`` column of ``states``.
+    """
+    if n_users <= 0 or days <= 0:
+        raise ValueError(f"n_users and days must be positive, got {n_users} and {days}")
+    if campaign_every_days <= 0 or oracle_horizon_days <= 0:
+        raise ValueError("campaign_every_days and oracle_horizon_days must be positive")
+    catalog = list(messages) if messages is not None else list(m.DEFAULT_MESSAGES)
+    arms: list[tuple[str, str]] = [(schemas.CONTROL_ARM, schemas.CONTROL_ARM), *catalog]
+    if len({a for a, _ in arms}) != len(arms):
+        raise ValueError(f"duplicate message ids in {[a for a, _ in arms]}")
+    rng = np.random.default_rng(seed)
+    start_us, start_dow = _start_us(start)
+    n, k = n_users, m.N_LEVELS
+    n_cat = len(CATEGORIES)
+
+    # --- static user traits -------------------------------------------------------------
+    pre = rng.random(n) < 0.35
+    signup_day = np.where(pre, -rng.integers(1, 366, n), rng.integers(0, days, n))
+    signup_sec = _session_seconds(rng, n)
+    act_idx = rng.choice(len(m.ACTIVITY), n, p=m.ACTIVITY_P)
+    activity = m.ACTIVITY[act_idx]
+    drift = rng.choice(len(m.DRIFT_UP), n, p=m.DRIFT_P)
+    level_p = np.linspace(0.5, 1.5, k)
+    level = np.where(pre, rng.choice(k, n, p=level_p / level_p.sum()), rng.integers(4, k, n)).astype(np.int64)
+    alive = ~(pre & (rng.random(n) < 0.25))
+    consent = {ch: rng.random(n) < CONSENT_RATES.get(ch, 0.3) for ch in schemas.CHANNELS}
+    consent_code = np.zeros(n, dtype=np.int64)
+    for bit, ch in enumerate(schemas.CHANNELS):
+        consent_code |= consent[ch].astype(np.int64) << bit
+    region = rng.integers(0, len(REGIONS), n)
+    plan = rng.choice(len(PLANS), n, p=[0.7, 0.2, 0.1])
+    spend = np.array([1.0, 1.2, 1.5])[plan]
+    pref = rng.dirichlet(np.full(n_cat, 0.4), n)
+    pref_cum = np.cumsum(pref, axis=1)
+    top_cat = pref.argmax(axis=1)
+
+    # --- dynamic trackers ---------------------------------------------------------------
+    last_session = np.where(alive, -rng.integers(1, 15, n), -rng.integers(30, 200, n)).astype(np.int64)
+    last_session = np.where(pre, last_session, signup_day)
+    last_abandon = np.full(n, -(10**6), dtype=np.int64)
+    browse = np.zeros(n)
+    fatigue = np.zeros(n)
+    browse_decay, fatigue_decay = np.exp(-1.0 / 7.0), np.exp(-1.0 / 21.0)
+
+    avail = np.ones((n, len(arms)), dtype=bool)
+    for j, (_, ch) in enumerate(arms[1:], start=1):
+        avail[:, j] = consent.get(ch, False)
+    n_avail = avail.sum(axis=1)
+    arm_channels = [ch for _, ch in arms]
+    open_by_arm = [ch if ch in ("email", "push") else "" for ch in arm_channels]
+    discount = np.array([m.DISCOUNT.get(a, 0.0) for a, _ in arms])
+    max_delay_ok = min(7, campaign_every_days)
+    campaign_days = [t for t in range(days) if t % campaign_every_days == 0 and t + max_delay_ok <= days]
+    campaign_set = set(campaign_days)
+    horizon = oracle_horizon_days
+    n_consent_codes = 1 << len(schemas.CHANNELS)
+    tables: dict[tuple[int, tuple[int, ...]], NDArray[np.float64]] = {}
+
+    sessions, opens, expo, truth_p, states = _Buffer(), _Buffer(), _Buffer(), [], _Buffer()
+
+    for t in range(days):
+        dow = (start_dow + t) % 7
+        signed = signup_day < t
+        present = signup_day <= t
+        eng_now = m.ENGAGEMENT[level]
+        rate = np.where(alive & present, m.session_rate(level, activity, dow), 0.0)
+        ne0 = np.exp(-rate)
+        is_campaign = t in campaign_set
+
+        # --- campaign ------------------------------------------------------------------
+        conv_level_bump = np.zeros(n, dtype=bool)
+        conv_reactivate = np.zeros(n, dtype=bool)
+        if is_campaign:
+            ex = np.flatnonzero(signed)
+            st = m.UserState(
+                alive=alive[ex],
+                engagement=eng_now[ex],
+                activity=activity[ex],
+                days_since_session=(t - last_session[ex]).astype(np.float64),
+                abandoned_recent=(t - last_abandon[ex]) <= ABANDON_RECENT_DAYS,
+                browse=browse[ex],
+                fatigue=fatigue[ex],
+            )
+            probs = m.arm_probabilities(arms, st)
+            av = avail[ex]
+            pick = np.floor(rng.random(ex.size) * n_avail[ex]).astype(np.int64)
+            choice = np.argmax(np.cumsum(av, axis=1) > pick[:, None], axis=1)
+            p_assigned = probs[np.arange(ex.size), choice]
+            converted = rng.random(ex.size) < p_assigned
+            amount = np.round(rng.lognormal(3.4, 0.6, ex.size) * spend[ex], 2)
+            revenue = np.where(converted, np.round(amount * (1.0 - discount[choice]), 2), 0.0)
+            ex_alive = alive[ex]
+            # opens / clicks (alive users, email and push arms)
+            u_open = rng.random(ex.size)
+            open_hours = np.minimum(rng.exponential(2.0, ex.size), 13.0)
+            click_delay = rng.uniform(10.0, 600.0, ex.size)
+            u_click = rng.random(ex.size)
+            p_open = np.zeros(ex.size)
+            for j, ch in enumerate(open_by_arm):
+                if ch:
+                    sel = choice == j
+                    p_open[sel] = m.open_probability(ch, eng_now[ex][sel])
+            opened = ex_alive & (u_open < p_open)
+            open_ts = (t * DAY_S + (m.CAMPAIGN_HOUR + open_hours) * 3600.0) * US_PER_S
+            is_email = np.array([ch == "email" for ch in arm_channels])[choice]
+            clicked = opened & is_email & (u_click < m.EMAIL_CLICK_GIVEN_OPEN)
+            for mask, etype, extra in (
+                (opened & is_email, "email_open", 0.0),
+                (opened & ~is_email, "push_open", 0.0),
+                (clicked, "email_click", 1.0),
+            ):
+                idx = np.flatnonzero(mask)
+                opens.add(
+                    user=ex[idx],
+                    ts=(open_ts[idx] + extra * click_delay[idx] * US_PER_S).astype(np.int64),
+                    etype=np.full(idx.size, _ET[etype], dtype=np.int8),
+                    arm=choice[idx].astype(np.int16),
+                )
+            fatigue[ex[is_email]] += 1.0
+            # conversions: a small session with a purchase within the attribution window
+            ci = np.flatnonzero(converted)
+            delay_h = m.conversion_delay_hours(rng.random(ci.size), campaign_every_days)
+            conv_t0 = (t * DAY_S + m.CAMPAIGN_HOUR * 3600.0 + delay_h * 3600.0) * US_PER_S
+            sessions.add(
+                user=ex[ci],
+                t0=conv_t0.astype(np.int64),
+                bounce=np.zeros(ci.size, dtype=bool),
+                n_pv=np.zeros(ci.size, dtype=np.int64),
+                n_prod=np.ones(ci.size, dtype=np.int64),
+                cart=np.ones(ci.size, dtype=bool),
+                purchase=np.ones(ci.size, dtype=bool),
+                refund=np.zeros(ci.size, dtype=bool),
+                arm=choice[ci].astype(np.int16),
+                amount=amount[ci],
+                category=top_cat[ex[ci]],
+            )
+            conv_level_bump[ex[ci[ex_alive[ci]]]] = True
+            conv_reactivate[ex[ci[~ex_alive[ci]]]] = True
+            expo.add(
+                user=ex,
+                day=np.full(ex.size, t, dtype=np.int64),
+                arm=choice.astype(np.int16),
+                propensity=1.0 / n_avail[ex],
+                converted=converted,
+                revenue=revenue,
+                hazard=np.where(ex_alive, m.HAZARD[level[ex]], 1.0),
+                engagement=np.where(ex_alive, eng_now[ex], 0.0),
+                alive=ex_alive,
+            )
+            truth_p.append(probs)
+            # exact day-0 factor for the oracle: average over the uniform arm draw
+            f0 = m.conversion_in_window(horizon * 24.0 - m.CAMPAIGN_HOUR, campaign_every_days)
+            p_open_all = np.zeros((ex.size, len(arms)))
+            for j, ch in enumerate(open_by_arm):
+                if ch:
+                    p_open_all[:, j] = np.where(ex_alive, m.open_probability(ch, eng_now[ex]), 0.0)
+            no_ev = (1.0 - p_open_all) * (1.0 - probs * f0)
+            ne0[ex] *= (no_ev * av).sum(axis=1) / n_avail[ex]
+
+        # --- oracle state grid ---------------------------------------------------------
+        if t % GRID_EVERY_DAYS == 0:
+            gi = np.flatnonzero(signed)
+            offsets = tuple(o for o in range(1, horizon) if (t + o) in campaign_set)
+            key = (dow, offsets)
+            if key not in tables:
+                tables[key] = m.no_event_tables(
+                    horizon_days=horizon,
+                    first_dow=dow,
+                    campaign_offsets=offsets,
+                    arms=arms,
+                    consent_codes=n_consent_codes,
+                    campaign_every_days=campaign_every_days,
+                )
+            state_idx = np.where(alive[gi], level[gi], k)
+            rest = tables[key][act_idx[gi], drift[gi], consent_code[gi], state_idx]
+            states.add(
+                user=gi,
+                day=np.full(gi.size, t, dtype=np.int64),
+                engagement=np.where(alive[gi], eng_now[gi], 0.0),
+                hazard=np.where(alive[gi], m.HAZARD[level[gi]], 1.0),
+                alive=alive[gi],
+                p_inactive=ne0[gi] * rest,
+            )
+
+        # --- organic sessions ----------------------------------------------------------
+        counts = rng.poisson(rate)
+        new_users = np.flatnonzero(signup_day == t)
+        users_s = np.repeat(np.arange(n), counts)
+        secs = _session_seconds(rng, users_s.size)
+        users_s = np.concatenate([new_users, users_s])
+        secs = np.concatenate([signup_sec[new_users], secs])
+        ns = users_s.size
+        e = eng_now[users_s]
+        bounce = rng.random(ns) < 0.4 - 0.3 * e
+        n_pv = np.where(bounce, 1, 1 + rng.poisson(0.5 + 1.5 * e))
+        n_prod = np.where(bounce, 0, rng.poisson(0.6 + 1.8 * e))
+        cart = (n_prod > 0) & (rng.random(ns) < 0.15 + 0.35 * e)
+        purchase = cart & (rng.random(ns) < 0.15 + 0.6 * e)
+        refund = purchase & (rng.random(ns) < 0.05)
+        sessions.add(
+            user=users_s,
+            t0=((t * DAY_S + secs) * US_PER_S).astype(np.int64),
+            bounce=bounce,
+            n_pv=n_pv.astype(np.int64),
+            n_prod=n_prod.astype(np.int64),
+            cart=cart,
+            purchase=purchase,
+            refund=refund,
+            arm=np.full(ns, -1, dtype=np.int16),
+            amount=np.full(ns, np.nan),
+            category=np.full(ns, -1, dtype=np.int64),
+        )
+        last_session[users_s] = t
+        last_abandon[users_s[cart & ~purchase]] = t
+        browse = browse * browse_decay + np.bincount(users_s, weights=n_prod, minlength=n)
+        fatigue *= fatigue_decay
+
+        # --- end-of-day transitions ----------------------------------------------------
+        u = rng.random(n)
+        v = rng.random(n)
+        churn = present & alive & (u < m.HAZARD[level])
+        survive = present & alive & ~churn
+        up = survive & (v < m.DRIFT_UP[drift])
+        down = survive & ~up & (v < m.DRIFT_UP[drift] + m.DRIFT_DOWN[drift])
+        react = present & ~alive & (u < m.REACTIVATION_RATE)
+        level = np.where(up, np.minimum(level + 1, k - 1), level)
+        level = np.where(down, np.maximum(level - 1, 0), level)
+        level = np.where(react, m.REACTIVATION_LEVEL, level)
+        alive = (alive & ~churn) | react
+        level = np.where(conv_level_bump & alive, np.minimum(level + 1, k - 1), level)
+        level = np.where(conv_reactivate, m.CONVERSION_REACTIVATION_LEVEL, level)
+        alive = alive | conv_reactivate
+
+    user_ids = pl.Series(schemas.USER_ID, [f"u{i + 1:07d}" for i in range(n)], dtype=pl.String)
+    users = _users_frame(user_ids, start_us, signup_day, signup_sec, region, plan, consent)
+    events = _events_frame(rng, user_ids, start_us, sessions, opens, arms, pref_cum, spend)
+    exposures, truth = _exposure_frames(user_ids, start_us, expo, truth_p, arms)
+    states_df = _states_frame(user_ids, start_us, states, horizon)
+    return SimulatedData(events=events, users=users, exposures=exposures, truth=truth, states=states_df)
+
+
+def _ts(start_us: int, offset_us: NDArray[np.int64]) -> pl.Series:
+    return pl.Series(schemas.TS, start_us + offset_us, dtype=pl.Int64).cast(schemas.TS_DTYPE)
+
+
+def _users_frame(
+    user_ids: pl.Series,
+    start_us: int,
+    signup_day: NDArray[np.int64],
+    signup_sec: NDArray[np.int64],
+    region: NDArray[np.int64],
+    plan: NDArray[np.int64],
+    consent: dict[str, NDArray[np.bool_]],
+) -> pl.DataFrame:
+    offset = (signup_day * DAY_S + signup_sec) * US_PER_S
+    return pl.DataFrame(
+        [
+            user_ids,
+            _ts(start_us, offset).alias(schemas.SIGNUP_TS),
+            pl.Series("region", REGIONS).gather(region),
+            pl.Series("plan", PLANS).gather(plan),
+            *[pl.Series(schemas.consent_column(ch), consent[ch]) for ch in schemas.CHANNELS],
+        ]
+    )
+
+
+def _events_frame(
+    rng: np.random.Generator,
+    user_ids: pl.Series,
+    start_us: int,
+    sessions: _Buffer,
+    opens: _Buffer,
+    arms: list[tuple[str, str]],
+    pref_cum: NDArray[np.float64],
+    spend: NDArray[np.float64],
+) -> pl.DataFrame:
+    """Expand session summaries into ordered events, add campaign opens, sort by (ts, user)."""
+    s_user = sessions.get("user", np.int64)
+    t0 = sessions.get("t0", np.int64)
+    bounce = sessions.get("bounce", bool)
+    n_pv = sessions.get("n_pv", np.int64)
+    n_prod = sessions.get("n_prod", np.int64)
+    cart = sessions.get("cart", bool).astype(np.int64)
+    purchase = sessions.get("purchase", bool).astype(np.int64)
+    refund = sessions.get("refund", bool)
+    s_arm = sessions.get("arm", np.int16)
+    s_amount = sessions.get("amount")
+    s_cat = sessions.get("category", np.int64)
+    n_s = s_user.size
+
+    n_ev = 1 + n_pv + n_prod + cart + purchase
+    first = np.cumsum(n_ev) - n_ev
+    sess = np.repeat(np.arange(n_s), n_ev)
+    pos = np.arange(sess.size) - first[sess]
+    pv_end = n_pv[sess]
+    prod_end = pv_end + n_prod[sess]
+    etype = np.full(sess.size, _ET["purchase"], dtype=np.int8)
+    etype[pos == 0] = _ET["session_start"]
+    etype[(pos >= 1) & (pos <= pv_end)] = _ET["page_view"]
+    etype[(pos > pv_end) & (pos <= prod_end)] = _ET["product_view"]
+    etype[(pos == prod_end + 1) & (cart[sess] == 1)] = _ET["add_to_cart"]
+
+    gap = np.where(bounce[sess], rng.uniform(1.0, 8.0, sess.size), 2.0 + rng.exponential(40.0, sess.size))
+    gap[pos == 0] = 0.0
+    gap_us = (gap * US_PER_S).astype(np.int64)
+    csum = np.cumsum(gap_us)
+    ts = t0[sess] + csum - csum[first][sess]
+
+    # categories and items: product views draw from the user's preferences (or the forced one)
+    is_prod = etype == _ET["product_view"]
+    prod_idx = np.flatnonzero(is_prod)
+    prod_user = s_user[sess[prod_idx]]
+    u = rng.random(prod_idx.size)
+    drawn = np.zeros(prod_idx.size, dtype=np.int64)
+    for c in range(len(CATEGORIES) - 1):
+        drawn += u > pref_cum[prod_user, c]
+    forced = s_cat[sess[prod_idx]]
+    cat = np.full(sess.size, -1, dtype=np.int64)
+    cat[prod_idx] = np.where(forced >= 0, forced, drawn)
+    item = np.full(sess.size, -1, dtype=np.int64)
+    item[prod_idx] = cat[prod_idx] * ITEMS_PER_CATEGORY + rng.integers(0, ITEMS_PER_CATEGORY, prod_idx.size)
+    last_prod = first + n_pv + n_prod  # index of the session's last product view
+    is_cart_or_buy = (etype == _ET["add_to_cart"]) | (etype == _ET["purchase"])
+    src = np.where(is_cart_or_buy, last_prod[sess], np.arange(sess.size))
+    cat = np.where(is_prod | is_cart_or_buy, cat[src], -1)
+    item = np.where(is_prod | is_cart_or_buy, item[src], -1)
+
+    is_buy = etype == _ET["purchase"]
+    organic_amount = np.round(rng.lognormal(3.4, 0.6, sess.size) * spend[s_user[sess]], 2)
+    amount = np.where(is_buy, np.where(np.isnan(s_amount[sess]), organic_amount, s_amount[sess]), np.nan)
+    ev_arm = np.where(is_buy, s_arm[sess], -1).astype(np.int16)
+    ev_arm = np.where(ev_arm == 0, -1, ev_arm)  # control conversions carry no message
+
+    # refunds: later the same day, no session
+    buy_idx = np.flatnonzero(is_buy & refund[sess])
+    day_end = (ts[buy_idx] // (DAY_S * US_PER_S) + 1) * DAY_S * US_PER_S
+    room = np.maximum(day_end - ts[buy_idx] - 60 * US_PER_S, US_PER_S)
+    r_ts = ts[buy_idx] + (rng.random(buy_idx.size) * room).astype(np.int64) + 1
+
+    o_user = opens.get("user", np.int64)
+    o_arm = opens.get("arm", np.int16)
+    all_user = np.concatenate([s_user[sess], s_user[sess[buy_idx]], o_user])
+    all_ts = np.concatenate([ts, r_ts, opens.get("ts", np.int64)])
+    all_type = np.concatenate(
+        [etype, np.full(buy_idx.size, _ET["refund"], dtype=np.int8), opens.get("etype", np.int8)]
+    )
+    all_sess = np.concatenate([sess, np.full(buy_idx.size + o_user.size, -1)])
+    all_cat = np.concatenate([cat, cat[buy_idx], np.full(o_user.size, -1)])
+    all_item = np.concatenate([item, item[buy_idx], np.full(o_user.size, -1)])
+    all_amount = np.concatenate([amount, -amount[buy_idx], np.full(o_user.size, np.nan)])
+    all_arm = np.concatenate([ev_arm, np.full(buy_idx.size, -1, dtype=np.int16), o_arm])
+
+    order = np.lexsort((all_user, all_ts))
+    arm_ids = pl.Series([a for a, _ in arms])
+    arm_channels = pl.Series([c for _, c in arms])
+    cat_names = pl.Series(CATEGORIES)
+    item_names = pl.Series([f"{c[:3]}-{i:04d}" for c in CATEGORIES for i in range(ITEMS_PER_CATEGORY)])
+
+    def gather(table: pl.Series, codes: NDArray[np.integer], name: str) -> pl.Series:
+        idx = pl.Series(codes[order], dtype=pl.Int64)
+        idx = idx.set(idx < 0, None)
+        return table.gather(idx).alias(name)
+
+    sess_sorted = pl.Series(all_sess[order], dtype=pl.Int64)
+    session_id = ("s" + sess_sorted.cast(pl.String).str.zfill(9)).set(sess_sorted < 0, None)
+    amount_s = pl.Series("amount", all_amount[order], dtype=pl.Float64, nan_to_null=True)
+    frame = pl.DataFrame(
+        [
+            user_ids.gather(all_user[order]),
+            _ts(start_us, all_ts[order]),
+            pl.Series(EVENT_TYPES).gather(all_type[order].astype(np.int64)).alias(schemas.EVENT_TYPE),
+            session_id.alias("session_id"),
+            gather(item_names, all_item, "item_id"),
+            gather(cat_names, all_cat, "category"),
+            amount_s,
+            gather(arm_channels, all_arm, "channel"),
+            gather(arm_ids, all_arm, "message_id"),
+            pl.Series("properties", [None] * order.size, dtype=pl.String),
+        ]
+    )
+    return frame.select([pl.col(c).cast(dt) for c, dt in schemas.EVENT_SCHEMA.items()])
+
+
+def _exposure_frames(
+    user_ids: pl.Series,
+    start_us: int,
+    expo: _Buffer,
+    truth_p: list[NDArray[np.float64]],
+    arms: list[tuple[str, str]],
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The campaign log (given outcomes) and its per-exposure truth, same rows and order."""
+    user = expo.get("user", np.int64)
+    day = expo.get("day", np.int64)
+    arm = expo.get("arm", np.int16).astype(np.int64)
+    uid = user_ids.gather(user)
+    ts = _ts(start_us, (day * DAY_S + m.CAMPAIGN_HOUR * 3600) * US_PER_S)
+    exposures = pl.DataFrame(
+        [
+            uid,
+            ts,
+            pl.Series([a for a, _ in arms]).gather(arm).alias(schemas.MESSAGE_ID),
+            pl.Series([c for _, c in arms]).gather(arm).alias(schemas.CHANNEL),
+            pl.Series(schemas.PROPENSITY, expo.get("propensity")),
+            pl.Series(schemas.CONVERTED, expo.get("converted", bool)),
+            pl.Series(schemas.REVENUE, expo.get("revenue")),
+        ]
+    )
+    probs = np.concatenate(truth_p) if truth_p else np.zeros((0, len(arms)))
+    truth = pl.DataFrame(
+        [
+            uid,
+            ts,
+            *[pl.Series(_arm_name(a), probs[:, j]) for j, (a, _) in enumerate(arms)],
+            pl.Series("churn_hazard", expo.get("hazard")),
+            pl.Series("engagement", expo.get("engagement")),
+            pl.Series("alive", expo.get("alive", bool)),
+        ]
+    )
+    return exposures, truth
+
+
+def _states_frame(user_ids: pl.Series, start_us: int, states: _Buffer, horizon: int) -> pl.DataFrame:
+    """Per user per weekly grid date: latent state and the oracle inactivity probability."""
+    day = states.get("day", np.int64)
+    return pl.DataFrame(
+        [
+            user_ids.gather(states.get("user", np.int64)),
+            _ts(start_us, day * DAY_S * US_PER_S),
+            pl.Series("engagement", states.get("engagement")),
+            pl.Series("churn_hazard", states.get("hazard")),
+            pl.Series("alive", states.get("alive", bool)),
+            pl.Series(f"p_inactive_{horizon}d", np.clip(states.get("p_inactive"), 0.0, 1.0)),
+        ]
+    )
+
+
+def write_simulation(data: SimulatedData, out_dir: Path) -> dict[str, Path]:
+    """Write one parquet file per table into `out_dir` (created if needed); returns the paths.
+
+    Each file is written to a temporary name and renamed, so a reader never sees half a file.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    for name in ("events", "users", "exposures", "truth", "states"):
+        frame: pl.DataFrame = getattr(data, name)
+        path = out_dir / f"{name}.parquet"
+        tmp = out_dir / f".{name}.parquet.tmp"
+        frame.write_parquet(tmp, statistics=False)
+        tmp.replace(path)
+        paths[name] = path
+    return paths
