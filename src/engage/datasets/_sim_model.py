@@ -22,23 +22,23 @@ N_LEVELS = 10
 ENGAGEMENT = (np.arange(N_LEVELS, dtype=np.float64) + 1.0) / N_LEVELS
 """Engagement in (0, 1] for each level."""
 
-HAZARD = 0.30 * (1.0 - ENGAGEMENT) ** 4
+HAZARD = 0.0005 + 0.3 * (1.0 - ENGAGEMENT) ** 8
 """True daily churn hazard per level: steep at low engagement, about zero at the top."""
 
 REACTIVATION_RATE = 0.003
 REACTIVATION_LEVEL = 3
 CONVERSION_REACTIVATION_LEVEL = 4
 
-ACTIVITY = np.array([0.45, 0.7, 1.0, 1.5, 2.2])
+ACTIVITY = np.array([0.75, 0.9, 1.0, 1.15, 1.35])
 """Per-user activity multipliers on the session rate (a user trait, drawn once)."""
 ACTIVITY_P = np.array([0.2, 0.25, 0.25, 0.2, 0.1])
 
-DRIFT_UP = np.array([0.03, 0.012, 0.07])
-DRIFT_DOWN = np.array([0.03, 0.07, 0.07])
+DRIFT_UP = np.array([0.04, 0.02, 0.08])
+DRIFT_DOWN = np.array([0.04, 0.08, 0.08])
 """Daily probability of moving one level up / down for the stable, decliner and volatile classes."""
 DRIFT_P = np.array([0.55, 0.30, 0.15])
 
-SESSION_RATE = 0.30
+SESSION_RATE = 0.36
 DOW_FACTOR = np.array([0.9, 0.95, 0.95, 1.0, 1.05, 1.1, 1.05])
 DOW_FACTOR = DOW_FACTOR / DOW_FACTOR.mean()
 """Monday..Sunday multipliers on the session rate (weekly seasonality)."""
@@ -61,7 +61,7 @@ DISCOUNT = {"cart_coupon": 0.10, "winback_offer": 0.20}
 
 def session_rate(level: NDArray[np.int64], activity: NDArray[np.float64], dow: int) -> NDArray[np.float64]:
     """Poisson rate of sessions per day for an alive user."""
-    return SESSION_RATE * activity * ENGAGEMENT[level] ** 1.3 * DOW_FACTOR[dow]
+    return SESSION_RATE * activity * ENGAGEMENT[level] ** 2 * DOW_FACTOR[dow]
 
 
 def open_probability(channel: str, engagement: NDArray[np.float64]) -> NDArray[np.float64]:

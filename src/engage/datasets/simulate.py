@@ -173,7 +173,8 @@ def simulate(
         signed = signup_day < t
         present = signup_day <= t
         eng_now = m.ENGAGEMENT[level]
-        rate = np.where(alive & present, m.session_rate(level, activity, dow), 0.0)
+        # new users get one session at signup today (below), organic ones from tomorrow
+        rate = np.where(alive & signed, m.session_rate(level, activity, dow), 0.0)
         ne0 = np.exp(-rate)
         is_campaign = t in campaign_set
 
@@ -302,8 +303,8 @@ def simulate(
         ns = users_s.size
         e = eng_now[users_s]
         bounce = rng.random(ns) < 0.4 - 0.3 * e
-        n_pv = np.where(bounce, 1, 1 + rng.poisson(0.5 + 1.5 * e))
-        n_prod = np.where(bounce, 0, rng.poisson(0.6 + 1.8 * e))
+        n_pv = np.where(bounce, 1, 1 + rng.poisson(0.2 + 0.5 * e))
+        n_prod = np.where(bounce, 0, rng.poisson(0.3 + 0.9 * e))
         cart = (n_prod > 0) & (rng.random(ns) < 0.15 + 0.35 * e)
         purchase = cart & (rng.random(ns) < 0.15 + 0.6 * e)
         refund = purchase & (rng.random(ns) < 0.05)
