@@ -131,7 +131,9 @@ def simulate(
     activity = m.ACTIVITY[act_idx]
     drift = rng.choice(len(m.DRIFT_UP), n, p=m.DRIFT_P)
     level_p = np.linspace(0.5, 1.5, k)
-    level = np.where(pre, rng.choice(k, n, p=level_p / level_p.sum()), rng.integers(4, k, n)).astype(np.int64)
+    level = np.where(
+        pre, rng.choice(k, n, p=level_p / level_p.sum()), rng.integers(int(0.4 * k), k, n)
+    ).astype(np.int64)
     alive = ~(pre & (rng.random(n) < 0.25))
     consent = {ch: rng.random(n) < CONSENT_RATES.get(ch, 0.3) for ch in schemas.CHANNELS}
     consent_code = np.zeros(n, dtype=np.int64)
