@@ -286,6 +286,8 @@ def test_bad_arguments_are_rejected() -> None:
         simulate(0, 10, seed=1)
     with pytest.raises(ValueError, match="duplicate"):
         simulate(10, 10, seed=1, messages=[("a", "email"), ("a", "push")])
+    with pytest.raises(ValueError, match="sms"):
+        simulate(10, 10, seed=1, messages=[("a", "sms")])
 
 
 def test_custom_catalog_gets_generic_effect() -> None:

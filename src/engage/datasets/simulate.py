@@ -118,6 +118,9 @@ def simulate(
     arms: list[tuple[str, str]] = [(schemas.CONTROL_ARM, schemas.CONTROL_ARM), *catalog]
     if len({a for a, _ in arms}) != len(arms):
         raise ValueError(f"duplicate message ids in {[a for a, _ in arms]}")
+    unknown = sorted({ch for _, ch in catalog} - set(schemas.CHANNELS))
+    if unknown:
+        raise ValueError(f"message channels {unknown} are not among {schemas.CHANNELS}")
     rng = np.random.default_rng(seed)
     start_us, start_dow = _start_us(start)
     n, k = n_users, m.N_LEVELS
