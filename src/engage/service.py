@@ -1,0 +1,639 @@
+"""The HTTP scoring service (BentoML): ``POST /score`` and ``POST /explain`` over one scoring path.
+
+The only module that imports bentoml. Request handling lives in :class:`ScoringEngine` (plain
+Python over ``engage.scoring``), so the Bento class only loads things once and maps errors to HTTP
+statuses. Settings are read here, at the edge: ``ENGAGE_CONFIG`` (YAML), ``ENGAGE_FEATURE_SNAPSHOT``,
+``ENGAGE_DECISION_LOG``, ``ENGAGE_MODEL_SOURCE`` (``bento`` or ``mlflow``) and ``ENGAGE_API_TOKEN``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from datetime import UTC, datetime
+from http import HTTPStatus
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import bentoml
+import numpy as np
+import pandas as pd
+import yaml
+from bentoml.exceptions import BentoMLException
+
+from engage import schemas as s
+from engage.config import EngageConfig, load_config
+from engage.service_schemas import (
+    AttributeValue,
+    EventIn,
+    ExplainRequest,
+    ExplainResponse,
+    Message,
+    Reason,
+    ScoreRequest,
+    ScoreResponse,
+    UserIn,
+    UserScore,
+    events_records,
+)
+
+if TYPE_CHECKING:  # importing scoring pulls in models, catalog and policy: done lazily
+    from engage.scoring import ScoringModels
+
+logger = logging.getLogger(__name__)
+
+ENV_CONFIG = "ENGAGE_CONFIG"
+ENV_SNAPSHOT = "ENGAGE_FEATURE_SNAPSHOT"
+ENV_DECISION_LOG = "ENGAGE_DECISION_LOG"
+ENV_MODEL_SOURCE = "ENGAGE_MODEL_SOURCE"
+ENV_TOKEN = "ENGAGE_API_TOKEN"
+SERVICE_NAME = "engage-scoring"
+PROTECTED_PATHS = frozenset({"/score", "/explain"})
+REASONS_TOP_K = 3
+PRIOR_SAMPLE = 20_000
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+# --- errors a client can meet ------------------------------------------------------------
+class PayloadTooLarge(BentoMLException):
+    """More users in one request than ``serve.max_users_per_request``."""
+
+    error_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+
+class Unprocessable(BentoMLException):
+    """A well-formed request that cannot be scored (e.g. inline events that give no features)."""
+
+    error_code = HTTPStatus.UNPROCESSABLE_ENTITY
+
+
+# --- settings and models (the edge) -------------------------------------------------------
+def service_config() -> EngageConfig:
+    """The config from ``ENGAGE_CONFIG`` (YAML) or the packaged defaults, with env path overrides."""
+    config = load_config(os.environ.get(ENV_CONFIG) or None)
+    overrides: dict[str, Any] = {}
+    if os.environ.get(ENV_SNAPSHOT):
+        overrides["feature_snapshot_path"] = os.environ[ENV_SNAPSHOT]
+    if os.environ.get(ENV_DECISION_LOG):
+        overrides["decision_log_dir"] = os.environ[ENV_DECISION_LOG]
+    if overrides:
+        config = config.model_copy(update={"serve": config.serve.model_copy(update=overrides)})
+    return config
+
+
+def _load_catalog(config: EngageConfig) -> Any:
+    from engage.catalog import load_catalog
+
+    return load_catalog(config.offers.catalog_path)
+
+
+def _bento_models(config: EngageConfig) -> tuple[Any, Any | None, dict[str, str]]:
+    """Churn and offer estimators from the Bento store (inside a served Bento: its own models)."""
+    from bentoml.exceptions import NotFound
+
+    versions: dict[str, str] = {}
+    found: list[Any] = []
+    for name in (config.tracking.churn_model_name, config.tracking.offer_model_name):
+        try:
+            stored = bentoml.models.get(f"{name}:latest")
+        except NotFound:
+            if name == config.tracking.churn_model_name:
+                raise
+            found.append(None)
+            continue
+        found.append(bentoml.mlflow.load_model(stored).unwrap_python_model().estimator)
+        versions[name] = str(stored.info.metadata.get("registered_version", stored.tag.version))
+    return found[0], found[1], versions
+
+
+def _mlflow_models(config: EngageConfig) -> tuple[Any, Any | None, dict[str, str]]:
+    """Churn and offer estimators behind the ``champion`` aliases of the MLflow registry."""
+    from engage import tracking
+
+    tracking.configure(config.tracking.uri)
+    versions: dict[str, str] = {}
+    found: list[Any] = []
+    for name in (config.tracking.churn_model_name, config.tracking.offer_model_name):
+        version = tracking.alias_version(name, tracking.CHAMPION)
+        if version is None:
+            if name == config.tracking.churn_model_name:
+                raise LookupError(f"{config.tracking.uri}: no '{tracking.CHAMPION}' alias on model '{name}'")
+            found.append(None)
+            continue
+        found.append(tracking.load_estimator(f"models:/{name}/{version}"))
+        versions[name] = version
+    return found[0], found[1], versions
+
+
+def load_scoring_models(config: EngageConfig, source: str = "bento") -> ScoringModels:
+    """Load the churn (required) and offer (optional) models plus the message catalog.
+
+    ``source="bento"`` reads the Bento store (what ``engage build`` imported); ``"mlflow"`` reads the
+    ``champion`` aliases of ``config.tracking.uri`` directly. ``versions`` maps model name to its
+    registered version, the same convention batch scoring must use so decision ids agree.
+    """
+    from engage.scoring import ScoringModels
+
+    if source == "bento":
+        churn, offers, versions = _bento_models(config)
+    elif source == "mlflow":
+        churn, offers, versions = _mlflow_models(config)
+    else:
+        raise ValueError(f"{ENV_MODEL_SOURCE}: unknown model source '{source}' (bento or mlflow)")
+    return ScoringModels(churn=churn, catalog=_load_catalog(config), offers=offers, versions=versions)
+
+
+# --- features -----------------------------------------------------------------------------
+class FeatureSnapshot:
+    """The materialized feature table, indexed by user for O(log n) point lookups.
+
+    Re-read when the file changes (a batch job or ``engage features`` rewrote it atomically).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._mtime: float | None = None
+        self.frame = pd.DataFrame(columns=[s.USER_ID, s.AS_OF])
+        self._stamps = np.empty(0, dtype=np.int64)
+        self._spans: dict[str, tuple[int, int]] = {}
+        self.refresh()
+
+    def _stat(self) -> float | None:
+        try:
+            return max(p.stat().st_mtime for p in [self.path, *self.path.glob("**/*.parquet")])
+        except (OSError, ValueError):
+            return None
+
+    def refresh(self) -> None:
+        """Load the file when it appeared or changed since the last look."""
+        mtime = self._stat()
+        if mtime is None or mtime == self._mtime:
+            return
+        with self._lock:
+            if mtime == self._mtime:
+                return
+            frame = pd.read_parquet(self.path)
+            frame[s.USER_ID] = frame[s.USER_ID].astype(str)
+            frame[s.AS_OF] = pd.to_datetime(frame[s.AS_OF], utc=True)
+            frame = frame.sort_values([s.USER_ID, s.AS_OF], kind="stable").reset_index(drop=True)
+            users = frame[s.USER_ID].to_numpy()
+            starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else np.empty(0, int)
+            ends = np.r_[starts[1:], len(users)] if len(users) else np.empty(0, int)
+            self._spans = {str(users[a]): (int(a), int(b)) for a, b in zip(starts, ends, strict=True)}
+            self._stamps = frame[s.AS_OF].dt.as_unit("ns").astype("int64").to_numpy()
+            self.frame = frame
+            self._mtime = mtime
+            logger.info("feature snapshot loaded: %d rows, %d users", len(frame), len(self._spans))
+
+    def lookup(self, user_id: str, as_of: datetime | None) -> int | None:
+        """Row of the user's latest snapshot at or before ``as_of`` (latest overall when None)."""
+        span = self._spans.get(user_id)
+        if span is None:
+            return None
+        start, end = span
+        if as_of is None:
+            return end - 1
+        stamp = pd.Timestamp(as_of).as_unit("ns").value
+        pos = start + int(np.searchsorted(self._stamps[start:end], stamp, side="right")) - 1
+        return pos if pos >= start else None
+
+    def latest_rows(self) -> pd.DataFrame:
+        """One row per user: the latest snapshot (for the cold-start prior)."""
+        if self.frame.empty:
+            return self.frame
+        return self.frame.iloc[[end - 1 for _, end in self._spans.values()]]
+
+
+def inline_features(
+    users: Sequence[UserIn], as_of: datetime, config: EngageConfig
+) -> tuple[pd.DataFrame, dict[str, dict[str, int]]]:
+    """Features of users given with raw events, via the same feature code as training and batch.
+
+    Events are validated like a file (quarantine, never silent drops); quarantined counts per user
+    and reason come back instead of failing the request.
+    """
+    import polars as pl
+
+    from engage.events import validate_events
+    from engage.features import build_features
+
+    records = [row for user in users for row in events_records(user)]
+    raw = pl.DataFrame(records, schema_overrides={s.TS: s.TS_DTYPE}, infer_schema_length=None)
+    result = validate_events(raw, source="request", reference_time=as_of)
+    quarantined: dict[str, dict[str, int]] = {}
+    if result.quarantine.height:
+        counts = result.quarantine.group_by([s.USER_ID, s.REASON]).len()
+        for user_id, reason, n in counts.iter_rows():
+            quarantined.setdefault(str(user_id), {})[str(reason)] = int(n)
+    attributes = [{s.USER_ID: u.user_id, **(u.attributes or {})} for u in users if u.attributes]
+    users_frame = pl.DataFrame(attributes, infer_schema_length=None, strict=False) if attributes else None
+    features = build_features(result.accepted, [as_of], config=config.features, users=users_frame)
+    frame = features.to_pandas() if hasattr(features, "to_pandas") else pd.DataFrame(features)
+    if not frame.empty:
+        frame[s.USER_ID] = frame[s.USER_ID].astype(str)
+        frame[s.AS_OF] = pd.to_datetime(frame[s.AS_OF], utc=True)
+    return frame, quarantined
+
+
+# --- request handling -----------------------------------------------------------------------
+def _reason(item: dict[str, Any]) -> Reason:
+    value = item.get("value")
+    if isinstance(value, float) and not np.isfinite(value):
+        value = None
+    return Reason(
+        feature=str(item.get("feature", "")),
+        value=value if isinstance(value, int | float | str) or value is None else str(value),
+        contribution=float(item.get("contribution") or 0.0),
+        text=str(item.get("text") or item.get("feature", "")),
+    )
+
+
+class ScoringEngine:
+    """Everything between a validated request and its answer, without HTTP.
+
+    Holds the models, the feature snapshot and the decision log location; thread-safe for the
+    worker's thread pool.
+    """
+
+    def __init__(self, config: EngageConfig, models: ScoringModels) -> None:
+        self.config = config
+        self.models = models
+        self.snapshot = FeatureSnapshot(config.serve.feature_snapshot_path)
+        self.log_dir = Path(config.serve.decision_log_dir)
+        self._log_lock = threading.Lock()
+        self.prior = self._prior()
+
+    def _prior(self) -> float:
+        """Population churn prior for cold starts: mean model output over the latest snapshot."""
+        latest = self.snapshot.latest_rows()
+        if not latest.empty:
+            sample = latest.sample(min(len(latest), PRIOR_SAMPLE), random_state=self.config.seed)
+            return float(np.mean(self.models.churn.churn_probability(sample)))
+        base = self.models.churn.metadata.get("base_rate")
+        if base is None:
+            logger.warning("no feature snapshot and no base rate in the model: cold-start prior 0.5")
+            return 0.5
+        return float(base)
+
+    def check_size(self, n_users: int) -> None:
+        limit = self.config.serve.max_users_per_request
+        if n_users > limit:
+            raise PayloadTooLarge(f"users: at most {limit} users per request, got {n_users}")
+
+    def _features(
+        self, users: Sequence[UserIn], as_of: datetime | None, now: datetime
+    ) -> tuple[pd.DataFrame, list[int | None], dict[str, dict[str, int]]]:
+        """Feature rows for the users, and per user the row position (None = cold start)."""
+        self.snapshot.refresh()
+        inline = [u for u in users if u.events]
+        inline_frame = pd.DataFrame()
+        quarantined: dict[str, dict[str, int]] = {}
+        if inline:
+            try:
+                inline_frame, quarantined = inline_features(inline, as_of or now, self.config)
+            except (ValueError, TypeError, ArithmeticError) as exc:
+                logger.warning("inline features failed: %s", type(exc).__name__)
+                raise Unprocessable(
+                    "users[].events/attributes: could not compute features from the inline events "
+                    f"({type(exc).__name__})"
+                ) from None
+        inline_pos = {uid: i for i, uid in enumerate(inline_frame.get(s.USER_ID, pd.Series(dtype=str)))}
+        snap_rows: list[int] = []
+        where: list[tuple[str, int] | None] = []
+        for user in users:
+            if user.events:
+                pos = inline_pos.get(user.user_id)
+                where.append(("inline", pos) if pos is not None else None)
+            else:
+                row = self.snapshot.lookup(user.user_id, as_of)
+                if row is None:
+                    where.append(None)
+                else:
+                    where.append(("snapshot", len(snap_rows)))
+                    snap_rows.append(row)
+        parts = []
+        snap = self.snapshot.frame.iloc[snap_rows] if snap_rows else pd.DataFrame()
+        if snap_rows:
+            parts.append(snap)
+        if len(inline_frame):
+            parts.append(inline_frame)
+        features = pd.concat(parts, ignore_index=True) if len(parts) > 1 else (parts[0] if parts else None)
+        offset = len(snap_rows)
+        positions = [None if w is None else (w[1] if w[0] == "snapshot" else offset + w[1]) for w in where]
+        frame = features.reset_index(drop=True) if features is not None else pd.DataFrame()
+        return frame, positions, quarantined
+
+    def _cold(self, user: UserIn, as_of: datetime) -> UserScore:
+        """Population prior and the catalog's default message, marked ``cold_start``."""
+        from engage.scoring import decision_ids
+
+        arm = getattr(self.models.catalog, "default_message", None) or s.CONTROL_ARM
+        ids = decision_ids(
+            pd.Series([user.user_id]), pd.Series([as_of]), self.models.versions, self.config.seed
+        )
+        return UserScore(
+            user_id=user.user_id,
+            churn_probability=self.prior,
+            risk_band=str(self.models.churn.bands(np.array([self.prior]))[0]),
+            reasons=[],
+            message=Message(
+                message_id=arm,
+                channel=None if arm == s.CONTROL_ARM else self.models.catalog.channel(arm),
+                text=None,
+                expected_gain=0.0,
+                propensity=1.0,
+                holdout=False,
+            ),
+            feature_as_of=None,
+            model_versions=dict(self.models.versions),
+            decision_id=ids[0],
+            cold_start=True,
+        )
+
+    def score(self, request: ScoreRequest, now: datetime | None = None) -> ScoreResponse:
+        """Score every user of the request and append one decision per user to the log."""
+        from engage.scoring import score_features
+
+        now = now or datetime.now(UTC)
+        self.check_size(len(request.users))
+        features, positions, quarantined = self._features(request.users, request.as_of, now)
+        scored = (
+            score_features(
+                features,
+                self.models,
+                policy=self.config.policy,
+                seed=self.config.seed,
+                history=None,
+                reasons_top_k=REASONS_TOP_K if request.explain else None,
+            )
+            if len(features)
+            else pd.DataFrame()
+        )
+        records = scored.to_dict("records") if len(scored) else []
+        answers: list[UserScore] = []
+        for user, pos in zip(request.users, positions, strict=True):
+            if pos is None:
+                answer = self._cold(user, request.as_of or now)
+            else:
+                row = records[pos]
+                answer = UserScore(
+                    user_id=user.user_id,
+                    churn_probability=float(row["churn_probability"]),
+                    risk_band=str(row["risk_band"]),
+                    reasons=[_reason(item) for item in row["reasons"]],
+                    message=Message(
+                        message_id=str(row[s.MESSAGE_ID]),
+                        channel=None if pd.isna(row[s.CHANNEL]) else str(row[s.CHANNEL]),
+                        text=None if pd.isna(row["message_text"]) else str(row["message_text"]),
+                        expected_gain=float(row["expected_uplift"]),
+                        propensity=float(row[s.PROPENSITY]),
+                        holdout=bool(row["holdout"]),
+                    ),
+                    feature_as_of=pd.Timestamp(row[s.AS_OF]).to_pydatetime(),
+                    model_versions={str(k): str(v) for k, v in row["model_versions"].items()},
+                    decision_id=str(row["decision_id"]),
+                    cold_start=bool(row["cold_start"]),
+                )
+            answer.quarantined_events = quarantined.get(user.user_id, {})
+            answers.append(answer)
+        self.log(answers, request.as_of or now, now)
+        return ScoreResponse(users=answers)
+
+    def log(self, answers: Sequence[UserScore], as_of: datetime, now: datetime) -> None:
+        """Append the decisions (decision fields only: never events or attributes)."""
+        from engage.decisions import append_decisions
+
+        records = [
+            {
+                "decision_id": a.decision_id,
+                "user_id": a.user_id,
+                "as_of": a.feature_as_of or as_of,
+                "message_id": a.message.message_id,
+                "channel": a.message.channel,
+                "propensity": a.message.propensity,
+                "expected_gain": a.message.expected_gain,
+                "holdout": a.message.holdout,
+                "churn_probability": a.churn_probability,
+                "model_versions": a.model_versions,
+            }
+            for a in answers
+        ]
+        with self._log_lock:
+            append_decisions(records, self.log_dir, decided_at=now)
+
+    def explain(self, request: ExplainRequest, now: datetime | None = None) -> ExplainResponse:
+        """Every feature's contribution for one user, largest push on the risk first."""
+        now = now or datetime.now(UTC)
+        features, positions, quarantined = self._features([request], request.as_of, now)
+        pos = positions[0]
+        if pos is None:
+            return ExplainResponse(
+                user_id=request.user_id,
+                churn_probability=self.prior,
+                risk_band=str(self.models.churn.bands(np.array([self.prior]))[0]),
+                contributions=[],
+                feature_as_of=None,
+                model_versions=dict(self.models.versions),
+                cold_start=True,
+                quarantined_events=quarantined.get(request.user_id, {}),
+            )
+        row = features.iloc[[pos]]
+        churn = self.models.churn
+        probability = float(churn.churn_probability(row)[0])
+        contributions = churn.contributions(row).iloc[0]
+        texts = {r.get("feature"): r.get("text") for r in churn.reasons(row, top_k=None)[0]}
+        descriptions = getattr(churn.explainer, "descriptions", None) or {}
+        items = [
+            Reason(
+                feature=name,
+                value=_scalar(row.iloc[0][name]),
+                contribution=float(contributions[name]),
+                text=str(texts.get(name) or descriptions.get(name) or name),
+            )
+            for name in churn.feature_names
+            if name in contributions.index
+        ]
+        items.sort(key=lambda r: r.contribution, reverse=True)
+        return ExplainResponse(
+            user_id=request.user_id,
+            churn_probability=probability,
+            risk_band=str(churn.bands(np.array([probability]))[0]),
+            contributions=items,
+            feature_as_of=pd.Timestamp(row.iloc[0][s.AS_OF]).to_pydatetime(),
+            model_versions=dict(self.models.versions),
+            cold_start=False,
+            quarantined_events=quarantined.get(request.user_id, {}),
+        )
+
+
+def _scalar(value: Any) -> float | str | None:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return None
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bool | int | float):
+        return float(value) if np.isfinite(float(value)) else None
+    return None if pd.isna(value) else str(value)
+
+
+# --- auth ---------------------------------------------------------------------------------
+class BearerAuth:
+    """ASGI middleware: with ``ENGAGE_API_TOKEN`` set, the API routes need ``Authorization: Bearer``.
+
+    Health, readiness, metrics and the OpenAPI document stay open for probes and tooling.
+    """
+
+    def __init__(self, app: Callable[..., Awaitable[None]], token: str | None = None) -> None:
+        self.app = app
+        self.token = (token if token is not None else os.environ.get(ENV_TOKEN, "")).encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.token and scope.get("type") == "http" and scope.get("path") in PROTECTED_PATHS:
+            header = dict(scope.get("headers") or []).get(b"authorization", b"")
+            scheme, _, given = header.partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.token):
+                body = json.dumps({"error": "missing or invalid bearer token (Authorization header)"})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": HTTPStatus.UNAUTHORIZED,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"www-authenticate", b"Bearer"),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body.encode()})
+                return
+        await self.app(scope, receive, send)
+
+
+# --- the Bento service ----------------------------------------------------------------------
+@bentoml.service(name=SERVICE_NAME, workers=1, traffic={"timeout": 60})
+class EngageService:
+    """Churn risk, reasons and next-best message per user; models and snapshot loaded once."""
+
+    def __init__(self) -> None:
+        config = service_config()
+        source = os.environ.get(ENV_MODEL_SOURCE, "bento")
+        self.engine = ScoringEngine(config, load_scoring_models(config, source))
+
+    @bentoml.api(input_spec=ScoreRequest)
+    def score(
+        self, users: list[UserIn], as_of: datetime | None = None, explain: bool = True
+    ) -> ScoreResponse:
+        """Score up to ``serve.max_users_per_request`` users (413 beyond)."""
+        request = ScoreRequest.model_construct(users=users, as_of=as_of, explain=explain)
+        return self.engine.score(request)
+
+    @bentoml.api(input_spec=ExplainRequest)
+    def explain(
+        self,
+        user_id: str,
+        events: list[EventIn] | None = None,
+        attributes: dict[str, AttributeValue] | None = None,
+        as_of: datetime | None = None,
+    ) -> ExplainResponse:
+        """All feature contributions, with values and plain-word texts, for one user."""
+        request = ExplainRequest.model_construct(
+            user_id=user_id, events=events, attributes=attributes, as_of=as_of
+        )
+        return self.engine.explain(request)
+
+
+EngageService.add_asgi_middleware(BearerAuth)
+
+
+# --- build and serve (called by the CLI) -----------------------------------------------------
+def import_champions(config: EngageConfig) -> list[str]:
+    """Copy the ``champion`` models of the MLflow registry into the Bento store; return their tags.
+
+    A registered version already imported is reused, so re-building does not duplicate models.
+    """
+    from engage import tracking
+
+    tracking.configure(config.tracking.uri)
+    tags: list[str] = []
+    for name in (config.tracking.churn_model_name, config.tracking.offer_model_name):
+        version = tracking.alias_version(name, tracking.CHAMPION)
+        if version is None:
+            if name == config.tracking.churn_model_name:
+                raise LookupError(f"{config.tracking.uri}: no '{tracking.CHAMPION}' alias on model '{name}'")
+            logger.warning("no champion for %s: the Bento scores without an offer model", name)
+            continue
+        existing = [
+            m
+            for m in bentoml.models.list(name)
+            if m.info.metadata.get("registered_version") == version
+            and m.info.metadata.get("tracking_uri") == config.tracking.uri
+        ]
+        if existing:
+            tags.append(str(existing[0].tag))
+            continue
+        model = bentoml.mlflow.import_model(
+            name,
+            f"models:/{name}/{version}",
+            labels={"alias": tracking.CHAMPION},
+            metadata={"registered_version": version, "tracking_uri": config.tracking.uri},
+        )
+        tags.append(str(model.tag))
+    return tags
+
+
+def build_bento(config: EngageConfig, build_ctx: str | Path = ".", bentofile: str = "bentofile.yaml") -> str:
+    """Import the champion models, then build a Bento that packs them (no MLflow needed to serve).
+
+    Build options come from ``bentofile.yaml``; the imported model tags are added to its models.
+    """
+    ctx = Path(build_ctx).resolve()
+    options = yaml.safe_load((ctx / bentofile).read_text()) or {}
+    tags = import_champions(config)
+    service = options.pop("service")
+    options.pop("models", None)
+    bento = bentoml.bentos.build(service, models=tags, build_ctx=str(ctx), **options)
+    return str(bento.tag)
+
+
+def serve(
+    config: EngageConfig,
+    host: str | None = None,
+    port: int | None = None,
+    *,
+    target: str = "engage.service:EngageService",
+    model_source: str = "bento",
+    api_token: str | None = None,
+) -> int:
+    """Run ``bentoml serve`` in the foreground (loopback by default); return its exit code.
+
+    ``target`` is the service import path or a built Bento tag. The config travels as a YAML file.
+    """
+    with tempfile.TemporaryDirectory(prefix="engage-serve-") as tmp:
+        config_path = Path(tmp) / "config.yaml"
+        config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+        env = {**os.environ, ENV_CONFIG: str(config_path), ENV_MODEL_SOURCE: model_source}
+        env.setdefault("BENTOML_DO_NOT_TRACK", "true")
+        if api_token:
+            env[ENV_TOKEN] = api_token
+        command = [
+            sys.executable,
+            "-m",
+            "bentoml",
+            "serve",
+            target,
+            "--host",
+            host or config.serve.host,
+            "--port",
+            str(port or config.serve.port),
+        ]
+        return subprocess.run(command, env=env, check=False).returncode

@@ -1,0 +1,176 @@
+"""Request and response models of the scoring API (``/score``, ``/explain``).
+
+Plain pydantic, no BentoML import, so batch code and tests can share them. Every model forbids
+unknown fields (a typo is a 4xx naming the field, not a silent default) and hides input values in
+validation errors, so raw events and attributes never reach a log through an error message.
+The per-request user limit is configurable and therefore checked by the service, not here.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from engage import schemas as s
+
+MAX_EVENTS_PER_USER = 10_000
+MAX_ATTRIBUTES = 64
+ID_LENGTH = 128
+TEXT_LENGTH = 4_096
+
+ShortText = Annotated[str, Field(min_length=1, max_length=ID_LENGTH)]
+AttributeValue = str | bool | int | float | None
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """Timezone-aware UTC inside [1970, 2200); a naive time is read as UTC (the events contract).
+
+    The range keeps every time representable by pandas and polars, so an odd date is a 4xx naming
+    the field rather than an overflow deep inside feature code.
+    """
+    if value is None:
+        return None
+    try:
+        aware = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except (OverflowError, ValueError) as exc:
+        raise ValueError("time out of range") from exc
+    if not EARLIEST <= aware < LATEST:
+        raise ValueError(f"time must be in [{EARLIEST:%Y-%m-%d}, {LATEST:%Y-%m-%d})")
+    return aware
+
+
+class EventIn(_Strict):
+    """One recent raw event of the user it is nested under (the events table contract, minus user_id)."""
+
+    ts: datetime
+    event_type: ShortText
+    session_id: str | None = Field(None, max_length=ID_LENGTH)
+    item_id: str | None = Field(None, max_length=ID_LENGTH)
+    category: str | None = Field(None, max_length=ID_LENGTH)
+    amount: float | None = Field(None, allow_inf_nan=False)
+    channel: str | None = Field(None, max_length=ID_LENGTH)
+    message_id: str | None = Field(None, max_length=ID_LENGTH)
+    properties: str | None = Field(None, max_length=TEXT_LENGTH, description="JSON text")
+
+    @field_validator("ts")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        return as_utc(value)  # type: ignore[return-value]
+
+
+class UserIn(_Strict):
+    """A user to score: by id (features from the snapshot) or with recent raw events."""
+
+    user_id: ShortText
+    events: list[EventIn] | None = Field(None, max_length=MAX_EVENTS_PER_USER)
+    attributes: dict[ShortText, AttributeValue] | None = Field(None, max_length=MAX_ATTRIBUTES)
+
+    @field_validator("attributes")
+    @classmethod
+    def _finite(cls, value: dict[str, AttributeValue] | None) -> dict[str, AttributeValue] | None:
+        for key, item in (value or {}).items():
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ValueError(f"attribute '{key}' must be a finite number")
+            if isinstance(item, str) and len(item) > TEXT_LENGTH:
+                raise ValueError(f"attribute '{key}' is longer than {TEXT_LENGTH} characters")
+            if key == s.USER_ID:
+                raise ValueError("attributes must not contain 'user_id' (give it on the user)")
+        return value
+
+
+class ScoreRequest(_Strict):
+    """``POST /score`` body."""
+
+    users: list[UserIn] = Field(..., min_length=1)
+    as_of: datetime | None = Field(
+        None, description="Decision time (UTC); default: latest snapshot row, or now for inline events"
+    )
+    explain: bool = Field(True, description="Include the top reasons (the costly part)")
+
+    @field_validator("as_of")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        return as_utc(value)
+
+
+class ExplainRequest(UserIn):
+    """``POST /explain`` body: one user, plus an optional decision time."""
+
+    as_of: datetime | None = None
+
+    @field_validator("as_of")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        return as_utc(value)
+
+
+class Reason(BaseModel):
+    """One feature's push on the churn risk, in plain words."""
+
+    feature: str
+    value: float | str | None = None
+    contribution: float
+    text: str
+
+
+class Message(BaseModel):
+    """The chosen arm (``none`` = send nothing) and the probability the policy gave it."""
+
+    message_id: str
+    channel: str | None = None
+    text: str | None = None
+    expected_gain: float
+    propensity: float
+    holdout: bool
+
+
+class UserScore(BaseModel):
+    """One decision: risk, reasons, message, provenance."""
+
+    user_id: str
+    churn_probability: float
+    risk_band: str
+    reasons: list[Reason]
+    message: Message
+    feature_as_of: datetime | None
+    model_versions: dict[str, str]
+    decision_id: str
+    cold_start: bool
+    quarantined_events: dict[str, int] = Field(
+        default_factory=dict, description="Inline events set aside, by reason"
+    )
+
+
+class ScoreResponse(BaseModel):
+    """``POST /score`` answer, users in request order."""
+
+    users: list[UserScore]
+
+
+class ExplainResponse(BaseModel):
+    """``POST /explain`` answer: every feature's contribution, largest push first."""
+
+    user_id: str
+    churn_probability: float
+    risk_band: str
+    contributions: list[Reason]
+    feature_as_of: datetime | None
+    model_versions: dict[str, str]
+    cold_start: bool
+    quarantined_events: dict[str, int] = Field(default_factory=dict)
+
+
+def events_records(user: UserIn) -> list[dict[str, Any]]:
+    """The user's inline events as rows of the events table (user_id filled in)."""
+    return [{s.USER_ID: user.user_id, **event.model_dump()} for event in user.events or []]
