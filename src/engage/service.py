@@ -488,10 +488,12 @@ def _scalar(value: Any) -> float | str | None:
 
 
 # --- auth ---------------------------------------------------------------------------------
-class BearerAuth:
-    """ASGI middleware: with ``ENGAGE_API_TOKEN`` set, the API routes need ``Authorization: Bearer``.
+class ApiGuard:
+    """ASGI middleware in front of the API routes: JSON bodies only, and the bearer token when set.
 
-    Health, readiness, metrics and the OpenAPI document stay open for probes and tooling.
+    With ``ENGAGE_API_TOKEN`` set, ``/score`` and ``/explain`` need ``Authorization: Bearer <token>``
+    (401 otherwise). Health, readiness, metrics and the OpenAPI document stay open for probes.
+    A non-JSON content type is a 415 here rather than a parser error deeper in the server.
     """
 
     def __init__(self, app: Callable[..., Awaitable[None]], token: str | None = None) -> None:
@@ -499,24 +501,26 @@ class BearerAuth:
         self.token = (token if token is not None else os.environ.get(ENV_TOKEN, "")).encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.token and scope.get("type") == "http" and scope.get("path") in PROTECTED_PATHS:
-            header = dict(scope.get("headers") or []).get(b"authorization", b"")
-            scheme, _, given = header.partition(b" ")
-            if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.token):
-                body = json.dumps({"error": "missing or invalid bearer token (Authorization header)"})
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": HTTPStatus.UNAUTHORIZED,
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            (b"www-authenticate", b"Bearer"),
-                        ],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body.encode()})
+        if scope.get("type") == "http" and scope.get("path") in PROTECTED_PATHS:
+            headers = dict(scope.get("headers") or [])
+            if self.token:
+                scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
+                if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.token):
+                    await _reply(send, HTTPStatus.UNAUTHORIZED, "missing or invalid bearer token", auth=True)
+                    return
+            media = headers.get(b"content-type", b"application/json").split(b";")[0].strip().lower()
+            if media not in (b"application/json", b""):
+                await _reply(send, HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json")
                 return
         await self.app(scope, receive, send)
+
+
+async def _reply(send: Send, status: HTTPStatus, error: str, *, auth: bool = False) -> None:
+    headers = [(b"content-type", b"application/json")]
+    if auth:
+        headers.append((b"www-authenticate", b"Bearer"))
+    await send({"type": "http.response.start", "status": int(status), "headers": headers})
+    await send({"type": "http.response.body", "body": json.dumps({"error": error}).encode()})
 
 
 # --- the Bento service ----------------------------------------------------------------------
@@ -552,10 +556,19 @@ class EngageService:
         return self.engine.explain(request)
 
 
-EngageService.add_asgi_middleware(BearerAuth)
+EngageService.add_asgi_middleware(ApiGuard)
 
 
 # --- build and serve (called by the CLI) -----------------------------------------------------
+def _stored_models(name: str) -> list[Any]:
+    from bentoml.exceptions import NotFound
+
+    try:
+        return list(bentoml.models.list(name))
+    except NotFound:
+        return []
+
+
 def import_champions(config: EngageConfig) -> list[str]:
     """Copy the ``champion`` models of the MLflow registry into the Bento store; return their tags.
 
@@ -574,7 +587,7 @@ def import_champions(config: EngageConfig) -> list[str]:
             continue
         existing = [
             m
-            for m in bentoml.models.list(name)
+            for m in _stored_models(name)
             if m.info.metadata.get("registered_version") == version
             and m.info.metadata.get("tracking_uri") == config.tracking.uri
         ]
