@@ -369,7 +369,9 @@ def test_schemathesis_finds_no_server_error(world: World, opened: Server) -> Non
         str(har),
         "--no-color",
     ]
-    run = subprocess.run(command, capture_output=True, text=True, env=world.env, timeout=900, check=False)
+    run = subprocess.run(
+        command, capture_output=True, text=True, env=world.env, cwd=world.root, timeout=900, check=False
+    )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     entries = json.loads(har.read_text())["log"]["entries"]
     statuses = [e["response"]["status"] for e in entries]
