@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import bentoml
 import numpy as np
 import pandas as pd
+import polars as pl
 import yaml
 from bentoml.exceptions import BentoMLException
 
@@ -155,19 +156,49 @@ def load_scoring_models(config: EngageConfig, source: str = "bento") -> ScoringM
 
 # --- features -----------------------------------------------------------------------------
 class FeatureSnapshot:
-    """The materialized feature table, indexed by user for O(log n) point lookups.
+    """One loaded feature table, indexed by user for O(log n) point lookups; never mutated."""
 
-    Re-read when the file changes (a batch job or ``engage features`` rewrote it atomically).
+    def __init__(self, frame: pd.DataFrame) -> None:
+        frame = frame.copy()
+        frame[s.USER_ID] = frame[s.USER_ID].astype(str)
+        frame[s.AS_OF] = pd.to_datetime(frame[s.AS_OF], utc=True)
+        self.frame = frame.sort_values([s.USER_ID, s.AS_OF], kind="stable").reset_index(drop=True)
+        users = self.frame[s.USER_ID].to_numpy()
+        starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else np.empty(0, int)
+        ends = np.r_[starts[1:], len(users)] if len(users) else np.empty(0, int)
+        self.spans = {str(users[a]): (int(a), int(b)) for a, b in zip(starts, ends, strict=True)}
+        self.stamps = self.frame[s.AS_OF].dt.as_unit("ns").astype("int64").to_numpy()
+
+    def lookup(self, user_id: str, as_of: datetime | None) -> int | None:
+        """Row of the user's latest snapshot at or before ``as_of`` (latest overall when None)."""
+        span = self.spans.get(user_id)
+        if span is None:
+            return None
+        start, end = span
+        if as_of is None:
+            return end - 1
+        stamp = pd.Timestamp(as_of).as_unit("ns").value
+        pos = start + int(np.searchsorted(self.stamps[start:end], stamp, side="right")) - 1
+        return pos if pos >= start else None
+
+    def latest_rows(self) -> pd.DataFrame:
+        """One row per user: the latest snapshot (for the cold-start prior)."""
+        return self.frame.iloc[[end - 1 for _, end in self.spans.values()]]
+
+
+class SnapshotSource:
+    """The latest materialized snapshot at ``path``, re-read when the file changes.
+
+    A batch job or ``engage features`` rewrites it atomically; readers hold one
+    :class:`FeatureSnapshot` per request, so a reload never mixes two tables in one answer.
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._mtime: float | None = None
-        self.frame = pd.DataFrame(columns=[s.USER_ID, s.AS_OF])
-        self._stamps = np.empty(0, dtype=np.int64)
-        self._spans: dict[str, tuple[int, int]] = {}
-        self.refresh()
+        self._current = FeatureSnapshot(pd.DataFrame({s.USER_ID: [], s.AS_OF: []}))
+        self.current()
 
     def _stat(self) -> float | None:
         try:
@@ -175,44 +206,20 @@ class FeatureSnapshot:
         except (OSError, ValueError):
             return None
 
-    def refresh(self) -> None:
-        """Load the file when it appeared or changed since the last look."""
+    def current(self) -> FeatureSnapshot:
+        """The snapshot to use now (loading the file when it appeared or changed)."""
         mtime = self._stat()
-        if mtime is None or mtime == self._mtime:
-            return
-        with self._lock:
-            if mtime == self._mtime:
-                return
-            frame = pd.read_parquet(self.path)
-            frame[s.USER_ID] = frame[s.USER_ID].astype(str)
-            frame[s.AS_OF] = pd.to_datetime(frame[s.AS_OF], utc=True)
-            frame = frame.sort_values([s.USER_ID, s.AS_OF], kind="stable").reset_index(drop=True)
-            users = frame[s.USER_ID].to_numpy()
-            starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else np.empty(0, int)
-            ends = np.r_[starts[1:], len(users)] if len(users) else np.empty(0, int)
-            self._spans = {str(users[a]): (int(a), int(b)) for a, b in zip(starts, ends, strict=True)}
-            self._stamps = frame[s.AS_OF].dt.as_unit("ns").astype("int64").to_numpy()
-            self.frame = frame
-            self._mtime = mtime
-            logger.info("feature snapshot loaded: %d rows, %d users", len(frame), len(self._spans))
-
-    def lookup(self, user_id: str, as_of: datetime | None) -> int | None:
-        """Row of the user's latest snapshot at or before ``as_of`` (latest overall when None)."""
-        span = self._spans.get(user_id)
-        if span is None:
-            return None
-        start, end = span
-        if as_of is None:
-            return end - 1
-        stamp = pd.Timestamp(as_of).as_unit("ns").value
-        pos = start + int(np.searchsorted(self._stamps[start:end], stamp, side="right")) - 1
-        return pos if pos >= start else None
-
-    def latest_rows(self) -> pd.DataFrame:
-        """One row per user: the latest snapshot (for the cold-start prior)."""
-        if self.frame.empty:
-            return self.frame
-        return self.frame.iloc[[end - 1 for _, end in self._spans.values()]]
+        if mtime is not None and mtime != self._mtime:
+            with self._lock:
+                if mtime != self._mtime:
+                    self._current = FeatureSnapshot(pd.read_parquet(self.path))
+                    self._mtime = mtime
+                    logger.info(
+                        "feature snapshot loaded: %d rows, %d users",
+                        len(self._current.frame),
+                        len(self._current.spans),
+                    )
+        return self._current
 
 
 def inline_features(
@@ -223,7 +230,6 @@ def inline_features(
     Events are validated like a file (quarantine, never silent drops); quarantined counts per user
     and reason come back instead of failing the request.
     """
-    import polars as pl
 
     from engage.events import validate_events
     from engage.features import build_features
@@ -269,14 +275,14 @@ class ScoringEngine:
     def __init__(self, config: EngageConfig, models: ScoringModels) -> None:
         self.config = config
         self.models = models
-        self.snapshot = FeatureSnapshot(config.serve.feature_snapshot_path)
+        self.snapshots = SnapshotSource(config.serve.feature_snapshot_path)
         self.log_dir = Path(config.serve.decision_log_dir)
         self._log_lock = threading.Lock()
         self.prior = self._prior()
 
     def _prior(self) -> float:
         """Population churn prior for cold starts: mean model output over the latest snapshot."""
-        latest = self.snapshot.latest_rows()
+        latest = self.snapshots.current().latest_rows()
         if not latest.empty:
             sample = latest.sample(min(len(latest), PRIOR_SAMPLE), random_state=self.config.seed)
             return float(np.mean(self.models.churn.churn_probability(sample)))
@@ -295,14 +301,14 @@ class ScoringEngine:
         self, users: Sequence[UserIn], as_of: datetime | None, now: datetime
     ) -> tuple[pd.DataFrame, list[int | None], dict[str, dict[str, int]]]:
         """Feature rows for the users, and per user the row position (None = cold start)."""
-        self.snapshot.refresh()
+        snapshot = self.snapshots.current()
         inline = [u for u in users if u.events]
         inline_frame = pd.DataFrame()
         quarantined: dict[str, dict[str, int]] = {}
         if inline:
             try:
                 inline_frame, quarantined = inline_features(inline, as_of or now, self.config)
-            except (ValueError, TypeError, ArithmeticError) as exc:
+            except (ValueError, TypeError, ArithmeticError, pl.exceptions.PolarsError) as exc:
                 logger.warning("inline features failed: %s", type(exc).__name__)
                 raise Unprocessable(
                     "users[].events/attributes: could not compute features from the inline events "
@@ -316,14 +322,14 @@ class ScoringEngine:
                 pos = inline_pos.get(user.user_id)
                 where.append(("inline", pos) if pos is not None else None)
             else:
-                row = self.snapshot.lookup(user.user_id, as_of)
+                row = snapshot.lookup(user.user_id, as_of)
                 if row is None:
                     where.append(None)
                 else:
                     where.append(("snapshot", len(snap_rows)))
                     snap_rows.append(row)
         parts = []
-        snap = self.snapshot.frame.iloc[snap_rows] if snap_rows else pd.DataFrame()
+        snap = snapshot.frame.iloc[snap_rows] if snap_rows else pd.DataFrame()
         if snap_rows:
             parts.append(snap)
         if len(inline_frame):
