@@ -75,8 +75,13 @@ class Client:
             self.headers["Authorization"] = f"Bearer {token}"
 
     def score(self, body: bytes) -> dict[str, Any]:
-        self.conn.request("POST", "/score", body=body, headers=self.headers)
-        response = self.conn.getresponse()
+        try:
+            self.conn.request("POST", "/score", body=body, headers=self.headers)
+            response = self.conn.getresponse()
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            self.conn.close()  # the server closed an idle keep-alive connection: reconnect once
+            self.conn.request("POST", "/score", body=body, headers=self.headers)
+            response = self.conn.getresponse()
         payload = response.read()
         if response.status != 200:
             raise RuntimeError(f"/score answered {response.status}: {payload[:300]!r}")
