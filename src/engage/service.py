@@ -538,6 +538,13 @@ class EngageService:
         config = service_config()
         source = os.environ.get(ENV_MODEL_SOURCE, "bento")
         self.engine = ScoringEngine(config, load_scoring_models(config, source))
+        # created here, not at import: the worker sets PROMETHEUS_MULTIPROC_DIR after importing us
+        from prometheus_client import Counter
+
+        self.decisions = Counter(
+            "engage_decisions", "Decisions returned by /score", ["cold_start", "message_id"]
+        )
+        self.quarantined = Counter("engage_inline_events_quarantined", "Inline events set aside")
 
     @bentoml.api(input_spec=ScoreRequest)
     def score(
@@ -545,7 +552,13 @@ class EngageService:
     ) -> ScoreResponse:
         """Score up to ``serve.max_users_per_request`` users (413 beyond)."""
         request = ScoreRequest.model_construct(users=users, as_of=as_of, explain=explain)
-        return self.engine.score(request)
+        response = self.engine.score(request)
+        for answer in response.users:
+            cold = "true" if answer.cold_start else "false"
+            self.decisions.labels(cold_start=cold, message_id=answer.message.message_id).inc()
+            if answer.quarantined_events:
+                self.quarantined.inc(sum(answer.quarantined_events.values()))
+        return response
 
     @bentoml.api(input_spec=ExplainRequest)
     def explain(

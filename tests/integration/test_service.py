@@ -336,11 +336,14 @@ def test_raw_events_and_attributes_never_reach_the_log(world: World, opened: Ser
 
 
 def test_health_and_metrics(opened: Server) -> None:
+    assert post(f"{opened.url}/score", {"users": [{"user_id": "metrics-probe"}]})[0] == 200
     for path in ("/healthz", "/livez", "/readyz"):
         with urllib.request.urlopen(f"{opened.url}{path}", timeout=10) as response:
             assert response.status == 200
     with urllib.request.urlopen(f"{opened.url}/metrics", timeout=10) as response:
-        assert "bentoml_service_request" in response.read().decode()
+        text = response.read().decode()
+    assert "bentoml_service_request" in text
+    assert 'engage_decisions_total{cold_start="true",message_id="none"}' in text
 
 
 def test_schemathesis_finds_no_server_error(world: World, opened: Server) -> None:
