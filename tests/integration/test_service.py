@@ -105,18 +105,16 @@ def ready(server: Server, timeout: float = 240) -> Server:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     """Simulated data, a tiny champion churn model in MLflow, and a feature snapshot on disk."""
     from engage.config import load_config
-    from engage.datasets.simulate import simulate
-    from engage.features import build_features
-    from engage.train import train_churn
 
     root = tmp_path_factory.mktemp("service")
     overrides = {
         "tracking.uri": f"sqlite:///{root / 'mlflow.db'}",
         "labels.min_churned": 20,
         "labels.min_retained": 20,
+        "labels.every_days": 14,
         "churn.n_estimators": 60,
         "churn.min_child_samples": 20,
         "serve.max_users_per_request": MAX_USERS,
@@ -132,7 +130,17 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "MLFLOW_TRACKING_URI": config.tracking.uri,
     }
-    os.environ.update({k: env[k] for k in ("BENTOML_HOME", "MLFLOW_TRACKING_URI")})
+    with pytest.MonkeyPatch.context() as patch:
+        for key in ("BENTOML_HOME", "MLFLOW_TRACKING_URI"):
+            patch.setenv(key, env[key])  # in-process MLflow and Bento store calls land in the temp dir
+        yield _build_world(root, config, env)
+
+
+def _build_world(root: Path, config: Any, env: dict[str, str]) -> World:
+    from engage.datasets.simulate import simulate
+    from engage.features import build_features
+    from engage.train import train_churn
+
     data = simulate(1_500, 120, seed=7)
     result = train_churn(data.events, config, users=data.users)
     assert result.promoted, "the first model must become champion"
