@@ -43,6 +43,7 @@ from engage.service_schemas import (
     UserIn,
     UserScore,
     events_records,
+    signup_time,
 )
 
 if TYPE_CHECKING:  # importing scoring pulls in models, catalog and policy: done lazily
@@ -243,7 +244,12 @@ def inline_features(
         for user_id, reason, n in counts.iter_rows():
             quarantined.setdefault(str(user_id), {})[str(reason)] = int(n)
     attributes = [{s.USER_ID: u.user_id, **(u.attributes or {})} for u in users if u.attributes]
+    for row in attributes:
+        if row.get(s.SIGNUP_TS) is not None:
+            row[s.SIGNUP_TS] = signup_time(row[s.SIGNUP_TS])
     users_frame = pl.DataFrame(attributes, infer_schema_length=None, strict=False) if attributes else None
+    if users_frame is not None and s.SIGNUP_TS in users_frame.columns:
+        users_frame = users_frame.with_columns(pl.col(s.SIGNUP_TS).cast(s.TS_DTYPE))
     features = build_features(result.accepted, [as_of], config=config.features, users=users_frame)
     frame = features.to_pandas() if hasattr(features, "to_pandas") else pd.DataFrame(features)
     if not frame.empty:

@@ -50,6 +50,17 @@ def as_utc(value: datetime | None) -> datetime | None:
     return aware
 
 
+def signup_time(value: AttributeValue) -> datetime:
+    """The ``signup_ts`` attribute (ISO 8601 text) as a UTC time; a ValueError names the attribute."""
+    try:
+        parsed = datetime.fromisoformat(str(value)) if isinstance(value, str) else None
+    except ValueError:
+        parsed = None
+    if parsed is None:
+        raise ValueError(f"attribute '{s.SIGNUP_TS}' must be an ISO 8601 time")
+    return as_utc(parsed)  # type: ignore[return-value]
+
+
 class EventIn(_Strict):
     """One recent raw event of the user it is nested under (the events table contract, minus user_id)."""
 
@@ -86,6 +97,8 @@ class UserIn(_Strict):
                 raise ValueError(f"attribute '{key}' is longer than {TEXT_LENGTH} characters")
             if key == s.USER_ID:
                 raise ValueError("attributes must not contain 'user_id' (give it on the user)")
+            if key == s.SIGNUP_TS and item is not None:
+                signup_time(item)
         return value
 
 

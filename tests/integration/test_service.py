@@ -50,6 +50,7 @@ class World:
     config_path: Path
     config: Any
     events: Any
+    users: Any
     snapshot: pd.DataFrame
     as_of: pd.Timestamp
     env: dict[str, str]
@@ -152,7 +153,7 @@ def _build_world(root: Path, config: Any, env: dict[str, str]) -> World:
     config_path = root / "config.yaml"
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     env["ENGAGE_CONFIG"] = str(config_path)
-    return World(root, config_path, config, data.events, snapshot, as_of, env)
+    return World(root, config_path, config, data.events, data.users, snapshot, as_of, env)
 
 
 @pytest.fixture(scope="module")
@@ -196,6 +197,14 @@ def user_events(world: World, user_id: str) -> list[dict[str, Any]]:
         (pl.col(s.USER_ID) == user_id) & (pl.col(s.TS) < world.as_of.to_pydatetime())
     ).to_dicts()
     return [{k: v for k, v in row.items() if k != s.USER_ID and v is not None} for row in rows]
+
+
+def user_attributes(world: World, user_id: str) -> dict[str, Any]:
+    """The users-table row of a simulated user, as request attributes (times as ISO text)."""
+    import polars as pl
+
+    (row,) = world.users.filter(pl.col(s.USER_ID) == user_id).to_dicts()
+    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items() if k != s.USER_ID}
 
 
 def batch_scores(world: World, user_ids: list[str]) -> pd.DataFrame:
@@ -255,7 +264,11 @@ def test_inline_events_give_the_snapshot_answer(world: World, secured: Server) -
     events.append(dict(events[-1]))  # an exact duplicate is quarantined, not an error
     status, body = post(
         f"{secured.url}/score",
-        {"users": [{"user_id": user, "events": events}], "as_of": world.as_of, "explain": False},
+        {
+            "users": [{"user_id": user, "events": events, "attributes": user_attributes(world, user)}],
+            "as_of": world.as_of,
+            "explain": False,
+        },
         TOKEN,
     )
     assert status == 200, body

@@ -14,6 +14,7 @@ from engage.service_schemas import (
     ScoreRequest,
     UserIn,
     events_records,
+    signup_time,
 )
 
 SENTINEL = "SENTINEL-RAW-991"
@@ -109,3 +110,11 @@ def test_explain_request_is_one_flat_user() -> None:
     assert request.user_id == "u1" and request.as_of == datetime(2024, 5, 1, tzinfo=UTC)
     with pytest.raises(ValidationError):
         ExplainRequest.model_validate({"users": [{"user_id": "u1"}]})
+
+
+def test_signup_time_attribute_must_be_a_time() -> None:
+    user = UserIn.model_validate({"user_id": "u1", "attributes": {"signup_ts": "2024-01-02T03:04:05+01:00"}})
+    assert signup_time(user.attributes["signup_ts"]) == datetime(2024, 1, 2, 2, 4, 5, tzinfo=UTC)  # type: ignore[index]
+    with pytest.raises(ValidationError) as info:
+        UserIn.model_validate({"user_id": "u1", "attributes": {"signup_ts": "last spring"}})
+    assert locs(info.value) == [("attributes",)] and "signup_ts" in str(info.value)
