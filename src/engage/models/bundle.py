@@ -57,3 +57,29 @@ class ChurnBundle:
 
     def contributions(self, frame: pd.DataFrame) -> pd.DataFrame:
         return self.model.contributions(self._features(frame))
+
+
+@dataclass
+class OfferBundle:
+    """A fitted multi-arm uplift model and the feature columns it reads."""
+
+    model: Any
+    feature_names: list[str]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def outcomes(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Predicted outcome probability under every arm (one column per arm, control included)."""
+        missing = [c for c in self.feature_names if c not in frame.columns]
+        if missing:
+            raise ValueError(f"features missing for the offers model: {', '.join(missing[:10])}")
+        return self.model.predict_outcomes(frame[self.feature_names])
+
+    def expected_gains(self, frame: pd.DataFrame, catalog: Any) -> pd.DataFrame:
+        """(p(arm) - p(none)) * value - cost per arm; `none` is 0."""
+        from engage.models.uplift import expected_gain
+
+        return expected_gain(self.outcomes(frame), catalog)
+
+    def predict_outcomes(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Alias used by the MLflow pyfunc wrapper."""
+        return self.outcomes(frame)

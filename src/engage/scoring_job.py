@@ -1,0 +1,180 @@
+"""Batch scoring on one machine: events -> features -> scores file, in user chunks, written atomically.
+
+The same scoring path as the HTTP service (``engage.scoring.score_features``), so a user scored here
+and through ``/score`` with the same ``as_of`` gets the same answer. Users are split into chunks by a
+stable hash of ``user_id`` so memory stays bounded; reasons can be limited to the riskiest share of
+users, which is where they are read and where their cost matters. The run also writes the feature
+snapshot the service reads, and appends its decisions to the decision log.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import polars as pl
+
+from engage import schemas as s
+from engage.config import EngageConfig
+from engage.decisions import append_decisions
+from engage.events import write_parquet_atomic
+from engage.features import build_features
+from engage.scoring import ScoringModels, score_features, to_storable
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class ScoreRunSummary:
+    """Figures of one batch scoring run."""
+
+    users: int
+    seconds: float
+    explained: int
+    out: Path
+    snapshot: Path | None
+
+    @property
+    def users_per_second(self) -> float:
+        return self.users / self.seconds if self.seconds else float("nan")
+
+
+def user_chunks(events: pl.DataFrame | pl.LazyFrame, n_chunks: int) -> list[pl.LazyFrame]:
+    """Split events by a stable hash of user_id so each user lands in exactly one chunk."""
+    lazy = events.lazy() if isinstance(events, pl.DataFrame) else events
+    if n_chunks <= 1:
+        return [lazy]
+    bucket = pl.col(s.USER_ID).hash(seed=0) % n_chunks
+    return [lazy.filter(bucket == i) for i in range(n_chunks)]
+
+
+def exposure_history(exposures: pl.DataFrame | None, as_of: datetime) -> pd.DataFrame | None:
+    """Past messages (for cooldowns and caps): only exposures before as_of."""
+    if exposures is None:
+        return None
+    past = exposures.filter(pl.col(s.TS) < as_of).select(s.USER_ID, s.TS, s.MESSAGE_ID)
+    return past.to_pandas()
+
+
+def score_events(
+    events: pl.DataFrame | pl.LazyFrame,
+    as_of: datetime,
+    models: ScoringModels,
+    config: EngageConfig,
+    out: Path,
+    *,
+    users: pl.DataFrame | None = None,
+    exposures: pl.DataFrame | None = None,
+    explain_share: float | None = 1.0,
+    users_per_chunk: int = 250_000,
+    snapshot: Path | None = None,
+    decision_log: Path | None = None,
+    progress: Progress | None = None,
+) -> ScoreRunSummary:
+    """Score every user with events before ``as_of`` and write ``out`` atomically.
+
+    ``explain_share`` is the share of riskiest users that get reasons (1.0 = everyone, 0 or None =
+    nobody). Re-running with the same inputs gives the identical file.
+    """
+    started = time.perf_counter()
+    lazy = events.lazy() if isinstance(events, pl.DataFrame) else events
+    n_users = lazy.filter(pl.col(s.TS) < as_of).select(pl.col(s.USER_ID).n_unique()).collect().item()
+    n_chunks = max(1, int(np.ceil(n_users / users_per_chunk)))
+    history = exposure_history(exposures, as_of)
+    features: list[pd.DataFrame] = []
+    probabilities: list[np.ndarray] = []
+    done = 0
+    for chunk in user_chunks(lazy, n_chunks):
+        frame = build_features(chunk, [as_of], config=config.features, users=users, exposures=exposures)
+        features.append(frame)
+        probabilities.append(models.churn.churn_probability(frame) if len(frame) else np.array([]))
+        done += len(frame)
+        if progress:
+            progress(done // 2, n_users)
+    all_p = np.concatenate(probabilities) if probabilities else np.array([])
+    threshold = _explain_threshold(all_p, explain_share)
+    parts: list[pd.DataFrame] = []
+    explained = 0
+    for frame, p in zip(features, probabilities, strict=True):
+        if frame.empty:
+            continue
+        rows = p >= threshold if threshold is not None else None
+        explained += int(rows.sum()) if rows is not None else 0
+        parts.append(
+            score_features(
+                frame,
+                models,
+                policy=config.policy,
+                seed=config.seed,
+                history=history,
+                reasons_top_k=None if threshold is None else config.churn.reasons_top_k,
+                explain_rows=rows,
+            )
+        )
+        done += len(frame)
+        if progress:
+            progress(min(done // 2, n_users), n_users)
+    scores = (
+        pd.concat(parts, ignore_index=True)
+        if parts
+        else score_features(pd.DataFrame(), models, policy=config.policy, seed=config.seed)
+    )
+    scores = scores.sort_values(s.USER_ID, kind="stable", ignore_index=True)
+    write_parquet_atomic(pl.from_pandas(to_storable(scores)), out)
+    snapshot_path = None
+    if snapshot is not None and features:
+        snapshot_path = write_parquet_atomic(
+            pl.from_pandas(pd.concat(features, ignore_index=True).sort_values(s.USER_ID, ignore_index=True)),
+            snapshot,
+        )
+    if decision_log is not None and len(scores):
+        records = scores.assign(expected_gain=scores["expected_uplift"]).to_dict("records")
+        append_decisions(records, decision_log, decided_at=as_of)
+    return ScoreRunSummary(
+        users=len(scores),
+        seconds=time.perf_counter() - started,
+        explained=explained,
+        out=out,
+        snapshot=snapshot_path,
+    )
+
+
+def load_models(config: EngageConfig, alias: str = "champion") -> ScoringModels:
+    """The registered churn and offers models behind ``alias`` (offers optional) and the catalog."""
+    from engage import tracking
+    from engage.catalog import load_catalog
+
+    tracking.configure(config.tracking.uri)
+    names = {"churn": config.tracking.churn_model_name, "offers": config.tracking.offer_model_name}
+    versions: dict[str, str] = {}
+    loaded = {}
+    for role, name in names.items():
+        version = tracking.alias_version(name, alias)
+        if version is None:
+            if role == "churn":
+                raise LookupError(
+                    f"no {name}@{alias} in {config.tracking.uri}: run `engage train churn` first"
+                )
+            continue
+        loaded[role] = tracking.load_estimator(f"models:/{name}/{version}")
+        versions[role] = f"{name}/{version}"
+    return ScoringModels(
+        churn=loaded["churn"],
+        catalog=load_catalog(config.offers.catalog_path),
+        offers=loaded.get("offers"),
+        versions=versions,
+    )
+
+
+def _explain_threshold(probabilities: np.ndarray, share: float | None) -> float | None:
+    """Probability above which a user gets reasons; None when nobody does."""
+    if share is None or share <= 0 or len(probabilities) == 0:
+        return None
+    if share >= 1:
+        return -np.inf
+    return float(np.quantile(probabilities, 1 - share))

@@ -1,0 +1,343 @@
+"""Next-best-offer training: campaign logs -> point-in-time table -> uplift model -> policy values.
+
+Two entry points: ``fit_offers_from_events`` (exposures joined with features as of each exposure and
+outcomes in the attribution window) and ``fit_offers_from_table`` (any randomized campaign table with
+precomputed covariates, e.g. Hillstrom). Both split out of time (or by a seeded 50/50 split for a
+single-date table), fit a multi-arm uplift model, and judge the learned policy off-policy (IPS,
+SNIPS, DR with bootstrap CIs) next to the logging policy, `none` for all and every single arm. With
+the simulator's truth, the true value of every policy and of the oracle are computed too.
+``train_offers`` adds the MLflow record, registration and the champion gate on the DR value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import polars as pl
+
+from engage import schemas as s
+from engage import tracking
+from engage.catalog import Catalog
+from engage.config import EngageConfig
+from engage.evaluation.off_policy import doubly_robust, ips, snips
+from engage.evaluation.uplift import qini_coefficient, qini_curve, uplift_at_k
+from engage.features import build_features
+from engage.models.bundle import OfferBundle
+from engage.models.uplift import MultiArmUplift, expected_gain
+from engage.policy import action_probabilities
+
+Progress = Callable[[int, int], None]
+REWARD = "reward"
+ARM = "arm"
+
+
+def attach_outcomes(exposures: pl.DataFrame, events: pl.DataFrame, *, attribution_days: int) -> pl.DataFrame:
+    """Given outcomes stay; otherwise converted = a purchase in [ts, ts + window), revenue = its amount."""
+    if s.CONVERTED in exposures.columns:
+        return exposures
+    purchases = events.filter(pl.col(s.EVENT_TYPE) == "purchase").select(
+        s.USER_ID, pl.col(s.TS).alias("__pts"), pl.col("amount").fill_null(0.0).alias("__amt")
+    )
+    keyed = exposures.with_row_index("__exp")
+    window = pl.duration(days=attribution_days)
+    hits = (
+        keyed.select("__exp", s.USER_ID, s.TS)
+        .join(purchases, on=s.USER_ID, how="inner")
+        .filter((pl.col("__pts") >= pl.col(s.TS)) & (pl.col("__pts") < pl.col(s.TS) + window))
+        .group_by("__exp")
+        .agg(pl.len().alias("__n"), pl.col("__amt").sum().alias(s.REVENUE))
+    )
+    return (
+        keyed.join(hits, on="__exp", how="left")
+        .with_columns((pl.col("__n").fill_null(0) > 0).alias(s.CONVERTED), pl.col(s.REVENUE).fill_null(0.0))
+        .drop("__exp", "__n")
+    )
+
+
+def rewards(arms: pd.Series, converted: pd.Series, catalog: Catalog) -> np.ndarray:
+    """Net value of each logged decision: conversion value minus the message's cost.
+
+    A conversion under `none` is worth the mean catalog value, so arms compete on lift, not value.
+    """
+    value = {m.id: m.value for m in catalog.messages}
+    cost = {m.id: m.cost for m in catalog.messages}
+    base_value = float(np.mean(list(value.values()))) if value else 1.0
+    v = arms.map(value).fillna(base_value).to_numpy(dtype=float)
+    c = arms.map(cost).fillna(0.0).to_numpy(dtype=float)
+    return converted.to_numpy(dtype=float) * v - c
+
+
+def reward_matrix(probabilities: pd.DataFrame, catalog: Catalog) -> pd.DataFrame:
+    """Expected reward per arm from outcome probabilities (the DR outcome model)."""
+    value = {m.id: m.value for m in catalog.messages}
+    cost = {m.id: m.cost for m in catalog.messages}
+    base_value = float(np.mean(list(value.values()))) if value else 1.0
+    return pd.DataFrame(
+        {
+            arm: probabilities[arm] * value.get(arm, base_value) - cost.get(arm, 0.0)
+            for arm in probabilities.columns
+        },
+        index=probabilities.index,
+    )
+
+
+def offer_table(
+    events: pl.DataFrame,
+    exposures: pl.DataFrame,
+    config: EngageConfig,
+    *,
+    users: pl.DataFrame | None = None,
+    progress: Progress | None = None,
+) -> pd.DataFrame:
+    """Exposures with outcomes and the user's features as of each exposure time (point in time)."""
+    logged = attach_outcomes(exposures, events, attribution_days=config.offers.attribution_days)
+    dates = sorted(logged[s.TS].unique().to_list())
+    features = build_features(
+        events, dates, config=config.features, users=users, exposures=exposures, progress=progress
+    )
+    table = logged.to_pandas().rename(columns={s.TS: s.AS_OF, s.MESSAGE_ID: ARM})
+    table[s.AS_OF] = pd.to_datetime(table[s.AS_OF], utc=True)
+    features[s.AS_OF] = pd.to_datetime(features[s.AS_OF], utc=True)
+    features = features.drop(columns=[c for c in (s.CHANNEL,) if c in features.columns])
+    return table.merge(features, on=[s.USER_ID, s.AS_OF], how="left")
+
+
+@dataclass
+class OfferFit:
+    """What an offers fit produced, before anything is tracked."""
+
+    bundle: OfferBundle
+    metrics: dict[str, float]
+    values: pd.DataFrame
+    qini: dict[str, pd.DataFrame]
+    test: pd.DataFrame
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+def _split(table: pd.DataFrame, *, test_share: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    dates = np.sort(table[s.AS_OF].unique()) if s.AS_OF in table else np.array([])
+    if len(dates) >= 3:
+        cut = dates[int(np.floor(len(dates) * (1 - test_share)))]
+        return table[table[s.AS_OF] < cut].copy(), table[table[s.AS_OF] >= cut].copy()
+    rng = np.random.default_rng(seed)
+    test_rows = np.zeros(len(table), bool)
+    for _, idx in table.groupby(ARM).indices.items():  # stratified by arm
+        chosen = rng.choice(idx, size=round(len(idx) * test_share), replace=False)
+        test_rows[chosen] = True
+    return table[~test_rows].copy(), table[test_rows].copy()
+
+
+def _policy_values(
+    test: pd.DataFrame,
+    target: dict[str, pd.DataFrame],
+    q_hat: pd.DataFrame,
+    *,
+    n_boot: int,
+    seed: int,
+) -> pd.DataFrame:
+    rows = []
+    arm, reward, prop = test[ARM].astype(str), test[REWARD].to_numpy(), test[s.PROPENSITY].to_numpy()
+    for name, probs in target.items():
+        for estimator, fn in (("ips", ips), ("snips", snips)):
+            est = fn(arm, reward, prop, probs, n_boot=n_boot, seed=seed)
+            rows.append((name, estimator, est.value, est.ci_low, est.ci_high))
+        est = doubly_robust(arm, reward, prop, probs, q_hat, n_boot=n_boot, seed=seed)
+        rows.append((name, "dr", est.value, est.ci_low, est.ci_high))
+    return pd.DataFrame(rows, columns=["policy", "estimator", "value", "ci_low", "ci_high"])
+
+
+def single_arm_policy(allowed: pd.DataFrame, arm: str) -> pd.DataFrame:
+    """Send ``arm`` wherever it is allowed, else nothing."""
+    probs = pd.DataFrame(0.0, index=allowed.index, columns=allowed.columns)
+    can = allowed[arm].to_numpy(dtype=bool) if arm in allowed else np.zeros(len(allowed), bool)
+    probs[arm] = can.astype(float)
+    probs[s.CONTROL_ARM] = (~can).astype(float) if arm != s.CONTROL_ARM else 1.0
+    return probs
+
+
+def fit_offers(
+    table: pd.DataFrame,
+    config: EngageConfig,
+    catalog: Catalog,
+    *,
+    feature_cols: Sequence[str] | None = None,
+    truth: pd.DataFrame | None = None,
+    n_boot: int = 300,
+) -> OfferFit:
+    """Fit the uplift model and judge the learned policy against the alternatives on held-out rows."""
+    table = table.reset_index(drop=True)
+    table[REWARD] = rewards(table[ARM].astype(str), table[s.CONVERTED], catalog)
+    if feature_cols is None:
+        skip = {s.USER_ID, s.AS_OF, ARM, s.CHANNEL, s.PROPENSITY, s.CONVERTED, s.REVENUE, REWARD}
+        feature_cols = [c for c in table.columns if c not in skip and not c.startswith("p_")]
+    train, test = _split(table, test_share=0.3, seed=config.seed)
+    oc = config.offers
+    model = MultiArmUplift(
+        learner=oc.learner,
+        control=s.CONTROL_ARM,
+        n_estimators=oc.n_estimators,
+        learning_rate=oc.learning_rate,
+        num_leaves=oc.num_leaves,
+        min_child_samples=oc.min_child_samples,
+        random_state=config.seed,
+    ).fit(
+        train[list(feature_cols)],
+        train[ARM].astype(str),
+        train[s.CONVERTED].astype(float),
+        train[s.PROPENSITY],
+    )
+    bundle = OfferBundle(model=model, feature_names=list(feature_cols))
+    test = test.reset_index(drop=True)
+    outcomes = bundle.outcomes(test)
+    gains = expected_gain(outcomes, catalog)
+    policy_cfg = config.policy.model_copy(update={"holdout_pct": 0.0})
+    greedy_cfg = policy_cfg.model_copy(update={"exploration": "none"})
+    as_of = None
+    learned, _ = action_probabilities(test, gains, catalog, config=policy_cfg, history=None, as_of=as_of)
+    greedy, _ = action_probabilities(test, gains, catalog, config=greedy_cfg, history=None, as_of=as_of)
+    allowed = (_logging_support(test, catalog) > 0).astype(bool)
+    q_hat = reward_matrix(outcomes.reindex(columns=learned.columns).fillna(0.0), catalog)
+    targets: dict[str, pd.DataFrame] = {"learned": learned, "learned_greedy": greedy}
+    targets["none"] = single_arm_policy(allowed, s.CONTROL_ARM)
+    for m in catalog.messages:
+        targets[f"only_{m.id}"] = single_arm_policy(allowed, m.id)
+    uniform = allowed.astype(float)
+    targets["uniform_random"] = uniform.div(uniform.sum(axis=1), axis=0)
+    values = _policy_values(test, targets, q_hat, n_boot=n_boot, seed=config.seed)
+    dr = values[values["estimator"] == "dr"].set_index("policy")["value"]
+    singles = dr[[f"only_{m.id}" for m in catalog.messages]]
+    metrics = {
+        "policy_value_ips": _pick(values, "learned", "ips"),
+        "policy_value_snips": _pick(values, "learned", "snips"),
+        "policy_value_dr": float(dr["learned"]),
+        "policy_value_dr_ci_low": _pick(values, "learned", "dr", "ci_low"),
+        "policy_value_dr_ci_high": _pick(values, "learned", "dr", "ci_high"),
+        "greedy_policy_value_dr": float(dr["learned_greedy"]),
+        "logging_policy_value": float(test[REWARD].mean()),
+        "best_single_arm_value": float(singles.max()),
+        "none_value": float(dr["none"]),
+        "rows_train": float(len(train)),
+        "rows_test": float(len(test)),
+    }
+    qini: dict[str, pd.DataFrame] = {}
+    for m in catalog.messages:
+        rows = test[ARM].isin([m.id, s.CONTROL_ARM]).to_numpy()
+        if m.id not in outcomes or rows.sum() < 50 or (test.loc[rows, ARM] == m.id).sum() < 10:
+            continue
+        uplift = (outcomes[m.id] - outcomes[s.CONTROL_ARM]).to_numpy()[rows]
+        treated = (test.loc[rows, ARM] == m.id).to_numpy()
+        y = test.loc[rows, s.CONVERTED].to_numpy(dtype=float)
+        qini[m.id] = qini_curve(y, treated, uplift)
+        metrics[f"qini_{m.id}"] = qini_coefficient(y, treated, uplift)
+        metrics[f"uplift_at_30_{m.id}"] = uplift_at_k(y, treated, uplift, k=0.3)
+    if truth is not None:
+        metrics |= true_values(test, truth, targets, allowed, catalog)
+    return OfferFit(bundle=bundle, metrics=metrics, values=values, qini=qini, test=test)
+
+
+def _pick(values: pd.DataFrame, policy: str, estimator: str, column: str = "value") -> float:
+    row = values[(values["policy"] == policy) & (values["estimator"] == estimator)]
+    return float(row[column].iloc[0])
+
+
+def _logging_support(test: pd.DataFrame, catalog: Catalog) -> pd.DataFrame:
+    """Arms the logging policy could have chosen per row: `none` always, a message when consented."""
+    support = {s.CONTROL_ARM: np.ones(len(test))}
+    for m in catalog.messages:
+        consent = s.consent_column(m.channel)
+        if consent in test:
+            support[m.id] = pd.to_numeric(test[consent], errors="coerce").fillna(0).to_numpy() > 0
+        else:
+            support[m.id] = np.ones(len(test), bool)
+    return pd.DataFrame(support, index=test.index).astype(float)
+
+
+def true_values(
+    test: pd.DataFrame,
+    truth: pd.DataFrame,
+    targets: dict[str, pd.DataFrame],
+    allowed: pd.DataFrame,
+    catalog: Catalog,
+) -> dict[str, float]:
+    """Policy values from the simulator's true conversion probabilities (no estimation error)."""
+    keyed = truth.rename(columns={s.TS: s.AS_OF}).copy()
+    keyed[s.AS_OF] = pd.to_datetime(keyed[s.AS_OF], utc=True)
+    joined = test[[s.USER_ID, s.AS_OF]].merge(keyed, on=[s.USER_ID, s.AS_OF], how="left")
+    arms = list(allowed.columns)
+    p = pd.DataFrame({a: joined[f"p_{a}"].to_numpy(dtype=float) for a in arms}, index=test.index)
+    true_reward = reward_matrix(p, catalog)
+    values = {
+        name: float((probs[arms] * true_reward[arms]).sum(axis=1).mean()) for name, probs in targets.items()
+    }
+    oracle = true_reward.where(allowed.astype(bool), -np.inf).max(axis=1)
+    singles = [values[f"only_{m.id}"] for m in catalog.messages]
+    return {
+        "true_policy_value": values["learned"],
+        "true_greedy_policy_value": values["learned_greedy"],
+        "oracle_policy_value": float(oracle.mean()),
+        "true_best_single_arm_value": float(max(singles)),
+        "true_none_value": values["none"],
+        "true_logging_policy_value": float(test[REWARD].mean()),
+    }
+
+
+@dataclass
+class OfferTrainingResult:
+    run_id: str
+    model_uri: str
+    version: str | None
+    promoted: bool
+    fit: OfferFit
+
+
+def train_offers(
+    fit: OfferFit,
+    config: EngageConfig,
+    *,
+    fingerprint: dict[str, Any] | None = None,
+    run_name: str = "offers",
+    figures: dict[str, Any] | None = None,
+) -> OfferTrainingResult:
+    """Record an offers fit in MLflow, register it and apply the champion gate on DR policy value."""
+    name = config.tracking.offer_model_name
+    tracking.configure(config.tracking.uri)
+    with tracking.run(config.tracking.experiment, run_name, tags={"engage.model": "offers"}) as run_id:
+        tracking.set_tags({"engage.code_version": tracking.code_version()})
+        tracking.log_config(config)
+        if fingerprint:
+            tracking.log_fingerprint(fingerprint)
+        tracking.log_metrics(fit.metrics)
+        tracking.log_frame(fit.values, "policy_values.csv")
+        if figures:
+            tracking.log_figures(figures)
+        example = fit.test[fit.bundle.feature_names].head(5)
+        model_uri, version = tracking.log_model(
+            fit.bundle,
+            name="offers_model",
+            input_example=example,
+            method="predict_outcomes",
+            registered_model_name=name,
+        )
+        promoted = False
+        if version is not None:
+            tracking.set_alias(name, tracking.CHALLENGER, version)
+            champion = tracking.run_metrics(name, tracking.CHAMPION)
+            current = champion.get("policy_value_dr")
+            promoted = (
+                current is None or fit.metrics["policy_value_dr"] > current + config.offers.promote_margin
+            )
+            tracking.log_metrics(
+                {
+                    "gate_promoted": float(promoted),
+                    **({"gate_champion_policy_value_dr": current} if current else {}),
+                }
+            )
+            if promoted:
+                tracking.set_alias(name, tracking.CHAMPION, version)
+    return OfferTrainingResult(
+        run_id=run_id, model_uri=model_uri, version=version, promoted=promoted, fit=fit
+    )
