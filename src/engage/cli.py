@@ -418,6 +418,282 @@ def report(
     out.print(f"report -> {path}")
 
 
+@train_app.command("offers")
+def train_offers_command(
+    events: Annotated[Path | None, typer.Option(help="Events file (with --exposures).")] = None,
+    exposures: Annotated[
+        Path | None, typer.Option(help="Campaign exposures (arm, propensity, outcomes).")
+    ] = None,
+    users: Annotated[Path | None, typer.Option(help="Users table (consents, attributes).")] = None,
+    truth: Annotated[
+        Path | None, typer.Option(help="Simulator truth.parquet: adds true policy values.")
+    ] = None,
+    table: Annotated[
+        Path | None, typer.Option(help="Or: a randomized campaign table with covariates (e.g. Hillstrom).")
+    ] = None,
+    arm_col: Annotated[str, typer.Option(help="--table: the column holding the arm.")] = "arm",
+    outcome_col: Annotated[str, typer.Option(help="--table: the 0/1 outcome column.")] = "converted",
+    control: Annotated[str, typer.Option(help="--table: the control arm's value.")] = "none",
+    propensity_col: Annotated[str | None, typer.Option(help="--table: assignment probabilities.")] = None,
+    feature_cols: Annotated[
+        list[str] | None,
+        typer.Option("--feature-cols", help="--table: covariates (repeat; default: all others)."),
+    ] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
+    experiment: Annotated[str | None, typer.Option(help="MLflow experiment name.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Multi-arm uplift model and its policy, judged off-policy (IPS, SNIPS, DR) before launch."""
+    _quiet_env()
+    from engage.catalog import load_catalog
+    from engage.events import fingerprint
+    from engage.train_offers import fit_offers, fit_offers_from_table, offer_table, train_offers
+
+    cfg = build_config(config, set_, **{"tracking.uri": tracking_uri, "tracking.experiment": experiment})
+    if table is not None:
+        frame = _load_optional_table(table).to_pandas()
+        fit = fit_offers_from_table(
+            frame,
+            cfg,
+            arm_col=arm_col,
+            outcome_col=outcome_col,
+            control=control,
+            propensity_col=propensity_col,
+            feature_cols=feature_cols,
+        )
+        stamp = {"rows": len(frame), "source": str(table)}
+    elif events is not None and exposures is not None:
+        frame = _load_events(events, cfg)
+        logged = _load_optional_table(exposures)
+        with progress_bar("features at each campaign") as progress:
+            data = offer_table(frame, logged, cfg, users=_load_optional_table(users), progress=progress)
+        truth_table = _load_optional_table(truth)
+        fit = fit_offers(
+            data,
+            cfg,
+            load_catalog(cfg.offers.catalog_path),
+            truth=truth_table.to_pandas() if truth_table is not None else None,
+        )
+        stamp = fingerprint(frame)
+    else:
+        raise _fail("give --events with --exposures, or --table")
+    result = train_offers(fit, cfg, fingerprint=stamp)
+    _print_offer_result(result, cfg)
+
+
+def _print_offer_result(result: Any, cfg: EngageConfig) -> None:
+    values = result.fit.values
+    table = Table("policy", "estimator", "value", "95% CI", title="policy values on held-out campaigns")
+    for _, row in values.iterrows():
+        table.add_row(
+            row["policy"],
+            row["estimator"],
+            f"{row['value']:.4f}",
+            f"[{row['ci_low']:.4f}, {row['ci_high']:.4f}]",
+        )
+    out.print(table)
+    m = result.fit.metrics
+    if "true_policy_value" in m:
+        truth = Table("policy", "true value", "incremental over none", title="simulator truth (same rows)")
+        for label, key in (
+            ("learned", "true_policy_value"),
+            ("learned (no exploration)", "true_greedy_policy_value"),
+            ("oracle", "oracle_policy_value"),
+            ("best single arm", "true_best_single_arm_value"),
+            ("logging (random)", "true_logging_policy_value"),
+            ("none for all", "true_none_value"),
+        ):
+            truth.add_row(label, f"{m[key]:.4f}", f"{m[key] - m['true_none_value']:+.4f}")
+        out.print(truth)
+    status = "promoted to @champion" if result.promoted else "kept as @challenger"
+    out.print(f"registered {cfg.tracking.offer_model_name} v{result.version}: {status}")
+
+
+@evaluate_app.command("policy")
+def evaluate_policy(
+    logs: Annotated[Path, typer.Option(help="Logged decisions: columns arm, outcome, propensity.")],
+    actions: Annotated[Path, typer.Option(help="Target policy: one probability column per arm, same rows.")],
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the CIs.")] = 500,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+) -> None:
+    """Off-policy value of a candidate policy from logged data: IPS, SNIPS and DR with 95% CIs."""
+    from engage.train_offers import evaluate_logged_policy
+
+    logged, target = _load_optional_table(logs).to_pandas(), _load_optional_table(actions).to_pandas()
+    try:
+        values = evaluate_logged_policy(logged, target, n_boot=n_boot, seed=seed)
+    except (KeyError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    table = Table(
+        "estimator", "value", "95% CI", title=f"target policy value over {len(logged):,} logged rows"
+    )
+    for _, row in values.iterrows():
+        table.add_row(row["estimator"], f"{row['value']:.4f}", f"[{row['ci_low']:.4f}, {row['ci_high']:.4f}]")
+    out.print(table)
+
+
+@app.command()
+def score(
+    events: Annotated[Path, typer.Option(help="Events file.")],
+    as_of: Annotated[
+        str, typer.Option("--as-of", help="Score as of this instant (features read before it).")
+    ],
+    out_file: Annotated[Path, typer.Option("--out", help="Scores parquet (written atomically).")],
+    users: Annotated[Path | None, typer.Option(help="Users table (consents, attributes).")] = None,
+    exposures: Annotated[Path | None, typer.Option(help="Past exposures (caps, cooldowns, fatigue).")] = None,
+    engine: Annotated[str | None, typer.Option(help="polars (default) or spark.")] = None,
+    explain: Annotated[bool, typer.Option("--explain", help="Reasons for every user.")] = False,
+    explain_top: Annotated[
+        float | None, typer.Option(help="Reasons only for the riskiest share, e.g. 0.1 (default).")
+    ] = None,
+    snapshot: Annotated[Path | None, typer.Option(help="Feature snapshot for the service.")] = None,
+    decision_log: Annotated[Path | None, typer.Option(help="Decision log folder.")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (models@champion).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Churn risk, reasons and the chosen message for every user, as of one date."""
+    _quiet_env()
+    cfg = build_config(config, set_, **{"tracking.uri": tracking_uri, "features.engine": engine})
+    share = 1.0 if explain else (explain_top if explain_top is not None else 0.1)
+    moment = parse_date(as_of)
+    snapshot = snapshot or Path(cfg.serve.feature_snapshot_path)
+    decision_log = decision_log or Path(cfg.serve.decision_log_dir)
+    from engage.scoring_job import load_models
+
+    try:
+        models = load_models(cfg)
+    except LookupError as exc:
+        raise _fail(str(exc)) from exc
+    if cfg.features.engine == "spark":
+        from engage.batch import score_spark
+
+        summary = score_spark(
+            events, moment, models, cfg, out_file, users=users, exposures=exposures, explain_share=share
+        )
+    else:
+        from engage.scoring_job import score_events
+
+        frame = _load_events(events, cfg)
+        with progress_bar("scoring users") as progress:
+            summary = score_events(
+                frame,
+                moment,
+                models,
+                cfg,
+                out_file,
+                users=_load_optional_table(users),
+                exposures=_load_optional_table(exposures),
+                explain_share=share,
+                snapshot=snapshot,
+                decision_log=decision_log,
+                progress=progress,
+            )
+    out.print(
+        f"{summary.users:,} users scored in {summary.seconds:.1f} s "
+        f"({summary.users_per_second:,.0f} users/s), {summary.explained:,} with reasons -> {out_file}"
+    )
+    _print_score_summary(out_file)
+
+
+def _print_score_summary(path: Path) -> None:
+    import polars as pl
+
+    scores = pl.read_parquet(path)
+    if scores.is_empty():
+        return
+    bands = scores.group_by("risk_band").agg(
+        pl.len().alias("users"), pl.col("churn_probability").mean().alias("risk")
+    )
+    messages = scores.group_by("message_id").agg(
+        pl.len().alias("users"), pl.col("expected_uplift").mean().alias("gain")
+    )
+    table = Table("risk band", "users", "mean risk", title="risk")
+    for row in bands.sort("risk").iter_rows(named=True):
+        table.add_row(row["risk_band"], f"{row['users']:,}", f"{row['risk']:.1%}")
+    out.print(table)
+    table = Table("message", "users", "mean expected gain", title="messages chosen")
+    for row in messages.sort("users", descending=True).iter_rows(named=True):
+        table.add_row(row["message_id"], f"{row['users']:,}", f"{row['gain']:.3f}")
+    out.print(table)
+
+
+@app.command()
+def backtest(
+    scores: Annotated[Path, typer.Option(help="A past `engage score` output.")],
+    events: Annotated[Path, typer.Option(help="Events, including those after the scoring date.")],
+    horizon: Annotated[str, typer.Option(help="Churn horizon, e.g. 30d.")] = "30d",
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for tables and PNG plots.")] = Path(
+        "backtest"
+    ),
+    attribution: Annotated[str, typer.Option(help="Conversion window after scoring, e.g. 7d.")] = "7d",
+) -> None:
+    """How the served risk and messages played out: realized churn by decile, AUC, calibration."""
+    import polars as pl
+
+    from engage.evaluation.backtest import backtest as run_backtest
+
+    frame = _load_events(events, build_config(None, None))
+    served = pl.read_parquet(scores).to_pandas()
+    try:
+        result = run_backtest(
+            served,
+            frame,
+            horizon_days=parse_days(horizon, "--horizon"),
+            attribution_days=parse_days(attribution, "--attribution"),
+        )
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result.deciles.to_csv(out_dir / "deciles.csv", index=False)
+    result.messages.to_csv(out_dir / "messages.csv", index=False)
+    for name, figure in result.figures.items():
+        figure.savefig(out_dir / f"{name}.png", dpi=110)
+    table = Table("metric", "value", title=f"back-test of {scores}")
+    for key, value in result.metrics.items():
+        table.add_row(key, f"{value:.4f}")
+    out.print(table)
+    out.print(f"tables and plots -> {out_dir}")
+
+
+@app.command()
+def build(
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (models@champion).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Import the champion models into the Bento store and build the scoring Bento."""
+    _quiet_env()
+    from engage.service import build_bento
+
+    cfg = build_config(config, set_, **{"tracking.uri": tracking_uri})
+    try:
+        tag = build_bento(cfg)
+    except LookupError as exc:
+        raise _fail(str(exc)) from exc
+    out.print(f"built Bento {tag}; serve it with: engage serve --target {tag}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 3000).")] = None,
+    target: Annotated[
+        str, typer.Option(help="Service path or a built Bento tag.")
+    ] = "engage.service:EngageService",
+    model_source: Annotated[str, typer.Option(help="bento (store) or mlflow (registry).")] = "bento",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Serve POST /score and /explain (BentoML) on loopback by default."""
+    _quiet_env()
+    from engage.service import serve as run_server
+
+    cfg = build_config(config, set_)
+    raise typer.Exit(run_server(cfg, host, port, target=target, model_source=model_source))
+
+
 @app.command()
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Working folder for the demo.")] = Path("demo"),
@@ -427,84 +703,85 @@ def demo(
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """The whole loop on simulated data: simulate -> validate."""
+    """The whole loop on simulated data: simulate, validate, train churn and offers, score, back-test."""
+    _quiet_env()
+    from datetime import timedelta
+
+    import polars as pl
+
     cfg = build_config(config, set_, **{"simulate.users": users, "simulate.days": days, "seed": seed})
-    data_dir = out_dir / "data"
-    console.rule("[bold]1. simulate")
+    data = out_dir / "data"
+    tracking = f"sqlite:///{(out_dir / 'mlflow.db').resolve()}"
+    common: dict[str, Any] = {"config": config, "set_": [*(set_ or []), f"tracking.uri={tracking}"]}
+    console.rule("[bold]1. simulate users, events and randomized campaigns (with ground truth)")
     simulate(
-        out_dir=data_dir,
+        out_dir=data,
         users=cfg.simulate.users,
         days=cfg.simulate.days,
         seed=cfg.seed,
         config=config,
         set_=set_,
     )
-    console.rule("[bold]2. validate")
-    validate(path=data_dir / "events.parquet", out_dir=out_dir / "validated", reference_time=None, map_=None)
-
-
-@train_app.command("churn")
-def train_churn_command(
-    events: Annotated[Path, typer.Option(help="Events file.")],
-    users: Annotated[Path | None, typer.Option(help="Users table (attributes, consents).")] = None,
-    exposures: Annotated[Path | None, typer.Option(help="Campaign exposures (message fatigue).")] = None,
-    states: Annotated[
-        Path | None, typer.Option(help="Simulator states.parquet: adds oracle_auc to the metrics.")
-    ] = None,
-    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
-    experiment: Annotated[str | None, typer.Option(help="MLflow experiment name.")] = None,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-) -> None:
-    """Out-of-time churn model (LightGBM + calibration) vs logistic and recency baselines, in MLflow."""
-    _quiet_env()
-    from engage.labels import InsufficientDataError
-    from engage.train import train_churn
-
-    cfg = build_config(config, set_, **{"tracking.uri": tracking_uri, "tracking.experiment": experiment})
-    frame = _load_events(events, cfg)
-    try:
-        with progress_bar("snapshots") as progress:
-            result = train_churn(
-                frame,
-                cfg,
-                users=_load_optional_table(users),
-                exposures=_load_optional_table(exposures),
-                states=_load_optional_table(states),
-                progress=progress,
-            )
-    except (InsufficientDataError, ValueError) as exc:
-        raise _fail(str(exc)) from exc
-    _print_churn_result(result, cfg)
-
-
-def _print_churn_result(result: Any, cfg: EngageConfig) -> None:
-    metrics = result.metrics
-    table = Table("model", "AUC", "PR AUC", "log loss", "Brier", "ECE", "lift@10%", title="out-of-time test")
-    for label, suffix in (
-        ("LightGBM (calibrated)", ""),
-        ("logistic regression", "_logreg"),
-        ("recency rule", "_recency"),
-    ):
-        table.add_row(
-            label,
-            *(
-                f"{metrics.get(f'oot_{key}{suffix}', float('nan')):.4f}"
-                for key in ("auc", "pr_auc", "logloss", "brier", "ece", "lift_top_decile")
-            ),
-        )
-    out.print(table)
-    if "oracle_auc" in metrics:
-        out.print(f"oracle AUC (true churn probability, same rows): {metrics['oracle_auc']:.4f}")
-    drivers = Table("driver", "direction", "importance", title="what marks churners")
-    for _, row in result.drivers.head(8).iterrows():
-        drivers.add_row(
-            str(row["feature"]), str(row.get("direction", "")), f"{row.get('importance', float('nan')):.3f}"
-        )
-    out.print(drivers)
-    status = "promoted to @champion" if result.promoted else "kept as @challenger (champion not beaten)"
-    out.print(f"registered {cfg.tracking.churn_model_name} v{result.version}: {status}")
-    out.print(f"run {result.run_id}; see it with: mlflow ui --backend-store-uri {cfg.tracking.uri}")
+    console.rule("[bold]2. validate the event log")
+    validate(path=data / "events.parquet", out_dir=out_dir / "validated", reference_time=None, map_=None)
+    events = data / "events.parquet"
+    last = pl.read_parquet(events, columns=["ts"])["ts"].max()
+    scoring_date = (last - timedelta(days=cfg.labels.horizon_days)).replace(
+        hour=0, minute=0, second=0, microsecond=0
+    )
+    history = out_dir / "history"
+    for name in ("events", "exposures"):
+        frame = pl.read_parquet(data / f"{name}.parquet")
+        history.mkdir(parents=True, exist_ok=True)
+        frame.filter(pl.col("ts") < scoring_date).write_parquet(history / f"{name}.parquet")
+    console.rule(f"[bold]3. train the churn model on history before {scoring_date:%Y-%m-%d}")
+    train_churn_command(
+        events=history / "events.parquet",
+        users=data / "users.parquet",
+        exposures=history / "exposures.parquet",
+        states=data / "states.parquet",
+        tracking_uri=None,
+        experiment=None,
+        **common,
+    )
+    console.rule("[bold]4. train the next-best-offer model on the randomized campaigns")
+    train_offers_command(
+        events=history / "events.parquet",
+        exposures=history / "exposures.parquet",
+        users=data / "users.parquet",
+        truth=data / "truth.parquet",
+        table=None,
+        tracking_uri=None,
+        experiment=None,
+        **common,
+    )
+    console.rule(f"[bold]5. score every user as of {scoring_date:%Y-%m-%d}")
+    scores = out_dir / "scores.parquet"
+    score(
+        events=history / "events.parquet",
+        as_of=scoring_date.isoformat(),
+        out_file=scores,
+        users=data / "users.parquet",
+        exposures=history / "exposures.parquet",
+        engine=None,
+        explain=False,
+        explain_top=0.1,
+        snapshot=out_dir / "feature_snapshot.parquet",
+        decision_log=out_dir / "decisions",
+        tracking_uri=None,
+        **common,
+    )
+    console.rule(f"[bold]6. back-test: what happened in the {cfg.labels.horizon_days} days after scoring")
+    backtest(
+        scores=scores,
+        events=events,
+        horizon=f"{cfg.labels.horizon_days}d",
+        out_dir=out_dir / "backtest",
+        attribution=f"{cfg.offers.attribution_days}d",
+    )
+    console.rule("[bold]done")
+    out.print(f"everything is under {out_dir}/; see the runs with:")
+    out.print(f"  .venv/bin/mlflow ui --backend-store-uri {tracking}")
 
 
 def main() -> None:  # pragma: no cover - console entry point convenience

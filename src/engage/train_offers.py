@@ -341,3 +341,96 @@ def train_offers(
     return OfferTrainingResult(
         run_id=run_id, model_uri=model_uri, version=version, promoted=promoted, fit=fit
     )
+
+
+def generic_catalog(arms: Sequence[str], control: str) -> Catalog:
+    """A catalog for a campaign table: every non-control arm is a message worth 1 per conversion, free.
+
+    Policy values are then conversion rates, which is what a campaign table measures.
+    """
+    from engage.catalog import catalog_from_dict
+
+    return catalog_from_dict(
+        {
+            "messages": [
+                {
+                    "id": arm,
+                    "channel": "email",
+                    "template": arm,
+                    "cost": 0.0,
+                    "value": 1.0,
+                    "cooldown_days": 0,
+                }
+                for arm in sorted(set(arms))
+                if arm != control
+            ]
+        },
+        source="campaign table",
+    )
+
+
+def fit_offers_from_table(
+    frame: pd.DataFrame,
+    config: EngageConfig,
+    *,
+    arm_col: str,
+    outcome_col: str,
+    control: str,
+    propensity_col: str | None = None,
+    feature_cols: Sequence[str] | None = None,
+) -> OfferFit:
+    """Train on a randomized campaign table with precomputed covariates (no event log needed)."""
+    for col in (arm_col, outcome_col, *(feature_cols or ()), *((propensity_col,) if propensity_col else ())):
+        if col not in frame.columns:
+            raise KeyError(f"column {col!r} not in the table (columns: {', '.join(frame.columns)})")
+    table = frame.copy()
+    arms = table[arm_col].astype(str).replace({control: s.CONTROL_ARM})
+    reserved = {arm_col, outcome_col, *((propensity_col,) if propensity_col else ())}
+    if feature_cols is None:
+        feature_cols = [
+            c for c in table.columns if c not in reserved | {s.USER_ID, "visit", "conversion", "spend"}
+        ]
+    share = arms.value_counts(normalize=True)
+    table = table[list(feature_cols)].assign(
+        **{
+            ARM: arms,
+            s.CONVERTED: table[outcome_col].astype(float),
+            s.PROPENSITY: table[propensity_col] if propensity_col else arms.map(share),
+        }
+    )
+    catalog = generic_catalog(arms.unique(), s.CONTROL_ARM)
+    return fit_offers(table, config, catalog, feature_cols=list(feature_cols))
+
+
+def evaluate_logged_policy(
+    logs: pd.DataFrame, target: pd.DataFrame, *, n_boot: int = 500, seed: int = 0
+) -> pd.DataFrame:
+    """IPS, SNIPS and DR (outcome model: per-arm mean outcome) of a target policy on logged rows."""
+    for col in (ARM, "outcome", s.PROPENSITY):
+        if col not in logs.columns:
+            raise KeyError(f"logs: missing column {col!r} (need arm, outcome, propensity)")
+    if len(logs) != len(target):
+        raise ValueError(
+            f"logs have {len(logs):,} rows but actions have {len(target):,}: one row per decision"
+        )
+    probs = target.reset_index(drop=True).astype(float)
+    sums = probs.sum(axis=1)
+    if not np.allclose(sums, 1.0, atol=1e-6):
+        bad = int(np.flatnonzero(~np.isclose(sums, 1.0, atol=1e-6))[0])
+        raise ValueError(f"actions: row {bad + 1} probabilities sum to {sums[bad]:.4f}, not 1")
+    logs = logs.reset_index(drop=True)
+    arm, reward, prop = (
+        logs[ARM].astype(str),
+        logs["outcome"].to_numpy(float),
+        logs[s.PROPENSITY].to_numpy(float),
+    )
+    means = logs.groupby(logs[ARM].astype(str))["outcome"].mean()
+    q_hat = pd.DataFrame({a: np.full(len(logs), means.get(a, reward.mean())) for a in probs.columns})
+    rows = []
+    for name, est in (
+        ("ips", ips(arm, reward, prop, probs, n_boot=n_boot, seed=seed)),
+        ("snips", snips(arm, reward, prop, probs, n_boot=n_boot, seed=seed)),
+        ("dr", doubly_robust(arm, reward, prop, probs, q_hat, n_boot=n_boot, seed=seed)),
+    ):
+        rows.append((name, est.value, est.ci_low, est.ci_high))
+    return pd.DataFrame(rows, columns=["estimator", "value", "ci_low", "ci_high"])
