@@ -418,6 +418,70 @@ def report(
     out.print(f"report -> {path}")
 
 
+@train_app.command("churn")
+def train_churn_command(
+    events: Annotated[Path, typer.Option(help="Events file.")],
+    users: Annotated[Path | None, typer.Option(help="Users table (attributes, consents).")] = None,
+    exposures: Annotated[Path | None, typer.Option(help="Campaign exposures (message fatigue).")] = None,
+    states: Annotated[
+        Path | None, typer.Option(help="Simulator states.parquet: adds oracle_auc to the metrics.")
+    ] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
+    experiment: Annotated[str | None, typer.Option(help="MLflow experiment name.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Out-of-time churn model (LightGBM + calibration) vs logistic and recency baselines, in MLflow."""
+    _quiet_env()
+    from engage.labels import InsufficientDataError
+    from engage.train import train_churn
+
+    cfg = build_config(config, set_, **{"tracking.uri": tracking_uri, "tracking.experiment": experiment})
+    frame = _load_events(events, cfg)
+    try:
+        with progress_bar("snapshots") as progress:
+            result = train_churn(
+                frame,
+                cfg,
+                users=_load_optional_table(users),
+                exposures=_load_optional_table(exposures),
+                states=_load_optional_table(states),
+                progress=progress,
+            )
+    except (InsufficientDataError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    _print_churn_result(result, cfg)
+
+
+def _print_churn_result(result: Any, cfg: EngageConfig) -> None:
+    metrics = result.metrics
+    table = Table("model", "AUC", "PR AUC", "log loss", "Brier", "ECE", "lift@10%", title="out-of-time test")
+    for label, suffix in (
+        ("LightGBM (calibrated)", ""),
+        ("logistic regression", "_logreg"),
+        ("recency rule", "_recency"),
+    ):
+        table.add_row(
+            label,
+            *(
+                f"{metrics.get(f'oot_{key}{suffix}', float('nan')):.4f}"
+                for key in ("auc", "pr_auc", "logloss", "brier", "ece", "lift_top_decile")
+            ),
+        )
+    out.print(table)
+    if "oracle_auc" in metrics:
+        out.print(f"oracle AUC (true churn probability, same rows): {metrics['oracle_auc']:.4f}")
+    drivers = Table("driver", "direction", "importance", title="what marks churners")
+    for _, row in result.drivers.head(8).iterrows():
+        drivers.add_row(
+            str(row["feature"]), str(row.get("direction", "")), f"{row.get('importance', float('nan')):.3f}"
+        )
+    out.print(drivers)
+    status = "promoted to @champion" if result.promoted else "kept as @challenger (champion not beaten)"
+    out.print(f"registered {cfg.tracking.churn_model_name} v{result.version}: {status}")
+    out.print(f"run {result.run_id}; see it with: mlflow ui --backend-store-uri {cfg.tracking.uri}")
+
+
 @train_app.command("offers")
 def train_offers_command(
     events: Annotated[Path | None, typer.Option(help="Events file (with --exposures).")] = None,
