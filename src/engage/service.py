@@ -99,6 +99,11 @@ def _load_catalog(config: EngageConfig) -> Any:
     return load_catalog(config.offers.catalog_path)
 
 
+def _role(config: EngageConfig, name: str) -> str:
+    """Key of ``ScoringModels.versions`` (as batch scoring writes it: role -> 'name/version')."""
+    return "churn" if name == config.tracking.churn_model_name else "offers"
+
+
 def _bento_models(config: EngageConfig) -> tuple[Any, Any | None, dict[str, str]]:
     """Churn and offer estimators from the Bento store (inside a served Bento: its own models)."""
     from bentoml.exceptions import NotFound
@@ -114,7 +119,8 @@ def _bento_models(config: EngageConfig) -> tuple[Any, Any | None, dict[str, str]
             found.append(None)
             continue
         found.append(bentoml.mlflow.load_model(stored).unwrap_python_model().estimator)
-        versions[name] = str(stored.info.metadata.get("registered_version", stored.tag.version))
+        version = str(stored.info.metadata.get("registered_version", stored.tag.version))
+        versions[_role(config, name)] = f"{name}/{version}"
     return found[0], found[1], versions
 
 
@@ -133,7 +139,7 @@ def _mlflow_models(config: EngageConfig) -> tuple[Any, Any | None, dict[str, str
             found.append(None)
             continue
         found.append(tracking.load_estimator(f"models:/{name}/{version}"))
-        versions[name] = version
+        versions[_role(config, name)] = f"{name}/{version}"
     return found[0], found[1], versions
 
 
@@ -141,8 +147,9 @@ def load_scoring_models(config: EngageConfig, source: str = "bento") -> ScoringM
     """Load the churn (required) and offer (optional) models plus the message catalog.
 
     ``source="bento"`` reads the Bento store (what ``engage build`` imported); ``"mlflow"`` reads the
-    ``champion`` aliases of ``config.tracking.uri`` directly. ``versions`` maps model name to its
-    registered version, the same convention batch scoring must use so decision ids agree.
+    ``champion`` aliases of ``config.tracking.uri`` directly. ``versions`` maps the role to the
+    registered model as ``{"churn": "engage-churn/3", ...}``, the convention of
+    ``engage.scoring_job.load_models``, so decision ids agree with batch scoring.
     """
     from engage.scoring import ScoringModels
 
@@ -361,7 +368,7 @@ class ScoringEngine:
             reasons=[],
             message=Message(
                 message_id=arm,
-                channel=None if arm == s.CONTROL_ARM else self.models.catalog.channel(arm),
+                channel=self.models.catalog.channel(arm),
                 text=None,
                 expected_gain=0.0,
                 propensity=1.0,

@@ -208,15 +208,15 @@ def user_attributes(world: World, user_id: str) -> dict[str, Any]:
 
 
 def batch_scores(world: World, user_ids: list[str]) -> pd.DataFrame:
-    """What batch scoring answers for these users: the one scoring path over the same features."""
-    from engage.scoring import score_features
-    from engage.service import load_scoring_models
+    """What the batch job (``engage score``) answers for these users at the same as_of."""
+    from engage.scoring_job import load_models, score_events
 
-    models = load_scoring_models(world.config, "mlflow")
-    rows = world.snapshot[world.snapshot[s.USER_ID].astype(str).isin(user_ids)].copy()
-    rows[s.AS_OF] = pd.to_datetime(rows[s.AS_OF], utc=True)
-    scored = score_features(rows, models, policy=world.config.policy, seed=world.config.seed)
-    return scored.set_index(s.USER_ID)
+    out = world.root / f"batch-{len(user_ids)}-{user_ids[0]}.parquet"
+    models = load_models(world.config)
+    score_events(world.events, world.as_of.to_pydatetime(), models, world.config, out, users=world.users)
+    scores = pd.read_parquet(out)
+    scores["reasons"] = [json.loads(r) for r in scores["reasons"]]
+    return scores[scores[s.USER_ID].isin(user_ids)].set_index(s.USER_ID)
 
 
 # --- scoring --------------------------------------------------------------------------------
@@ -239,7 +239,7 @@ def test_known_user_matches_batch_scoring(world: World, secured: Server) -> None
         assert 0 < len(answer["reasons"]) <= 3 or float(expected["churn_probability"]) < 0.05
         assert all(r["text"] for r in answer["reasons"])
         assert pd.Timestamp(answer["feature_as_of"]) == world.as_of
-        assert answer["model_versions"] == {world.config.tracking.churn_model_name: "1"}
+        assert answer["model_versions"] == {"churn": f"{world.config.tracking.churn_model_name}/1"}
 
 
 def test_score_is_logged_for_off_policy_evaluation(world: World, secured: Server) -> None:
