@@ -1,0 +1,50 @@
+"""Point-in-time behavioral features per (user_id, as_of) from the canonical events table."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+
+from engage.config import FeatureConfig
+from engage.features.spec import (
+    CATEGORICAL,
+    FeatureDef,
+    feature_defs,
+    feature_descriptions,
+    feature_names,
+    feature_units,
+)
+
+__all__ = [
+    "CATEGORICAL",
+    "FeatureDef",
+    "build_features",
+    "feature_defs",
+    "feature_descriptions",
+    "feature_names",
+    "feature_units",
+]
+
+
+def build_features(
+    events: Any,
+    as_of: datetime | Sequence[datetime],
+    *,
+    config: FeatureConfig,
+    users: Any = None,
+    exposures: Any = None,
+    engine: str = "polars",
+    progress: Callable[[int, int], None] | None = None,
+) -> pd.DataFrame:
+    """One row per (user, as_of) for every user with an event before as_of; features in spec order.
+
+    ``engine="polars"`` runs here; Spark runs through ``engage.batch`` (the only pyspark module).
+    """
+    if engine not in ("polars", "duckdb"):
+        raise ValueError(f"engine {engine!r} is not embedded: use engage.batch for spark")
+    from engage.features.polars_engine import build_features as run
+
+    return run(events, as_of, config=config, users=users, exposures=exposures, progress=progress)

@@ -1,0 +1,135 @@
+"""Point-in-time features: nothing at or after as_of changes a feature; names and values are right."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engage import schemas as s
+from engage.config import FeatureConfig
+from engage.features import build_features, feature_descriptions
+
+CFG = FeatureConfig()
+AS_OF = datetime(2024, 3, 1, tzinfo=UTC)
+TYPES = ["session_start", "page_view", "product_view", "add_to_cart", "purchase", "refund", "email_open", "x"]
+
+
+def _events(rows: list[tuple[str, datetime, str, str | None, str | None, float | None]]) -> pl.DataFrame:
+    frame = pl.DataFrame(
+        {
+            s.USER_ID: [r[0] for r in rows],
+            s.TS: [r[1] for r in rows],
+            s.EVENT_TYPE: [r[2] for r in rows],
+            "session_id": [r[3] for r in rows],
+            "category": [r[4] for r in rows],
+            "amount": [r[5] for r in rows],
+        },
+        schema={
+            s.USER_ID: pl.String,
+            s.TS: s.TS_DTYPE,
+            s.EVENT_TYPE: pl.String,
+            "session_id": pl.String,
+            "category": pl.String,
+            "amount": pl.Float64,
+        },
+    )
+    for name, dtype in s.EVENT_SCHEMA.items():
+        if name not in frame.columns:
+            frame = frame.with_columns(pl.lit(None, dtype=dtype).alias(name))
+    return frame.select(s.EVENT_COLUMNS)
+
+
+def _at(days: float) -> datetime:
+    return AS_OF - timedelta(days=days)
+
+
+def test_counts_recency_and_names_on_a_hand_built_log() -> None:
+    events = _events(
+        [
+            ("a", _at(1), "session_start", "s1", None, None),
+            ("a", _at(1) + timedelta(seconds=30), "product_view", "s1", "books", None),
+            ("a", _at(1) + timedelta(seconds=40), "purchase", "s1", "books", 20.0),
+            ("a", _at(10), "purchase", "s0", "toys", 5.0),
+            ("a", _at(2) - timedelta(days=0), "add_to_cart", "s2", "toys", None),
+            ("b", _at(40), "session_start", "s3", None, None),
+            ("b", AS_OF, "purchase", "s9", "books", 99.0),  # at as_of: must be invisible
+        ]
+    )
+    f = build_features(events, [AS_OF], config=CFG).set_index(s.USER_ID)
+    assert f.loc["a", "purchase_count_7d"] == 1 and f.loc["a", "purchase_count_28d"] == 2
+    assert f.loc["a", "amount_sum_28d"] == pytest.approx(25.0)
+    assert f.loc["a", "days_since_last_purchase"] == pytest.approx(1 - 40 / 86400, abs=1e-6)
+    assert f.loc["a", "cart_abandon_count_7d"] == 1
+    assert f.loc["a", "top_category"] == "books" or f.loc["a", "top_category"] == "toys"
+    assert f.loc["b", "purchase_count_90d"] == 0
+    assert np.isnan(f.loc["b", "days_since_last_purchase"])
+    assert set(feature_descriptions(CFG)) >= {
+        "purchase_count_28d",
+        "days_since_last_session",
+        "cart_abandon_count_7d",
+        "session_count_28d",
+        "product_view_count_28d",
+        "top_category",
+    }
+
+
+def test_engaged_session_rule() -> None:
+    events = _events(
+        [
+            ("a", _at(3), "session_start", "short", None, None),  # one view, 0 s: not engaged
+            ("a", _at(2), "session_start", "long", None, None),
+            ("a", _at(2) + timedelta(seconds=11), "page_view", "long", None, None),  # lasts 11 s: engaged
+            ("a", _at(1), "page_view", "two", None, None),
+            ("a", _at(1) + timedelta(seconds=1), "product_view", "two", "x", None),  # 2 views: engaged
+        ]
+    )
+    f = build_features(events, [AS_OF], config=CFG).set_index(s.USER_ID)
+    assert f.loc["a", "session_count_7d"] == 3
+    assert f.loc["a", "engaged_session_rate_7d"] == pytest.approx(2 / 3)
+
+
+_event = st.tuples(
+    st.sampled_from(["u1", "u2", "u3"]),
+    st.floats(min_value=-120, max_value=60, allow_nan=False),
+    st.sampled_from(TYPES),
+    st.sampled_from(["s1", "s2", "s3", None]),
+    st.sampled_from(["books", "toys", None]),
+    st.one_of(st.none(), st.floats(min_value=-50, max_value=200, allow_nan=False)),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    past=st.lists(_event, min_size=1, max_size=25), future=st.lists(_event, max_size=10), drop=st.booleans()
+)
+def test_events_at_or_after_as_of_never_change_a_feature(past, future, drop) -> None:
+    def rows(items, shift_future):
+        out = []
+        for user, offset, etype, sess, cat, amount in items:
+            days = abs(offset) if shift_future else -abs(offset) - 1e-3  # past: strictly before as_of
+            out.append(
+                (
+                    user,
+                    AS_OF + timedelta(days=days),
+                    etype,
+                    sess,
+                    cat,
+                    amount,
+                )
+            )
+        return out
+
+    before = rows(past, shift_future=False)
+    after = rows(future, shift_future=True)  # at or after as_of
+    base = build_features(_events(before), [AS_OF], config=CFG)
+    mutated = before + after
+    if drop and after:
+        mutated = before + after[1:]
+    changed = build_features(_events(mutated), [AS_OF], config=CFG)
+    pd.testing.assert_frame_equal(base.reset_index(drop=True), changed.reset_index(drop=True))
