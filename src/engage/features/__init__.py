@@ -1,4 +1,12 @@
-"""Point-in-time behavioral features per (user_id, as_of) from the canonical events table."""
+"""Point-in-time behavioral features per (user_id, as_of) from the canonical events table.
+
+Conventions (documented for model baselines): recency features (``days_since_*``) are NaN when the
+event never happened before as_of (LightGBM handles NaN; linear baselines must impute, e.g. with a
+large value such as 9999 plus a missing flag). Rate ratios ``*_rate_ratio_7d_28d`` compare the per-day
+rate in the last 7 days with the per-day rate over the 28 days before that window, smoothed as
+``(a/7 + 1/28) / (b/28 + 1/28)`` so a zero base gives a finite value (1.0 when both are 0).
+Counts and sums are float64; ``top_category`` is a plain string ("none" when no category was seen).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +20,7 @@ from engage.config import FeatureConfig
 from engage.features.spec import (
     CATEGORICAL,
     FeatureDef,
+    categorical_features,
     feature_defs,
     feature_descriptions,
     feature_names,
@@ -22,6 +31,7 @@ __all__ = [
     "CATEGORICAL",
     "FeatureDef",
     "build_features",
+    "categorical_features",
     "feature_defs",
     "feature_descriptions",
     "feature_names",

@@ -7,7 +7,7 @@ purchase search never reaches as_of either. Users are those with an event before
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 import pandas as pd
@@ -199,15 +199,17 @@ def _one_as_of(
 
 
 def build_features(
-    events,
-    as_of,
+    events: pl.DataFrame | pl.LazyFrame | pd.DataFrame,
+    as_of: datetime | Sequence[datetime],
     *,
     config: FeatureConfig,
-    users=None,
-    exposures=None,
+    users: pl.DataFrame | pd.DataFrame | None = None,
+    exposures: pl.DataFrame | pl.LazyFrame | pd.DataFrame | None = None,
     engine: str = "polars",
     progress: Callable[[int, int], None] | None = None,
 ) -> pd.DataFrame:
+    """Features for every user with an event before each as_of, sorted by (as_of, user_id)."""
+    del engine
     dates = [as_of] if isinstance(as_of, datetime) else list(as_of)
     ev = _as_lazy(events).with_columns(pl.col(s.TS).dt.truncate("1d").alias("__day"))
     exp = _as_lazy(exposures) if exposures is not None else None
@@ -218,20 +220,26 @@ def build_features(
         .sort("__next_purchase")
     )
     cart_next = (
-        carts.join_asof(buys, left_on=s.TS, right_on="__next_purchase", by=s.USER_ID, strategy="forward")
-        .collect()
+        carts.join_asof(
+            buys,
+            left_on=s.TS,
+            right_on="__next_purchase",
+            by=s.USER_ID,
+            strategy="forward",
+            check_sortedness=False,
+        )
+        .collect(engine="streaming")
         .lazy()
     )
     parts = []
     for i, d in enumerate(dates):
-        parts.append(_one_as_of(ev, d, config, exp, cart_next).collect())
+        parts.append(_one_as_of(ev, d, config, exp, cart_next).collect(engine="streaming"))
         if progress:
             progress(i + 1, len(dates))
     frame = pl.concat(parts, how="diagonal_relaxed")
     frame = frame.with_columns(pl.col("__first_age").alias("tenure_days")).drop("__first_age")
     if users is not None:
-        u = users.to_pandas() if isinstance(users, pl.DataFrame) else users.copy()
-        u = pl.from_pandas(u)
+        u = users if isinstance(users, pl.DataFrame) else pl.from_pandas(users)
         if s.SIGNUP_TS in u.columns:
             frame = (
                 frame.join(u.select(s.USER_ID, s.SIGNUP_TS), on=s.USER_ID, how="left")

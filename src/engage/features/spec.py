@@ -79,12 +79,27 @@ def feature_descriptions(config: FeatureConfig) -> dict[str, str]:
 
 
 CATEGORICAL = ("top_category",)
+EXPOSURE_FEATURES = ("messages_received_7d", "messages_received_28d")
 
 
-def feature_names(config: FeatureConfig) -> list[str]:
-    """The standard features in their deterministic order (user attributes follow them)."""
+def feature_names(
+    config: FeatureConfig, *, with_users: bool = False, with_exposures: bool = True
+) -> list[str]:
+    """The standard features in their deterministic order (user attribute columns follow them).
+
+    Without exposures the message-fatigue features are still present (as 0), so the column set only
+    depends on the config; ``with_users`` is accepted for symmetry (attribute columns come from the data).
+    """
+    del with_users, with_exposures
     return [f.name for f in feature_defs(config)]
 
 
+def categorical_features(config: FeatureConfig, users_columns: tuple[str, ...] = ()) -> list[str]:
+    """String-valued features: ``top_category`` plus the string user attributes named by the caller."""
+    del config
+    return [*CATEGORICAL, *[c for c in users_columns if c in ("region", "plan")]]
+
+
 def feature_units(config: FeatureConfig) -> dict[str, str]:
+    """Feature name -> unit ("days", "events", "$") for the features that have one."""
     return {f.name: f.unit for f in feature_defs(config) if f.unit}
