@@ -77,7 +77,7 @@ def global_drivers(contrib: pd.DataFrame, X: pd.DataFrame, y=None) -> pd.DataFra
         if f in X and pd.api.types.is_numeric_dtype(X[f]):
             x = X[f].to_numpy(dtype=float)
             ok = np.isfinite(x)
-            if ok.sum() > 2 and np.std(x[ok]) > 0:
+            if ok.sum() > 2 and np.std(x[ok]) > 0 and np.std(c[ok]) > 0:
                 rho = spearmanr(x[ok], c[ok]).statistic
                 direction = "higher -> more risk" if rho > 0 else "higher -> less risk"
         row = {"feature": f, "importance": float(np.abs(c).mean()), "direction": direction}

@@ -94,7 +94,8 @@ class ChurnModel(BaseEstimator, ClassifierMixin):
         self.model_.fit(
             Xt,
             np.asarray(y),
-            eval_set=[(Xc, np.asarray(y_calib))],
+            eval_X=(Xc,),
+            eval_y=(np.asarray(y_calib),),
             callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)],
         )
         self.booster_ = self.model_.booster_
