@@ -13,7 +13,13 @@ from hypothesis import strategies as st
 
 from engage import schemas as s
 from engage.config import FeatureConfig
-from engage.features import build_features, feature_descriptions
+from engage.features import (
+    build_features,
+    categorical_features,
+    feature_defs,
+    feature_descriptions,
+    feature_names,
+)
 
 CFG = FeatureConfig()
 AS_OF = datetime(2024, 3, 1, tzinfo=UTC)
@@ -131,5 +137,39 @@ def test_events_at_or_after_as_of_never_change_a_feature(past, future, drop) -> 
     mutated = before + after
     if drop and after:
         mutated = before + after[1:]
+    elif after:  # change one at-or-after event in every field
+        user, ts, _, _, _, _ = after[0]
+        mutated = [*before, (user, ts + timedelta(hours=1), "purchase", "s1", "toys", 1e6), *after[1:]]
     changed = build_features(_events(mutated), [AS_OF], config=CFG)
     pd.testing.assert_frame_equal(base.reset_index(drop=True), changed.reset_index(drop=True))
+
+
+def test_names_are_deterministic_described_and_match_the_table() -> None:
+    cfg = FeatureConfig(windows=(7, 14))
+    names = feature_names(cfg, with_users=False, with_exposures=False)
+    assert names == feature_names(cfg, with_users=False, with_exposures=False)
+    assert len(names) == len(set(names))
+    assert {"purchase_count_14d", "cart_abandon_count_14d", "messages_received_28d"} <= set(names)
+    assert "purchase_count_28d" not in names
+    assert all(f.description and f.kind for f in feature_defs(cfg))
+    events = _events(
+        [("a", _at(1), "purchase", "s1", "books", 3.0), ("b", _at(3), "page_view", None, None, None)]
+    )
+    users = pl.DataFrame(
+        {s.USER_ID: ["a", "b"], "region": ["north", "south"], "consent_email": [True, False]}
+    )
+    table = build_features(events, AS_OF, config=cfg, users=users)
+    assert list(table.columns) == [s.USER_ID, s.AS_OF, *names, "consent_email", "region"]
+    assert table[s.AS_OF].dt.tz is not None and table["top_category"].dtype != "category"
+    assert table["consent_email"].tolist() == [1.0, 0.0]
+    assert categorical_features(cfg, ("region", "consent_email")) == ["top_category", "region"]
+
+
+def test_snapshots_are_stacked_and_each_sees_only_its_past() -> None:
+    events = _events(
+        [("a", _at(40), "purchase", "s1", None, 1.0), ("a", _at(1), "purchase", "s2", None, 1.0)]
+    )
+    early = AS_OF - timedelta(days=20)
+    table = build_features(events, [AS_OF, early], config=CFG)
+    assert table[s.AS_OF].tolist() == sorted(table[s.AS_OF].tolist())
+    assert table["purchase_count_90d"].tolist() == [1.0, 2.0]
