@@ -17,6 +17,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
@@ -278,6 +279,46 @@ def _reason(item: dict[str, Any]) -> Reason:
     )
 
 
+SNAPSHOT = "snapshot"
+INLINE = "inline"
+
+
+@dataclass
+class FeatureRows:
+    """Feature frames by source and, per requested user, (source, row) or None for a cold start.
+
+    Snapshot and inline rows are scored separately so snapshot rows keep the exact dtypes batch
+    scoring used (same answer), whatever the inline rows looked like.
+    """
+
+    frames: dict[str, pd.DataFrame]
+    where: list[tuple[str, int] | None]
+    quarantined: dict[str, dict[str, int]]
+
+
+def conform(frame: pd.DataFrame, reference: dict[str, Any]) -> pd.DataFrame:
+    """Inline feature rows with every reference column, in the reference dtype.
+
+    Attributes a caller left out are missing values (a missing consent flag is False: no consent
+    known, no message on that channel); values of the wrong type become missing instead of
+    reaching the model as an object column.
+    """
+    out = frame.copy()
+    for name, dtype in reference.items():
+        if name in (s.USER_ID, s.AS_OF):
+            continue
+        column = out[name] if name in out.columns else pd.Series([None] * len(out), index=out.index)
+        if pd.api.types.is_bool_dtype(dtype):
+            out[name] = np.array([value is True or value == 1 for value in column], dtype=bool)
+        elif pd.api.types.is_datetime64_any_dtype(dtype):
+            out[name] = pd.to_datetime(column, utc=True, errors="coerce")
+        elif pd.api.types.is_numeric_dtype(dtype):
+            out[name] = pd.to_numeric(column, errors="coerce").astype(float)
+        else:
+            out[name] = [None if pd.isna(v) else str(v) for v in column.astype(object)]
+    return out
+
+
 class ScoringEngine:
     """Everything between a validated request and its answer, without HTTP.
 
@@ -310,10 +351,8 @@ class ScoringEngine:
         if n_users > limit:
             raise PayloadTooLarge(f"users: at most {limit} users per request, got {n_users}")
 
-    def _features(
-        self, users: Sequence[UserIn], as_of: datetime | None, now: datetime
-    ) -> tuple[pd.DataFrame, list[int | None], dict[str, dict[str, int]]]:
-        """Feature rows for the users, and per user the row position (None = cold start)."""
+    def _features(self, users: Sequence[UserIn], as_of: datetime | None, now: datetime) -> FeatureRows:
+        """Feature rows for the users: snapshot rows as stored, inline rows conformed to them."""
         snapshot = self.snapshots.current()
         inline = [u for u in users if u.events]
         inline_frame = pd.DataFrame()
@@ -321,6 +360,7 @@ class ScoringEngine:
         if inline:
             try:
                 inline_frame, quarantined = inline_features(inline, as_of or now, self.config)
+                inline_frame = conform(inline_frame, self._reference(snapshot))
             except (ValueError, TypeError, ArithmeticError, pl.exceptions.PolarsError) as exc:
                 logger.warning("inline features failed: %s", type(exc).__name__)
                 raise Unprocessable(
@@ -333,25 +373,29 @@ class ScoringEngine:
         for user in users:
             if user.events:
                 pos = inline_pos.get(user.user_id)
-                where.append(("inline", pos) if pos is not None else None)
+                where.append((INLINE, pos) if pos is not None else None)
             else:
                 row = snapshot.lookup(user.user_id, as_of)
                 if row is None:
                     where.append(None)
                 else:
-                    where.append(("snapshot", len(snap_rows)))
+                    where.append((SNAPSHOT, len(snap_rows)))
                     snap_rows.append(row)
-        parts = []
-        snap = snapshot.frame.iloc[snap_rows] if snap_rows else pd.DataFrame()
-        if snap_rows:
-            parts.append(snap)
-        if len(inline_frame):
-            parts.append(inline_frame)
-        features = pd.concat(parts, ignore_index=True) if len(parts) > 1 else (parts[0] if parts else None)
-        offset = len(snap_rows)
-        positions = [None if w is None else (w[1] if w[0] == "snapshot" else offset + w[1]) for w in where]
-        frame = features.reset_index(drop=True) if features is not None else pd.DataFrame()
-        return frame, positions, quarantined
+        frames = {
+            SNAPSHOT: snapshot.frame.iloc[snap_rows].reset_index(drop=True),
+            INLINE: inline_frame.reset_index(drop=True),
+        }
+        return FeatureRows(frames, where, quarantined)
+
+    def _reference(self, snapshot: FeatureSnapshot) -> dict[str, Any]:
+        """Column -> dtype every feature row must have: the snapshot's, else the models' columns."""
+        if len(snapshot.frame.columns) > 2:
+            return dict(snapshot.frame.dtypes)
+        names = list(self.models.churn.feature_names)
+        if self.models.offers is not None:
+            names += [n for n in self.models.offers.feature_names if n not in names]
+        categorical = set(getattr(self.models.churn.model, "categorical_features_", []))
+        return {n: np.dtype(object) if n in categorical else np.dtype(float) for n in names}
 
     def _cold(self, user: UserIn, as_of: datetime) -> UserScore:
         """Population prior and the catalog's default message, marked ``cold_start``."""
@@ -386,26 +430,26 @@ class ScoringEngine:
 
         now = now or datetime.now(UTC)
         self.check_size(len(request.users))
-        features, positions, quarantined = self._features(request.users, request.as_of, now)
-        scored = (
-            score_features(
-                features,
-                self.models,
-                policy=self.config.policy,
-                seed=self.config.seed,
-                history=None,
-                reasons_top_k=REASONS_TOP_K if request.explain else None,
-            )
-            if len(features)
-            else pd.DataFrame()
-        )
-        columns = {name: scored[name].tolist() for name in scored.columns}  # cheaper than to_dict
+        rows = self._features(request.users, request.as_of, now)
+        columns: dict[str, dict[str, list[Any]]] = {}
+        for source, frame in rows.frames.items():
+            if len(frame):
+                scored = score_features(
+                    frame,
+                    self.models,
+                    policy=self.config.policy,
+                    seed=self.config.seed,
+                    history=None,
+                    reasons_top_k=REASONS_TOP_K if request.explain else None,
+                )
+                columns[source] = {name: scored[name].tolist() for name in scored.columns}
         answers: list[UserScore] = []
-        for user, pos in zip(request.users, positions, strict=True):
-            if pos is None:
+        for user, where in zip(request.users, rows.where, strict=True):
+            if where is None:
                 answer = self._cold(user, request.as_of or now)
             else:
-                row = {name: values[pos] for name, values in columns.items()}
+                source, pos = where
+                row = {name: values[pos] for name, values in columns[source].items()}
                 answer = UserScore(
                     user_id=user.user_id,
                     churn_probability=float(row["churn_probability"]),
@@ -424,7 +468,7 @@ class ScoringEngine:
                     decision_id=str(row["decision_id"]),
                     cold_start=bool(row["cold_start"]),
                 )
-            answer.quarantined_events = quarantined.get(user.user_id, {})
+            answer.quarantined_events = rows.quarantined.get(user.user_id, {})
             answers.append(answer)
         self.log(answers, request.as_of or now, now)
         return ScoreResponse(users=answers)
@@ -454,9 +498,9 @@ class ScoringEngine:
     def explain(self, request: ExplainRequest, now: datetime | None = None) -> ExplainResponse:
         """Every feature's contribution for one user, largest push on the risk first."""
         now = now or datetime.now(UTC)
-        features, positions, quarantined = self._features([request], request.as_of, now)
-        pos = positions[0]
-        if pos is None:
+        rows = self._features([request], request.as_of, now)
+        quarantined = rows.quarantined
+        if rows.where[0] is None:
             return ExplainResponse(
                 user_id=request.user_id,
                 churn_probability=self.prior,
@@ -467,7 +511,8 @@ class ScoringEngine:
                 cold_start=True,
                 quarantined_events=quarantined.get(request.user_id, {}),
             )
-        row = features.iloc[[pos]]
+        source, pos = rows.where[0]
+        row = rows.frames[source].iloc[[pos]]
         churn = self.models.churn
         probability = float(churn.churn_probability(row)[0])
         contributions = churn.contributions(row).iloc[0]

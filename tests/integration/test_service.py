@@ -368,7 +368,11 @@ def test_health_and_metrics(opened: Server) -> None:
 
 
 def test_schemathesis_finds_no_server_error(world: World, opened: Server) -> None:
-    """At least 500 generated requests against the service's own OpenAPI document, no 5xx."""
+    """At least 500 generated requests against the service's own OpenAPI document, no 5xx.
+
+    No fixed seed: with one, this schemathesis version stops fuzzing after a handful of cases; the
+    seed of a failing run is printed for ``st run --seed`` to replay it.
+    """
     har = world.root / "schemathesis.har"
     command = [
         str(Path(sys.executable).with_name("st")),
@@ -380,8 +384,8 @@ def test_schemathesis_finds_no_server_error(world: World, opened: Server) -> Non
         "^/(score|explain)$",
         "--max-examples",
         "400",
-        "--seed",
-        "7",
+        "--phases",
+        "coverage,fuzzing",
         "--workers",
         "1",
         "--no-shrink",
