@@ -286,7 +286,7 @@ def features(
     out_file: Annotated[Path, typer.Option("--out", help="Features parquet.")],
     users: Annotated[Path | None, typer.Option(help="Users table (attributes, consents).")] = None,
     exposures: Annotated[Path | None, typer.Option(help="Campaign exposures (message fatigue).")] = None,
-    engine: Annotated[str | None, typer.Option(help="polars (default), duckdb or spark.")] = None,
+    engine: Annotated[str | None, typer.Option(help="polars (default) or spark.")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -341,7 +341,7 @@ def dataset(
     horizon: Annotated[str, typer.Option(help="Churn horizon, e.g. 30d.")] = "30d",
     users: Annotated[Path | None, typer.Option(help="Users table.")] = None,
     exposures: Annotated[Path | None, typer.Option(help="Campaign exposures.")] = None,
-    engine: Annotated[str | None, typer.Option(help="polars (default), duckdb or spark.")] = None,
+    engine: Annotated[str | None, typer.Option(help="polars (default) or spark.")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -358,6 +358,9 @@ def dataset(
         },
     )
     frame = _load_events(events, cfg)
+    builder = None
+    if cfg.features.engine == "spark":
+        from engage.batch import build_features_spark as builder
     with progress_bar("snapshots") as progress:
         table = build_training_table(
             frame,
@@ -367,8 +370,8 @@ def dataset(
             label_config=cfg.labels,
             users=_load_optional_table(users),
             exposures=_load_optional_table(exposures),
-            engine=cfg.features.engine,
             progress=progress,
+            feature_builder=builder,
         )
     _write_pandas(table, out_file)
     rates = table.groupby("as_of")["churned"].agg(["size", "mean"])

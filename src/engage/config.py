@@ -38,7 +38,7 @@ class FeatureConfig(_Frozen):
     windows: tuple[int, ...] = (7, 28, 90)
     cart_abandon_hours: int = Field(24, gt=0)
     engaged_session_seconds: int = Field(10, ge=0)
-    engine: Literal["polars", "duckdb", "spark"] = "polars"
+    engine: Literal["polars", "spark"] = "polars"
 
 
 class LabelConfig(_Frozen):

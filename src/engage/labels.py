@@ -7,7 +7,9 @@ horizon counts as retained (the user was seen), so only silence through the whol
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 import pandas as pd
 import polars as pl
@@ -15,12 +17,15 @@ import polars as pl
 from engage import schemas as s
 from engage.config import FeatureConfig, LabelConfig
 
+Events = pl.DataFrame | pl.LazyFrame | pd.DataFrame
+
 
 class InsufficientDataError(ValueError):
     """Too few churned or retained rows to train a churn model."""
 
 
 def snapshot_dates(start: datetime, end: datetime, every_days: int) -> list[datetime]:
+    """start, start + every, ... up to and including end."""
     out, d = [], start
     while d <= end:
         out.append(d)
@@ -28,13 +33,16 @@ def snapshot_dates(start: datetime, end: datetime, every_days: int) -> list[date
     return out
 
 
-def _lazy(events):
+def _lazy(events: Events) -> pl.LazyFrame:
     if isinstance(events, pd.DataFrame):
         events = pl.from_pandas(events)
     return events.lazy() if isinstance(events, pl.DataFrame) else events
 
 
-def churn_labels(events, as_of, *, config: LabelConfig) -> pd.DataFrame:
+def churn_labels(
+    events: Events, as_of: datetime | Sequence[datetime], *, config: LabelConfig
+) -> pd.DataFrame:
+    """Churned (1) / retained (0) for users active in the lookback window before each as_of."""
     dates = [as_of] if isinstance(as_of, datetime) else list(as_of)
     ev = _lazy(events)
     parts = []
@@ -74,34 +82,48 @@ def churn_labels(events, as_of, *, config: LabelConfig) -> pd.DataFrame:
 
 
 def build_training_table(
-    events,
-    start,
-    end,
+    events: Events,
+    start: datetime,
+    end: datetime,
     *,
     feature_config: FeatureConfig,
     label_config: LabelConfig,
-    users=None,
-    exposures=None,
+    users: Any = None,
+    exposures: Any = None,
     engine: str = "polars",
-    progress=None,
+    progress: Callable[[int, int], None] | None = None,
+    feature_builder: Callable[..., pd.DataFrame] | None = None,
 ) -> pd.DataFrame:
+    """Features and the churn label for every eligible (user, snapshot date) between start and end.
+
+    ``feature_builder`` replaces the embedded engine (the CLI passes the Spark one for
+    ``--engine spark``); it takes the same arguments as :func:`engage.features.build_features`.
+    """
     from engage.features import build_features
 
     dates = snapshot_dates(start, end, label_config.every_days)
+    if not dates:
+        raise ValueError(f"no snapshot date between {start:%Y-%m-%d} and {end:%Y-%m-%d}")
     labels = churn_labels(events, dates, config=label_config)
-    feats = build_features(
-        events,
-        dates,
-        config=feature_config,
-        users=users,
-        exposures=exposures,
-        engine=engine,
-        progress=progress,
-    )
+    if feature_builder is None:
+        feats = build_features(
+            events,
+            dates,
+            config=feature_config,
+            users=users,
+            exposures=exposures,
+            engine=engine,
+            progress=progress,
+        )
+    else:
+        feats = feature_builder(
+            events, dates, config=feature_config, users=users, exposures=exposures, progress=progress
+        )
     return feats.merge(labels, on=[s.USER_ID, s.AS_OF], how="inner")
 
 
 def check_sufficiency(table: pd.DataFrame, config: LabelConfig) -> None:
+    """Fail, like GA4 and Braze eligibility rules, when there are too few churned or retained rows."""
     churned = int(table[s.LABEL].sum())
     retained = int(len(table) - churned)
     short = []

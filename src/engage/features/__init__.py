@@ -53,7 +53,7 @@ def build_features(
 
     ``engine="polars"`` runs here; Spark runs through ``engage.batch`` (the only pyspark module).
     """
-    if engine not in ("polars", "duckdb"):
+    if engine != "polars":
         raise ValueError(f"engine {engine!r} is not embedded: use engage.batch for spark")
     from engage.features.polars_engine import build_features as run
 
