@@ -36,12 +36,14 @@ def allowed_arms(
     if history is not None and len(history) and as_of is not None:
         h = history[[s.USER_ID, s.TS, s.MESSAGE_ID]].copy()
         h[s.TS] = pd.to_datetime(h[s.TS], utc=True)
-        h = h[(h[s.TS] < pd.Timestamp(as_of)) & (h[s.MESSAGE_ID] != s.CONTROL_ARM)]
+        moment = pd.Timestamp(as_of)
+        moment = moment.tz_localize("UTC") if moment.tz is None else moment.tz_convert("UTC")
+        h = h[(h[s.TS] < moment) & (h[s.MESSAGE_ID] != s.CONTROL_ARM)]
         recent = h
     users = features[s.USER_ID].astype(str).to_numpy() if s.USER_ID in features else np.array([""] * n)
     capped = np.zeros(n, bool)
     if recent is not None:
-        last7 = recent[recent[s.TS] >= pd.Timestamp(as_of) - timedelta(days=7)]
+        last7 = recent[recent[s.TS] >= moment - timedelta(days=7)]
         counts = last7.groupby(s.USER_ID).size()
         capped = pd.Series(users).map(counts).fillna(0).to_numpy() >= max_per_7d
     for m in catalog.messages:
@@ -51,8 +53,7 @@ def allowed_arms(
             ok &= pd.to_numeric(features[consent], errors="coerce").fillna(0).to_numpy() > 0
         if recent is not None and m.cooldown_days > 0:
             cool = recent[
-                (recent[s.MESSAGE_ID] == m.id)
-                & (recent[s.TS] >= pd.Timestamp(as_of) - timedelta(days=m.cooldown_days))
+                (recent[s.MESSAGE_ID] == m.id) & (recent[s.TS] >= moment - timedelta(days=m.cooldown_days))
             ]
             ok &= ~pd.Series(users).isin(set(cool[s.USER_ID].astype(str))).to_numpy()
         allowed[m.id] = ok & ~capped

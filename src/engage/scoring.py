@@ -99,6 +99,7 @@ def score_features(
     if features.empty:
         return pd.DataFrame(columns=list(SCORE_FIELDS))
     features = features.reset_index(drop=True)
+    features[s.AS_OF] = pd.to_datetime(features[s.AS_OF], utc=True)  # naive stamps (e.g. from Spark) are UTC
     as_of = features[s.AS_OF]
     probability = models.churn.churn_probability(features)
     out = pd.DataFrame(
