@@ -46,8 +46,8 @@ def _one_as_of(
         for t in s.KNOWN_EVENT_TYPES:
             aggs.append((inside & (et == t)).sum().cast(pl.Float64).alias(f"{t}_count_{w}d"))
         aggs += [
-            pl.col("session_id")
-            .filter(inside & pl.col("session_id").is_not_null())
+            pl.col("__sid")
+            .filter(inside & pl.col("__sid").is_not_null())
             .n_unique()
             .cast(pl.Float64)
             .alias(f"session_count_{w}d"),
@@ -61,8 +61,8 @@ def _one_as_of(
             .mean()
             .fill_null(0.0)
             .alias(f"amount_mean_{w}d"),
-            pl.col("category")
-            .filter(inside & pl.col("category").is_not_null())
+            pl.col("__cat")
+            .filter(inside & pl.col("__cat").is_not_null())
             .n_unique()
             .cast(pl.Float64)
             .alias(f"category_distinct_{w}d"),
@@ -92,8 +92,8 @@ def _one_as_of(
     base = before.group_by(s.USER_ID).agg(aggs)
     # sessions: engaged = longer than N s, a purchase, or 2+ page/product views
     sess = (
-        before.filter(pl.col("session_id").is_not_null())
-        .group_by(s.USER_ID, "session_id")
+        before.filter(pl.col("__sid").is_not_null())
+        .group_by(s.USER_ID, "__sid")
         .agg(
             age.min().alias("__sage"),
             (
@@ -211,7 +211,12 @@ def build_features(
     """Features for every user with an event before each as_of, sorted by (as_of, user_id)."""
     del engine
     dates = [as_of] if isinstance(as_of, datetime) else list(as_of)
-    ev = _as_lazy(events).with_columns(pl.col(s.TS).dt.truncate("1d").alias("__day"))
+    # integer stand-ins make the distinct counts and session grouping cheap (strings are slow keys)
+    ev = _as_lazy(events).with_columns(
+        (pl.col(s.TS).dt.epoch("us") // DAY_US).cast(pl.Int32).alias("__day"),
+        pl.when(pl.col("session_id").is_not_null()).then(pl.col("session_id").hash(seed=0)).alias("__sid"),
+        pl.when(pl.col("category").is_not_null()).then(pl.col("category").hash(seed=0)).alias("__cat"),
+    )
     exp = _as_lazy(exposures) if exposures is not None else None
     carts = ev.filter(pl.col(s.EVENT_TYPE) == "add_to_cart").select(s.USER_ID, s.TS).sort(s.TS)
     buys = (
