@@ -713,6 +713,8 @@ def serve(
         config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
         env = {**os.environ, ENV_CONFIG: str(config_path), ENV_MODEL_SOURCE: model_source}
         env.setdefault("BENTOML_DO_NOT_TRACK", "true")
+        # requests score few rows: one OpenMP thread per worker avoids spin contention on small hosts
+        env.setdefault("OMP_NUM_THREADS", "1")
         if api_token:
             env[ENV_TOKEN] = api_token
         command = [
