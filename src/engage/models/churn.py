@@ -18,6 +18,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from engage import schemas as s
+from engage.models.frame import FrameSpec
 
 DROP = (s.USER_ID, s.AS_OF, s.LABEL)
 
@@ -64,18 +65,14 @@ class ChurnModel(BaseEstimator, ClassifierMixin):
         self.random_state = random_state
 
     def _prepare(self, X: pd.DataFrame) -> pd.DataFrame:
-        X = _features(X)[self.feature_names_].copy()
-        for col in self.categorical_features_:
-            X[col] = pd.Categorical(X[col].astype("string").astype(object), categories=self.categories_[col])
-        return X
+        return self.frame_.apply(_features(X))
 
     def fit(self, X, y, *, X_calib, y_calib):
         X = _features(X)
-        self.feature_names_ = list(X.columns)
-        self.categorical_features_ = [c for c in X.columns if not pd.api.types.is_numeric_dtype(X[c])]
-        self.categories_ = {
-            c: sorted(X[c].dropna().astype(str).unique().tolist()) for c in self.categorical_features_
-        }
+        self.frame_ = FrameSpec.learn(X)
+        self.feature_names_ = list(self.frame_.columns)
+        self.categorical_features_ = list(self.frame_.categories)
+        self.categories_ = self.frame_.categories
         Xt, Xc = self._prepare(X), self._prepare(X_calib)
         self.model_ = lgb.LGBMClassifier(
             n_estimators=self.n_estimators,

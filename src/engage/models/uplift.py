@@ -12,6 +12,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator
 
 from engage import schemas as s
+from engage.models.frame import FrameSpec
 
 
 class MultiArmUplift(BaseEstimator):
@@ -34,21 +35,17 @@ class MultiArmUplift(BaseEstimator):
         self.random_state = random_state
 
     def _prepare(self, X: pd.DataFrame) -> pd.DataFrame:
-        X = X[self.feature_names_].copy()
-        for col in self.categorical_features_:
-            X[col] = pd.Categorical(X[col].astype("string").astype(object), categories=self.categories_[col])
-        return X
+        return self.frame_.apply(X)
 
     def fit(self, X: pd.DataFrame, arm, y, propensity=None):
         arm = np.asarray(arm).astype(str)
         y = np.asarray(y, dtype=float)
         if self.control not in set(arm):
             raise ValueError(f"no rows of the control arm {self.control!r}")
-        self.feature_names_ = list(X.columns)
-        self.categorical_features_ = [c for c in X.columns if not pd.api.types.is_numeric_dtype(X[c])]
-        self.categories_ = {
-            c: sorted(X[c].dropna().astype(str).unique().tolist()) for c in self.categorical_features_
-        }
+        self.frame_ = FrameSpec.learn(X)
+        self.feature_names_ = list(self.frame_.columns)
+        self.categorical_features_ = list(self.frame_.categories)
+        self.categories_ = self.frame_.categories
         Xp = self._prepare(X)
         w = np.ones(len(arm)) if propensity is None else 1.0 / np.clip(np.asarray(propensity, float), 1e-3, 1)
         self.arms_ = [self.control, *sorted(a for a in set(arm) if a != self.control)]
