@@ -265,20 +265,21 @@ def validate_events(
         )
     reason = reason.when(bad_amount).then(pl.lit(s.REASON_BAD_AMOUNT)).otherwise(None)
 
-    staged = frame.with_columns(*canonical, reason.alias("__reason"), _raw_struct(raw))
+    staged = frame.select("__row", *canonical, reason.alias("__reason"))
     clean = staged.filter(pl.col("__reason").is_null())
-    clean = clean.with_columns(pl.struct(s.EVENT_COLUMNS).is_first_distinct().alias("__first"))
-    accepted = clean.filter(pl.col("__first")).select(s.EVENT_COLUMNS)
-    dup_rows = (
-        clean.filter(~pl.col("__first"))
-        .drop("__first")
-        .with_columns(pl.lit(s.REASON_DUPLICATE).alias("__reason"))
+    first = pl.struct(s.EVENT_COLUMNS).is_first_distinct()
+    accepted = clean.filter(first).select(s.EVENT_COLUMNS)
+    flagged = pl.concat(
+        [
+            staged.filter(pl.col("__reason").is_not_null()).select("__row", "__reason"),
+            clean.filter(~first).select("__row", pl.lit(s.REASON_DUPLICATE).alias("__reason")),
+        ]
     )
-    bad_rows = staged.filter(pl.col("__reason").is_not_null())
+    # only the quarantined rows are turned back into text: the input values, nothing lost
     quarantine = (
-        pl.concat([bad_rows, dup_rows])
+        frame.join(flagged, on="__row", how="inner")
         .sort("__row")
-        .select(pl.col("__row").alias(ROW), "__raw", pl.col("__reason").alias(s.REASON))
+        .select(pl.col("__row").alias(ROW), _raw_struct(raw), pl.col("__reason").alias(s.REASON))
         .unnest("__raw")
     )
     return ValidationResult(
