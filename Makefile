@@ -8,6 +8,7 @@ export DO_NOT_TRACK := true
 export BENTOML_DO_NOT_TRACK := true
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 export SPARK_LOCAL_IP := 127.0.0.1
+export PYSPARK_PYTHON := $(abspath $(VENV))/bin/python
 
 .PHONY: venv demo test lint bench clean
 

@@ -8,6 +8,7 @@ filters (``ts < as_of``), smoothing and fill rules, so a user who outgrows one m
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +36,9 @@ def _us(d: datetime) -> int:
 def local_spark(shuffle_partitions: int = 4) -> Any:
     """A local[2] SparkSession bound to loopback with UTC session time (created or reused)."""
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    # executors must run this interpreter (the one with engage and its models' libraries)
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
     return (
