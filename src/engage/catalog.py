@@ -1,13 +1,16 @@
 """The message catalog marketers edit: YAML loader, a safe rule language, and template rendering.
 
 Rules (``eligible_if``) are tokenized and parsed into a small tree: feature names, numbers, quoted
-strings, true/false, comparisons, and/or/not, parentheses. Nothing is ever passed to eval. A
-malformed catalog fails at load naming the file, the message id and the field.
+strings, true/false, comparisons (< <= > >= == !=), and/or/not, parentheses. Nothing is ever passed
+to ``eval``. Rules are evaluated vectorized over a features DataFrame; a missing value (NaN/None)
+compares false. A malformed catalog fails at load naming the file, the message id and the field.
 """
 
 from __future__ import annotations
 
 import re
+import string
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,10 @@ class CatalogError(ValueError):
 
 
 _TOKEN = re.compile(
-    r"\s*(?:(?P<num>-?\d+(?:\.\d+)?)|(?P<str>'[^']*'|\"[^\"]*\")|(?P<op><=|>=|==|!=|<|>|\(|\))|(?P<name>[A-Za-z_][A-Za-z0-9_]*))"
+    r"(?P<num>-?\d+(?:\.\d+)?)"
+    r"|(?P<str>'[^']*'|\"[^\"]*\")"
+    r"|(?P<op><=|>=|==|!=|<|>|\(|\))"
+    r"|(?P<name>[A-Za-z_][A-Za-z0-9_]*)"
 )
 _OPS = {
     "<": np.less,
@@ -34,148 +40,198 @@ _OPS = {
     "==": np.equal,
     "!=": np.not_equal,
 }
+_KEYWORDS = frozenset({"and", "or", "not", "true", "false"})
+# A tree node: ("const", bool) | ("not", node) | ("and"|"or", node, node) | ("cmp", op, term, term);
+# a term: ("name", feature) | ("lit", number | str | bool).
+Node = tuple[Any, ...]
 
 
 def tokenize(text: str) -> list[tuple[str, str]]:
-    pos, out = 0, []
-    text = text.strip()
+    """Split a rule into (kind, text) tokens; anything outside the language is an error."""
+    out: list[tuple[str, str]] = []
+    pos = 0
     while pos < len(text):
+        if text[pos].isspace():
+            pos += 1
+            continue
         m = _TOKEN.match(text, pos)
-        if not m or m.end() == pos:
+        if not m:
             raise ValueError(f"cannot read the rule at character {pos + 1}: {text[pos : pos + 12]!r}")
-        kind = m.lastgroup
+        kind = m.lastgroup or ""
         out.append((kind, m.group(kind)))
         pos = m.end()
-        while pos < len(text) and text[pos].isspace():
-            pos += 1
     return out
+
+
+def _walk_names(node: Node) -> set[str]:
+    if node[0] == "cmp":
+        return {t[1] for t in (node[2], node[3]) if t[0] == "name"}
+    if node[0] in ("and", "or"):
+        return _walk_names(node[1]) | _walk_names(node[2])
+    if node[0] == "not":
+        return _walk_names(node[1])
+    return set()
+
+
+def _side(term: tuple[str, Any], frame: pd.DataFrame, rule: str) -> Any:
+    if term[0] != "name":
+        return term[1]
+    if term[1] not in frame.columns:
+        raise KeyError(f"rule {rule!r} uses feature {term[1]!r}, which the features do not have")
+    return frame[term[1]].to_numpy()
+
+
+def _missing(side: Any, n: int) -> np.ndarray:
+    if isinstance(side, np.ndarray):
+        return np.asarray(pd.isna(side), dtype=bool)
+    return np.zeros(n, dtype=bool)
+
+
+def _compare(op: str, left: Any, right: Any, n: int) -> np.ndarray:
+    """Elementwise comparison; missing values and type mismatches (text vs number) compare false."""
+    miss = _missing(left, n) | _missing(right, n)
+    with np.errstate(invalid="ignore"):
+        try:
+            result = np.asarray(_OPS[op](left, right), dtype=bool)
+        except TypeError:
+            # Mixed types (e.g. text column vs number): compare row by row, mismatches are false.
+            lv = left if isinstance(left, np.ndarray) else [left] * n
+            rv = right if isinstance(right, np.ndarray) else [right] * n
+            result = np.array([_safe_cmp(op, a, b) for a, b in zip(lv, rv, strict=True)], dtype=bool)
+    if result.ndim == 0:
+        result = np.full(n, bool(result))
+    return result & ~miss
+
+
+def _safe_cmp(op: str, a: Any, b: Any) -> bool:
+    try:
+        return bool(_OPS[op](a, b))
+    except TypeError:
+        return False
 
 
 @dataclass(frozen=True)
 class Rule:
-    """A parsed eligibility rule: a tree of ('and'|'or'|'not'|'cmp'|'const', ...)."""
+    """A parsed eligibility rule: its source text and its tree (see ``Node``)."""
 
     text: str
-    tree: Any
+    tree: Node
 
     def features(self) -> set[str]:
-        def walk(node):
-            if node[0] == "cmp":
-                return {x[1] for x in (node[2], node[3]) if x[0] == "name"}
-            if node[0] in ("and", "or"):
-                return walk(node[1]) | walk(node[2])
-            if node[0] == "not":
-                return walk(node[1])
-            return set()
-
-        return walk(self.tree)
+        """The feature names the rule reads."""
+        return _walk_names(self.tree)
 
     def evaluate(self, frame: pd.DataFrame) -> np.ndarray:
-        def value(term):
-            if term[0] == "name":
-                if term[1] not in frame.columns:
-                    raise KeyError(
-                        f"rule {self.text!r} uses feature {term[1]!r}, which the features do not have"
-                    )
-                return frame[term[1]].to_numpy()
-            return term[1]
+        """Boolean mask over the rows of ``frame``; a feature the frame lacks is a KeyError."""
+        n = len(frame)
 
-        def ev(node) -> np.ndarray:
+        def ev(node: Node) -> np.ndarray:
             kind = node[0]
             if kind == "const":
-                return np.full(len(frame), bool(node[1]))
+                return np.full(n, bool(node[1]))
             if kind == "and":
                 return ev(node[1]) & ev(node[2])
             if kind == "or":
                 return ev(node[1]) | ev(node[2])
             if kind == "not":
                 return ~ev(node[1])
-            left, right = value(node[2]), value(node[3])
-            with np.errstate(invalid="ignore"):
-                try:
-                    result = _OPS[node[1]](left, right)
-                except TypeError:
-                    result = np.zeros(len(frame), bool)
-            result = np.asarray(result, dtype=bool)
-            for side in (left, right):
-                if isinstance(side, np.ndarray) and side.dtype.kind == "f":
-                    result &= ~np.isnan(side)
-                elif isinstance(side, np.ndarray) and side.dtype == object:
-                    result &= pd.notna(side)
-            return result
+            left, right = _side(node[2], frame, self.text), _side(node[3], frame, self.text)
+            return _compare(node[1], left, right, n)
 
         return ev(self.tree)
 
 
-def parse_rule(text: str | None) -> Rule:
-    text = (text or "").strip()
-    if not text:
-        return Rule("", ("const", True))
-    tokens = tokenize(text)
-    pos = 0
+class _Parser:
+    """Recursive descent: disj := conj ('or' conj)*; conj := atom ('and' atom)*;
+    atom := 'not' atom | '(' disj ')' | term op term | true | false."""
 
-    def peek():
-        return tokens[pos] if pos < len(tokens) else (None, None)
+    def __init__(self, tokens: list[tuple[str, str]]) -> None:
+        self.tokens = tokens
+        self.pos = 0
 
-    def take():
-        nonlocal pos
-        pos += 1
-        return tokens[pos - 1]
+    def peek(self) -> tuple[str | None, str | None]:
+        return self.tokens[self.pos] if self.pos < len(self.tokens) else (None, None)
 
-    def term():
-        kind, val = take() if pos < len(tokens) else (None, None)
-        if kind == "num":
+    def take(self) -> tuple[str | None, str | None]:
+        tok = self.peek()
+        self.pos += 1
+        return tok
+
+    def term(self) -> tuple[str, Any]:
+        kind, val = self.take()
+        if kind == "num" and val is not None:
             return ("lit", float(val))
-        if kind == "str":
+        if kind == "str" and val is not None:
             return ("lit", val[1:-1])
-        if kind == "name":
-            if val in ("true", "false"):
-                return ("lit", val == "true")
+        if kind == "name" and val in ("true", "false"):
+            return ("lit", val == "true")
+        if kind == "name" and val not in _KEYWORDS:
             return ("name", val)
-        raise ValueError(f"expected a feature name or a value, got {val!r}")
+        raise ValueError(
+            f"expected a feature name or a value, got {val!r}" if val else "the rule ends too early"
+        )
 
-    def atom():
-        kind, val = peek()
-        if kind == "op" and val == "(":
-            take()
-            node = disj()
-            if take()[1] != ")":
+    def atom(self) -> Node:
+        kind, val = self.peek()
+        if (kind, val) == ("op", "("):
+            self.take()
+            node = self.disj()
+            if self.take() != ("op", ")"):
                 raise ValueError("missing ')'")
             return node
-        if kind == "name" and val == "not":
-            take()
-            return ("not", atom())
-        left = term()
-        kind, val = peek()
+        if (kind, val) == ("name", "not"):
+            self.take()
+            return ("not", self.atom())
+        left = self.term()
+        kind, val = self.peek()
         if kind == "op" and val in _OPS:
-            take()
-            return ("cmp", val, left, term())
+            self.take()
+            return ("cmp", val, left, self.term())
         if left[0] == "lit" and isinstance(left[1], bool):
             return ("const", left[1])
         raise ValueError(f"expected a comparison after {left[1]!r}")
 
-    def conj():
-        node = atom()
-        while peek() == ("name", "and"):
-            take()
-            node = ("and", node, atom())
+    def conj(self) -> Node:
+        node = self.atom()
+        while self.peek() == ("name", "and"):
+            self.take()
+            node = ("and", node, self.atom())
         return node
 
-    def disj():
-        node = conj()
-        while peek() == ("name", "or"):
-            take()
-            node = ("or", node, conj())
+    def disj(self) -> Node:
+        node = self.conj()
+        while self.peek() == ("name", "or"):
+            self.take()
+            node = ("or", node, self.conj())
         return node
 
-    tree = disj()
-    if pos != len(tokens):
-        raise ValueError(f"unexpected {tokens[pos][1]!r}")
+
+def parse_rule(text: str | None) -> Rule:
+    """Parse an ``eligible_if`` rule; empty means always eligible. Bad syntax is a ValueError."""
+    text = (text or "").strip()
+    if not text:
+        return Rule("", ("const", True))
+    parser = _Parser(tokenize(text))
+    tree = parser.disj()
+    if parser.pos != len(parser.tokens):
+        raise ValueError(f"unexpected {parser.tokens[parser.pos][1]!r}")
     return Rule(text, tree)
+
+
+class _Fill(dict):
+    """Template values; a placeholder with no value reads as a neutral phrase, never a crash."""
+
+    def __missing__(self, key: str) -> str:
+        return FALLBACK_TEXT
+
+
+FALLBACK_TEXT = "our picks"
 
 
 @dataclass(frozen=True)
 class Message:
+    """One catalog entry: where it goes, what it says, what it costs and who may get it."""
+
     id: str
     channel: str
     template: str
@@ -185,27 +241,74 @@ class Message:
     cooldown_days: int = 0
     params: dict[str, Any] = field(default_factory=dict)
 
+    def placeholders(self) -> set[str]:
+        """Names between braces in the template."""
+        return {name for _, name, _, _ in string.Formatter().parse(self.template) if name}
+
+    def render(self, features: Mapping[str, Any] | pd.Series) -> str:
+        """The text for one user: params, then the user's features, fill the placeholders.
+
+        A placeholder with no value becomes a neutral phrase; a template that cannot be formatted
+        comes back as written. Never raises.
+        """
+        values = _Fill(
+            {k: v for k, v in dict(features).items() if isinstance(v, str | int | float) and pd.notna(v)}
+        )
+        values.update(self.params)
+        try:
+            return self.template.format_map(values)
+        except (ValueError, IndexError, KeyError, AttributeError, TypeError):
+            return self.template
+
 
 @dataclass(frozen=True)
 class Catalog:
+    """The checked catalog: messages in file order and the per-user contact cap."""
+
     messages: tuple[Message, ...]
     max_per_7d: int = 2
     source: str = ""
 
     @property
     def arms(self) -> list[str]:
+        """Every arm, the control `none` first."""
         return [s.CONTROL_ARM, *(m.id for m in self.messages)]
 
     def get(self, message_id: str) -> Message | None:
+        """The message with that id, or None (also for `none`)."""
         return next((m for m in self.messages if m.id == message_id), None)
 
     def channel(self, message_id: str) -> str:
+        """Channel of a message; `none` for the control or an unknown id."""
         m = self.get(message_id)
         return m.channel if m else s.CONTROL_ARM
 
+    def features(self) -> set[str]:
+        """Every feature name the eligibility rules read."""
+        return set().union(*(m.eligible_if.features() for m in self.messages))
 
-def load_catalog(path: str | Path) -> Catalog:
-    """Read and check a catalog file; any problem is a CatalogError naming message and field."""
+    def eligibility(self, features: pd.DataFrame) -> pd.DataFrame:
+        """Boolean frame, one column per arm (`none` always True), from the eligibility rules only."""
+        cols = {s.CONTROL_ARM: np.ones(len(features), dtype=bool)}
+        for m in self.messages:
+            try:
+                cols[m.id] = m.eligible_if.evaluate(features)
+            except KeyError as exc:
+                where = f"{self.source}: message {m.id}: field 'eligible_if'"
+                raise KeyError(f"{where}: {exc.args[0]}") from exc
+        return pd.DataFrame(cols, index=features.index)
+
+
+_MESSAGE_FIELDS = frozenset(
+    {"id", "channel", "template", "params", "cost", "value", "eligible_if", "cooldown_days"}
+)
+
+
+def load_catalog(path: str | Path, *, feature_names: Iterable[str] | None = None) -> Catalog:
+    """Read and check a catalog file; any problem is a CatalogError naming file, message and field.
+
+    With ``feature_names``, rules reading a feature outside that list fail here instead of at scoring.
+    """
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -213,73 +316,85 @@ def load_catalog(path: str | Path) -> Catalog:
         raise CatalogError(f"{path}: catalog file not found") from exc
     except yaml.YAMLError as exc:
         raise CatalogError(f"{path}: not valid YAML: {exc}") from exc
-    return catalog_from_dict(raw, source=str(path))
+    return catalog_from_dict(raw, source=str(path), feature_names=feature_names)
 
 
-def catalog_from_dict(raw: Any, source: str = "catalog") -> Catalog:
+def _number(item: dict[str, Any], key: str, where: str) -> float:
+    value = item.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value) or value < 0:
+        raise CatalogError(f"{where}: field '{key}' must be a non-negative number, got {value!r}")
+    return float(value)
+
+
+def _message(item: Any, i: int, seen: set[str], path: str, known: set[str] | None) -> Message:
+    mid = item.get("id") if isinstance(item, dict) else None
+    where = f"{path}: message {mid if mid else f'#{i}'}"
+    if not isinstance(item, dict):
+        raise CatalogError(f"{where}: expected a mapping of fields, got {type(item).__name__}")
+    if not isinstance(mid, str) or not mid.strip():
+        raise CatalogError(f"{where}: field 'id' is missing or not text")
+    if mid == s.CONTROL_ARM or mid in seen:
+        raise CatalogError(f"{where}: field 'id' must be unique and not '{s.CONTROL_ARM}'")
+    unknown = sorted(set(item) - _MESSAGE_FIELDS)
+    if unknown:
+        raise CatalogError(
+            f"{where}: field '{unknown[0]}' is not known (fields: {', '.join(sorted(_MESSAGE_FIELDS))})"
+        )
+    if item.get("channel") not in s.CHANNELS:
+        raise CatalogError(
+            f"{where}: field 'channel' must be one of {', '.join(s.CHANNELS)}, got {item.get('channel')!r}"
+        )
+    cost, value = _number(item, "cost", where), _number(item, "value", where)
+    template = item.get("template")
+    if not isinstance(template, str) or not template.strip():
+        raise CatalogError(f"{where}: field 'template' must be non-empty text")
+    try:
+        list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise CatalogError(f"{where}: field 'template': {exc}") from exc
+    params = item.get("params") or {}
+    if not isinstance(params, dict):
+        raise CatalogError(f"{where}: field 'params' must be a mapping of placeholder values")
+    rule_text = item.get("eligible_if")
+    if rule_text is not None and not isinstance(rule_text, str):
+        raise CatalogError(f"{where}: field 'eligible_if' must be text (a rule), got {rule_text!r}")
+    try:
+        rule = parse_rule(rule_text)
+    except ValueError as exc:
+        raise CatalogError(f"{where}: field 'eligible_if': {exc}") from exc
+    if known is not None and rule.features() - known:
+        bad = sorted(rule.features() - known)
+        raise CatalogError(f"{where}: field 'eligible_if': unknown feature(s) {', '.join(bad)}")
+    cooldown = item.get("cooldown_days", 0)
+    if isinstance(cooldown, bool) or not isinstance(cooldown, int) or cooldown < 0:
+        raise CatalogError(f"{where}: field 'cooldown_days' must be a non-negative integer, got {cooldown!r}")
+    return Message(mid, item["channel"], template, cost, value, rule, cooldown, dict(params))
+
+
+def catalog_from_dict(
+    raw: Any, source: str = "catalog", *, feature_names: Iterable[str] | None = None
+) -> Catalog:
     """Build a checked catalog from its parsed YAML (or an equivalent dict)."""
     path = source
     if not isinstance(raw, dict) or not isinstance(raw.get("messages"), list):
         raise CatalogError(f"{path}: expected a mapping with a 'messages' list")
-    messages, seen = [], set()
+    known = set(feature_names) if feature_names is not None else None
+    messages: list[Message] = []
+    seen: set[str] = set()
     for i, item in enumerate(raw["messages"], start=1):
-        mid = item.get("id") if isinstance(item, dict) else None
-        where = f"{path}: message {mid or f'#{i}'}"
-        if not isinstance(item, dict) or not mid:
-            raise CatalogError(f"{where}: field 'id' is missing")
-        if mid == s.CONTROL_ARM or mid in seen:
-            raise CatalogError(f"{where}: field 'id' must be unique and not '{s.CONTROL_ARM}'")
-        seen.add(mid)
-        if item.get("channel") not in s.CHANNELS:
-            raise CatalogError(
-                f"{where}: field 'channel' must be one of {', '.join(s.CHANNELS)}, "
-                f"got {item.get('channel')!r}"
-            )
-        for key in ("cost", "value"):
-            if not isinstance(item.get(key), int | float) or item[key] < 0:
-                raise CatalogError(f"{where}: field '{key}' must be a non-negative number")
-        if not isinstance(item.get("template"), str):
-            raise CatalogError(f"{where}: field 'template' must be text")
-        try:
-            rule = parse_rule(item.get("eligible_if"))
-        except ValueError as exc:
-            raise CatalogError(f"{where}: field 'eligible_if': {exc}") from exc
-        cooldown = item.get("cooldown_days", 0)
-        if not isinstance(cooldown, int) or cooldown < 0:
-            raise CatalogError(f"{where}: field 'cooldown_days' must be a non-negative integer")
-        messages.append(
-            Message(
-                mid,
-                item["channel"],
-                item["template"],
-                float(item["cost"]),
-                float(item["value"]),
-                rule,
-                cooldown,
-                dict(item.get("params") or {}),
-            )
-        )
+        message = _message(item, i, seen, path, known)
+        seen.add(message.id)
+        messages.append(message)
     caps = raw.get("caps") or {}
-    return Catalog(tuple(messages), int(caps.get("max_per_7d", 2)), source)
+    if not isinstance(caps, dict):
+        raise CatalogError(f"{path}: caps: expected a mapping such as {{max_per_7d: 2}}")
+    cap = caps.get("max_per_7d", 2)
+    if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
+        raise CatalogError(f"{path}: caps: field 'max_per_7d' must be a non-negative integer, got {cap!r}")
+    return Catalog(tuple(messages), cap, source)
 
 
-class _Fill(dict):
-    """Template values; a placeholder with no value reads as a neutral phrase, never a crash."""
-
-    def __missing__(self, key: str) -> str:
-        return "our picks"
-
-
-def render(catalog: Catalog, message_id: str, features: pd.Series | dict) -> str:
-    """The message text for one user: params and the user's features fill the placeholders."""
+def render(catalog: Catalog, message_id: str, features: Mapping[str, Any] | pd.Series) -> str:
+    """The message text for one user (empty for `none` or an unknown id); never raises."""
     m = catalog.get(message_id)
-    if m is None:
-        return ""
-    values = _Fill(
-        {k: v for k, v in dict(features).items() if isinstance(v, str | int | float) and pd.notna(v)}
-    )
-    values.update(m.params)
-    try:
-        return m.template.format_map(values)
-    except (ValueError, IndexError):
-        return m.template
+    return m.render(features) if m is not None else ""

@@ -1,10 +1,22 @@
-"""Multi-arm uplift (scikit-learn contract): a T-learner on LightGBM predicting the outcome per arm.
+"""Multi-arm uplift (scikit-learn contract) on LightGBM: the outcome probability under every arm.
+
+Three meta-learners:
+
+- ``"t"``: one classifier per arm; P(y | x, arm) is that arm's model.
+- ``"x"``: the T-learner's models, then per arm two regressions of imputed effects (treated rows:
+  y - mu_control(x); control rows: mu_arm(x) - y), blended by the arm's share g:
+  tau(x) = g * tau_control(x) + (1 - g) * tau_arm(x). P(y | x, arm) = mu_control(x) + tau(x).
+- ``"s"``: one classifier with the arm as a categorical feature, scored once per arm.
 
 When assignment was not uniform, rows are weighted by 1/propensity so each arm's model sees the
-whole population. ``expected_gain`` turns outcome probabilities into money per arm.
+whole population rather than the one its logging policy favoured. ``expected_gain`` turns outcome
+probabilities into money per arm.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import lightgbm as lgb
 import numpy as np
@@ -14,18 +26,22 @@ from sklearn.base import BaseEstimator
 from engage import schemas as s
 from engage.models.frame import FrameSpec
 
+_ARM_FEATURE = "__arm__"
+
 
 class MultiArmUplift(BaseEstimator):
+    """Predicts P(outcome | x, arm) for every arm seen at fit, the control included."""
+
     def __init__(
         self,
-        learner: str = "t",
+        learner: Literal["t", "x", "s"] = "t",
         control: str = s.CONTROL_ARM,
         n_estimators: int = 300,
         learning_rate: float = 0.05,
         num_leaves: int = 15,
         min_child_samples: int = 100,
         random_state: int = 0,
-    ):
+    ) -> None:
         self.learner = learner
         self.control = control
         self.n_estimators = n_estimators
@@ -34,52 +50,124 @@ class MultiArmUplift(BaseEstimator):
         self.min_child_samples = min_child_samples
         self.random_state = random_state
 
+    def _params(self) -> dict[str, Any]:
+        return {
+            "n_estimators": self.n_estimators,
+            "learning_rate": self.learning_rate,
+            "num_leaves": self.num_leaves,
+            "min_child_samples": self.min_child_samples,
+            "subsample": 0.8,
+            "subsample_freq": 1,
+            "colsample_bytree": 0.8,
+            "random_state": self.random_state,
+            "n_jobs": 2,
+            "deterministic": True,
+            "force_col_wise": True,
+            "verbose": -1,
+        }
+
+    def _classifier(self) -> lgb.LGBMClassifier:
+        return lgb.LGBMClassifier(**self._params())
+
+    def _regressor(self) -> lgb.LGBMRegressor:
+        return lgb.LGBMRegressor(**self._params())
+
     def _prepare(self, X: pd.DataFrame) -> pd.DataFrame:
         return self.frame_.apply(X)
 
-    def fit(self, X: pd.DataFrame, arm, y, propensity=None):
+    def fit(
+        self,
+        X: pd.DataFrame,
+        arm: Sequence[Any] | np.ndarray | pd.Series,
+        y: Sequence[float] | np.ndarray | pd.Series,
+        propensity: Sequence[float] | np.ndarray | pd.Series | None = None,
+    ) -> MultiArmUplift:
+        """Fit on logged rows (features, arm given, binary outcome, optional logging propensity)."""
+        if self.learner not in ("t", "x", "s"):
+            raise ValueError(f"learner must be 't', 'x' or 's', got {self.learner!r}")
+        if not isinstance(X, pd.DataFrame):
+            raise TypeError("X must be a pandas DataFrame of features")
         arm = np.asarray(arm).astype(str)
         y = np.asarray(y, dtype=float)
+        if not (len(X) == len(arm) == len(y)):
+            raise ValueError(f"X, arm and y differ in length: {len(X)}, {len(arm)}, {len(y)}")
+        if np.isnan(y).any() or not np.isin(y, (0.0, 1.0)).all():
+            raise ValueError("y must be a binary 0/1 outcome without missing values")
         if self.control not in set(arm):
             raise ValueError(f"no rows of the control arm {self.control!r}")
+        w = np.ones(len(arm))
+        if propensity is not None:
+            p = np.asarray(propensity, dtype=float)
+            if len(p) != len(arm) or np.isnan(p).any() or (p <= 0).any() or (p > 1).any():
+                raise ValueError("propensity must be one probability in (0, 1] per row")
+            w = 1.0 / np.clip(p, 1e-3, 1.0)
         self.frame_ = FrameSpec.learn(X)
         self.feature_names_ = list(self.frame_.columns)
         self.categorical_features_ = list(self.frame_.categories)
         self.categories_ = self.frame_.categories
-        Xp = self._prepare(X)
-        w = np.ones(len(arm)) if propensity is None else 1.0 / np.clip(np.asarray(propensity, float), 1e-3, 1)
         self.arms_ = [self.control, *sorted(a for a in set(arm) if a != self.control)]
-        self.models_ = {}
         for a in self.arms_:
             rows = arm == a
-            model = lgb.LGBMClassifier(
-                n_estimators=self.n_estimators,
-                learning_rate=self.learning_rate,
-                num_leaves=self.num_leaves,
-                min_child_samples=self.min_child_samples,
-                subsample=0.8,
-                subsample_freq=1,
-                colsample_bytree=0.8,
-                random_state=self.random_state,
-                n_jobs=2,
-                deterministic=True,
-                force_col_wise=True,
-                verbose=-1,
-            )
-            model.fit(Xp[rows], y[rows], sample_weight=w[rows] / w[rows].mean())
-            self.models_[a] = model
+            if len(np.unique(y[rows])) < 2:
+                raise ValueError(f"arm {a!r}: the outcome takes one value only; nothing to learn")
+        Xp = self._prepare(X)
+        self.models_: dict[str, Any] = {}
+        self.effect_models_: dict[str, tuple[Any, Any, float]] = {}
+        if self.learner == "s":
+            self.models_["s"] = self._classifier().fit(self._with_arm(Xp, arm), y, sample_weight=w / w.mean())
+            return self
+        for a in self.arms_:
+            rows = arm == a
+            weight = w[rows] / w[rows].mean()
+            self.models_[a] = self._classifier().fit(Xp[rows], y[rows], sample_weight=weight)
+        if self.learner == "x":
+            self._fit_x(Xp, arm, y, w)
         return self
 
+    def _with_arm(self, Xp: pd.DataFrame, arm: np.ndarray | str) -> pd.DataFrame:
+        values = np.full(len(Xp), arm) if isinstance(arm, str) else arm
+        return Xp.assign(**{_ARM_FEATURE: pd.Categorical(values, categories=self.arms_)})
+
+    def _fit_x(self, Xp: pd.DataFrame, arm: np.ndarray, y: np.ndarray, w: np.ndarray) -> None:
+        control = arm == self.control
+        mu0 = self.models_[self.control]
+        for a in self.arms_[1:]:
+            treated = arm == a
+            d_treated = y[treated] - mu0.predict_proba(Xp[treated])[:, 1]
+            d_control = self.models_[a].predict_proba(Xp[control])[:, 1] - y[control]
+            tau_t = self._regressor().fit(
+                Xp[treated], d_treated, sample_weight=w[treated] / w[treated].mean()
+            )
+            tau_c = self._regressor().fit(
+                Xp[control], d_control, sample_weight=w[control] / w[control].mean()
+            )
+            share = float(w[treated].sum() / (w[treated].sum() + w[control].sum()))
+            self.effect_models_[a] = (tau_c, tau_t, share)
+
     def predict_outcomes(self, X: pd.DataFrame) -> pd.DataFrame:
+        """P(outcome | x, arm): one column per arm (control first), rows aligned with X."""
         Xp = self._prepare(X)
-        return pd.DataFrame({a: m.predict_proba(Xp)[:, 1] for a, m in self.models_.items()}, index=X.index)
+        if self.learner == "s":
+            model = self.models_["s"]
+            out = {a: model.predict_proba(self._with_arm(Xp, a))[:, 1] for a in self.arms_}
+        elif self.learner == "x":
+            base = self.models_[self.control].predict_proba(Xp)[:, 1]
+            out = {self.control: base}
+            for a, (tau_c, tau_t, g) in self.effect_models_.items():
+                tau = g * tau_c.predict(Xp) + (1 - g) * tau_t.predict(Xp)
+                out[a] = np.clip(base + tau, 0.0, 1.0)
+        else:
+            out = {a: m.predict_proba(Xp)[:, 1] for a, m in self.models_.items()}
+        return pd.DataFrame(out, index=X.index)[self.arms_]
 
     def predict_uplift(self, X: pd.DataFrame) -> pd.DataFrame:
+        """P(outcome | arm) - P(outcome | control), one column per non-control arm."""
         out = self.predict_outcomes(X)
         return out.drop(columns=[self.control]).sub(out[self.control], axis=0)
 
 
-def expected_gain(outcomes: pd.DataFrame, catalog) -> pd.DataFrame:
+def expected_gain(outcomes: pd.DataFrame, catalog: Any) -> pd.DataFrame:
+    """Money per arm: (p(arm) - p(none)) * value - cost; `none` is 0. Arms the model lacks are absent."""
     base = outcomes[s.CONTROL_ARM]
     gains = {s.CONTROL_ARM: np.zeros(len(outcomes))}
     for m in catalog.messages:
