@@ -1,59 +1,206 @@
 """Off-policy value of a target policy from logged (arm, reward, propensity): IPS, SNIPS, DR.
 
-Each estimate comes with a seeded bootstrap 95% confidence interval.
+The target policy is a DataFrame of probabilities, one column per arm and one row per logged
+decision (rows sum to 1). Each estimate comes with a seeded bootstrap 95% confidence interval
+(rows resampled with replacement; for DR the outcome model's predictions are held fixed, so fit it
+on other rows than the ones evaluated). ``compare_policies`` lays several policies and all three
+estimators side by side; ``true_value`` and ``oracle_value`` give exact values when the true
+expected reward per arm is known (simulations).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+ArrayLike = Sequence[Any] | np.ndarray | pd.Series
+VALUE_COLUMNS: tuple[str, ...] = ("policy", "estimator", "value", "ci_low", "ci_high")
+
 
 @dataclass(frozen=True)
 class Estimate:
+    """A policy value and its bootstrap 95% confidence interval."""
+
     value: float
     ci_low: float
     ci_high: float
 
 
-def _boot(per_row: np.ndarray, n_boot: int, seed: int, ratio_den: np.ndarray | None = None) -> Estimate:
+def _boot(
+    per_row: np.ndarray, n_boot: int, seed: int, ratio_den: np.ndarray | None = None, alpha: float = 0.05
+) -> Estimate:
+    """Mean (or ratio of sums) of per-row terms, with a percentile bootstrap interval."""
+    if n_boot < 1:
+        raise ValueError("n_boot must be at least 1")
     rng = np.random.default_rng(seed)
     n = len(per_row)
-    idx = rng.integers(0, n, size=(n_boot, n))
+    stats = np.empty(n_boot)
+    chunk = max(1, 2_000_000 // max(n, 1))  # bound memory: resample in blocks of replicates
+    for start in range(0, n_boot, chunk):
+        size = min(chunk, n_boot - start)
+        idx = rng.integers(0, n, size=(size, n))
+        if ratio_den is None:
+            stats[start : start + size] = per_row[idx].mean(axis=1)
+        else:
+            den = ratio_den[idx].sum(axis=1)
+            stats[start : start + size] = per_row[idx].sum(axis=1) / np.where(den > 0, den, np.nan)
     if ratio_den is None:
         value = float(per_row.mean())
-        stats = per_row[idx].mean(axis=1)
     else:
-        value = float(per_row.sum() / ratio_den.sum())
-        stats = per_row[idx].sum(axis=1) / ratio_den[idx].sum(axis=1)
-    lo, hi = np.quantile(stats, [0.025, 0.975])
+        value = float(per_row.sum() / ratio_den.sum()) if ratio_den.sum() > 0 else float("nan")
+    lo, hi = np.nanquantile(stats, [alpha / 2, 1 - alpha / 2])
     return Estimate(value, float(lo), float(hi))
 
 
-def _weights(arm, propensity, target: pd.DataFrame) -> np.ndarray:
-    cols = pd.Index(target.columns)
-    j = cols.get_indexer(np.asarray(arm).astype(str))
-    pi = np.where(j >= 0, target.to_numpy()[np.arange(len(j)), np.maximum(j, 0)], 0.0)
-    return pi / np.clip(np.asarray(propensity, float), 1e-6, None)
+def _check(arm: ArrayLike, reward: ArrayLike, propensity: ArrayLike, target: pd.DataFrame) -> tuple:
+    arm_ = np.asarray(arm).astype(str)
+    r = np.asarray(reward, dtype=float)
+    p = np.asarray(propensity, dtype=float)
+    if not (len(arm_) == len(r) == len(p) == len(target)):
+        raise ValueError(
+            f"arm, reward, propensity and target differ in length: "
+            f"{len(arm_)}, {len(r)}, {len(p)}, {len(target)}"
+        )
+    if len(arm_) == 0:
+        raise ValueError("no logged rows to evaluate")
+    if np.isnan(r).any():
+        raise ValueError(f"reward: row {int(np.flatnonzero(np.isnan(r))[0]) + 1} is missing")
+    bad = np.isnan(p) | (p <= 0) | (p > 1)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"propensity: row {row + 1} is {p[row]!r}; a logged arm needs a probability in (0, 1]"
+        )
+    return arm_, r, p
 
 
-def ips(arm, reward, propensity, target: pd.DataFrame, *, n_boot: int = 500, seed: int = 0) -> Estimate:
-    return _boot(_weights(arm, propensity, target) * np.asarray(reward, float), n_boot, seed)
+def _weights(arm: np.ndarray, propensity: np.ndarray, target: pd.DataFrame) -> np.ndarray:
+    """pi_target(logged arm | x) / pi_logging(logged arm | x); 0 for arms the target never plays."""
+    j = pd.Index(target.columns.astype(str)).get_indexer(arm)
+    t = target.to_numpy(dtype=float)
+    pi = np.where(j >= 0, t[np.arange(len(j)), np.maximum(j, 0)], 0.0)
+    return pi / propensity
 
 
-def snips(arm, reward, propensity, target: pd.DataFrame, *, n_boot: int = 500, seed: int = 0) -> Estimate:
-    w = _weights(arm, propensity, target)
-    return _boot(w * np.asarray(reward, float), n_boot, seed, ratio_den=w)
+def ips(
+    arm: ArrayLike,
+    reward: ArrayLike,
+    propensity: ArrayLike,
+    target: pd.DataFrame,
+    *,
+    n_boot: int = 500,
+    seed: int = 0,
+) -> Estimate:
+    """Inverse propensity scoring: mean of w * reward. Unbiased; high variance with small propensities."""
+    a, r, p = _check(arm, reward, propensity, target)
+    return _boot(_weights(a, p, target) * r, n_boot, seed)
+
+
+def snips(
+    arm: ArrayLike,
+    reward: ArrayLike,
+    propensity: ArrayLike,
+    target: pd.DataFrame,
+    *,
+    n_boot: int = 500,
+    seed: int = 0,
+) -> Estimate:
+    """Self-normalized IPS: sum(w * reward) / sum(w). Slightly biased, much steadier than IPS."""
+    a, r, p = _check(arm, reward, propensity, target)
+    w = _weights(a, p, target)
+    return _boot(w * r, n_boot, seed, ratio_den=w)
 
 
 def doubly_robust(
-    arm, reward, propensity, target: pd.DataFrame, q_hat: pd.DataFrame, *, n_boot: int = 500, seed: int = 0
+    arm: ArrayLike,
+    reward: ArrayLike,
+    propensity: ArrayLike,
+    target: pd.DataFrame,
+    q_hat: pd.DataFrame,
+    *,
+    n_boot: int = 500,
+    seed: int = 0,
 ) -> Estimate:
-    q = q_hat.reindex(columns=target.columns).to_numpy(dtype=float)
-    j = pd.Index(target.columns).get_indexer(np.asarray(arm).astype(str))
-    q_logged = q[np.arange(len(j)), np.maximum(j, 0)]
-    direct = (target.to_numpy() * q).sum(axis=1)
-    per_row = direct + _weights(arm, propensity, target) * (np.asarray(reward, float) - q_logged)
+    """Doubly robust: model value sum_a pi(a|x) q(x, a) plus the IPS-weighted residual of the logged arm.
+
+    ``q_hat`` holds the predicted expected reward per arm (same columns as ``target``). Unbiased when
+    either the propensities or the outcome model are right.
+    """
+    a, r, p = _check(arm, reward, propensity, target)
+    missing = [c for c in target.columns if c not in q_hat.columns]
+    if missing:
+        raise KeyError(f"q_hat: no predicted reward for arm(s) {', '.join(map(str, missing))}")
+    if len(q_hat) != len(target):
+        raise ValueError(f"q_hat has {len(q_hat)} rows but target has {len(target)}")
+    q = q_hat[list(target.columns)].to_numpy(dtype=float)
+    j = pd.Index(target.columns.astype(str)).get_indexer(a)
+    q_logged = np.where(j >= 0, q[np.arange(len(j)), np.maximum(j, 0)], 0.0)
+    direct = (target.to_numpy(dtype=float) * q).sum(axis=1)
+    per_row = direct + _weights(a, p, target) * (r - q_logged)
     return _boot(per_row, n_boot, seed)
+
+
+def compare_policies(
+    arm: ArrayLike,
+    reward: ArrayLike,
+    propensity: ArrayLike,
+    targets: Mapping[str, pd.DataFrame],
+    q_hat: pd.DataFrame | None = None,
+    *,
+    n_boot: int = 500,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Tidy table (policy, estimator, value, ci_low, ci_high) for every target policy.
+
+    IPS and SNIPS always; DR when ``q_hat`` is given. The same bootstrap seed for every policy, so
+    the intervals are comparable.
+    """
+    rows = []
+    for name, target in targets.items():
+        for estimator, fn in (("ips", ips), ("snips", snips)):
+            est = fn(arm, reward, propensity, target, n_boot=n_boot, seed=seed)
+            rows.append((name, estimator, est.value, est.ci_low, est.ci_high))
+        if q_hat is not None:
+            est = doubly_robust(arm, reward, propensity, target, q_hat, n_boot=n_boot, seed=seed)
+            rows.append((name, "dr", est.value, est.ci_low, est.ci_high))
+    return pd.DataFrame(rows, columns=list(VALUE_COLUMNS))
+
+
+def single_arm_policy(allowed: pd.DataFrame, arm: str, control: str = "none") -> pd.DataFrame:
+    """Play ``arm`` wherever it is allowed, else the control."""
+    probs = pd.DataFrame(0.0, index=allowed.index, columns=allowed.columns)
+    can = allowed[arm].to_numpy(dtype=bool) if arm in allowed else np.zeros(len(allowed), dtype=bool)
+    probs[arm] = can.astype(float)
+    if arm != control:
+        probs[control] = (~can).astype(float)
+    return probs
+
+
+def uniform_policy(allowed: pd.DataFrame) -> pd.DataFrame:
+    """Uniform random over the allowed arms of each row."""
+    ok = allowed.astype(float)
+    return ok.div(ok.sum(axis=1), axis=0)
+
+
+def greedy_policy(scores: pd.DataFrame, allowed: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Deterministic argmax of ``scores`` over allowed arms (first column wins ties)."""
+    values = scores.to_numpy(dtype=float)
+    if allowed is not None:
+        values = np.where(allowed[list(scores.columns)].to_numpy(dtype=bool), values, -np.inf)
+    probs = np.zeros_like(values)
+    probs[np.arange(len(values)), np.argmax(values, axis=1)] = 1.0
+    return pd.DataFrame(probs, index=scores.index, columns=scores.columns)
+
+
+def true_value(target: pd.DataFrame, true_reward: pd.DataFrame) -> float:
+    """Exact value of a policy given the true expected reward per (row, arm)."""
+    return float((target * true_reward[list(target.columns)]).sum(axis=1).mean())
+
+
+def oracle_value(true_reward: pd.DataFrame, allowed: pd.DataFrame | None = None) -> float:
+    """Value of the policy that knows the true rewards and plays the best allowed arm per row."""
+    return true_value(greedy_policy(true_reward, allowed), true_reward)
