@@ -1,11 +1,14 @@
-"""Churn estimators (scikit-learn contract): calibrated LightGBM and two baselines, plus the OOT split.
+"""Churn estimators (scikit-learn contract): calibrated LightGBM, two baselines, and the OOT split.
 
-String columns become pandas categoricals with the categories learned at fit, so predictions are
-stable and unknown categories map to missing. Identifier and label columns are dropped if passed,
-so predictions never depend on who the user is.
+String columns become pandas categoricals with the categories learned at fit (``FrameSpec``), so
+predictions are stable and unknown categories map to missing. Identifier and label columns are
+dropped if passed, so predictions never depend on who the user is. Everything here is picklable
+(plain attributes, no closures) so tracking can wrap it in an MLflow pyfunc.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import lightgbm as lgb
 import numpy as np
@@ -14,46 +17,86 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.impute import SimpleImputer
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from engage import schemas as s
 from engage.models.frame import FrameSpec
 
-DROP = (s.USER_ID, s.AS_OF, s.LABEL)
+DROP: tuple[str, ...] = (s.USER_ID, s.AS_OF, s.LABEL)
+_EPS = 1e-4
 
 
-def out_of_time_split(table: pd.DataFrame, *, validation_snapshots: int = 1, as_of_col: str = s.AS_OF):
-    dates = sorted(table[as_of_col].unique())
-    if len(dates) < validation_snapshots + 2:
+def out_of_time_split(
+    table: pd.DataFrame, *, validation_snapshots: int = 1, as_of_col: str = s.AS_OF
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Split stacked snapshots by date into (train, calib, test), never by row.
+
+    The last ``validation_snapshots`` dates are the out-of-time test; the latest remaining date is
+    the early-stopping + calibration set (data the trees do not fit); earlier dates train.
+    """
+    if validation_snapshots < 1:
+        raise ValueError(f"validation_snapshots must be >= 1, got {validation_snapshots}")
+    if as_of_col not in table.columns:
+        raise KeyError(f"training table has no {as_of_col!r} column")
+    dates = sorted(pd.unique(table[as_of_col].dropna()))
+    need = validation_snapshots + 2
+    if len(dates) < need:
         raise ValueError(
-            f"out-of-time split needs at least {validation_snapshots + 2} snapshot dates, got {len(dates)}"
+            f"out-of-time split needs at least {need} snapshot dates in column {as_of_col!r} "
+            f"({validation_snapshots} test + 1 calibration + 1 train), got {len(dates)}"
         )
-    test_dates = dates[-validation_snapshots:]
     calib_date = dates[-validation_snapshots - 1]
-    test = table[table[as_of_col].isin(test_dates)]
-    calib = table[table[as_of_col] == calib_date]
-    train = table[table[as_of_col] < calib_date]
+    when = table[as_of_col]
+    test = table[when > calib_date]
+    calib = table[when == calib_date]
+    train = table[when < calib_date]
     return train.reset_index(drop=True), calib.reset_index(drop=True), test.reset_index(drop=True)
 
 
 def _features(X: pd.DataFrame) -> pd.DataFrame:
+    """Drop identifier, date and label columns if present (predictions must not depend on them)."""
+    if not isinstance(X, pd.DataFrame):
+        raise TypeError(f"expected a pandas DataFrame of features, got {type(X).__name__}")
     return X.drop(columns=[c for c in DROP if c in X.columns])
 
 
+def _labels(y: object, n: int, what: str) -> np.ndarray:
+    """0/1 labels as int, checked for length, values and both classes present."""
+    arr = np.asarray(y)
+    if arr.shape != (n,):
+        raise ValueError(f"{what}: expected {n} labels, got shape {arr.shape}")
+    if pd.isna(arr).any():
+        raise ValueError(f"{what}: labels contain missing values")
+    values = set(np.unique(arr).tolist())
+    if not values <= {0, 1}:
+        raise ValueError(f"{what}: labels must be 0/1, got {sorted(values)[:5]}")
+    if len(values) < 2:
+        raise ValueError(f"{what}: labels need both churned and retained rows, got only {values}")
+    return arr.astype(int)
+
+
 class ChurnModel(BaseEstimator, ClassifierMixin):
+    """LightGBM with early stopping on a later snapshot, then isotonic or Platt calibration there.
+
+    Parameters mirror ``ChurnModelConfig``. ``fit(X, y, X_calib=..., y_calib=...)``: the trees fit
+    ``X``; ``X_calib`` (a later snapshot) both stops boosting and fits the calibrator on raw scores,
+    so calibration is learned on data the trees did not fit.
+    """
+
     def __init__(
         self,
-        n_estimators=600,
-        learning_rate=0.05,
-        num_leaves=31,
-        min_child_samples=50,
-        subsample=0.8,
-        colsample_bytree=0.8,
-        early_stopping_rounds=50,
-        calibration="isotonic",
-        random_state=0,
-    ):
+        n_estimators: int = 600,
+        learning_rate: float = 0.05,
+        num_leaves: int = 31,
+        min_child_samples: int = 50,
+        subsample: float = 0.8,
+        colsample_bytree: float = 0.8,
+        early_stopping_rounds: int = 50,
+        calibration: Literal["isotonic", "platt"] = "isotonic",
+        random_state: int = 0,
+        n_jobs: int = 2,
+    ) -> None:
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
         self.num_leaves = num_leaves
@@ -63,16 +106,26 @@ class ChurnModel(BaseEstimator, ClassifierMixin):
         self.early_stopping_rounds = early_stopping_rounds
         self.calibration = calibration
         self.random_state = random_state
+        self.n_jobs = n_jobs
 
     def _prepare(self, X: pd.DataFrame) -> pd.DataFrame:
+        """Features in fit order with categoricals re-coded as at fit."""
         return self.frame_.apply(_features(X))
 
-    def fit(self, X, y, *, X_calib, y_calib):
+    def fit(self, X: pd.DataFrame, y: object, *, X_calib: pd.DataFrame, y_calib: object) -> ChurnModel:
+        """Fit trees on X with early stopping on X_calib, then the calibrator on X_calib's raw scores."""
+        if self.calibration not in ("isotonic", "platt"):
+            raise ValueError(f"calibration must be 'isotonic' or 'platt', got {self.calibration!r}")
         X = _features(X)
+        if X.shape[1] == 0:
+            raise ValueError("no feature columns left after dropping user_id, as_of and churned")
+        y_arr = _labels(y, len(X), "training labels")
+        y_cal = _labels(y_calib, len(X_calib), "calibration labels")
         self.frame_ = FrameSpec.learn(X)
         self.feature_names_ = list(self.frame_.columns)
         self.categorical_features_ = list(self.frame_.categories)
-        self.categories_ = self.frame_.categories
+        self.categories_ = dict(self.frame_.categories)
+        self.n_features_in_ = len(self.feature_names_)
         Xt, Xc = self._prepare(X), self._prepare(X_calib)
         self.model_ = lgb.LGBMClassifier(
             n_estimators=self.n_estimators,
@@ -80,89 +133,135 @@ class ChurnModel(BaseEstimator, ClassifierMixin):
             num_leaves=self.num_leaves,
             min_child_samples=self.min_child_samples,
             subsample=self.subsample,
-            subsample_freq=1,
+            subsample_freq=1 if self.subsample < 1 else 0,
             colsample_bytree=self.colsample_bytree,
             random_state=self.random_state,
-            n_jobs=2,
+            n_jobs=self.n_jobs,
             deterministic=True,
             force_col_wise=True,
             verbose=-1,
         )
         self.model_.fit(
             Xt,
-            np.asarray(y),
+            y_arr,
             eval_X=(Xc,),
-            eval_y=(np.asarray(y_calib),),
-            callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)],
+            eval_y=(y_cal,),
+            eval_metric="binary_logloss",
+            callbacks=[lgb.early_stopping(self.early_stopping_rounds, first_metric_only=True, verbose=False)],
         )
         self.booster_ = self.model_.booster_
-        self.best_iteration_ = int(self.model_.best_iteration_ or self.n_estimators)
+        self.best_iteration_ = int(self.model_.best_iteration_ or self.booster_.current_iteration())
         raw = self.predict_raw(X_calib)
         if self.calibration == "isotonic":
-            self.calibrator_ = IsotonicRegression(out_of_bounds="clip", y_min=1e-4, y_max=1 - 1e-4).fit(
-                raw, np.asarray(y_calib)
-            )
+            self.calibrator_: IsotonicRegression | LogisticRegression = IsotonicRegression(
+                out_of_bounds="clip", y_min=_EPS, y_max=1 - _EPS
+            ).fit(raw, y_cal)
         else:
-            self.calibrator_ = LogisticRegression().fit(raw.reshape(-1, 1), np.asarray(y_calib))
+            self.calibrator_ = LogisticRegression(C=1e6).fit(raw.reshape(-1, 1), y_cal)
         self.classes_ = np.array([0, 1])
         return self
 
-    def predict_raw(self, X) -> np.ndarray:
-        return self.booster_.predict(self._prepare(X), raw_score=True, num_iteration=self.best_iteration_)
+    def predict_raw(self, X: pd.DataFrame) -> np.ndarray:
+        """Uncalibrated log-odds of the trees up to the best iteration."""
+        return np.asarray(
+            self.booster_.predict(self._prepare(X), raw_score=True, num_iteration=self.best_iteration_)
+        )
 
-    def predict_proba(self, X) -> np.ndarray:
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        """Calibrated probabilities, shape (n, 2): [retained, churned]."""
         raw = self.predict_raw(X)
-        if self.calibration == "isotonic":
+        if isinstance(self.calibrator_, IsotonicRegression):
             p = self.calibrator_.predict(raw)
         else:
             p = self.calibrator_.predict_proba(raw.reshape(-1, 1))[:, 1]
+        p = np.clip(np.asarray(p, dtype=float), _EPS, 1 - _EPS)
         return np.column_stack([1 - p, p])
 
-    def predict(self, X) -> np.ndarray:
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        """0/1 at probability 0.5 (scikit-learn contract; policies use the probability)."""
         return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
 
-    def contributions(self, X) -> pd.DataFrame:
+    def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
+        """Per-feature contributions to the raw log-odds (SHAP values) plus a ``bias`` column.
+
+        Rows sum to ``predict_raw``; uncalibrated by design (calibration is monotone, so the
+        ranking of reasons is unchanged).
+        """
         values = self.booster_.predict(
             self._prepare(X), pred_contrib=True, num_iteration=self.best_iteration_
         )
-        return pd.DataFrame(values, columns=[*self.feature_names_, "bias"], index=getattr(X, "index", None))
+        return pd.DataFrame(values, columns=[*self.feature_names_, "bias"], index=X.index)
 
 
 class LogisticBaseline(BaseEstimator, ClassifierMixin):
-    def __init__(self, C: float = 1.0, max_iter: int = 1000):
+    """Standardized logistic regression on the numeric columns (median imputation + missing flags)."""
+
+    def __init__(self, C: float = 1.0, max_iter: int = 1000) -> None:
         self.C = C
         self.max_iter = max_iter
 
-    def fit(self, X, y):
+    def fit(self, X: pd.DataFrame, y: object) -> LogisticBaseline:
+        """Fit the pipeline on numeric (and boolean) feature columns; strings are ignored."""
         X = _features(X)
+        y_arr = _labels(y, len(X), "training labels")
         self.columns_ = [c for c in X.columns if pd.api.types.is_numeric_dtype(X[c])]
-        self.pipeline_ = make_pipeline(
+        if not self.columns_:
+            raise ValueError("LogisticBaseline needs at least one numeric feature column")
+        self.pipeline_: Pipeline = make_pipeline(
             SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True),
             StandardScaler(),
             LogisticRegression(C=self.C, max_iter=self.max_iter),
         )
-        self.pipeline_.fit(X[self.columns_].astype(float), np.asarray(y))
+        self.pipeline_.fit(self._matrix(X), y_arr)
         self.classes_ = np.array([0, 1])
         return self
 
-    def predict_proba(self, X):
-        return self.pipeline_.predict_proba(_features(X)[self.columns_].astype(float))
+    def _matrix(self, X: pd.DataFrame) -> np.ndarray:
+        """Numeric columns as float with infinities treated as missing."""
+        m = np.array(_features(X)[self.columns_].to_numpy(dtype=float, na_value=np.nan), copy=True)
+        m[~np.isfinite(m)] = np.nan
+        return m
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        """Probabilities, shape (n, 2)."""
+        return self.pipeline_.predict_proba(self._matrix(X))
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
 
 
 class RecencyBaseline(BaseEstimator, ClassifierMixin):
-    def __init__(self, feature: str = "days_since_last_event"):
+    """The rule a marketer would use: the longer since last activity, the higher the risk.
+
+    The score is the recency feature itself (missing = never active = the largest value seen),
+    mapped to a probability by an increasing isotonic fit on the training data.
+    """
+
+    def __init__(self, feature: str = "days_since_last_event") -> None:
         self.feature = feature
 
-    def fit(self, X, y):
-        x = X[self.feature].astype(float).to_numpy()
-        self.fill_ = float(np.nanmax(x)) if np.isfinite(x).any() else 0.0
-        self.iso_ = IsotonicRegression(out_of_bounds="clip", increasing=True).fit(
-            np.nan_to_num(x, nan=self.fill_), np.asarray(y)
-        )
+    def _score(self, X: pd.DataFrame) -> np.ndarray:
+        if self.feature not in X.columns:
+            raise KeyError(f"RecencyBaseline needs column {self.feature!r}")
+        x = X[self.feature].to_numpy(dtype=float, na_value=np.nan)
+        return np.where(np.isfinite(x), x, self.fill_)
+
+    def fit(self, X: pd.DataFrame, y: object) -> RecencyBaseline:
+        """Fit the isotonic map recency -> churn rate on the training rows."""
+        y_arr = _labels(y, len(X), "training labels")
+        if self.feature not in X.columns:
+            raise KeyError(f"RecencyBaseline needs column {self.feature!r}")
+        x = X[self.feature].to_numpy(dtype=float, na_value=np.nan)
+        finite = np.isfinite(x)
+        self.fill_ = float(x[finite].max()) if finite.any() else 0.0
+        self.iso_ = IsotonicRegression(out_of_bounds="clip", increasing=True).fit(self._score(X), y_arr)
         self.classes_ = np.array([0, 1])
         return self
 
-    def predict_proba(self, X):
-        x = np.nan_to_num(X[self.feature].astype(float).to_numpy(), nan=self.fill_)
-        p = np.clip(self.iso_.predict(x), 1e-4, 1 - 1e-4)
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        """Probabilities, shape (n, 2)."""
+        p = np.clip(self.iso_.predict(self._score(X)), _EPS, 1 - _EPS)
         return np.column_stack([1 - p, p])
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
