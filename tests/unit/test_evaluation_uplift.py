@@ -70,3 +70,25 @@ def test_uplift_by_arm_compares_each_arm_with_control_only() -> None:
 def test_mismatched_lengths_are_rejected() -> None:
     with pytest.raises(ValueError, match="length"):
         qini_curve([1, 0], [True], [0.1, 0.2])
+
+
+def test_plots_return_figures_with_one_line_per_arm_and_one_bar_per_policy() -> None:
+    from matplotlib.figure import Figure
+
+    from engage.plots.uplift import policy_values_figure, qini_figure
+
+    y, t, x = _trial(n=500, seed=4)
+    fig = qini_figure({"a": qini_curve(y, t, x), "b": qini_curve(y, t, -x)})
+    assert isinstance(fig, Figure)
+    assert len(fig.axes[0].get_legend().get_texts()) == 2
+    values = pd.DataFrame(
+        {
+            "policy": ["p", "q", "p"],
+            "estimator": ["dr", "dr", "ips"],
+            "value": [1.0, 2.0, 3.0],
+            "ci_low": [0.5, 1.5, 2.0],
+            "ci_high": [1.5, 2.5, 4.0],
+        }
+    )
+    bars = policy_values_figure(values)
+    assert [tick.get_text() for tick in bars.axes[0].get_yticklabels()] == ["p", "q"]
