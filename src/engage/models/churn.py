@@ -79,9 +79,11 @@ def _labels(y: object, n: int, what: str) -> np.ndarray:
 class ChurnModel(BaseEstimator, ClassifierMixin):
     """LightGBM with early stopping on a later snapshot, then isotonic or Platt calibration there.
 
-    Parameters mirror ``ChurnModelConfig``. ``fit(X, y, X_calib=..., y_calib=...)``: the trees fit
-    ``X``; ``X_calib`` (a later snapshot) both stops boosting and fits the calibrator on raw scores,
-    so calibration is learned on data the trees did not fit.
+    Parameters mirror ``ChurnModelConfig``; ``n_jobs`` and ``max_depth`` (-1 = unlimited; shallower
+    trees make ``contributions`` several times cheaper) are extra knobs not in the config yet.
+    ``fit(X, y, X_calib=..., y_calib=...)``: the trees fit ``X``; ``X_calib`` (a later snapshot)
+    both stops boosting and fits the calibrator on raw scores, so calibration is learned on data
+    the trees did not fit.
     """
 
     def __init__(
@@ -96,6 +98,7 @@ class ChurnModel(BaseEstimator, ClassifierMixin):
         calibration: Literal["isotonic", "platt"] = "isotonic",
         random_state: int = 0,
         n_jobs: int = 2,
+        max_depth: int = -1,
     ) -> None:
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
@@ -107,6 +110,7 @@ class ChurnModel(BaseEstimator, ClassifierMixin):
         self.calibration = calibration
         self.random_state = random_state
         self.n_jobs = n_jobs
+        self.max_depth = max_depth
 
     def _prepare(self, X: pd.DataFrame) -> pd.DataFrame:
         """Features in fit order with categoricals re-coded as at fit."""
@@ -131,6 +135,7 @@ class ChurnModel(BaseEstimator, ClassifierMixin):
             n_estimators=self.n_estimators,
             learning_rate=self.learning_rate,
             num_leaves=self.num_leaves,
+            max_depth=self.max_depth,
             min_child_samples=self.min_child_samples,
             subsample=self.subsample,
             subsample_freq=1 if self.subsample < 1 else 0,
