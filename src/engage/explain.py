@@ -19,7 +19,7 @@ import pandas as pd
 BIAS = "bias"
 _RATIO = re.compile(r"_rate_ratio_(\d+)d_(\d+)d$")
 _COUNT = re.compile(r"(_count_\d+d|_distinct_\d+d|^active_days_\d+d|^messages_received_\d+d)$")
-_RATE = re.compile(r"_rate_\d+d$")
+_RATE = re.compile(r"(_rate|_share)_\d+d$")
 _RECENCY_PREFIX = "days_since_last_"
 _DESC_RECENCY = re.compile(r"^days since the (last|latest) ", re.IGNORECASE)
 
@@ -113,7 +113,8 @@ class ReasonExplainer:
             if _RATE.search(feature) and not unit and 0 <= v <= 1:
                 typ = f" (typical: {typical:.0%})" if known_typical else ""
                 return f"{desc}: {v:.0%}{typ}"
-            suffix = f" {unit}" if unit and unit != "$" else ""
+            redundant = not unit or unit == "$" or desc.lower().startswith(unit.lower())
+            suffix = "" if redundant else f" {unit}"
             return f"{desc}: {_fmt(v)}{suffix}{tail}"
 
         fn: Formatter = generic

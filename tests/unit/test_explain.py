@@ -150,3 +150,20 @@ def test_global_drivers_direction_size_and_groups() -> None:
     assert by.loc["up", "mean_contribution_churners"] > 0 > by.loc["up", "mean_contribution_retained"]
     assert by.loc["up", "marks"] == "churners"
     assert "marks" not in global_drivers(contrib, X).columns
+
+
+def test_units_and_shares_in_generic_texts() -> None:
+    X = pd.DataFrame(
+        {"tenure_days": [100.0, 300.0], "top_category_share_90d": [0.2, 0.6], "x_thing": [1.0, 3.0]}
+    )
+    descriptions = {
+        "tenure_days": "Days since the first activity (or signup)",
+        "top_category_share_90d": "Share of product activity in the favourite category",
+        "x_thing": "Wishlist size",
+    }
+    ex = ReasonExplainer(descriptions, {"tenure_days": "days", "x_thing": "items"}).fit(X)
+    assert ex.text("tenure_days", 30) == "Days since the first activity (or signup): 30 (typical: 200)"
+    assert ex.text("top_category_share_90d", 0.9) == (
+        "Share of product activity in the favourite category: 90% (typical: 40%)"
+    )
+    assert ex.text("x_thing", 7) == "Wishlist size: 7 items (typical: 2)"
