@@ -69,7 +69,11 @@ def _one_as_of(ev: Any, carts: Any, exp: Any | None, as_of: datetime, config: Fe
     from pyspark.sql import functions as F
 
     a = _us(as_of)
-    before = ev.filter(F.col("__us") < F.lit(a)).withColumn("__age", (F.lit(a) - F.col("__us")) / DAY_US)
+    before = (
+        ev.filter(F.col("__us") < F.lit(a))
+        .withColumn("__age", (F.lit(a) - F.col("__us")) / DAY_US)
+        .withColumn("__d", F.expr(f"({a} - __us) div {DAY_US}"))
+    )
     age, et = F.col("__age"), F.col(s.EVENT_TYPE)
 
     def cnt(cond: Any) -> Any:
@@ -81,7 +85,7 @@ def _one_as_of(ev: Any, carts: Any, exp: Any | None, as_of: datetime, config: Fe
         aggs += [cnt(inside & (et == t)).alias(f"{t}_count_{w}d") for t in s.KNOWN_EVENT_TYPES]
         aggs += [
             F.count_distinct(F.when(inside, F.col("session_id"))).cast("double").alias(f"session_count_{w}d"),
-            F.count_distinct(F.when(inside, F.col("__day"))).cast("double").alias(f"active_days_{w}d"),
+            F.count_distinct(F.when(inside, F.col("__d"))).cast("double").alias(f"active_days_{w}d"),
             F.coalesce(
                 F.sum(F.when(inside & et.isin("purchase", "refund"), F.col("amount"))), F.lit(0.0)
             ).alias(f"amount_sum_{w}d"),
@@ -107,8 +111,8 @@ def _one_as_of(ev: Any, carts: Any, exp: Any | None, as_of: datetime, config: Fe
         ratio(et == "session_start").alias("session_rate_ratio_7d_28d"),
         ratio(F.lit(True)).alias("event_rate_ratio_7d_28d"),
         (
-            F.count_distinct(F.when(age < 28, F.col("__day"))).cast("double")
-            - F.count_distinct(F.when((age >= 28) & (age < 56), F.col("__day"))).cast("double")
+            F.count_distinct(F.when(age < 28, F.col("__d"))).cast("double")
+            - F.count_distinct(F.when((age >= 28) & (age < 56), F.col("__d"))).cast("double")
         ).alias("active_days_change_28d"),
     ]
     frame = before.groupBy(s.USER_ID).agg(*aggs)
@@ -240,9 +244,7 @@ def build_features_spark(
                 "amount": "double",
             },
         )
-    ev = ev.withColumn("__us", F.unix_micros(F.col(s.TS))).withColumn(
-        "__day", F.floor(F.col("__us") / DAY_US)
-    )
+    ev = ev.withColumn("__us", F.unix_micros(F.col(s.TS)))
     ev = ev.cache()
     # the first purchase at or after each add_to_cart (ties included), like polars' forward join_asof
     order = Window.partitionBy(s.USER_ID).orderBy("__us").rangeBetween(0, Window.unboundedFollowing)

@@ -8,7 +8,7 @@ purchase search never reaches as_of either. Users are those with an event before
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pandas as pd
 import polars as pl
@@ -18,6 +18,9 @@ from engage.config import FeatureConfig
 from engage.features.spec import feature_defs
 
 DAY_US = 86_400 * 1_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_TYPE_CODE = {t: i for i, t in enumerate(s.KNOWN_EVENT_TYPES)}
+_MIX = 0x9E3779B97F4A7C15  # odd 64-bit constant: (user hash * _MIX) xor session hash is the session key
 Progress = Callable[[int, int], None]
 
 
@@ -25,6 +28,13 @@ def _as_lazy(events: pl.DataFrame | pl.LazyFrame | pd.DataFrame) -> pl.LazyFrame
     if isinstance(events, pd.DataFrame):
         events = pl.from_pandas(events)
     return events.lazy() if isinstance(events, pl.DataFrame) else events
+
+
+def _us(d: datetime) -> int:
+    """Microseconds since the epoch for a tz-aware (or UTC-naive) datetime, exactly."""
+    d = d if d.tzinfo is not None else d.replace(tzinfo=UTC)
+    delta = d - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def _one_as_of(
@@ -35,95 +45,143 @@ def _one_as_of(
     cart_next: pl.LazyFrame,
 ) -> pl.LazyFrame:
     as_of_lit = pl.lit(as_of).cast(s.TS_DTYPE)
+    a_us = _us(as_of)
     before = ev.filter(pl.col(s.TS) < as_of_lit).with_columns(
-        ((as_of_lit - pl.col(s.TS)).dt.total_microseconds() / DAY_US).alias("__age")
+        (pl.lit(a_us, pl.Int64) - pl.col(s.TS).dt.epoch("us")).alias("__us")
     )
-    age = pl.col("__age")
-    et = pl.col(s.EVENT_TYPE)
+    before = before.with_columns((pl.col("__us") // DAY_US).cast(pl.Int32).alias("__d"))
+    d, us, code = pl.col("__d"), pl.col("__us"), pl.col("__et")
+    windows = tuple(config.windows)
+
+    def is_type(*names: str) -> pl.Expr:
+        codes = [_TYPE_CODE[n] for n in names]
+        return code == codes[0] if len(codes) == 1 else code.is_in(codes)
+
     aggs: list[pl.Expr] = []
-    for w in config.windows:
-        inside = age < w
+    for w in windows:
+        inside = d < w
         for t in s.KNOWN_EVENT_TYPES:
-            aggs.append((inside & (et == t)).sum().cast(pl.Float64).alias(f"{t}_count_{w}d"))
+            aggs.append((inside & is_type(t)).sum().alias(f"{t}_count_{w}d"))
+        buy = inside & is_type("purchase")
         aggs += [
-            pl.col("__sid")
-            .filter(inside & pl.col("__sid").is_not_null())
-            .n_unique()
-            .cast(pl.Float64)
-            .alias(f"session_count_{w}d"),
-            pl.col("__day").filter(inside).n_unique().cast(pl.Float64).alias(f"active_days_{w}d"),
-            pl.col("amount")
-            .filter(inside & et.is_in(["purchase", "refund"]))
+            pl.when(inside & is_type("purchase", "refund"))
+            .then(pl.col("amount"))
             .sum()
             .alias(f"amount_sum_{w}d"),
-            pl.col("amount")
-            .filter(inside & (et == "purchase"))
-            .mean()
-            .fill_null(0.0)
-            .alias(f"amount_mean_{w}d"),
-            pl.col("__cat")
-            .filter(inside & pl.col("__cat").is_not_null())
-            .n_unique()
-            .cast(pl.Float64)
-            .alias(f"category_distinct_{w}d"),
+            pl.when(buy).then(pl.col("amount")).sum().alias(f"__buy_sum_{w}d"),
+            (buy & pl.col("amount").is_not_null()).sum().alias(f"__buy_n_{w}d"),
         ]
-    recent = age < 7
-    prev = (age >= 7) & (age < 35)
+    recent, prev = d < 7, (d >= 7) & (d < 35)
     aggs += [
-        age.min().alias("days_since_last_event"),
-        age.filter(et == "purchase").min().alias("days_since_last_purchase"),
-        age.filter(et == "session_start").min().alias("days_since_last_session"),
-        age.filter(et == "email_open").min().alias("days_since_last_email_open"),
-        age.max().alias("__first_age"),
-        (
-            ((recent & (et == "purchase")).sum() / 7 + 1 / 28)
-            / ((prev & (et == "purchase")).sum() / 28 + 1 / 28)
-        ).alias("purchase_rate_ratio_7d_28d"),
-        (
-            ((recent & (et == "session_start")).sum() / 7 + 1 / 28)
-            / ((prev & (et == "session_start")).sum() / 28 + 1 / 28)
-        ).alias("session_rate_ratio_7d_28d"),
-        ((recent.sum() / 7 + 1 / 28) / (prev.sum() / 28 + 1 / 28)).alias("event_rate_ratio_7d_28d"),
-        (
-            pl.col("__day").filter(age < 28).n_unique().cast(pl.Float64)
-            - pl.col("__day").filter((age >= 28) & (age < 56)).n_unique().cast(pl.Float64)
-        ).alias("active_days_change_28d"),
+        us.min().alias("__last"),
+        pl.when(is_type("purchase")).then(us).min().alias("__last_purchase"),
+        pl.when(is_type("session_start")).then(us).min().alias("__last_session"),
+        pl.when(is_type("email_open")).then(us).min().alias("__last_email_open"),
+        us.max().alias("__first"),
+        (recent & is_type("purchase")).sum().alias("__r_purchase"),
+        (prev & is_type("purchase")).sum().alias("__p_purchase"),
+        (recent & is_type("session_start")).sum().alias("__r_session"),
+        (prev & is_type("session_start")).sum().alias("__p_session"),
+        recent.sum().alias("__r_all"),
+        prev.sum().alias("__p_all"),
     ]
-    base = before.group_by(s.USER_ID).agg(aggs)
-    # sessions: engaged = longer than N s, a purchase, or 2+ page/product views
-    sess = (
-        before.filter(pl.col("__sid").is_not_null())
-        .group_by(s.USER_ID, "__sid")
-        .agg(
-            age.min().alias("__sage"),
-            (
-                (pl.col(s.TS).max() - pl.col(s.TS).min()).dt.total_seconds() > config.engaged_session_seconds
-            ).alias("__long"),
-            (et == "purchase").any().alias("__buy"),
-            et.is_in(["page_view", "product_view"]).sum().alias("__views"),
+    n_days = max(*windows, 56)
+    words = (n_days + 63) // 64
+    for j in range(words):
+        lo = 64 * j
+        bit = pl.lit(2, pl.UInt64).pow((d - lo).clip(0, 63).cast(pl.UInt32))
+        aggs.append(
+            pl.when((d >= lo) & (d < lo + 64))
+            .then(bit)
+            .otherwise(pl.lit(0, pl.UInt64))
+            .bitwise_or()
+            .alias(f"__days{j}")
         )
-        .with_columns((pl.col("__long") | pl.col("__buy") | (pl.col("__views") >= 2)).alias("__engaged"))
-        .group_by(s.USER_ID)
+    base = before.group_by(s.USER_ID).agg(aggs)
+
+    def days_between(lo: int, hi: int) -> pl.Expr:
+        """Distinct age-days d with lo <= d < hi, from the bit words."""
+        total: pl.Expr = pl.lit(0, pl.UInt32)
+        for j in range(words):
+            a, b = max(lo - 64 * j, 0), min(hi - 64 * j, 64)
+            if a >= b:
+                continue
+            mask = ((1 << b) - 1) ^ ((1 << a) - 1)
+            total = total + (pl.col(f"__days{j}") & pl.lit(mask, pl.UInt64)).bitwise_count_ones()
+        return total.cast(pl.Float64)
+
+    def days_ago(col: str) -> pl.Expr:
+        return pl.col(col).cast(pl.Float64) / DAY_US
+
+    def smooth(r: str, p: str) -> pl.Expr:
+        return (pl.col(r) / 7 + 1 / 28) / (pl.col(p) / 28 + 1 / 28)
+
+    base = base.select(
+        s.USER_ID,
+        pl.col(s.USER_ID).hash(seed=0).alias("__uh"),
+        *[pl.col(f"{t}_count_{w}d").cast(pl.Float64) for w in windows for t in s.KNOWN_EVENT_TYPES],
+        *[days_between(0, w).alias(f"active_days_{w}d") for w in windows],
+        *[pl.col(f"amount_sum_{w}d") for w in windows],
+        *[
+            pl.when(pl.col(f"__buy_n_{w}d") > 0)
+            .then(pl.col(f"__buy_sum_{w}d") / pl.col(f"__buy_n_{w}d"))
+            .otherwise(0.0)
+            .alias(f"amount_mean_{w}d")
+            for w in windows
+        ],
+        days_ago("__last").alias("days_since_last_event"),
+        days_ago("__last_purchase").alias("days_since_last_purchase"),
+        days_ago("__last_session").alias("days_since_last_session"),
+        days_ago("__last_email_open").alias("days_since_last_email_open"),
+        days_ago("__first").alias("__first_age"),
+        smooth("__r_purchase", "__p_purchase").alias("purchase_rate_ratio_7d_28d"),
+        smooth("__r_session", "__p_session").alias("session_rate_ratio_7d_28d"),
+        smooth("__r_all", "__p_all").alias("event_rate_ratio_7d_28d"),
+        (days_between(0, 28) - days_between(28, 56)).alias("active_days_change_28d"),
+    )
+    # sessions: one row per (user, session) with its newest age-day; engaged = longer than N s,
+    # a purchase, or 2+ page/product views (over the session's events before as_of)
+    long_us = (config.engaged_session_seconds + 1) * 1_000_000
+    sess = (
+        before.filter(pl.col("session_id").is_not_null())
+        .group_by("__sk")
         .agg(
-            [
-                pl.col("__engaged")
-                .filter(pl.col("__sage") < w)
-                .mean()
-                .fill_null(0.0)
+            pl.col("__uh").first(),
+            d.min().alias("__sd"),
+            (
+                ((us.max() - us.min()) >= long_us)
+                | is_type("purchase").any()
+                | (is_type("page_view", "product_view").sum() >= 2)
+            ).alias("__engaged"),
+        )
+        .group_by("__uh")
+        .agg(
+            *[(pl.col("__sd") < w).sum().alias(f"__sessions_{w}d") for w in windows],
+            *[((pl.col("__sd") < w) & pl.col("__engaged")).sum().alias(f"__engaged_{w}d") for w in windows],
+        )
+        .select(
+            "__uh",
+            *[pl.col(f"__sessions_{w}d").cast(pl.Float64).alias(f"session_count_{w}d") for w in windows],
+            *[
+                pl.when(pl.col(f"__sessions_{w}d") > 0)
+                .then(pl.col(f"__engaged_{w}d") / pl.col(f"__sessions_{w}d"))
+                .otherwise(0.0)
                 .alias(f"engaged_session_rate_{w}d")
-                for w in config.windows
-            ]
+                for w in windows
+            ],
         )
     )
+    # categories: one row per (user, category) with its newest age-day and its 90-day count
+    n90 = pl.col("__n90")
     cat = (
-        before.filter(pl.col("category").is_not_null() & (age < 90))
+        before.filter(pl.col("category").is_not_null())
         .group_by(s.USER_ID, "category")
-        .agg(pl.len().alias("__n"))
-        .sort([s.USER_ID, "__n", "category"], descending=[False, True, False])
-        .group_by(s.USER_ID, maintain_order=True)
+        .agg(d.min().alias("__cd"), (d < 90).sum().alias("__n90"))
+        .group_by(s.USER_ID)
         .agg(
-            pl.col("category").first().alias("top_category"),
-            (pl.col("__n").first() / pl.col("__n").sum()).alias("top_category_share_90d"),
+            *[(pl.col("__cd") < w).sum().cast(pl.Float64).alias(f"category_distinct_{w}d") for w in windows],
+            pl.col("category").filter((n90 == n90.max()) & (n90 > 0)).min().alias("top_category"),
+            pl.when(n90.sum() > 0).then(n90.max() / n90.sum()).alias("top_category_share_90d"),
         )
     )
     horizon_us = config.cart_abandon_hours * 3_600 * 1_000_000
@@ -144,7 +202,7 @@ def _one_as_of(
         )
     )
     frame = (
-        base.join(sess, on=s.USER_ID, how="left")
+        base.join(sess, on="__uh", how="left")
         .join(cat, on=s.USER_ID, how="left")
         .join(carts, on=s.USER_ID, how="left")
     )
@@ -184,6 +242,8 @@ def _one_as_of(
         ]
     fill_zero = (
         [f"cart_abandon_count_{w}d" for w in config.windows]
+        + [f"session_count_{w}d" for w in config.windows]
+        + [f"category_distinct_{w}d" for w in config.windows]
         + [f"engaged_session_rate_{w}d" for w in config.windows]
         + ["messages_received_7d", "messages_received_28d", "top_category_share_90d"]
     )
@@ -194,7 +254,7 @@ def _one_as_of(
             pl.col("top_category").fill_null("none"),
             pl.lit(as_of).cast(s.TS_DTYPE).alias(s.AS_OF),
         )
-        .drop(email_w)
+        .drop(*email_w, "__uh")
     )
 
 
@@ -211,11 +271,14 @@ def build_features(
     """Features for every user with an event before each as_of, sorted by (as_of, user_id)."""
     del engine
     dates = [as_of] if isinstance(as_of, datetime) else list(as_of)
-    # integer stand-ins make the distinct counts and session grouping cheap (strings are slow keys)
+    # integer stand-ins: event type codes, a user hash and one 64-bit (user, session) key
+    uh = pl.col(s.USER_ID).hash(seed=0)
     ev = _as_lazy(events).with_columns(
-        (pl.col(s.TS).dt.epoch("us") // DAY_US).cast(pl.Int32).alias("__day"),
-        pl.when(pl.col("session_id").is_not_null()).then(pl.col("session_id").hash(seed=0)).alias("__sid"),
-        pl.when(pl.col("category").is_not_null()).then(pl.col("category").hash(seed=0)).alias("__cat"),
+        pl.col(s.EVENT_TYPE)
+        .replace_strict(list(_TYPE_CODE), list(_TYPE_CODE.values()), default=-1, return_dtype=pl.Int8)
+        .alias("__et"),
+        uh.alias("__uh"),
+        (uh * pl.lit(_MIX, pl.UInt64) ^ pl.col("session_id").hash(seed=1)).alias("__sk"),
     )
     exp = _as_lazy(exposures) if exposures is not None else None
     carts = ev.filter(pl.col(s.EVENT_TYPE) == "add_to_cart").select(s.USER_ID, s.TS).sort(s.TS)
