@@ -1,21 +1,28 @@
-"""Feature-engine benchmark: events/s and peak memory of polars, Spark local[2] and a pandas reference.
+"""Feature-engine benchmark: events/s and peak memory of polars, a pandas reference and Spark local[2].
 
-Usage: ``python benchmarks/features.py --events 10000000 [--spark] [--stream-events 100000000]``.
-Each engine runs in its own subprocess so peak RSS (ru_maxrss) is per engine. Events are synthetic
-(numpy) in the canonical schema, written to Parquet under a temp dir and read back by each engine.
+Usage: ``python benchmarks/features.py [--events 10000000] [--spark] [--stream-100m]``.
+Each engine runs in its own subprocess so peak memory is per engine: ru_maxrss of the process, and for
+Spark a sampling thread that adds up the RSS of the driver and its JVM. Events for the side-by-side
+run are synthetic (numpy, about n/25 users over 180 days) in the canonical schema, written to Parquet
+under a temp dir and read back by each engine. ``--stream-100m`` then writes 100M events built by
+repeating the simulator's users (renamed, shifted by minutes) chunk by chunk, never holding them in
+memory, and builds the standard features from a lazy Parquet scan with the streaming engine.
+The load average is printed with every figure: the machine is shared, compare the ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 AS_OF = datetime(2024, 7, 1, tzinfo=UTC)
@@ -80,83 +87,141 @@ def pandas_reference(path: Path) -> int:
     return len(pd.concat(out, axis=1))
 
 
-def run_one(engine: str, path: Path) -> dict[str, float]:
-    """Run one engine in this process and return rows, seconds and peak RSS."""
+def _tree_rss_gb() -> float:
+    """Resident memory of this process and all its descendants (the Spark JVM), in GB."""
+    import psutil
+
+    me = psutil.Process()
+    total = 0
+    for proc in [me, *me.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            total += proc.memory_info().rss
+    return total / 1024**3
+
+
+def run_one(engine: str, path: Path, as_of: datetime) -> dict[str, float]:
+    """Run one engine in this process and return rows, seconds and peak memory."""
+    import threading
+
     import polars as pl
 
     from engage.config import FeatureConfig
 
+    peak = [0.0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.2):
+            peak[0] = max(peak[0], _tree_rss_gb())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     cfg = FeatureConfig()
     t0 = time.perf_counter()
     if engine == "polars":
         from engage.features import build_features
 
-        rows = len(build_features(pl.scan_parquet(path / "*.parquet"), [AS_OF], config=cfg))
+        rows = len(build_features(pl.scan_parquet(path / "*.parquet"), [as_of], config=cfg))
     elif engine == "spark":
-        from engage.batch import build_features_spark
+        from engage.batch import build_features_spark, local_spark
 
-        rows = len(build_features_spark(path, [AS_OF], config=cfg))
+        spark = local_spark()
+        t0 = time.perf_counter()  # session start-up is not feature work
+        rows = len(build_features_spark(path, [as_of], config=cfg, spark=spark))
     else:
         rows = pandas_reference(path)
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-    return {"rows": rows, "seconds": seconds, "peak_gb": peak}
+    load = os.getloadavg()[0]
+    stop.set()
+    sampler.join()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    return {"rows": rows, "seconds": seconds, "peak_gb": max(rss, peak[0]), "load": load}
+
+
+def make_stream_events(path: Path, n: int, seed: int) -> datetime:
+    """Write about n events as Parquet chunks: the simulator's users repeated under new ids.
+
+    Copy k renames every user and session (suffix ``-k``) and shifts its times by k minutes; only one
+    simulated chunk is in memory at a time. Returns the as_of (the end of the simulated period).
+    """
+    import polars as pl
+
+    from engage import schemas as s
+    from engage.datasets.simulate import simulate
+
+    path.mkdir(parents=True, exist_ok=True)
+    days = 180
+    base = simulate(25_000, days, seed=seed).events.select(
+        s.USER_ID, s.TS, s.EVENT_TYPE, "session_id", "category", "amount"
+    )
+    as_of = datetime(2024, 1, 1, tzinfo=UTC) + timedelta(days=days)
+    written, k = 0, 0
+    while written < n:
+        part = base.head(n - written).with_columns(
+            (pl.col(s.USER_ID) + f"-{k}").alias(s.USER_ID),
+            (pl.col("session_id") + f"-{k}").alias("session_id"),
+            (pl.col(s.TS) - pl.duration(minutes=k)).alias(s.TS),
+        )
+        part.write_parquet(path / f"part-{k:04d}.parquet")
+        written += len(part)
+        k += 1
+    return as_of
+
+
+def _child(engine: str, path: Path, as_of: datetime) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--one", engine, "--path", str(path), "--as-of", as_of.isoformat()],
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"{engine} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=10_000_000)
-    parser.add_argument("--spark", action="store_true")
-    parser.add_argument("--stream-events", type=int, default=0)
+    parser.add_argument("--spark", action="store_true", help="also run Spark local[2] on the same events")
+    parser.add_argument("--stream-100m", action="store_true", help="then stream 100M events from Parquet")
+    parser.add_argument("--stream-events", type=int, default=100_000_000)
     parser.add_argument("--one", default="")
     parser.add_argument("--path", default="")
+    parser.add_argument("--as-of", default=AS_OF.isoformat())
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one, Path(args.path))))
+        print(json.dumps(run_one(args.one, Path(args.path), datetime.fromisoformat(args.as_of))))
         return
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()} at start")
     tmp = Path(tempfile.mkdtemp(prefix="engage-bench-"))
     try:
         make_events(tmp / "ev", args.events, seed=1)
         results = {}
         for engine in ["polars", "pandas", *(["spark"] if args.spark else [])]:
-            out = (
-                subprocess.run(
-                    [sys.executable, __file__, "--one", engine, "--path", str(tmp / "ev")],
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                )
-                .stdout.strip()
-                .splitlines()[-1]
-            )
-            r = json.loads(out)
+            r = _child(engine, tmp / "ev", AS_OF)
             results[engine] = r
             print(
                 f"{engine:7s} {args.events:,} events -> {r['rows']:,} users in {r['seconds']:.2f} s: "
-                f"{args.events / r['seconds'] / 1e6:.2f} M events/s, peak RSS {r['peak_gb']:.2f} GB"
+                f"{args.events / r['seconds'] / 1e6:.2f} M events/s, peak memory {r['peak_gb']:.2f} GB "
+                f"(load {r['load']:.1f})",
+                flush=True,
             )
         for engine in results:
             if engine != "polars":
                 ratio = results[engine]["seconds"] / results["polars"]["seconds"]
                 print(f"polars is {ratio:.2f}x faster than {engine}")
-        if args.stream_events:
-            shutil.rmtree(tmp / "ev")
-            make_events(tmp / "big", args.stream_events, seed=2)
-            out = (
-                subprocess.run(
-                    [sys.executable, __file__, "--one", "polars", "--path", str(tmp / "big")],
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                )
-                .stdout.strip()
-                .splitlines()[-1]
-            )
-            r = json.loads(out)
+        shutil.rmtree(tmp / "ev")
+        if args.stream_100m:
+            t0 = time.perf_counter()
+            as_of = make_stream_events(tmp / "big", args.stream_events, seed=2)
+            size = sum(f.stat().st_size for f in (tmp / "big").iterdir()) / 1024**3
+            took = time.perf_counter() - t0
+            print(f"wrote {args.stream_events:,} events ({size:.2f} GB Parquet) in {took:.0f} s")
+            r = _child("polars", tmp / "big", as_of)
             print(
                 f"stream  {args.stream_events:,} events from Parquet -> {r['rows']:,} users in "
                 f"{r['seconds']:.1f} s ({args.stream_events / r['seconds'] / 1e6:.2f} M events/s), "
-                f"peak RSS {r['peak_gb']:.2f} GB"
+                f"peak memory {r['peak_gb']:.2f} GB (load {r['load']:.1f})"
             )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

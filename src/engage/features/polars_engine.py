@@ -68,8 +68,7 @@ def _one_as_of(
             .then(pl.col("amount"))
             .sum()
             .alias(f"amount_sum_{w}d"),
-            pl.when(buy).then(pl.col("amount")).sum().alias(f"__buy_sum_{w}d"),
-            (buy & pl.col("amount").is_not_null()).sum().alias(f"__buy_n_{w}d"),
+            pl.when(buy).then(pl.col("amount")).mean().fill_null(0.0).alias(f"amount_mean_{w}d"),
         ]
     recent, prev = d < 7, (d >= 7) & (d < 35)
     aggs += [
@@ -122,13 +121,7 @@ def _one_as_of(
         *[pl.col(f"{t}_count_{w}d").cast(pl.Float64) for w in windows for t in s.KNOWN_EVENT_TYPES],
         *[days_between(0, w).alias(f"active_days_{w}d") for w in windows],
         *[pl.col(f"amount_sum_{w}d") for w in windows],
-        *[
-            pl.when(pl.col(f"__buy_n_{w}d") > 0)
-            .then(pl.col(f"__buy_sum_{w}d") / pl.col(f"__buy_n_{w}d"))
-            .otherwise(0.0)
-            .alias(f"amount_mean_{w}d")
-            for w in windows
-        ],
+        *[pl.col(f"amount_mean_{w}d") for w in windows],
         days_ago("__last").alias("days_since_last_event"),
         days_ago("__last_purchase").alias("days_since_last_purchase"),
         days_ago("__last_session").alias("days_since_last_session"),
@@ -275,7 +268,10 @@ def build_features(
     uh = pl.col(s.USER_ID).hash(seed=0)
     ev = _as_lazy(events).with_columns(
         pl.col(s.EVENT_TYPE)
-        .replace_strict(list(_TYPE_CODE), list(_TYPE_CODE.values()), default=-1, return_dtype=pl.Int8)
+        .cast(pl.Enum(list(_TYPE_CODE)), strict=False)
+        .to_physical()
+        .cast(pl.Int8)
+        .fill_null(-1)
         .alias("__et"),
         uh.alias("__uh"),
         (uh * pl.lit(_MIX, pl.UInt64) ^ pl.col("session_id").hash(seed=1)).alias("__sk"),
