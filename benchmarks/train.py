@@ -97,7 +97,10 @@ def main() -> None:
     parser.add_argument("--extra-features", type=int, default=30, help="padding count features")
     parser.add_argument("--score-rows", type=int, default=50_000)
     parser.add_argument("--n-jobs", type=int, default=2)
-    parser.add_argument("--max-depth", type=int, default=-1, help="-1 = unlimited (the default model)")
+    parser.add_argument(
+        "--max-depth", type=int, default=None, help="default: ChurnModelConfig; -1 = unlimited"
+    )
+    parser.add_argument("--num-leaves", type=int, default=None, help="default: ChurnModelConfig")
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -109,10 +112,12 @@ def main() -> None:
     )
 
     cc = ChurnModelConfig()
+    max_depth = cc.max_depth if args.max_depth is None else args.max_depth
+    num_leaves = cc.num_leaves if args.num_leaves is None else args.num_leaves
     model = ChurnModel(
         n_estimators=cc.n_estimators,
         learning_rate=cc.learning_rate,
-        num_leaves=cc.num_leaves,
+        num_leaves=num_leaves,
         min_child_samples=cc.min_child_samples,
         subsample=cc.subsample,
         colsample_bytree=cc.colsample_bytree,
@@ -120,7 +125,8 @@ def main() -> None:
         calibration=cc.calibration,
         random_state=0,
         n_jobs=args.n_jobs,
-        max_depth=args.max_depth,
+        max_depth=max_depth,
+        monotone_recency=cc.monotone_recency,
     )
     started = time.perf_counter()
     model.fit(train[cols], train["churned"], X_calib=calib[cols], y_calib=calib["churned"])
@@ -128,7 +134,7 @@ def main() -> None:
     print(
         f"fit: {len(train) + len(calib):,} rows x {len(cols)} features in {fit_s:.1f} s "
         f"on n_jobs={args.n_jobs} "
-        f"({model.best_iteration_} trees, max_depth {args.max_depth}; "
+        f"({model.best_iteration_} trees, {num_leaves} leaves, max_depth {max_depth}; "
         f"target <= 120 s for 1M rows; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f})"
     )
     p_test = model.predict_proba(test[cols])[:, 1]

@@ -57,13 +57,21 @@ class LabelConfig(_Frozen):
 class ChurnModelConfig(_Frozen):
     n_estimators: int = Field(600, gt=0)
     learning_rate: float = Field(0.05, gt=0)
-    num_leaves: int = Field(31, gt=1)
+    num_leaves: int = Field(7, gt=1)
+    max_depth: int = Field(4, ge=-1)
+    """Small, shallow trees: they beat logistic regression on the small real logs (Online Retail II,
+    CDNOW) where 31 leaves overfit, lose nothing on the simulator, and make ``pred_contrib`` (reason
+    codes, cost ~ trees x leaves x depth) several times cheaper. -1 = unlimited depth."""
     min_child_samples: int = Field(50, gt=0)
+    monotone_recency: bool = False
+    """Constrain risk to never fall as days since the last event / session / purchase grow."""
     subsample: float = Field(0.8, gt=0, le=1)
     colsample_bytree: float = Field(0.8, gt=0, le=1)
     early_stopping_rounds: int = Field(50, gt=0)
     validation_snapshots: int = Field(1, gt=0)
-    calibration: Literal["isotonic", "platt"] = "isotonic"
+    calibration: Literal["isotonic", "platt"] = "platt"
+    """Platt (2 parameters) on the calibration snapshot: isotonic overfits a one-snapshot set of a few
+    thousand rows and cost up to 0.014 logloss on the real logs; on the simulator both give ECE < 0.01."""
     promote_margin: float = 0.0
     reasons_top_k: int = Field(3, gt=0)
     risk_bands: tuple[float, ...] = (0.3, 0.6)

@@ -89,6 +89,8 @@ def fit_churn(
         n_estimators=cc.n_estimators,
         learning_rate=cc.learning_rate,
         num_leaves=cc.num_leaves,
+        max_depth=cc.max_depth,
+        monotone_recency=cc.monotone_recency,
         min_child_samples=cc.min_child_samples,
         subsample=cc.subsample,
         colsample_bytree=cc.colsample_bytree,

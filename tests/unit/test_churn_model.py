@@ -111,7 +111,9 @@ def test_model_beats_recency_rule_and_metric_keys_are_exact(fitted) -> None:
 
 @pytest.mark.parametrize("method", ["isotonic", "platt"])
 def test_calibration_on_the_later_snapshot_fixes_a_shifted_base_rate(method: str) -> None:
-    table = _table(drift=1.5)  # the base rate moved: raw trees are off, calibration on recent data fixes it
+    table = _table(
+        n=2000, drift=1.5
+    )  # the base rate moved: raw trees are off, calibration on recent data fixes it
     model, _, _, test, cols = _fit(table, calibration=method)
     p = model.predict_proba(test[cols])[:, 1]
     raw = 1 / (1 + np.exp(-model.predict_raw(test[cols])))
@@ -190,3 +192,19 @@ def test_fit_rejects_bad_labels() -> None:
         ChurnModel(n_estimators=5, calibration="beta").fit(  # type: ignore[arg-type]
             train, train[s.LABEL], X_calib=calib, y_calib=calib[s.LABEL]
         )
+
+
+def test_monotone_recency_never_lowers_risk_as_recency_grows() -> None:
+    table = _table(seed=3)
+    model, _, _, test, cols = _fit(table, monotone_recency=True, calibration="platt")
+    rows = test[cols].head(50)
+    grid = np.linspace(0, 120, 25)
+    raws = []
+    for value in grid:
+        varied = rows.copy()
+        varied["days_since_last_event"] = value
+        varied["days_since_last_purchase"] = value
+        raws.append(model.predict_raw(varied))
+    steps = np.diff(np.column_stack(raws), axis=1)
+    assert steps.min() >= -1e-9
+    assert steps.sum(axis=1).min() > 0  # and recency does raise risk

@@ -25,6 +25,10 @@ from engage.models.frame import FrameSpec
 
 DROP: tuple[str, ...] = (s.USER_ID, s.AS_OF, s.LABEL)
 _EPS = 1e-4
+RECENCY_MONOTONE: frozenset[str] = frozenset(
+    {"days_since_last_event", "days_since_last_session", "days_since_last_purchase"}
+)
+"""Recency columns whose effect on churn risk is constrained to be non-decreasing."""
 
 
 def out_of_time_split(
@@ -79,8 +83,9 @@ def _labels(y: object, n: int, what: str) -> np.ndarray:
 class ChurnModel(BaseEstimator, ClassifierMixin):
     """LightGBM with early stopping on a later snapshot, then isotonic or Platt calibration there.
 
-    Parameters mirror ``ChurnModelConfig``; ``n_jobs`` and ``max_depth`` (-1 = unlimited; shallower
-    trees make ``contributions`` several times cheaper) are extra knobs not in the config yet.
+    Parameters mirror ``ChurnModelConfig`` (defaults: 7 leaves, depth 4, Platt; see there why);
+    ``n_jobs``, ``reg_lambda``, ``extra_trees`` and ``path_smooth`` are extra LightGBM knobs.
+    ``monotone_recency`` constrains the recency columns in ``RECENCY_MONOTONE`` to raise risk only.
     ``fit(X, y, X_calib=..., y_calib=...)``: the trees fit ``X``; ``X_calib`` (a later snapshot)
     both stops boosting and fits the calibrator on raw scores, so calibration is learned on data
     the trees did not fit.
@@ -90,15 +95,19 @@ class ChurnModel(BaseEstimator, ClassifierMixin):
         self,
         n_estimators: int = 600,
         learning_rate: float = 0.05,
-        num_leaves: int = 31,
+        num_leaves: int = 7,
         min_child_samples: int = 50,
         subsample: float = 0.8,
         colsample_bytree: float = 0.8,
         early_stopping_rounds: int = 50,
-        calibration: Literal["isotonic", "platt"] = "isotonic",
+        calibration: Literal["isotonic", "platt"] = "platt",
         random_state: int = 0,
         n_jobs: int = 2,
-        max_depth: int = -1,
+        max_depth: int = 4,
+        reg_lambda: float = 0.0,
+        extra_trees: bool = False,
+        path_smooth: float = 0.0,
+        monotone_recency: bool = False,
     ) -> None:
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
@@ -111,6 +120,10 @@ class ChurnModel(BaseEstimator, ClassifierMixin):
         self.random_state = random_state
         self.n_jobs = n_jobs
         self.max_depth = max_depth
+        self.reg_lambda = reg_lambda
+        self.extra_trees = extra_trees
+        self.path_smooth = path_smooth
+        self.monotone_recency = monotone_recency
 
     def _prepare(self, X: pd.DataFrame) -> pd.DataFrame:
         """Features in fit order with categoricals re-coded as at fit."""
@@ -142,6 +155,10 @@ class ChurnModel(BaseEstimator, ClassifierMixin):
             colsample_bytree=self.colsample_bytree,
             random_state=self.random_state,
             n_jobs=self.n_jobs,
+            reg_lambda=self.reg_lambda,
+            extra_trees=self.extra_trees,
+            path_smooth=self.path_smooth,
+            **self._monotone(),
             deterministic=True,
             force_col_wise=True,
             verbose=-1,
@@ -165,6 +182,13 @@ class ChurnModel(BaseEstimator, ClassifierMixin):
             self.calibrator_ = LogisticRegression(C=1e6).fit(raw.reshape(-1, 1), y_cal)
         self.classes_ = np.array([0, 1])
         return self
+
+    def _monotone(self) -> dict[str, object]:
+        """+1 (risk never falls as it grows) on the activity recency columns, when asked for."""
+        if not self.monotone_recency:
+            return {}
+        signs = [1 if c in RECENCY_MONOTONE else 0 for c in self.feature_names_]
+        return {"monotone_constraints": signs} if any(signs) else {}
 
     def predict_raw(self, X: pd.DataFrame) -> np.ndarray:
         """Uncalibrated log-odds of the trees up to the best iteration."""
