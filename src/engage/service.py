@@ -3,7 +3,8 @@
 The only module that imports bentoml. Request handling lives in :class:`ScoringEngine` (plain
 Python over ``engage.scoring``), so the Bento class only loads things once and maps errors to HTTP
 statuses. Settings are read here, at the edge: ``ENGAGE_CONFIG`` (YAML), ``ENGAGE_FEATURE_SNAPSHOT``,
-``ENGAGE_DECISION_LOG``, ``ENGAGE_MODEL_SOURCE`` (``bento`` or ``mlflow``) and ``ENGAGE_API_TOKEN``.
+``ENGAGE_DECISION_LOG``, ``ENGAGE_MODEL_SOURCE`` (``bento`` or ``mlflow``), ``ENGAGE_API_TOKEN`` and
+``ENGAGE_EXPOSURES`` (an optional campaign exposures table: past messages for cooldowns and caps).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -57,9 +59,12 @@ ENV_SNAPSHOT = "ENGAGE_FEATURE_SNAPSHOT"
 ENV_DECISION_LOG = "ENGAGE_DECISION_LOG"
 ENV_MODEL_SOURCE = "ENGAGE_MODEL_SOURCE"
 ENV_TOKEN = "ENGAGE_API_TOKEN"
+ENV_EXPOSURES = "ENGAGE_EXPOSURES"
 SERVICE_NAME = "engage-scoring"
 PROTECTED_PATHS = frozenset({"/score", "/explain"})
 REASONS_TOP_K = 3
+CAP_DAYS = 7  # the contact cap counts messages over this many days (engage.policy)
+WATCH_SECONDS = 1.0
 PRIOR_SAMPLE = 20_000
 
 Scope = MutableMapping[str, Any]
@@ -199,7 +204,8 @@ class SnapshotSource:
     """The latest materialized snapshot at ``path``, re-read when the file changes.
 
     A batch job or ``engage features`` rewrites it atomically; readers hold one
-    :class:`FeatureSnapshot` per request, so a reload never mixes two tables in one answer.
+    :class:`FeatureSnapshot` per request, so a reload never mixes two tables in one answer. The
+    file is checked by :meth:`refresh` (the engine's watcher thread), never inside a request.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -207,28 +213,250 @@ class SnapshotSource:
         self._lock = threading.Lock()
         self._mtime: float | None = None
         self._current = FeatureSnapshot(pd.DataFrame({s.USER_ID: [], s.AS_OF: []}))
-        self.current()
+        self.refresh()
 
     def _stat(self) -> float | None:
         try:
-            return max(p.stat().st_mtime for p in [self.path, *self.path.glob("**/*.parquet")])
+            if self.path.is_dir():
+                return max(p.stat().st_mtime for p in [self.path, *self.path.glob("**/*.parquet")])
+            return self.path.stat().st_mtime
         except (OSError, ValueError):
             return None
 
-    def current(self) -> FeatureSnapshot:
-        """The snapshot to use now (loading the file when it appeared or changed)."""
+    def refresh(self) -> bool:
+        """Load the file when it appeared or changed; True when a new snapshot was loaded."""
         mtime = self._stat()
-        if mtime is not None and mtime != self._mtime:
-            with self._lock:
-                if mtime != self._mtime:
-                    self._current = FeatureSnapshot(pd.read_parquet(self.path))
-                    self._mtime = mtime
-                    logger.info(
-                        "feature snapshot loaded: %d rows, %d users",
-                        len(self._current.frame),
-                        len(self._current.spans),
-                    )
+        if mtime is None or mtime == self._mtime:
+            return False
+        with self._lock:
+            if mtime == self._mtime:
+                return False
+            self._current = FeatureSnapshot(pd.read_parquet(self.path))
+            self._mtime = mtime
+        logger.info(
+            "feature snapshot loaded: %d rows, %d users", len(self._current.frame), len(self._current.spans)
+        )
+        return True
+
+    def current(self) -> FeatureSnapshot:
+        """The snapshot to use now (no file access: :meth:`refresh` swaps it in)."""
         return self._current
+
+
+# --- contact history (cooldowns and the contact cap) -------------------------------------------
+NONE_MARK = f'"{s.MESSAGE_ID}":"{s.CONTROL_ARM}"'
+
+
+class ContactHistory:
+    """Recent messages per user, for the catalog's cooldowns and the 7-day contact cap.
+
+    Sources: the decision log (batch runs append there with ``decided_at`` = their ``as_of``; other
+    workers append their own files), an optional exposures table (``ENGAGE_EXPOSURES``: user_id,
+    ts, message_id), and the decisions this process made (:meth:`record`). The time of a contact
+    is the decision time; ``none`` never counts. Per user, entries older than ``retention`` before
+    the user's newest contact are dropped: no cooldown or cap looks further back.
+    """
+
+    def __init__(
+        self,
+        log_dir: str | Path,
+        *,
+        retention: pd.Timedelta,
+        exposures: str | Path | None = None,
+        own_file: str | None = None,
+    ) -> None:
+        self.log_dir = Path(log_dir)
+        self.exposures = Path(exposures) if exposures else None
+        self.retention = int(pd.Timedelta(retention).value)
+        self.own_file = own_file
+        self._lock = threading.Lock()
+        self._log: dict[str, list[tuple[int, str]]] = {}
+        self._table: dict[str, list[tuple[int, str]]] = {}
+        self._offsets: dict[Path, int] = {}
+        self._table_mtime: float | None = None
+        self.skipped = 0
+        self.refresh(startup=True)
+
+    def _add(
+        self, store: dict[str, list[tuple[int, str]]], user_id: str, stamp: int, message_id: str
+    ) -> None:
+        entries = store.setdefault(user_id, [])
+        entry = (stamp, message_id)
+        if entry in entries:
+            return
+        entries.append(entry)
+        newest = max(e[0] for e in entries)
+        if entries[0][0] < newest - self.retention:
+            entries[:] = [e for e in entries if e[0] >= newest - self.retention]
+
+    def record(self, user_id: str, decided_at: datetime, message_id: str) -> None:
+        """A decision of this process (also appended to its own log file, which is not re-read)."""
+        if message_id == s.CONTROL_ARM:
+            return
+        with self._lock:
+            self._add(self._log, user_id, pd.Timestamp(decided_at).as_unit("ns").value, message_id)
+
+    def refresh(self, *, startup: bool = False) -> None:
+        """Read what other processes appended to the log since the last call, and a changed table."""
+        self._tail_log(startup)
+        self._load_table()
+
+    def _tail_log(self, startup: bool) -> None:
+        for path in sorted(self.log_dir.glob("date=*/decisions-*.jsonl")):
+            if not startup and path.name == self.own_file:
+                continue
+            offset = self._offsets.get(path, 0)
+            try:
+                size = path.stat().st_size
+                if size <= offset:
+                    continue
+                with path.open("rb") as fh:
+                    fh.seek(offset)
+                    chunk = fh.read(size - offset)
+            except OSError:
+                continue
+            end = chunk.rfind(b"\n") + 1  # a line still being written is read next time
+            rows: list[tuple[str, int, str]] = []
+            for raw in chunk[:end].splitlines():
+                if not raw.strip() or NONE_MARK.encode() in raw:
+                    continue
+                try:
+                    record = json.loads(raw)
+                    message_id = str(record[s.MESSAGE_ID])
+                    stamp = pd.Timestamp(record["decided_at"]).as_unit("ns").value
+                except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+                    self.skipped += 1  # a line truncated by a crash: skipped, like read_decisions
+                    continue
+                if message_id != s.CONTROL_ARM:
+                    rows.append((str(record[s.USER_ID]), stamp, message_id))
+            with self._lock:
+                for user_id, stamp, message_id in rows:
+                    self._add(self._log, user_id, stamp, message_id)
+            self._offsets[path] = offset + end
+
+    def _load_table(self) -> None:
+        if self.exposures is None:
+            return
+        try:
+            mtime = self.exposures.stat().st_mtime
+        except OSError:
+            return
+        if mtime == self._table_mtime:
+            return
+        frame = pd.read_parquet(self.exposures, columns=[s.USER_ID, s.TS, s.MESSAGE_ID])
+        frame = frame[frame[s.MESSAGE_ID].astype(str) != s.CONTROL_ARM]
+        stamps = pd.to_datetime(frame[s.TS], utc=True).dt.as_unit("ns").astype("int64").to_numpy()
+        table: dict[str, list[tuple[int, str]]] = {}
+        for user_id, stamp, message_id in zip(
+            frame[s.USER_ID].astype(str), stamps, frame[s.MESSAGE_ID].astype(str), strict=True
+        ):
+            self._add(table, user_id, int(stamp), message_id)
+        with self._lock:
+            self._table = table
+            self._table_mtime = mtime
+        logger.info("exposure history loaded: %d users", len(table))
+
+    def entries(self, user_id: str) -> list[tuple[int, str]]:
+        with self._lock:
+            return [*self._log.get(user_id, ()), *self._table.get(user_id, ())]
+
+    def frame(
+        self, user_ids: Sequence[str], decided_at: datetime, policy_time: pd.Timestamp
+    ) -> pd.DataFrame | None:
+        """The users' contacts before ``decided_at``, on the policy's clock; None when there are none.
+
+        Scoring judges cooldowns and caps at ``policy_time`` (the feature rows' as_of), while the
+        decision is made at ``decided_at`` (the request's as_of, else now). Each contact is moved
+        by the difference, so its age at ``policy_time`` is its true age at ``decided_at``.
+        """
+        shift = pd.Timestamp(decided_at).as_unit("ns").value - pd.Timestamp(policy_time).as_unit("ns").value
+        rows = [
+            (user_id, stamp - shift, message_id)
+            for user_id in dict.fromkeys(user_ids)
+            for stamp, message_id in self.entries(user_id)
+        ]
+        if not rows:
+            return None
+        users, stamps, messages = zip(*rows, strict=True)
+        return pd.DataFrame(
+            {
+                s.USER_ID: list(users),
+                s.TS: pd.to_datetime(np.asarray(stamps, dtype="int64"), utc=True),
+                s.MESSAGE_ID: list(messages),
+            }
+        )
+
+
+class DecisionWriter:
+    """Appends this process's decisions to ``<dir>/date=YYYY-MM-DD/decisions-<pid>.jsonl``.
+
+    The layout and line format of :mod:`engage.decisions`. One ``os.write`` of whole lines per
+    request to a file kept open for appending (the kernel holds it once written: a process crash
+    loses nothing); :meth:`sync` fsyncs at most once per watcher tick instead of once per request.
+    A line cut short by a machine crash is sealed with a newline when the file is opened again, and
+    the readers skip it.
+    """
+
+    def __init__(self, log_dir: str | Path) -> None:
+        self.log_dir = Path(log_dir)
+        self.file_name = f"decisions-{os.getpid()}.jsonl"
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._day: str | None = None
+        self._dirty = False
+
+    def _open(self, day: str) -> int:
+        if self._fd is not None:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+        folder = self.log_dir / f"date={day}"
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / self.file_name, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            os.write(fd, b"\n")  # seal a line truncated by an earlier crash
+        self._fd, self._day = fd, day
+        return fd
+
+    def write(self, records: Sequence[dict[str, Any]], decided_at: datetime) -> None:
+        from engage.decisions import DECISION_FIELDS
+
+        stamp = decided_at.isoformat()
+        lines = []
+        for record in records:
+            row = {key: record.get(key) for key in DECISION_FIELDS}
+            row["decided_at"] = stamp
+            lines.append(json.dumps(row, separators=(",", ":"), default=_json_default))
+        if not lines:
+            return
+        payload = ("\n".join(lines) + "\n").encode()
+        day = f"{decided_at:%Y-%m-%d}"
+        with self._lock:
+            fd = self._fd if day == self._day and self._fd is not None else self._open(day)
+            os.write(fd, payload)
+            self._dirty = True
+
+    def sync(self) -> None:
+        with self._lock:
+            if self._fd is not None and self._dirty:
+                os.fsync(self._fd)
+                self._dirty = False
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.fsync(self._fd)
+                os.close(self._fd)
+                self._fd, self._day, self._dirty = None, None, False
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    return str(value)
 
 
 def inline_features(
@@ -269,11 +497,13 @@ def inline_features(
 # --- request handling -----------------------------------------------------------------------
 def _reason(item: dict[str, Any]) -> Reason:
     value = item.get("value")
-    if isinstance(value, float) and not np.isfinite(value):
-        value = None
-    return Reason(
+    if isinstance(value, bool | int | float | np.number) and not isinstance(value, str):
+        value = float(value) if np.isfinite(float(value)) else None
+    elif value is not None and not isinstance(value, str):
+        value = None if pd.isna(value) else str(value)
+    return Reason.model_construct(
         feature=str(item.get("feature", "")),
-        value=value if isinstance(value, int | float | str) or value is None else str(value),
+        value=value,
         contribution=float(item.get("contribution") or 0.0),
         text=str(item.get("text") or item.get("feature", "")),
     )
@@ -319,6 +549,30 @@ def conform(frame: pd.DataFrame, reference: dict[str, Any]) -> pd.DataFrame:
     return out
 
 
+def _user_score(user_id: str, row: dict[str, Any]) -> UserScore:
+    """One scored row as the response model (built without re-validating our own values)."""
+    channel, text = row[s.CHANNEL], row["message_text"]
+    return UserScore.model_construct(
+        user_id=user_id,
+        churn_probability=float(row["churn_probability"]),
+        risk_band=str(row["risk_band"]),
+        reasons=[_reason(item) for item in row["reasons"]],
+        message=Message.model_construct(
+            message_id=str(row[s.MESSAGE_ID]),
+            channel=None if channel is None or pd.isna(channel) else str(channel),
+            text=None if text is None or pd.isna(text) else str(text),
+            expected_gain=float(row["expected_uplift"]),
+            propensity=float(row[s.PROPENSITY]),
+            holdout=bool(row["holdout"]),
+        ),
+        feature_as_of=pd.Timestamp(row[s.AS_OF]).to_pydatetime(),
+        model_versions={str(k): str(v) for k, v in row["model_versions"].items()},
+        decision_id=str(row["decision_id"]),
+        cold_start=bool(row["cold_start"]),
+        quarantined_events={},
+    )
+
+
 class ScoringEngine:
     """Everything between a validated request and its answer, without HTTP.
 
@@ -326,13 +580,59 @@ class ScoringEngine:
     worker's thread pool.
     """
 
-    def __init__(self, config: EngageConfig, models: ScoringModels) -> None:
+    def __init__(
+        self,
+        config: EngageConfig,
+        models: ScoringModels,
+        *,
+        exposures: str | Path | None = None,
+        watch_seconds: float | None = WATCH_SECONDS,
+    ) -> None:
         self.config = config
         self.models = models
         self.snapshots = SnapshotSource(config.serve.feature_snapshot_path)
         self.log_dir = Path(config.serve.decision_log_dir)
-        self._log_lock = threading.Lock()
+        self.writer = DecisionWriter(self.log_dir)
+        cooldowns = [m.cooldown_days for m in getattr(models.catalog, "messages", ())]
+        self.history = ContactHistory(
+            self.log_dir,
+            retention=pd.Timedelta(days=max([CAP_DAYS, *cooldowns])),
+            exposures=exposures,
+            own_file=self.writer.file_name,
+        )
         self.prior = self._prior()
+        self._busy: set[str] = set()
+        self._busy_cond = threading.Condition()
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        if watch_seconds:
+            self._watcher = threading.Thread(
+                target=self._watch, args=(watch_seconds,), name="engage-watch", daemon=True
+            )
+            self._watcher.start()
+
+    def _watch(self, seconds: float) -> None:
+        """Off the request path: fsync the log, pick up a new snapshot and others' decisions."""
+        while not self._stop.wait(seconds):
+            self.refresh()
+
+    def refresh(self) -> None:
+        for step in (self.writer.sync, self._reload_snapshot, self.history.refresh):
+            try:
+                step()
+            except Exception as exc:  # keep serving the last good state; the next tick retries
+                logger.warning("background refresh failed in %s: %s", step.__name__, type(exc).__name__)
+
+    def _reload_snapshot(self) -> None:
+        if self.snapshots.refresh():
+            self.prior = self._prior()
+
+    def close(self) -> None:
+        """Stop the watcher and fsync the decision log."""
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
+        self.writer.close()
 
     def _prior(self) -> float:
         """Population churn prior for cold starts: mean model output over the latest snapshot."""
@@ -425,63 +725,86 @@ class ScoringEngine:
         )
 
     def score(self, request: ScoreRequest, now: datetime | None = None) -> ScoreResponse:
-        """Score every user of the request and append one decision per user to the log."""
-        from engage.scoring import score_features
+        """Score every user of the request and append one decision per user to the log.
 
+        Each user's recent messages (decision log, exposures table, this process's decisions) go
+        to the policy as ``history``, so cooldowns and the contact cap hold across requests. The
+        decision time is the request's ``as_of``, else now; a contact counts when it is strictly
+        earlier, so repeating a request with the same ``as_of`` repeats its answer.
+        """
         now = now or datetime.now(UTC)
         self.check_size(len(request.users))
-        rows = self._features(request.users, request.as_of, now)
+        decided_at = request.as_of or now
+        user_ids = [u.user_id for u in request.users]
+        with self._claim(user_ids):
+            rows = self._features(request.users, request.as_of, now)
+            answers = self._answers(request, rows, decided_at)
+            self.log(answers, decided_at)
+            for answer in answers:
+                self.history.record(answer.user_id, decided_at, answer.message.message_id)
+        return ScoreResponse.model_construct(users=answers)
+
+    @contextmanager
+    def _claim(self, user_ids: Sequence[str]) -> Iterator[None]:
+        """Hold the users while their history is read and their new decisions recorded.
+
+        Two concurrent requests for one user would otherwise both see no recent message and both
+        send one; requests for other users are not held up.
+        """
+        wanted = set(user_ids)
+        with self._busy_cond:
+            while wanted & self._busy:
+                self._busy_cond.wait()
+            self._busy |= wanted
+        try:
+            yield
+        finally:
+            with self._busy_cond:
+                self._busy -= wanted
+                self._busy_cond.notify_all()
+
+    def _answers(self, request: ScoreRequest, rows: FeatureRows, decided_at: datetime) -> list[UserScore]:
+        from engage.scoring import score_features
+
         columns: dict[str, dict[str, list[Any]]] = {}
         for source, frame in rows.frames.items():
             if len(frame):
+                # score_features judges cooldowns at the latest as_of of the frame: the policy's clock
+                policy_time = pd.Timestamp(pd.to_datetime(frame[s.AS_OF], utc=True).max())
+                history = self.history.frame(frame[s.USER_ID].astype(str).tolist(), decided_at, policy_time)
                 scored = score_features(
                     frame,
                     self.models,
                     policy=self.config.policy,
                     seed=self.config.seed,
-                    history=None,
+                    history=history,
                     reasons_top_k=REASONS_TOP_K if request.explain else None,
                 )
                 columns[source] = {name: scored[name].tolist() for name in scored.columns}
         answers: list[UserScore] = []
         for user, where in zip(request.users, rows.where, strict=True):
             if where is None:
-                answer = self._cold(user, request.as_of or now)
+                answer = self._cold(user, decided_at)
             else:
                 source, pos = where
-                row = {name: values[pos] for name, values in columns[source].items()}
-                answer = UserScore(
-                    user_id=user.user_id,
-                    churn_probability=float(row["churn_probability"]),
-                    risk_band=str(row["risk_band"]),
-                    reasons=[_reason(item) for item in row["reasons"]],
-                    message=Message(
-                        message_id=str(row[s.MESSAGE_ID]),
-                        channel=None if pd.isna(row[s.CHANNEL]) else str(row[s.CHANNEL]),
-                        text=None if pd.isna(row["message_text"]) else str(row["message_text"]),
-                        expected_gain=float(row["expected_uplift"]),
-                        propensity=float(row[s.PROPENSITY]),
-                        holdout=bool(row["holdout"]),
-                    ),
-                    feature_as_of=pd.Timestamp(row[s.AS_OF]).to_pydatetime(),
-                    model_versions={str(k): str(v) for k, v in row["model_versions"].items()},
-                    decision_id=str(row["decision_id"]),
-                    cold_start=bool(row["cold_start"]),
+                answer = _user_score(
+                    user.user_id, {name: values[pos] for name, values in columns[source].items()}
                 )
             answer.quarantined_events = rows.quarantined.get(user.user_id, {})
             answers.append(answer)
-        self.log(answers, request.as_of or now, now)
-        return ScoreResponse(users=answers)
+        return answers
 
-    def log(self, answers: Sequence[UserScore], as_of: datetime, now: datetime) -> None:
-        """Append the decisions (decision fields only: never events or attributes)."""
-        from engage.decisions import append_decisions
+    def log(self, answers: Sequence[UserScore], decided_at: datetime) -> None:
+        """Append the decisions (decision fields only: never events or attributes).
 
+        ``decided_at`` is the decision time (the request's ``as_of``, else now), as batch scoring
+        writes its runs' ``as_of``: the contact history reads it back as the time of the contact.
+        """
         records = [
             {
                 "decision_id": a.decision_id,
                 "user_id": a.user_id,
-                "as_of": a.feature_as_of or as_of,
+                "as_of": a.feature_as_of or decided_at,
                 "message_id": a.message.message_id,
                 "channel": a.message.channel,
                 "propensity": a.message.propensity,
@@ -492,8 +815,7 @@ class ScoringEngine:
             }
             for a in answers
         ]
-        with self._log_lock:
-            append_decisions(records, self.log_dir, decided_at=now)
+        self.writer.write(records, decided_at)
 
     def explain(self, request: ExplainRequest, now: datetime | None = None) -> ExplainResponse:
         """Every feature's contribution for one user, largest push on the risk first."""
@@ -595,7 +917,8 @@ class EngageService:
     def __init__(self) -> None:
         config = service_config()
         source = os.environ.get(ENV_MODEL_SOURCE, "bento")
-        self.engine = ScoringEngine(config, load_scoring_models(config, source))
+        exposures = os.environ.get(ENV_EXPOSURES) or None
+        self.engine = ScoringEngine(config, load_scoring_models(config, source), exposures=exposures)
         # created here, not at import: the worker sets PROMETHEUS_MULTIPROC_DIR after importing us
         from prometheus_client import Counter
 
@@ -603,6 +926,11 @@ class EngageService:
             "engage_decisions", "Decisions returned by /score", ["cold_start", "message_id"]
         )
         self.quarantined = Counter("engage_inline_events_quarantined", "Inline events set aside")
+
+    @bentoml.on_shutdown
+    def shutdown(self) -> None:
+        """Stop the watcher and fsync the decision log."""
+        self.engine.close()
 
     @bentoml.api(input_spec=ScoreRequest)
     def score(

@@ -279,6 +279,54 @@ def test_inline_events_give_the_snapshot_answer(world: World, secured: Server) -
     assert answer["quarantined_events"] == {s.REASON_DUPLICATE: 1}
 
 
+class RankedGains:
+    """An offers model stand-in: every message gains, in catalog order (the tiny world has none)."""
+
+    feature_names: tuple[str, ...] = ()
+
+    def expected_gains(self, features: pd.DataFrame, catalog: Any) -> pd.DataFrame:
+        arms = [m.id for m in catalog.messages]
+        gains = {arm: [float(len(arms) - i)] * len(features) for i, arm in enumerate(arms)}
+        return pd.DataFrame({s.CONTROL_ARM: 0.0, **gains}, index=features.index)
+
+
+def test_a_user_just_messaged_is_not_sent_it_again_inside_its_cooldown(world: World, tmp_path: Path) -> None:
+    """The engine behind /score passes each user's recent messages to the policy, across requests."""
+    from engage.scoring import ScoringModels
+    from engage.scoring_job import load_models
+    from engage.service import ScoringEngine
+    from engage.service_schemas import ScoreRequest
+
+    loaded = load_models(world.config)
+    models = ScoringModels(
+        churn=loaded.churn, catalog=loaded.catalog, offers=RankedGains(), versions=loaded.versions
+    )
+    cooldown = {m.id: m.cooldown_days for m in models.catalog.messages}
+    serve = world.config.serve.model_copy(update={"decision_log_dir": str(tmp_path / "decisions")})
+    config = world.config.model_copy(update={"serve": serve})
+    engine = ScoringEngine(config, models, watch_seconds=None)
+    users = world.snapshot[s.USER_ID].astype(str).tolist()[:MAX_USERS]
+    first = engine.score(ScoreRequest(users=[{"user_id": u} for u in users])).users
+    sent = {a.user_id: a.message.message_id for a in first if cooldown.get(a.message.message_id, 0) > 0}
+    assert len(sent) >= 5, "the policy must send messages to test their cooldowns"
+    again = engine.score(ScoreRequest(users=[{"user_id": u} for u in sent])).users
+    for answer in again:
+        assert answer.message.message_id != sent[answer.user_id], (
+            f"{answer.user_id}: repeated inside cooldown"
+        )
+        assert answer.message.propensity > 0
+    # a new process reads its predecessor's decisions back from the log
+    engine.close()
+    restarted = ScoringEngine(config, models, watch_seconds=None)
+    later = restarted.score(ScoreRequest(users=[{"user_id": u} for u in sent])).users
+    assert all(a.message.message_id != sent[a.user_id] for a in later)
+    # and a request dated before those decisions is not affected by them
+    past = world.as_of + pd.Timedelta(hours=1)
+    replay = restarted.score(ScoreRequest(users=[{"user_id": u} for u in sent], as_of=past)).users
+    assert {a.user_id: a.message.message_id for a in replay} == sent
+    restarted.close()
+
+
 def test_unknown_user_gets_a_cold_start(world: World, secured: Server) -> None:
     status, body = post(f"{secured.url}/score", {"users": [{"user_id": "nobody-here"}]}, TOKEN)
     assert status == 200, body
