@@ -173,3 +173,39 @@ def test_snapshots_are_stacked_and_each_sees_only_its_past() -> None:
     table = build_features(events, [AS_OF, early], config=CFG)
     assert table[s.AS_OF].tolist() == sorted(table[s.AS_OF].tolist())
     assert table["purchase_count_90d"].tolist() == [1.0, 2.0]
+
+
+def test_active_days_are_24h_periods_before_as_of() -> None:
+    noon = AS_OF + timedelta(hours=12)
+    events = _events(
+        [
+            ("a", noon - timedelta(hours=1), "page_view", None, None, None),
+            ("a", noon - timedelta(hours=13), "page_view", None, None, None),  # yesterday, same period
+            ("a", noon - timedelta(hours=37), "page_view", None, None, None),  # the period before
+            ("a", noon - timedelta(days=30), "page_view", None, None, None),
+        ]
+    )
+    f = build_features(events, [noon], config=CFG).set_index(s.USER_ID)
+    calendar_days = len({(noon - timedelta(hours=h)).date() for h in (1, 13, 37)})
+    assert calendar_days == 3 and f.loc["a", "active_days_7d"] == 2
+    assert f.loc["a", "active_days_28d"] == 2 and f.loc["a", "active_days_90d"] == 3
+    assert f.loc["a", "active_days_change_28d"] == 2 - 1
+
+
+def test_sessions_and_categories_count_once_per_window_with_ties_to_the_first_name() -> None:
+    events = _events(
+        [
+            ("a", _at(6.5), "page_view", "s1", "toys", None),
+            ("a", _at(8), "page_view", "s1", "toys", None),  # same session, older event
+            ("a", _at(20), "page_view", "s2", "books", None),
+            ("a", _at(21), "page_view", "s2", "books", None),
+            ("a", _at(100), "page_view", "s3", "garden", None),  # beyond 90 days
+        ]
+    )
+    f = build_features(events, [AS_OF], config=CFG).set_index(s.USER_ID)
+    assert f.loc["a", "session_count_7d"] == 1 and f.loc["a", "session_count_28d"] == 2
+    assert f.loc["a", "session_count_90d"] == 2
+    assert f.loc["a", "category_distinct_7d"] == 1 and f.loc["a", "category_distinct_90d"] == 2
+    assert f.loc["a", "top_category"] == min("toys", "books")
+    assert f.loc["a", "top_category_share_90d"] == pytest.approx(2 / 4)
+    assert f.loc["a", "engaged_session_rate_28d"] == 1.0  # both sessions have 2 views
