@@ -248,15 +248,15 @@ def main() -> None:
         stop(bare)
 
     print(f"measured from {before} to {after}")
-    print(f"{'':34s}{'single p50':>11s}{'p99':>9s}{f'{args.clients} clients':>13s}{'batches of 100':>16s}")
+    print(f"{'':34s}{'single p50':>12s}{'p99':>12s}{f'{args.clients} clients':>14s}{'batches of 100':>16s}")
     rows = [
         ("bare model in-process", bare_local[0], bare_local[1], None, bare_local[2]),
         ("bare model behind BentoML", bare_fig.p50, bare_fig.p99, bare_fig.rps, bare_fig.batch),
         ("engage /score (reasons+message)", serve_fig.p50, serve_fig.p99, serve_fig.rps, serve_fig.batch),
     ]
     for name, p50, p99, rps, batch in rows:
-        rps_text = f"{rps:7.0f} req/s" if rps is not None else f"{'-':>13s}"
-        print(f"{name:34s}{p50:8.2f} ms{p99:6.2f} ms{rps_text:>13s}{batch:10,.0f} u/s")
+        rps_text = f"{rps:.0f} req/s" if rps is not None else "-"
+        print(f"{name:34s}{p50:9.2f} ms{p99:9.2f} ms{rps_text:>14s}{batch:12,.0f} u/s")
     print(f"serve single user p99: {serve_fig.p99:.1f} ms (target <= 25 ms)")
     ratio = serve_fig.batch / bare_fig.batch
     print(f"ratio serve/bare behind BentoML, batches of 100: {ratio:.1%} (target >= 40%)")
