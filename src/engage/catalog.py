@@ -228,6 +228,19 @@ class _Fill(dict):
 FALLBACK_TEXT = "our picks"
 
 
+def _template_value(value: Any) -> str | int | float | None:
+    """A feature value a template may show: text or a number, as a plain Python scalar; else None.
+
+    Numpy scalars count as their Python value, so a row from a frame and the same row as a dict
+    (the HTTP service's JSON) render alike; missing values (NaN, None) read as absent.
+    """
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, str | int | float) and not (isinstance(value, float) and value != value):
+        return value
+    return None
+
+
 @dataclass(frozen=True)
 class Message:
     """One catalog entry: where it goes, what it says, what it costs and who may get it."""
@@ -245,15 +258,30 @@ class Message:
         """Names between braces in the template."""
         return {name for _, name, _, _ in string.Formatter().parse(self.template) if name}
 
+    def template_keys(self) -> set[str]:
+        """The value names the template looks up (``{a.b}`` reads ``a``; nested specs included)."""
+        keys: set[str] = set()
+        try:
+            parts = list(string.Formatter().parse(self.template))
+            for _, name, spec, _ in parts:
+                for field_name in [name, *(n for _, n, _, _ in string.Formatter().parse(spec or ""))]:
+                    if field_name:
+                        keys.add(re.split(r"[.\[]", field_name, maxsplit=1)[0])
+        except ValueError:
+            pass
+        return keys
+
     def render(self, features: Mapping[str, Any] | pd.Series) -> str:
         """The text for one user: params, then the user's features, fill the placeholders.
 
         A placeholder with no value becomes a neutral phrase; a template that cannot be formatted
         comes back as written. Never raises.
         """
-        values = _Fill(
-            {k: v for k, v in dict(features).items() if isinstance(v, str | int | float) and pd.notna(v)}
-        )
+        values = _Fill()
+        for key, value in dict(features).items():
+            value = _template_value(value)
+            if value is not None:
+                values[key] = value
         values.update(self.params)
         try:
             return self.template.format_map(values)
@@ -398,3 +426,61 @@ def render(catalog: Catalog, message_id: str, features: Mapping[str, Any] | pd.S
     """The message text for one user (empty for `none` or an unknown id); never raises."""
     m = catalog.get(message_id)
     return m.render(features) if m is not None else ""
+
+
+def render_many(catalog: Catalog, message_ids: Any, features: pd.DataFrame) -> np.ndarray:
+    """``render`` for every row (message ids aligned with the rows of ``features``), vectorised.
+
+    Each message is rendered once per distinct combination of the feature values its template
+    reads (a template reading only params is rendered once), through ``Message.render`` itself, so
+    the text equals the per-row ``render`` exactly. Returns an object array of str.
+    """
+    ids = np.asarray(message_ids, dtype=object)
+    out = np.full(len(ids), "", dtype=object)
+    if not len(ids):
+        return out
+    codes, uniques = pd.factorize(ids)
+    for code, message_id in enumerate(uniques):
+        m = catalog.get(message_id)
+        if m is None:
+            continue
+        rows = np.flatnonzero(codes == code)
+        keys = sorted(k for k in m.template_keys() if k in features.columns and k not in m.params)
+        if not keys:
+            out[rows] = m.render({})
+            continue
+        out[rows] = _render_distinct(m, keys, features, rows)
+    return out
+
+
+def _render_distinct(m: Message, keys: list[str], features: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
+    """Texts for ``rows``: one ``m.render`` per distinct combination of the ``keys`` columns."""
+    columns = []
+    value_lists = []
+    for key in keys:
+        column = features[key].iloc[rows]
+        try:
+            if column.dtype == object:  # 1, 1.0 and True are equal keys but render differently
+                typed = [f"{type(v).__name__}\x00{v!r}" for v in column]
+                col_codes, _ = pd.factorize(np.array(typed, dtype=object), use_na_sentinel=True)
+                first = np.unique(col_codes, return_index=True)[1]
+                col_values = column.to_numpy()[first[col_codes[first] >= 0]]
+            else:
+                col_codes, col_values = pd.factorize(column, use_na_sentinel=True)
+        except TypeError:  # unhashable values (lists, dicts): row by row, still through render
+            frame = features.iloc[rows][keys]
+            return np.array(
+                [m.render(dict(zip(keys, r, strict=True))) for r in frame.itertuples(index=False)]
+            )
+        columns.append(col_codes)
+        value_lists.append([*np.asarray(col_values, dtype=object).tolist(), None])  # code -1 -> None
+    stacked = np.stack(columns, axis=1)
+    combos, inverse = np.unique(stacked, axis=0, return_inverse=True)
+    texts = np.array(
+        [
+            m.render({k: value_lists[j][c] for j, (k, c) in enumerate(zip(keys, combo, strict=True))})
+            for combo in combos.tolist()
+        ],
+        dtype=object,
+    )
+    return texts[inverse.reshape(-1)]

@@ -8,13 +8,13 @@ of user_id puts a global holdout on `none` (propensity 1), so incremental impact
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from engage import schemas as s
 from engage.catalog import Catalog
@@ -25,20 +25,83 @@ EXPLORATION = "exploration"
 EXPECTED_GAIN = "expected_gain"
 
 
-def _unit_hash(parts: Iterable[str]) -> np.ndarray:
-    """A uniform number in [0, 1) per key from sha256: stable across processes and machines."""
-    return np.asarray(
-        [int.from_bytes(hashlib.sha256(p.encode()).digest()[:8], "big") / 2.0**64 for p in parts],
-        dtype=float,
+_MASK64 = (1 << 64) - 1
+_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+HOLDOUT_SALT = 0x686F6C646F7574  # "holdout": the holdout hash has its own stream
+_UNIT = 2.0**-53
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser on uint64 arrays (wraps modulo 2**64)."""
+    z = (z ^ (z >> np.uint64(30))) * _M1
+    z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
+
+
+def _utf8(values: Any) -> tuple[np.ndarray, np.ndarray]:
+    """UTF-8 bytes of each string as zero-padded little-endian 64-bit words, and byte lengths."""
+    arr = (
+        values if isinstance(values, pa.Array | pa.ChunkedArray) else pa.array(values, type=pa.large_string())
     )
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks else pa.array([], type=pa.large_string())
+    if arr.type != pa.large_string():
+        arr = arr.cast(pa.large_string())
+    if arr.null_count:
+        raise ValueError("cannot hash missing values: convert them to text first")
+    buffers = arr.buffers()
+    offsets = np.frombuffer(buffers[1], dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
+    lengths = np.diff(offsets)
+    width = max(8, int(-(-int(lengths.max(initial=0)) // 8) * 8))
+    data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.zeros(0, np.uint8)
+    padded = np.concatenate([data[: int(offsets[-1])], np.zeros(width, np.uint8)])
+    matrix = np.lib.stride_tricks.sliding_window_view(padded, width)[offsets[:-1]]
+    matrix[np.arange(width)[None, :] >= lengths[:, None]] = 0
+    return np.ascontiguousarray(matrix).view("<u8"), lengths
+
+
+def stable_hash64(values: Any, salt: int = 0) -> np.ndarray:
+    """A 64-bit hash per string, the same in every process, machine and library version.
+
+    Definition (``tests/unit/test_policy.py`` has a scalar reference): ``h = mix(salt + n + gamma)``
+    where n is the UTF-8 byte length, then for each little-endian 8-byte word w of the bytes (the
+    last one zero-padded) ``h = mix((h ^ w) + gamma)``; ``mix`` is splitmix64's finaliser and gamma
+    its golden-ratio increment. Vectorised with numpy over the batch (one pass per 8 bytes).
+    """
+    words, lengths = _utf8(values)
+    with np.errstate(over="ignore"):
+        h = _mix(np.uint64(salt & _MASK64) + lengths.astype(np.uint64) + _GAMMA)
+        n_words = (lengths + 7) // 8
+        for j in range(words.shape[1]):
+            h = np.where(j < n_words, _mix((h ^ words[:, j]) + _GAMMA), h)
+    return h
+
+
+def mix_int(h: np.ndarray, values: Any) -> np.ndarray:
+    """Fold a 64-bit integer per row (e.g. a timestamp in microseconds) into hashes ``h``."""
+    x = np.asarray(values, dtype=np.int64).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        return _mix((h ^ x) + _GAMMA)
+
+
+def unit_interval(h: np.ndarray) -> np.ndarray:
+    """Hashes to uniform floats in [0, 1): the top 53 bits."""
+    return (h >> np.uint64(11)).astype(np.float64) * _UNIT
+
+
+def _unit_hash(parts: Iterable[str]) -> np.ndarray:
+    """A uniform number in [0, 1) per key: stable across processes and machines."""
+    return unit_interval(stable_hash64(list(parts)))
 
 
 def holdout_mask(user_ids: Iterable[Any], pct: float) -> np.ndarray:
     """True for the users in the global holdout: a fixed ``pct`` share chosen by hash of user_id."""
-    users = [str(u) for u in user_ids]
+    users = user_ids if isinstance(user_ids, np.ndarray) else np.asarray(list(user_ids), dtype=object)
     if pct <= 0:
         return np.zeros(len(users), dtype=bool)
-    return _unit_hash(f"holdout|{u}" for u in users) < pct
+    return unit_interval(stable_hash64(users.astype(str).astype(object), HOLDOUT_SALT)) < pct
 
 
 def _users(features: pd.DataFrame) -> np.ndarray:
@@ -50,6 +113,39 @@ def _users(features: pd.DataFrame) -> np.ndarray:
 def _utc(moment: datetime | pd.Timestamp) -> pd.Timestamp:
     ts = pd.Timestamp(moment)
     return ts.tz_localize("UTC") if ts.tz is None else ts.tz_convert("UTC")
+
+
+class _Recent:
+    """Past non-`none` exposures in the window before ``moment``, users as integer codes.
+
+    Each user of the batch maps to the code of their history (or -1), so caps and cooldowns are
+    counting and gathering over arrays, never a per-user lookup.
+    """
+
+    def __init__(self, history: pd.DataFrame, moment: pd.Timestamp, days: int, users: np.ndarray) -> None:
+        missing = [c for c in (s.USER_ID, s.TS, s.MESSAGE_ID) if c not in history.columns]
+        if missing:
+            raise KeyError(f"history: missing column(s) {', '.join(missing)}")
+        ts = pd.to_datetime(history[s.TS], utc=True)
+        message = history[s.MESSAGE_ID].astype(str)
+        keep = ((ts < moment) & (ts >= moment - timedelta(days=days)) & (message != s.CONTROL_ARM)).to_numpy()
+        self.moment = moment
+        self.ts = ts[keep].dt.tz_convert(None).to_numpy().astype("datetime64[us]")
+        self.message = message[keep].to_numpy()
+        self.codes, uniques = pd.factorize(history[s.USER_ID][keep].astype(str))
+        self.n_users = len(uniques)
+        self.position = pd.Index(uniques).get_indexer(pd.Index(users, dtype=object).astype(str))
+
+    def since(self, days: int) -> np.ndarray:
+        """Mask of the exposures in the last ``days`` days."""
+        return self.ts >= np.datetime64((self.moment - timedelta(days=days)).tz_convert(None), "us")
+
+    def gather(self, per_user: np.ndarray, default: Any) -> np.ndarray:
+        """A per-history-user array read for every batch user (``default`` when no history)."""
+        known = self.position >= 0
+        return np.where(
+            known, per_user[np.where(known, self.position, 0)] if len(per_user) else default, default
+        )
 
 
 def allowed_arms(
@@ -68,19 +164,14 @@ def allowed_arms(
     n = len(features)
     users = _users(features)
     allowed = catalog.eligibility(features)
-    recent: pd.DataFrame | None = None
+    recent: _Recent | None = None
     capped = np.zeros(n, dtype=bool)
     moment = _utc(as_of) if as_of is not None else None
     if history is not None and len(history) and moment is not None:
-        missing = [c for c in (s.USER_ID, s.TS, s.MESSAGE_ID) if c not in history.columns]
-        if missing:
-            raise KeyError(f"history: missing column(s) {', '.join(missing)}")
-        h = history[[s.USER_ID, s.TS, s.MESSAGE_ID]].copy()
-        h[s.TS] = pd.to_datetime(h[s.TS], utc=True)
-        h[s.USER_ID] = h[s.USER_ID].astype(str)
-        recent = h[(h[s.TS] < moment) & (h[s.MESSAGE_ID].astype(str) != s.CONTROL_ARM)]
-        counts = recent[recent[s.TS] >= moment - timedelta(days=7)].groupby(s.USER_ID).size()
-        capped = pd.Series(users).map(counts).fillna(0).to_numpy() >= max_per_7d
+        window = max([7, *(m.cooldown_days for m in catalog.messages)])
+        recent = _Recent(history, moment, window, users)
+        capped = recent.gather(np.bincount(recent.codes[recent.since(7)], minlength=recent.n_users), 0)
+        capped = capped >= max_per_7d
     elif max_per_7d <= 0:
         capped = np.ones(n, dtype=bool)
     for m in catalog.messages:
@@ -88,11 +179,10 @@ def allowed_arms(
         consent = s.consent_column(m.channel)
         if consent in features:
             ok &= pd.to_numeric(features[consent], errors="coerce").fillna(0).to_numpy() > 0
-        if recent is not None and moment is not None and m.cooldown_days > 0:
-            cool = recent[
-                (recent[s.MESSAGE_ID] == m.id) & (recent[s.TS] >= moment - timedelta(days=m.cooldown_days))
-            ]
-            ok &= ~np.isin(users, cool[s.USER_ID].unique())
+        if recent is not None and m.cooldown_days > 0:
+            cooled = np.zeros(recent.n_users, dtype=bool)
+            cooled[recent.codes[(recent.message == m.id) & recent.since(m.cooldown_days)]] = True
+            ok &= ~recent.gather(cooled, False)
         allowed[m.id] = ok & ~capped
     return allowed
 

@@ -9,7 +9,6 @@ same user and date, and a re-run gives the identical file.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,10 +18,10 @@ import numpy as np
 import pandas as pd
 
 from engage import schemas as s
-from engage.catalog import Catalog, render
+from engage.catalog import Catalog, render_many
 from engage.config import PolicyConfig
 from engage.models.bundle import ChurnBundle, OfferBundle
-from engage.policy import action_probabilities
+from engage.policy import action_probabilities, mix_int, stable_hash64, unit_interval
 
 SCORE_FIELDS: tuple[str, ...] = (
     s.USER_ID,
@@ -52,34 +51,66 @@ class ScoringModels:
     versions: dict[str, str] = field(default_factory=dict)
 
 
+DRAW_SALT = 0x64726177  # "draw"
+DECISION_SALTS = (0x646563697369306E, 0x6465636973693121)  # two lanes: 96-bit decision ids
+_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+
+
+def _as_of_micros(as_of: Any, n: int) -> np.ndarray:
+    """as_of per row as integer microseconds since the epoch (UTC; naive stamps are UTC)."""
+    stamps = pd.DatetimeIndex(pd.to_datetime(pd.Series(as_of) if np.ndim(as_of) else [as_of] * n, utc=True))
+    return stamps.as_unit("us").asi8
+
+
+def _user_text(user_ids: Any) -> Any:
+    if isinstance(user_ids, pd.Series) and user_ids.dtype == "str":
+        return user_ids
+    return pd.Series(user_ids).astype(str)
+
+
 def row_uniforms(user_ids: pd.Series, as_of: pd.Series, seed: int) -> np.ndarray:
-    """A uniform draw in [0, 1) per row, fixed by (user, as_of, seed): reproducible anywhere."""
-    keys = (user_ids.astype(str) + "|" + pd.to_datetime(as_of, utc=True).astype(str) + f"|{seed}").to_numpy()
-    out = np.empty(len(keys))
-    for i, key in enumerate(keys):
-        out[i] = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") / 2.0**64
-    return out
+    """A uniform draw in [0, 1) per row, fixed by (user, as_of, seed): reproducible anywhere.
+
+    ``stable_hash64(user_id)`` folded with the as_of microseconds and the seed; vectorised.
+    """
+    h = stable_hash64(_user_text(user_ids), DRAW_SALT)
+    h = mix_int(mix_int(h, _as_of_micros(as_of, len(h))), np.full(len(h), seed, dtype=np.int64))
+    return unit_interval(h)
 
 
 def decision_ids(user_ids: pd.Series, as_of: pd.Series, versions: dict[str, str], seed: int) -> list[str]:
-    """Stable ids: the same user, date, models and seed give the same decision id."""
+    """Stable ids: the same user, date, models and seed give the same decision id (24 hex digits)."""
     tag = json.dumps(versions, sort_keys=True) + f"|{seed}"
-    stamps = pd.to_datetime(as_of, utc=True).astype(str)
-    return [
-        hashlib.blake2b(f"{u}|{t}|{tag}".encode(), digest_size=12).hexdigest()
-        for u, t in zip(user_ids.astype(str), stamps, strict=True)
-    ]
+    users = _user_text(user_ids)
+    micros = _as_of_micros(as_of, len(users))
+    lanes = []
+    for salt in DECISION_SALTS:
+        tag_hash = stable_hash64([tag], salt).astype(np.int64)
+        h = mix_int(mix_int(stable_hash64(users, salt), micros), np.repeat(tag_hash, len(micros)))
+        lanes.append(h)
+    shifts = np.arange(60, -4, -4, dtype=np.uint64)
+    nibbles = np.concatenate(
+        [(lanes[0][:, None] >> shifts) & np.uint64(15), (lanes[1][:, None] >> shifts[:8]) & np.uint64(15)],
+        axis=1,
+    )
+    chars = np.ascontiguousarray(_HEX[nibbles.astype(np.intp)])
+    return chars.view("S24").ravel().astype(str).tolist()
 
 
-def draw(probabilities: pd.DataFrame, uniforms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pick one arm per row by inverse CDF; return (arm, its probability)."""
+def draw_index(probabilities: pd.DataFrame, uniforms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pick one arm per row by inverse CDF; return (arm column index, its probability)."""
     matrix = probabilities.to_numpy(dtype=float)
     cumulative = np.cumsum(matrix, axis=1)
     cumulative[:, -1] = np.maximum(cumulative[:, -1], 1.0)
     index = (uniforms[:, None] >= cumulative).sum(axis=1)
     index = np.minimum(index, matrix.shape[1] - 1)
-    arms = np.asarray(probabilities.columns)[index]
-    return arms, matrix[np.arange(len(matrix)), index]
+    return index, matrix[np.arange(len(matrix)), index]
+
+
+def draw(probabilities: pd.DataFrame, uniforms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pick one arm per row by inverse CDF; return (arm, its probability)."""
+    index, propensity = draw_index(probabilities, uniforms)
+    return np.asarray(probabilities.columns)[index], propensity
 
 
 def score_features(
@@ -91,17 +122,25 @@ def score_features(
     history: pd.DataFrame | None = None,
     reasons_top_k: int | None = 3,
     explain_rows: np.ndarray | None = None,
+    churn_probability: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Score a feature table (one row per user and as_of). Reasons for ``explain_rows`` (default all).
 
-    ``reasons_top_k=None`` skips reasons entirely (the cheapest path).
+    ``reasons_top_k=None`` skips reasons entirely (the cheapest path). ``churn_probability``, when
+    the caller already has it (batch jobs rank users by it first), saves predicting it twice.
     """
     if features.empty:
         return pd.DataFrame(columns=list(SCORE_FIELDS))
     features = features.reset_index(drop=True)
     features[s.AS_OF] = pd.to_datetime(features[s.AS_OF], utc=True)  # naive stamps (e.g. from Spark) are UTC
     as_of = features[s.AS_OF]
-    probability = models.churn.churn_probability(features)
+    probability = (
+        models.churn.churn_probability(features)
+        if churn_probability is None
+        else np.asarray(churn_probability, dtype=float)
+    )
+    if len(probability) != len(features):
+        raise ValueError(f"churn_probability has {len(probability)} rows but features have {len(features)}")
     out = pd.DataFrame(
         {
             s.USER_ID: features[s.USER_ID].astype(str),
@@ -128,17 +167,19 @@ def score_features(
     probabilities, holdout = action_probabilities(
         features, gains, models.catalog, config=policy, history=history, as_of=decision_time
     )
-    arms, propensity = draw(probabilities, row_uniforms(out[s.USER_ID], as_of, seed))
+    chosen, propensity = draw_index(probabilities, row_uniforms(out[s.USER_ID], as_of, seed))
+    columns = list(probabilities.columns)
+    arms = np.asarray(columns, dtype=object)[chosen]
     out[s.MESSAGE_ID] = arms
-    out[s.CHANNEL] = [models.catalog.channel(arm) for arm in arms]
-    out["message_text"] = [render(models.catalog, arm, features.iloc[i]) for i, arm in enumerate(arms)]
-    gain_matrix = gains.reindex(columns=probabilities.columns, fill_value=0.0).to_numpy(dtype=float)
-    chosen = pd.Index(probabilities.columns).get_indexer(arms)
+    out[s.CHANNEL] = np.asarray([models.catalog.channel(arm) for arm in columns], dtype=object)[chosen]
+    out["message_text"] = render_many(models.catalog, arms, features)
+    gain_matrix = gains.reindex(columns=columns, fill_value=0.0).to_numpy(dtype=float)
     out["expected_uplift"] = gain_matrix[np.arange(len(arms)), chosen]
     out[s.PROPENSITY] = propensity
     out["holdout"] = np.asarray(holdout, dtype=bool)
     out["cold_start"] = False
-    out["model_versions"] = [dict(models.versions)] * len(out)
+    versions = dict(models.versions)
+    out["model_versions"] = [versions] * len(out)  # one shared dict: to_storable dumps it once
     out["decision_id"] = decision_ids(out[s.USER_ID], as_of, models.versions, seed)
     return out[list(SCORE_FIELDS)]
 
@@ -158,9 +199,17 @@ def _plain(item: dict[str, Any]) -> dict[str, Any]:
 def to_storable(scores: pd.DataFrame) -> pd.DataFrame:
     """Nested columns as JSON text, for Parquet files that any reader opens."""
     stored = scores.copy()
-    stored["reasons"] = [json.dumps(r, sort_keys=True) for r in stored["reasons"]]
-    stored["model_versions"] = [json.dumps(v, sort_keys=True) for v in stored["model_versions"]]
+    stored["reasons"] = [json.dumps(r, sort_keys=True) if r else "[]" for r in stored["reasons"]]
+    stored["model_versions"] = _dumps_column(stored["model_versions"])
     return stored
+
+
+def _dumps_column(values: pd.Series) -> list[str]:
+    """JSON text per value; a column that repeats one object (model versions) is dumped once."""
+    items = values.tolist()
+    if items and all(v is items[0] for v in items):
+        return [json.dumps(items[0], sort_keys=True)] * len(items)
+    return [json.dumps(v, sort_keys=True) for v in items]
 
 
 def decision_time(as_of: datetime | None, fallback: datetime) -> datetime:
