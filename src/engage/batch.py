@@ -325,7 +325,7 @@ def score_spark(
 
     from engage.events import write_parquet_atomic
     from engage.scoring import score_features, to_storable
-    from engage.scoring_job import ScoreRunSummary, exposure_history
+    from engage.scoring_job import ScoreRunSummary, exposure_history, history_days
 
     started = time.perf_counter()
     spark = spark if spark is not None else local_spark()
@@ -338,16 +338,15 @@ def score_spark(
     threshold = None
     if explain_share and len(probability):
         threshold = -np.inf if explain_share >= 1 else float(np.quantile(probability, 1 - explain_share))
-    history = exposure_history(exposure_table, as_of)
+    history = exposure_history(exposure_table, as_of, history_days(models))
     policy, seed, top_k = config.policy, config.seed, config.churn.reasons_top_k
 
     def score_partition(batches: Any) -> Any:
         for frame in batches:
             if frame.empty:
                 continue
-            rows = None
-            if threshold is not None:
-                rows = models.churn.churn_probability(frame) >= threshold
+            p = models.churn.churn_probability(frame)
+            rows = p >= threshold if threshold is not None else None
             scored = score_features(
                 frame,
                 models,
@@ -356,6 +355,7 @@ def score_spark(
                 history=history,
                 reasons_top_k=None if threshold is None else top_k,
                 explain_rows=rows,
+                churn_probability=p,
             )
             yield to_storable(scored)
 

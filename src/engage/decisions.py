@@ -15,7 +15,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import polars as pl
 
 DECISION_FIELDS: tuple[str, ...] = (
     "decision_id",
@@ -54,7 +56,45 @@ def append_decisions(
         lines.append(json.dumps(row, separators=(",", ":"), default=str))
     if not lines:
         return path
-    payload = ("\n".join(lines) + "\n").encode()
+    return _append(path, ("\n".join(lines) + "\n").encode())
+
+
+def append_decision_frame(scores: pd.DataFrame, log_dir: str | Path, *, decided_at: datetime) -> Path:
+    """``append_decisions`` for a scores table, built column-wise (a batch run logs millions).
+
+    The lines read back exactly like ``append_decisions``' (same fields and values); a model
+    versions column that is not one shared mapping falls back to the per-record path.
+    """
+    versions = scores["model_versions"].tolist() if "model_versions" in scores else [None]
+    shared = versions[0] if versions and all(v is versions[0] for v in versions) else None
+    if not len(scores) or not isinstance(shared, dict) or not shared:
+        return append_decisions(scores.to_dict("records"), log_dir, decided_at=decided_at)
+    folder = Path(log_dir) / f"date={decided_at:%Y-%m-%d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"decisions-{os.getpid()}.jsonl"
+    columns: dict[str, Any] = {}
+    for key in DECISION_FIELDS:
+        if key in ("decided_at", "model_versions"):
+            continue
+        if key not in scores:
+            columns[key] = pl.Series(key, [None] * len(scores), dtype=pl.Null)
+            continue
+        column = scores[key]
+        if isinstance(column.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_any_dtype(column):
+            codes, uniques = pd.factorize(column)
+            texts = np.array([_jsonable(t) for t in uniques] + [None], dtype=object)
+            columns[key] = pl.Series(key, texts[codes].tolist(), dtype=pl.String)
+        else:
+            columns[key] = pl.Series(key, column.to_numpy())
+    table = pl.DataFrame(columns).with_columns(
+        pl.struct([pl.lit(str(v)).alias(str(k)) for k, v in shared.items()]).alias("model_versions"),
+        pl.lit(decided_at.isoformat()).alias("decided_at"),
+    )
+    return _append(path, table.write_ndjson().encode())
+
+
+def _append(path: Path, payload: bytes) -> Path:
+    """One write of whole lines on a file opened for appending, fsynced."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
     try:
         size = os.fstat(fd).st_size

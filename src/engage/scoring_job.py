@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ import polars as pl
 
 from engage import schemas as s
 from engage.config import EngageConfig
-from engage.decisions import append_decisions
+from engage.decisions import append_decision_frame
 from engage.events import write_parquet_atomic
 from engage.features import build_features
 from engage.scoring import ScoringModels, score_features, to_storable
@@ -38,6 +38,7 @@ class ScoreRunSummary:
     explained: int
     out: Path
     snapshot: Path | None
+    stages: dict[str, float] = field(default_factory=dict)
 
     @property
     def users_per_second(self) -> float:
@@ -49,16 +50,28 @@ def user_chunks(events: pl.DataFrame | pl.LazyFrame, n_chunks: int) -> list[pl.L
     lazy = events.lazy() if isinstance(events, pl.DataFrame) else events
     if n_chunks <= 1:
         return [lazy]
-    bucket = pl.col(s.USER_ID).hash(seed=0) % n_chunks
-    return [lazy.filter(bucket == i) for i in range(n_chunks)]
+    return [lazy.filter(_bucket(n_chunks) == i) for i in range(n_chunks)]
 
 
-def exposure_history(exposures: pl.DataFrame | None, as_of: datetime) -> pd.DataFrame | None:
-    """Past messages (for cooldowns and caps): only exposures before as_of."""
+def _bucket(n_chunks: int) -> pl.Expr:
+    return pl.col(s.USER_ID).hash(seed=0) % n_chunks
+
+
+def exposure_history(
+    exposures: pl.DataFrame | None, as_of: datetime, days: int | None = None
+) -> pd.DataFrame | None:
+    """Past messages (for cooldowns and caps): exposures before as_of (within ``days``, if given)."""
     if exposures is None:
         return None
-    past = exposures.filter(pl.col(s.TS) < as_of).select(s.USER_ID, s.TS, s.MESSAGE_ID)
-    return past.to_pandas()
+    past = exposures.filter(pl.col(s.TS) < as_of)
+    if days is not None:
+        past = past.filter(pl.col(s.TS) >= as_of - timedelta(days=days))
+    return past.select(s.USER_ID, s.TS, s.MESSAGE_ID).to_pandas()
+
+
+def history_days(models: ScoringModels) -> int:
+    """The longest look-back the policy reads: the 7-day cap or the longest cooldown."""
+    return max([7, *(m.cooldown_days for m in models.catalog.messages)])
 
 
 def score_events(
@@ -82,17 +95,25 @@ def score_events(
     nobody). Re-running with the same inputs gives the identical file.
     """
     started = time.perf_counter()
+    stages = dict.fromkeys(("features", "predict", "score", "write"), 0.0)
     lazy = events.lazy() if isinstance(events, pl.DataFrame) else events
     n_users = lazy.filter(pl.col(s.TS) < as_of).select(pl.col(s.USER_ID).n_unique()).collect().item()
     n_chunks = max(1, int(np.ceil(n_users / users_per_chunk)))
-    history = exposure_history(exposures, as_of)
+    recent = None
+    if exposures is not None:
+        days = history_days(models)
+        recent = exposures.filter((pl.col(s.TS) < as_of) & (pl.col(s.TS) >= as_of - timedelta(days=days)))
     features: list[pd.DataFrame] = []
     probabilities: list[np.ndarray] = []
     done = 0
     for chunk in user_chunks(lazy, n_chunks):
+        tick = time.perf_counter()
         frame = build_features(chunk, [as_of], config=config.features, users=users, exposures=exposures)
+        stages["features"] += time.perf_counter() - tick
+        tick = time.perf_counter()
         features.append(frame)
         probabilities.append(models.churn.churn_probability(frame) if len(frame) else np.array([]))
+        stages["predict"] += time.perf_counter() - tick
         done += len(frame)
         if progress:
             progress(done // 2, n_users)
@@ -100,9 +121,14 @@ def score_events(
     threshold = _explain_threshold(all_p, explain_share)
     parts: list[pd.DataFrame] = []
     explained = 0
-    for frame, p in zip(features, probabilities, strict=True):
+    for i, (frame, p) in enumerate(zip(features, probabilities, strict=True)):
         if frame.empty:
             continue
+        tick = time.perf_counter()
+        history = None
+        if recent is not None:
+            mine = recent.filter(_bucket(n_chunks) == i) if n_chunks > 1 else recent
+            history = mine.select(s.USER_ID, s.TS, s.MESSAGE_ID).to_pandas()
         rows = p >= threshold if threshold is not None else None
         explained += int(rows.sum()) if rows is not None else 0
         parts.append(
@@ -114,18 +140,23 @@ def score_events(
                 history=history,
                 reasons_top_k=None if threshold is None else config.churn.reasons_top_k,
                 explain_rows=rows,
+                churn_probability=p,
             )
         )
+        stages["score"] += time.perf_counter() - tick
         done += len(frame)
         if progress:
             progress(min(done // 2, n_users), n_users)
+    tick = time.perf_counter()
     scores = (
         pd.concat(parts, ignore_index=True)
         if parts
         else score_features(pd.DataFrame(), models, policy=config.policy, seed=config.seed)
     )
-    scores = scores.sort_values(s.USER_ID, kind="stable", ignore_index=True)
-    write_parquet_atomic(pl.from_pandas(to_storable(scores)), out)
+    table = pl.from_pandas(to_storable(scores))
+    order = table[s.USER_ID].arg_sort().to_numpy()  # ids are unique: order is total
+    table = table[order]
+    write_parquet_atomic(table, out)
     snapshot_path = None
     if snapshot is not None and features:
         snapshot_path = write_parquet_atomic(
@@ -133,14 +164,18 @@ def score_events(
             snapshot,
         )
     if decision_log is not None and len(scores):
-        records = scores.assign(expected_gain=scores["expected_uplift"]).to_dict("records")
-        append_decisions(records, decision_log, decided_at=as_of)
+        scores = scores.iloc[order].reset_index(drop=True)
+        append_decision_frame(
+            scores.assign(expected_gain=scores["expected_uplift"]), decision_log, decided_at=as_of
+        )
+    stages["write"] = time.perf_counter() - tick
     return ScoreRunSummary(
         users=len(scores),
         seconds=time.perf_counter() - started,
         explained=explained,
         out=out,
         snapshot=snapshot_path,
+        stages=stages,
     )
 
 
