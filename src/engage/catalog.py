@@ -465,6 +465,10 @@ def _render_distinct(m: Message, keys: list[str], features: pd.DataFrame, rows: 
                 col_codes, _ = pd.factorize(np.array(typed, dtype=object), use_na_sentinel=True)
                 first = np.unique(col_codes, return_index=True)[1]
                 col_values = column.to_numpy()[first[col_codes[first] >= 0]]
+            elif column.dtype.kind == "f":  # by bit pattern: -0.0 and 0.0 render differently
+                values = column.to_numpy()
+                col_codes, bits = pd.factorize(values.view(f"i{values.itemsize}"))
+                col_values = np.asarray(bits).view(values.dtype)
             else:
                 col_codes, col_values = pd.factorize(column, use_na_sentinel=True)
         except TypeError:  # unhashable values (lists, dicts): row by row, still through render

@@ -158,3 +158,50 @@ def test_render_fills_params_and_features_and_falls_back_readably() -> None:
         {"messages": [{"id": "m", "channel": "push", "template": "{0} {x.y}", "cost": 0, "value": 1}]}
     )
     assert odd.get("m").render({}) == "{0} {x.y}"  # type: ignore[union-attr]
+
+
+def test_vectorised_render_equals_the_per_row_render_on_random_features() -> None:
+    from engage.catalog import render_many
+
+    catalog = catalog_from_dict(
+        {
+            "messages": [
+                {
+                    "id": "a",
+                    "channel": "email",
+                    "template": "{top_category} at {x} ({n})",
+                    "cost": 0,
+                    "value": 1,
+                },
+                {
+                    "id": "b",
+                    "channel": "push",
+                    "template": "{x:.1f} {coupon}%",
+                    "params": {"coupon": 5},
+                    "cost": 0,
+                    "value": 1,
+                },
+                {"id": "c", "channel": "in_app", "template": "plain text", "cost": 0, "value": 1},
+                {"id": "d", "channel": "email", "template": "{mixed} {x.real}", "cost": 0, "value": 1},
+            ]
+        }
+    )
+    rng = np.random.default_rng(3)
+    n = 600
+    features = pd.DataFrame(
+        {
+            "top_category": rng.choice(["books", "toys", "home"], n),
+            "x": np.round(rng.normal(size=n), 1),
+            "n": rng.integers(0, 4, n),
+            "mixed": pd.Series(
+                rng.choice(np.array([1, 1.0, True, "1", None], dtype=object), n), dtype=object
+            ),
+        }
+    )
+    features.loc[::9, "x"] = np.nan
+    features.loc[::11, "top_category"] = None
+    arms = rng.choice([*catalog.arms, "unknown"], n)
+    got = render_many(catalog, arms, features)
+    expected = [render(catalog, arm, features.iloc[i]) for i, arm in enumerate(arms)]
+    assert got.tolist() == expected
+    assert FALLBACK_TEXT in " ".join(got)

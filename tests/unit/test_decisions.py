@@ -48,3 +48,34 @@ def test_a_truncated_last_line_is_skipped_not_fatal(tmp_path: Path) -> None:
     frame, skipped = read_decisions(tmp_path)
     assert frame["decision_id"].tolist() == ["d1", "d3"]
     assert skipped == 1
+
+
+def test_column_wise_log_reads_back_like_the_per_record_log(tmp_path: Path) -> None:
+    import numpy as np
+    import pandas as pd
+
+    from engage.decisions import append_decision_frame
+
+    rng = np.random.default_rng(2)
+    n = 50
+    versions = {"churn": "engage-churn/3", "offers": "engage-offers/1"}
+    scores = pd.DataFrame(
+        {
+            "decision_id": [f"d{i}" for i in range(n)],
+            "user_id": [f"u{i}" for i in range(n)],
+            "as_of": pd.Timestamp("2024-05-01", tz="UTC"),
+            "message_id": rng.choice(["none", "cart_coupon"], n),
+            "channel": "email",
+            "propensity": rng.random(n),
+            "expected_gain": rng.normal(size=n),
+            "holdout": rng.random(n) < 0.2,
+            "churn_probability": rng.random(n),
+            "model_versions": [versions] * n,
+        }
+    )
+    append_decision_frame(scores, tmp_path / "fast", decided_at=WHEN)
+    append_decisions(scores.to_dict("records"), tmp_path / "slow", decided_at=WHEN)
+    fast, skipped = read_decisions(tmp_path / "fast")
+    slow, _ = read_decisions(tmp_path / "slow")
+    assert skipped == 0 and len(fast) == n
+    pd.testing.assert_frame_equal(fast, slow)

@@ -144,3 +144,41 @@ def test_choose_is_seeded_batch_independent_and_reports_its_propensity() -> None
     explore_share = first.loc[~first[HOLDOUT], EXPLORATION].mean()
     expected = (cfg.epsilon * (1 - 1 / (probs[~hold] > 0).sum(axis=1))).mean()
     assert abs(explore_share - expected) < 0.05
+
+
+def _reference_hash(text: str, salt: int) -> int:
+    """Scalar restatement of ``stable_hash64``'s definition (plain Python integers)."""
+    mask = (1 << 64) - 1
+    gamma = 0x9E3779B97F4A7C15
+
+    def mix(z: int) -> int:
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        return z ^ (z >> 31)
+
+    data = text.encode()
+    h = mix((salt + len(data) + gamma) & mask)
+    for i in range(0, len(data), 8):
+        word = int.from_bytes(data[i : i + 8].ljust(8, b"\0"), "little")
+        h = mix(((h ^ word) + gamma) & mask)
+    return h
+
+
+def test_vectorised_hash_matches_its_scalar_definition_on_random_text() -> None:
+    from engage.policy import stable_hash64
+
+    rng = np.random.default_rng(5)
+    alphabet = list("abcXYZ019_-|é€ ")
+    texts = ["".join(rng.choice(alphabet, rng.integers(0, 30))) for _ in range(300)]
+    for salt in (0, 12345):
+        got = stable_hash64(texts, salt).tolist()
+        assert got == [_reference_hash(t, salt) for t in texts]
+    assert stable_hash64(pd.Series(texts, dtype="str"), 7).tolist() == stable_hash64(texts, 7).tolist()
+    assert len(set(stable_hash64(texts).tolist())) == len(set(texts))
+
+
+def test_holdout_share_and_row_independence() -> None:
+    users = [f"user-{i}" for i in range(20_000)]
+    mask = holdout_mask(users, 0.1)
+    assert 0.09 < mask.mean() < 0.11
+    assert holdout_mask(users[5:9], 0.1).tolist() == mask[5:9].tolist()
