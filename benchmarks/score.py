@@ -1,11 +1,15 @@
 """Batch scoring throughput: embedded (with and without reasons) next to bare predict_proba.
 
-    .venv/bin/python benchmarks/score.py [--users 1000000] [--spark]
+    .venv/bin/python benchmarks/score.py [--users 1000000] [--sim-chunk 100000] [--spark-users 100000]
 
-Simulates users, trains small churn and offer models into a temporary MLflow store, then scores
-everyone as of one date three ways: no reasons, reasons for the riskiest 10%, reasons for all; and
-times bare ``predict_proba`` on the same feature matrix. Targets (1M users, 2 cores): scoring with
-messages <= 60 s; reasons for the top 10% add <= 60 s. Peak memory is printed.
+Trains small churn and offer models into a temporary MLflow store, simulates the scored population
+in user chunks (distinct seeds, distinct user-id prefixes; each chunk written to Parquet and
+dropped, so memory stays bounded), then scores everyone as of one date from a lazy Parquet scan:
+no reasons, reasons for the riskiest 10%, reasons for all (``--explain-all``). Prints per-stage
+times (features, predict, score = offers + policy + render, write), the scoring stages measured
+alone on the same feature matrix, users/s, the ratio to bare ``predict_proba`` on that matrix, the
+1-row ``score_features`` time and peak RSS, each next to ``os.getloadavg()`` (the cores are shared).
+Targets (1M users, 2 cores): scoring with messages <= 60 s; reasons for the top 10% add <= 60 s.
 """
 
 from __future__ import annotations
@@ -15,27 +19,59 @@ import os
 import resource
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
+import numpy as np
+import pandas as pd
+import polars as pl
 
-from engage.catalog import load_catalog
+from engage import schemas as s
+from engage.catalog import load_catalog, render_many
 from engage.config import load_config
-from engage.datasets.simulate import simulate, write_simulation
-from engage.features import build_features
-from engage.scoring_job import load_models, score_events
+from engage.datasets.simulate import simulate
+from engage.policy import action_probabilities
+from engage.scoring import decision_ids, row_uniforms, score_features, to_storable
+from engage.scoring_job import exposure_history, history_days, load_models, score_events
 from engage.train import train_churn
 from engage.train_offers import fit_offers, offer_table, train_offers
+
+
+def _rss() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+def _load() -> str:
+    return "load {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
+
+
+def simulate_chunks(users: int, chunk: int, days: int, out: Path) -> dict[str, Path]:
+    """Simulate ``users`` in chunks (seed 2 + k, ids prefixed ``c<k>-``) into Parquet folders."""
+    for name in ("events", "users", "exposures"):
+        (out / name).mkdir(parents=True, exist_ok=True)
+    for k, start in enumerate(range(0, users, chunk)):
+        data = simulate(min(chunk, users - start), days, seed=2 + k)
+        rename = pl.lit(f"c{k:03d}-") + pl.col(s.USER_ID)
+        for name in ("events", "users", "exposures"):
+            frame: pl.DataFrame = getattr(data, name)
+            frame.with_columns(rename.alias(s.USER_ID)).write_parquet(out / name / f"part-{k:04d}.parquet")
+        del data
+    return {name: out / name for name in ("events", "users", "exposures")}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--sim-chunk", type=int, default=100_000)
+    parser.add_argument("--days", type=int, default=120)
     parser.add_argument("--train-users", type=int, default=20_000)
-    parser.add_argument("--spark", action="store_true", help="also time --engine spark")
+    parser.add_argument("--explain-all", action="store_true", help="also time reasons for everyone")
+    parser.add_argument("--spark-users", type=int, default=0, help="also time --engine spark on this many")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="engage-bench-"))
     cfg = load_config(
@@ -51,64 +87,131 @@ def main() -> None:
     table = offer_table(small.events, small.exposures, cfg, users=small.users)
     train_offers(fit_offers(table, cfg, load_catalog(cfg.offers.catalog_path), n_boot=20), cfg)
     models = load_models(cfg)
+    del small, table
 
     started = time.perf_counter()
-    data = simulate(args.users, 120, seed=2)
-    paths = write_simulation(data, root / "data")
-    print(
-        f"simulated {args.users:,} users, {data.events.height:,} events "
-        f"in {time.perf_counter() - started:.0f} s"
-    )
-    as_of = (data.events["ts"].max() - timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    paths = simulate_chunks(args.users, args.sim_chunk, args.days, root / "data")
+    events = pl.scan_parquet(paths["events"] / "*.parquet")
+    users = pl.read_parquet(paths["users"] / "*.parquet")
+    exposures = pl.read_parquet(paths["exposures"] / "*.parquet")
+    n_events = events.select(pl.len()).collect().item()
+    print(f"simulated {args.users:,} users, {n_events:,} events in {time.perf_counter() - started:.0f} s")
+    print(f"  peak RSS so far {_rss():.2f} GB; {_load()}")
+    ts_max = events.select(pl.col(s.TS).max()).collect().item()
+    as_of = (ts_max - timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
 
-    features = build_features(
-        data.events, [as_of], config=cfg.features, users=data.users, exposures=data.exposures
-    )
-    start = time.perf_counter()
-    models.churn.churn_probability(features)
-    bare = time.perf_counter() - start
-    print(
-        f"bare predict_proba on {len(features):,} users: {bare:.2f} s ({len(features) / bare:,.0f} users/s)"
-    )
+    shares = [("messages, no reasons", None), ("reasons for top 10%", 0.1)]
+    if args.explain_all:
+        shares.append(("reasons for all", 1.0))
     results = {}
-    for label, share in (
-        ("messages, no reasons", None),
-        ("reasons for top 10%", 0.1),
-        ("reasons for all", 1.0),
-    ):
+    for label, share in shares:
         summary = score_events(
-            data.events,
+            events,
             as_of,
             models,
             cfg,
             root / "scores.parquet",
-            users=data.users,
-            exposures=data.exposures,
+            users=users,
+            exposures=exposures,
             explain_share=share,
+            snapshot=root / "features.parquet" if share is None else None,
+            decision_log=root / "decisions",
         )
-        results[label] = summary.seconds
-        print(f"embedded, {label}: {summary.seconds:.1f} s ({summary.users_per_second:,.0f} users/s)")
+        results[label] = summary
+        stages = ", ".join(f"{k} {v:.1f} s" for k, v in summary.stages.items())
+        print(
+            f"embedded, {label}: {summary.seconds:.1f} s ({summary.users_per_second:,.0f} users/s); "
+            f"{stages}; peak RSS {_rss():.2f} GB; {_load()}"
+        )
     base = results["messages, no reasons"]
-    top, everyone = results["reasons for top 10%"] - base, results["reasons for all"] - base
-    print(f"reasons for the top 10% add {top:.1f} s; for everyone {everyone:.1f} s")
-    if args.spark:
+    top = results["reasons for top 10%"].seconds - base.seconds
+    print(f"reasons for the top 10% add {top:.1f} s")
+    if "reasons for all" in results:
+        print(
+            f"reasons for everyone (--explain) add {results['reasons for all'].seconds - base.seconds:.1f} s"
+        )
+
+    features = pd.read_parquet(root / "features.parquet")
+    n = len(features)
+    timings: dict[str, float] = {}
+
+    def timed(name: str, fn: Callable[[], Any]) -> Any:
+        tick = time.perf_counter()
+        value = fn()
+        timings[name] = time.perf_counter() - tick
+        return value
+
+    p = timed("bare churn predict_proba", lambda: models.churn.churn_probability(features))
+    gains = timed("offers expected_gains", lambda: models.offers.expected_gains(features, models.catalog))
+    history = exposure_history(exposures, as_of, history_days(models))
+    probs, _ = timed(
+        "policy (rules, caps, cooldowns, holdout)",
+        lambda: action_probabilities(
+            features, gains, models.catalog, config=cfg.policy, history=history, as_of=as_of
+        ),
+    )
+    timed("draws (hash)", lambda: row_uniforms(features[s.USER_ID], features[s.AS_OF], cfg.seed))
+    arms = np.asarray(probs.columns, dtype=object)[probs.to_numpy().argmax(axis=1)]
+    timed("render", lambda: render_many(models.catalog, arms, features))
+    timed(
+        "decision ids",
+        lambda: decision_ids(features[s.USER_ID], features[s.AS_OF], models.versions, cfg.seed),
+    )
+    scored = timed(
+        "score_features total (no reasons)",
+        lambda: score_features(
+            features,
+            models,
+            policy=cfg.policy,
+            seed=cfg.seed,
+            history=history,
+            reasons_top_k=None,
+            churn_probability=p,
+        ),
+    )
+    timed("to_storable", lambda: to_storable(scored))
+    bare = timings["bare churn predict_proba"]
+    print(f"stages alone on the same {n:,}-user feature matrix ({_load()}):")
+    for name, seconds in timings.items():
+        print(f"  {name:<42} {seconds:7.2f} s  {n / seconds:>12,.0f} users/s  x{seconds / bare:5.2f} of bare")
+    print(f"  embedded end-to-end (no reasons) / bare predict_proba: x{base.seconds / bare:.1f}")
+
+    one = features.iloc[:1].copy()
+    h1 = history[history[s.USER_ID] == one[s.USER_ID].iloc[0]]
+    runs = []
+    for _ in range(30):
+        tick = time.perf_counter()
+        score_features(one, models, policy=cfg.policy, seed=cfg.seed, history=h1, reasons_top_k=None)
+        runs.append(time.perf_counter() - tick)
+    print(f"1-row score_features: median {np.median(runs[5:]) * 1e3:.1f} ms ({_load()})")
+
+    if args.spark_users:
         from engage.batch import score_spark
 
+        part = root / "spark"
+        keep = pl.col(s.USER_ID).is_in(users[s.USER_ID].head(args.spark_users).implode())
+        for name, frame in (
+            ("events", events.filter(keep).collect()),
+            ("users", users.filter(keep)),
+            ("exposures", exposures.filter(keep)),
+        ):
+            part.mkdir(exist_ok=True)
+            frame.write_parquet(part / f"{name}.parquet")
         summary = score_spark(
-            paths["events"],
+            part / "events.parquet",
             as_of,
             models,
             cfg,
             root / "spark.parquet",
-            users=paths["users"],
-            exposures=paths["exposures"],
+            users=part / "users.parquet",
+            exposures=part / "exposures.parquet",
             explain_share=0.1,
         )
         print(
-            f"spark local[2], reasons for top 10%: {summary.seconds:.1f} s "
-            f"({summary.users_per_second:,.0f} users/s)"
+            f"spark local[2], {summary.users:,} users, reasons for top 10%: {summary.seconds:.1f} s "
+            f"({summary.users_per_second:,.0f} users/s); {_load()}"
         )
-    print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB")
+    print(f"peak RSS: {_rss():.2f} GB")
 
 
 if __name__ == "__main__":
