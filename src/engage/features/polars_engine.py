@@ -62,6 +62,11 @@ def _us(d: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
+def _eager(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """Run one reduction now with the streaming engine; later steps read the small result."""
+    return frame.collect(engine="streaming").lazy()
+
+
 def _one_as_of(
     ev: pl.LazyFrame,
     as_of: datetime,
@@ -230,8 +235,11 @@ def _one_as_of(
         )
     )
     frame = (
-        base.join(sess, on="__uh", how="left")
-        .join(cat, on="__uh", how="left")
+        # each reduction streams the events on its own: one plan sharing the scan would buffer the
+        # input for the slowest branch (12 GB at 100M events); the reduced tables are small
+        _eager(base)
+        .join(_eager(sess), on="__uh", how="left")
+        .join(_eager(cat), on="__uh", how="left")
         .join(carts, on=s.USER_ID, how="left")
     )
     email_w = []
