@@ -31,6 +31,9 @@ RECENCY_MONOTONE: frozenset[str] = frozenset(
 """Recency columns whose effect on churn risk is constrained to be non-decreasing."""
 
 
+SMALL_BATCH_ROWS = 256
+
+
 def out_of_time_split(
     table: pd.DataFrame, *, validation_snapshots: int = 1, as_of_col: str = s.AS_OF
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -56,6 +59,11 @@ def out_of_time_split(
     calib = table[when == calib_date]
     train = table[when < calib_date]
     return train.reset_index(drop=True), calib.reset_index(drop=True), test.reset_index(drop=True)
+
+
+def _threads(n_rows: int) -> dict[str, int]:
+    """One thread for the few rows of an API call: waking a thread team costs more than it saves."""
+    return {"num_threads": 1} if n_rows < SMALL_BATCH_ROWS else {}
 
 
 def _features(X: pd.DataFrame) -> pd.DataFrame:
@@ -129,6 +137,10 @@ class ChurnModel(BaseEstimator, ClassifierMixin):
         """Features in fit order with categoricals re-coded as at fit."""
         return self.frame_.apply(_features(X))
 
+    def _matrix(self, X: pd.DataFrame) -> np.ndarray:
+        """The prepared features as a float array (the fast input form for prediction)."""
+        return self.frame_.matrix(X)
+
     def fit(self, X: pd.DataFrame, y: object, *, X_calib: pd.DataFrame, y_calib: object) -> ChurnModel:
         """Fit trees on X with early stopping on X_calib, then the calibrator on X_calib's raw scores."""
         if self.calibration not in ("isotonic", "platt"):
@@ -193,7 +205,9 @@ class ChurnModel(BaseEstimator, ClassifierMixin):
     def predict_raw(self, X: pd.DataFrame) -> np.ndarray:
         """Uncalibrated log-odds of the trees up to the best iteration."""
         return np.asarray(
-            self.booster_.predict(self._prepare(X), raw_score=True, num_iteration=self.best_iteration_)
+            self.booster_.predict(
+                self._matrix(X), raw_score=True, num_iteration=self.best_iteration_, **_threads(len(X))
+            )
         )
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
@@ -217,7 +231,7 @@ class ChurnModel(BaseEstimator, ClassifierMixin):
         ranking of reasons is unchanged).
         """
         values = self.booster_.predict(
-            self._prepare(X), pred_contrib=True, num_iteration=self.best_iteration_
+            self._matrix(X), pred_contrib=True, num_iteration=self.best_iteration_, **_threads(len(X))
         )
         return pd.DataFrame(values, columns=[*self.feature_names_, "bias"], index=X.index)
 
