@@ -141,14 +141,13 @@ def score_features(
     )
     if len(probability) != len(features):
         raise ValueError(f"churn_probability has {len(probability)} rows but features have {len(features)}")
-    out = pd.DataFrame(
-        {
-            s.USER_ID: features[s.USER_ID].astype(str),
-            s.AS_OF: as_of,
-            "churn_probability": probability,
-            "risk_band": models.churn.bands(probability),
-        }
-    )
+    user_ids = features[s.USER_ID].astype(str)
+    out: dict[str, Any] = {  # one DataFrame built at the end: no per-column inserts
+        s.USER_ID: user_ids,
+        s.AS_OF: as_of,
+        "churn_probability": probability,
+        "risk_band": models.churn.bands(probability),
+    }
     reasons: list[list[dict[str, Any]]] = [[] for _ in range(len(features))]
     if reasons_top_k is not None:
         rows = np.arange(len(features)) if explain_rows is None else np.flatnonzero(explain_rows)
@@ -167,7 +166,7 @@ def score_features(
     probabilities, holdout = action_probabilities(
         features, gains, models.catalog, config=policy, history=history, as_of=decision_time
     )
-    chosen, propensity = draw_index(probabilities, row_uniforms(out[s.USER_ID], as_of, seed))
+    chosen, propensity = draw_index(probabilities, row_uniforms(user_ids, as_of, seed))
     columns = list(probabilities.columns)
     arms = np.asarray(columns, dtype=object)[chosen]
     out[s.MESSAGE_ID] = arms
@@ -177,11 +176,11 @@ def score_features(
     out["expected_uplift"] = gain_matrix[np.arange(len(arms)), chosen]
     out[s.PROPENSITY] = propensity
     out["holdout"] = np.asarray(holdout, dtype=bool)
-    out["cold_start"] = False
+    out["cold_start"] = np.zeros(len(features), dtype=bool)
     versions = dict(models.versions)
-    out["model_versions"] = [versions] * len(out)  # one shared dict: to_storable dumps it once
-    out["decision_id"] = decision_ids(out[s.USER_ID], as_of, models.versions, seed)
-    return out[list(SCORE_FIELDS)]
+    out["model_versions"] = [versions] * len(features)  # one shared dict: to_storable dumps it once
+    out["decision_id"] = decision_ids(user_ids, as_of, models.versions, seed)
+    return pd.DataFrame({name: out[name] for name in SCORE_FIELDS}, index=features.index)
 
 
 def _plain(item: dict[str, Any]) -> dict[str, Any]:
