@@ -82,12 +82,14 @@ class OfferConfig(_Frozen):
     catalog_path: str = str(DEFAULT_CATALOG_PATH)
     attribution_days: int = Field(7, gt=0)
     outcome: Literal["purchase", "retention"] = "purchase"
-    learner: Literal["t"] = "t"
-    n_estimators: int = Field(200, gt=0)
+    learner: Literal["t", "x", "s"] = "x"
+    n_estimators: int = Field(100, gt=0)
     learning_rate: float = Field(0.05, gt=0)
-    num_leaves: int = Field(7, gt=1)
-    min_child_samples: int = Field(400, gt=0)
-    """Uplift is a small difference of two noisy rates: shallow, well-populated leaves win here."""
+    num_leaves: int = Field(3, gt=1)
+    min_child_samples: int | None = Field(None, gt=0)
+    """None = sized to the data (an eighth of the smallest arm's training rows, within [50, 5000]).
+
+    Uplift is a small difference of two noisy rates: shallow, well-populated leaves win here."""
     promote_margin: float = 0.0
 
 

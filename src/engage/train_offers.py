@@ -28,7 +28,7 @@ from engage.evaluation.uplift import qini_coefficient, qini_curve, uplift_at_k
 from engage.features import build_features
 from engage.models.bundle import OfferBundle
 from engage.models.uplift import MultiArmUplift, expected_gain
-from engage.policy import action_probabilities
+from engage.policy import action_probabilities, allowed_arms
 
 Progress = Callable[[int, int], None]
 REWARD = "reward"
@@ -116,6 +116,9 @@ class OfferFit:
     qini: dict[str, pd.DataFrame]
     test: pd.DataFrame
     figures: dict[str, Any] = field(default_factory=dict)
+    q_hat: pd.DataFrame | None = None
+    """The DR outcome model's expected reward per arm on the test rows (re-used by the gate)."""
+    catalog: Catalog | None = None
 
 
 def _split(table: pd.DataFrame, *, test_share: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -199,7 +202,7 @@ def fit_offers(
     as_of = None
     learned, _ = action_probabilities(test, gains, catalog, config=policy_cfg, history=None, as_of=as_of)
     greedy, _ = action_probabilities(test, gains, catalog, config=greedy_cfg, history=None, as_of=as_of)
-    allowed = (_logging_support(test, catalog) > 0).astype(bool)
+    allowed = policy_rules(test, catalog, config) & (_logging_support(test, catalog) > 0)
     q_hat = reward_matrix(outcomes.reindex(columns=learned.columns).fillna(0.0), catalog)
     targets: dict[str, pd.DataFrame] = {"learned": learned, "learned_greedy": greedy}
     targets["none"] = single_arm_policy(allowed, s.CONTROL_ARM)
@@ -236,12 +239,25 @@ def fit_offers(
         metrics[f"uplift_at_30_{m.id}"] = uplift_at_k(y, treated, uplift, k=0.3)
     if truth is not None:
         metrics |= true_values(test, truth, targets, allowed, catalog)
-    return OfferFit(bundle=bundle, metrics=metrics, values=values, qini=qini, test=test)
+    return OfferFit(
+        bundle=bundle, metrics=metrics, values=values, qini=qini, test=test, q_hat=q_hat, catalog=catalog
+    )
 
 
 def _pick(values: pd.DataFrame, policy: str, estimator: str, column: str = "value") -> float:
     row = values[(values["policy"] == policy) & (values["estimator"] == estimator)]
     return float(row[column].iloc[0])
+
+
+def policy_rules(test: pd.DataFrame, catalog: Catalog, config: EngageConfig) -> pd.DataFrame:
+    """Arms the policy may send per row: eligibility, consent and the contact cap, as for the learned one.
+
+    Every comparison policy (oracle, single arms, uniform) is held to these same rules, so the learned
+    policy is never judged against an oracle that may send what it may not.
+    """
+    cap = min(config.policy.max_per_7d, catalog.max_per_7d)
+    rules = allowed_arms(test, catalog, history=None, as_of=None, max_per_7d=cap)
+    return rules.reindex(columns=catalog.arms).fillna(False).astype(bool)
 
 
 def _logging_support(test: pd.DataFrame, catalog: Catalog) -> pd.DataFrame:
@@ -325,22 +341,57 @@ def train_offers(
         promoted = False
         if version is not None:
             tracking.set_alias(name, tracking.CHALLENGER, version)
-            champion = tracking.run_metrics(name, tracking.CHAMPION)
-            current = champion.get("policy_value_dr")
-            promoted = (
-                current is None or fit.metrics["policy_value_dr"] > current + config.offers.promote_margin
-            )
-            tracking.log_metrics(
-                {
-                    "gate_promoted": float(promoted),
-                    **({"gate_champion_policy_value_dr": current} if current else {}),
-                }
-            )
+            promoted, gate = offers_champion_gate(name, fit, config)
+            tracking.log_metrics(gate)
             if promoted:
                 tracking.set_alias(name, tracking.CHAMPION, version)
+            tracking.set_tags({"engage.promoted": str(promoted)})
     return OfferTrainingResult(
         run_id=run_id, model_uri=model_uri, version=version, promoted=promoted, fit=fit
     )
+
+
+def policy_dr_value(bundle: Any, fit: OfferFit, config: EngageConfig) -> float:
+    """DR value of the policy ``bundle`` would run, on ``fit``'s held-out rows and outcome model."""
+    if fit.q_hat is None or fit.catalog is None:
+        raise ValueError("this fit carries no outcome model or catalog to re-score a policy with")
+    test = fit.test
+    gains = expected_gain(bundle.outcomes(test), fit.catalog)
+    policy_cfg = config.policy.model_copy(update={"holdout_pct": 0.0})
+    probs, _ = action_probabilities(test, gains, fit.catalog, config=policy_cfg, history=None, as_of=None)
+    est = doubly_robust(
+        test[ARM].astype(str),
+        test[REWARD].to_numpy(),
+        test[s.PROPENSITY].to_numpy(),
+        probs,
+        fit.q_hat.reindex(columns=probs.columns).fillna(0.0),
+        n_boot=1,
+        seed=config.seed,
+    )
+    return float(est.value)
+
+
+def offers_champion_gate(
+    model_name: str, fit: OfferFit, config: EngageConfig
+) -> tuple[bool, dict[str, float]]:
+    """Promote when the challenger's DR policy value beats the champion's on the same held-out rows.
+
+    The champion is re-scored on this run's test rows with this run's outcome model (the same pattern
+    as the churn gate), never compared through the value it logged on other rows. A champion that
+    cannot score these rows (features changed) is not replaced automatically.
+    """
+    margin = config.offers.promote_margin
+    challenger = float(fit.metrics["policy_value_dr"])
+    base = {"gate_challenger_policy_value_dr": challenger, "gate_margin": margin}
+    if tracking.alias_version(model_name, tracking.CHAMPION) is None:
+        return True, {**base, "gate_promoted": 1.0, "gate_no_champion": 1.0}
+    try:
+        champion_bundle = tracking.load_estimator(f"models:/{model_name}@{tracking.CHAMPION}")
+        champion = policy_dr_value(champion_bundle, fit, config)
+    except Exception:  # an incompatible champion must not crash training
+        return False, {**base, "gate_promoted": 0.0, "gate_champion_failed": 1.0}
+    promoted = challenger > champion + margin
+    return promoted, {**base, "gate_champion_policy_value_dr": champion, "gate_promoted": float(promoted)}
 
 
 def generic_catalog(arms: Sequence[str], control: str) -> Catalog:
