@@ -168,3 +168,34 @@ def test_on_the_simulator_the_learned_policy_beats_every_single_arm_in_true_valu
         f"({learned / oracle:.2f}), best single arm {max(singles.values()):.4f}"
     )
     assert learned > max(singles.values())
+
+
+@pytest.mark.parametrize("learner", ["t", "x", "s"])
+def test_fast_predictions_equal_the_fitted_estimators_on_the_prepared_frame(learner: str) -> None:
+    """predict_outcomes reads a float matrix; it must agree with each estimator's own predict."""
+    rng = np.random.default_rng(3)
+    n = 3_000
+    X = pd.DataFrame(rng.normal(size=(n, 5)), columns=[f"f{i}" for i in range(5)])
+    X["top_category"] = rng.choice(["a", "b", "c"], n)
+    arm = rng.choice(["none", "a", "b"], n)
+    y = ((X["f0"] + (arm == "a") * X["f1"] + (X["top_category"] == "b") + rng.normal(size=n)) > 0.5).astype(
+        int
+    )
+    model = MultiArmUplift(learner=learner, n_estimators=30, min_child_samples=50).fit(X, arm, y)
+    test = X.iloc[:40].copy()
+    test.loc[test.index[:5], "top_category"] = None
+    test.loc[test.index[5:10], "top_category"] = "unseen"
+    prepared = model._prepare(test)
+    if learner == "s":
+        expected = {
+            a: model.models_["s"].predict_proba(model._with_arm(prepared, a))[:, 1] for a in model.arms_
+        }
+    else:
+        base = model.models_[model.control].predict_proba(prepared)[:, 1]
+        expected = {a: m.predict_proba(prepared)[:, 1] for a, m in model.models_.items()}
+        for a, (tau_c, tau_t, g) in model.effect_models_.items():
+            expected[a] = np.clip(
+                base + g * tau_c.predict(prepared) + (1 - g) * tau_t.predict(prepared), 0, 1
+            )
+    got = model.predict_outcomes(test)
+    np.testing.assert_allclose(got.to_numpy(), pd.DataFrame(expected)[model.arms_].to_numpy(), atol=1e-12)

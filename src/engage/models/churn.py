@@ -21,7 +21,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from engage import schemas as s
-from engage.models.frame import FrameSpec
+from engage.models.frame import FrameSpec, predict_threads
 
 DROP: tuple[str, ...] = (s.USER_ID, s.AS_OF, s.LABEL)
 _EPS = 1e-4
@@ -29,9 +29,6 @@ RECENCY_MONOTONE: frozenset[str] = frozenset(
     {"days_since_last_event", "days_since_last_session", "days_since_last_purchase"}
 )
 """Recency columns whose effect on churn risk is constrained to be non-decreasing."""
-
-
-SMALL_BATCH_ROWS = 256
 
 
 def out_of_time_split(
@@ -59,11 +56,6 @@ def out_of_time_split(
     calib = table[when == calib_date]
     train = table[when < calib_date]
     return train.reset_index(drop=True), calib.reset_index(drop=True), test.reset_index(drop=True)
-
-
-def _threads(n_rows: int) -> dict[str, int]:
-    """One thread for the few rows of an API call: waking a thread team costs more than it saves."""
-    return {"num_threads": 1} if n_rows < SMALL_BATCH_ROWS else {}
 
 
 def _features(X: pd.DataFrame) -> pd.DataFrame:
@@ -206,7 +198,7 @@ class ChurnModel(BaseEstimator, ClassifierMixin):
         """Uncalibrated log-odds of the trees up to the best iteration."""
         return np.asarray(
             self.booster_.predict(
-                self._matrix(X), raw_score=True, num_iteration=self.best_iteration_, **_threads(len(X))
+                self._matrix(X), raw_score=True, num_iteration=self.best_iteration_, **predict_threads(len(X))
             )
         )
 
@@ -231,7 +223,7 @@ class ChurnModel(BaseEstimator, ClassifierMixin):
         ranking of reasons is unchanged).
         """
         values = self.booster_.predict(
-            self._matrix(X), pred_contrib=True, num_iteration=self.best_iteration_, **_threads(len(X))
+            self._matrix(X), pred_contrib=True, num_iteration=self.best_iteration_, **predict_threads(len(X))
         )
         return pd.DataFrame(values, columns=[*self.feature_names_, "bias"], index=X.index)
 

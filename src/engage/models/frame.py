@@ -11,6 +11,14 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+SMALL_BATCH_ROWS = 256
+
+
+def predict_threads(n_rows: int) -> dict[str, int]:
+    """LightGBM predict options: one thread for the few rows of an API call (waking an OpenMP team
+    costs more than the work), the library default otherwise."""
+    return {"num_threads": 1} if n_rows < SMALL_BATCH_ROWS else {}
+
 
 @dataclass(frozen=True)
 class FrameSpec:

@@ -24,7 +24,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator
 
 from engage import schemas as s
-from engage.models.frame import FrameSpec
+from engage.models.frame import FrameSpec, predict_threads
 
 _ARM_FEATURE = "__arm__"
 
@@ -159,19 +159,31 @@ class MultiArmUplift(BaseEstimator):
             self.effect_models_[a] = (tau_c, tau_t, share)
 
     def predict_outcomes(self, X: pd.DataFrame) -> pd.DataFrame:
-        """P(outcome | x, arm): one column per arm (control first), rows aligned with X."""
-        Xp = self._prepare(X)
+        """P(outcome | x, arm): one column per arm (control first), rows aligned with X.
+
+        The boosters read one float matrix (``FrameSpec.matrix``): the same predictions as the
+        fitted estimators on the prepared frame, without LightGBM's per-call pandas conversion.
+        """
+        matrix = self.frame_.matrix(X)
+        threads = predict_threads(len(matrix))
         if self.learner == "s":
-            model = self.models_["s"]
-            out = {a: model.predict_proba(self._with_arm(Xp, a))[:, 1] for a in self.arms_}
+            booster = self.models_["s"].booster_
+            out = {
+                a: booster.predict(np.column_stack([matrix, np.full(len(matrix), float(code))]), **threads)
+                for code, a in enumerate(self.arms_)
+            }
         elif self.learner == "x":
-            base = self.models_[self.control].predict_proba(Xp)[:, 1]
+            base = self.models_[self.control].booster_.predict(matrix, **threads)
             out = {self.control: base}
             for a, (tau_c, tau_t, g) in self.effect_models_.items():
-                tau = g * tau_c.predict(Xp) + (1 - g) * tau_t.predict(Xp)
+                tau_of = (
+                    tau_c.booster_.predict(matrix, **threads),
+                    tau_t.booster_.predict(matrix, **threads),
+                )
+                tau = g * tau_of[0] + (1 - g) * tau_of[1]
                 out[a] = np.clip(base + tau, 0.0, 1.0)
         else:
-            out = {a: m.predict_proba(Xp)[:, 1] for a, m in self.models_.items()}
+            out = {a: m.booster_.predict(matrix, **threads) for a, m in self.models_.items()}
         return pd.DataFrame(out, index=X.index)[self.arms_]
 
     def predict_uplift(self, X: pd.DataFrame) -> pd.DataFrame:
