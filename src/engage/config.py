@@ -173,7 +173,5 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     try:
         return EngageConfig.model_validate(_deep_merge(raw, extra))
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
         raise ConfigError(f"{source}: {problems}") from exc
