@@ -38,9 +38,16 @@ class ChurnBundle:
             raise ValueError(f"features missing for the churn model: {', '.join(missing[:10])}")
         return frame[self.feature_names]
 
+    def _checked(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The frame itself once every feature is there (the model picks its columns by name)."""
+        missing = [c for c in self.feature_names if c not in frame.columns]
+        if missing:
+            raise ValueError(f"features missing for the churn model: {', '.join(missing[:10])}")
+        return frame
+
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
         """Calibrated (n, 2) probabilities, like scikit-learn."""
-        return np.asarray(self.model.predict_proba(self._features(frame)))
+        return np.asarray(self.model.predict_proba(self._checked(frame)))
 
     def churn_probability(self, frame: pd.DataFrame) -> np.ndarray:
         return self.predict_proba(frame)[:, 1]
@@ -72,7 +79,7 @@ class OfferBundle:
         missing = [c for c in self.feature_names if c not in frame.columns]
         if missing:
             raise ValueError(f"features missing for the offers model: {', '.join(missing[:10])}")
-        return self.model.predict_outcomes(frame[self.feature_names])
+        return self.model.predict_outcomes(frame)
 
     def expected_gains(self, frame: pd.DataFrame, catalog: Any) -> pd.DataFrame:
         """(p(arm) - p(none)) * value - cost per arm; `none` is 0."""
