@@ -66,7 +66,8 @@ def append_decision_frame(scores: pd.DataFrame, log_dir: str | Path, *, decided_
     versions column that is not one shared mapping falls back to the per-record path.
     """
     versions = scores["model_versions"].tolist() if "model_versions" in scores else [None]
-    shared = versions[0] if versions and all(v is versions[0] for v in versions) else None
+    distinct = list({id(v): v for v in versions}.values())  # one object per scored chunk, typically
+    shared = distinct[0] if distinct and all(v == distinct[0] for v in distinct) else None
     if not len(scores) or not isinstance(shared, dict) or not shared:
         return append_decisions(scores.to_dict("records"), log_dir, decided_at=decided_at)
     folder = Path(log_dir) / f"date={decided_at:%Y-%m-%d}"

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from engage.decisions import append_decisions, read_decisions
 
 WHEN = datetime(2024, 6, 1, 12, tzinfo=UTC)
@@ -79,3 +81,38 @@ def test_column_wise_log_reads_back_like_the_per_record_log(tmp_path: Path) -> N
     slow, _ = read_decisions(tmp_path / "slow")
     assert skipped == 0 and len(fast) == n
     pd.testing.assert_frame_equal(fast, slow)
+
+
+def test_chunks_with_equal_version_mappings_take_the_column_wise_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch run scores in chunks, each with its own (equal) versions dict: still one fast write."""
+    import pandas as pd
+
+    from engage import decisions
+
+    n = 40
+    chunks = [{"churn": "engage-churn/3"}, {"churn": "engage-churn/3"}]  # equal, not the same object
+    scores = pd.DataFrame(
+        {
+            "decision_id": [f"d{i}" for i in range(n)],
+            "user_id": [f"u{i}" for i in range(n)],
+            "message_id": "none",
+            "propensity": 1.0,
+            "model_versions": [chunks[i // (n // 2)] for i in range(n)],
+        }
+    )
+
+    def per_record(*args: object, **kwargs: object) -> None:
+        raise AssertionError("fell back to the per-record path")
+
+    monkeypatch.setattr(decisions, "append_decisions", per_record)
+    decisions.append_decision_frame(scores, tmp_path, decided_at=WHEN)
+    back, skipped = read_decisions(tmp_path)
+    assert skipped == 0 and len(back) == n
+    assert (
+        back["model_versions"]
+        .map(lambda v: v["churn"] if isinstance(v, dict) else v)
+        .eq("engage-churn/3")
+        .all()
+    )
