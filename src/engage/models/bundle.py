@@ -33,10 +33,7 @@ class ChurnBundle:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def _features(self, frame: pd.DataFrame) -> pd.DataFrame:
-        missing = [c for c in self.feature_names if c not in frame.columns]
-        if missing:
-            raise ValueError(f"features missing for the churn model: {', '.join(missing[:10])}")
-        return frame[self.feature_names]
+        return self._checked(frame)[self.feature_names]
 
     def _checked(self, frame: pd.DataFrame) -> pd.DataFrame:
         """The frame itself once every feature is there (the model picks its columns by name)."""
