@@ -662,7 +662,14 @@ class ScoringEngine:
             try:
                 inline_frame, quarantined = inline_features(inline, as_of or now, self.config)
                 inline_frame = conform(inline_frame, self._reference(snapshot))
-            except (ValueError, TypeError, ArithmeticError, pl.exceptions.PolarsError) as exc:
+            # a polars panic is a BaseException: uncaught, it takes the worker thread with it
+            except (
+                ValueError,
+                TypeError,
+                ArithmeticError,
+                pl.exceptions.PolarsError,
+                pl.exceptions.PanicException,
+            ) as exc:
                 logger.warning("inline features failed: %s", type(exc).__name__)
                 raise Unprocessable(
                     "users[].events/attributes: could not compute features from the inline events "

@@ -22,7 +22,17 @@ ID_LENGTH = 128
 TEXT_LENGTH = 4_096
 
 ShortText = Annotated[str, Field(min_length=1, max_length=ID_LENGTH)]
-AttributeValue = str | bool | int | float | None
+ATTRIBUTE_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+AttributeName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=ID_LENGTH,
+        pattern=ATTRIBUTE_NAME,
+        description="A column name: letters, digits and '_', not starting with a digit",
+    ),
+]
+AttributeValue = Annotated[str, Field(max_length=TEXT_LENGTH)] | bool | int | float | None
 
 
 class _Strict(BaseModel):
@@ -85,7 +95,7 @@ class UserIn(_Strict):
 
     user_id: ShortText
     events: list[EventIn] | None = Field(None, max_length=MAX_EVENTS_PER_USER)
-    attributes: dict[ShortText, AttributeValue] | None = Field(None, max_length=MAX_ATTRIBUTES)
+    attributes: dict[AttributeName, AttributeValue] | None = Field(None, max_length=MAX_ATTRIBUTES)
 
     @field_validator("attributes")
     @classmethod
@@ -93,8 +103,6 @@ class UserIn(_Strict):
         for key, item in (value or {}).items():
             if isinstance(item, float) and not math.isfinite(item):
                 raise ValueError(f"attribute '{key}' must be a finite number")
-            if isinstance(item, str) and len(item) > TEXT_LENGTH:
-                raise ValueError(f"attribute '{key}' is longer than {TEXT_LENGTH} characters")
             if key == s.USER_ID:
                 raise ValueError("attributes must not contain 'user_id' (give it on the user)")
             if key == s.SIGNUP_TS and item is not None:

@@ -65,6 +65,12 @@ def test_times_become_utc() -> None:
         ({"users": [{"user_id": "u1", "attributes": {"score": float("inf")}}]}, ("users", 0, "attributes")),
         ({"users": [{"user_id": "u1", "attributes": {"user_id": "u2"}}]}, ("users", 0, "attributes")),
         ({"users": [{"user_id": "u1"}], "explain": "perhaps"}, ("explain",)),
+        # attribute names become columns: a NUL once panicked polars' pandas export and hung a worker
+        ({"users": [{"user_id": "u1", "attributes": {"pl\u0000an": "a"}}]}, ("users", 0, "attributes")),
+        ({"users": [{"user_id": "u1", "attributes": {"2plan": "a"}}]}, ("users", 0, "attributes")),
+        ({"users": [{"user_id": "u1", "attributes": {"my plan": "a"}}]}, ("users", 0, "attributes")),
+        ({"users": [{"user_id": "u1", "attributes": {"plan": "\udb5e"}}]}, ("users", 0, "attributes")),
+        ({"users": [{"user_id": "u1", "attributes": {"plan": "x" * 4097}}]}, ("users", 0, "attributes")),
     ],
 )
 def test_bad_input_names_the_field(payload: dict, loc: tuple[str | int, ...]) -> None:
