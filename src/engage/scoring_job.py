@@ -108,7 +108,12 @@ def score_events(
     done = 0
     for chunk in user_chunks(lazy, n_chunks):
         tick = time.perf_counter()
-        frame = build_features(chunk, [as_of], config=config.features, users=users, exposures=exposures)
+        # one read of this chunk's events: the feature engine makes several passes over its input
+        chunk_events = chunk.filter(pl.col(s.TS) < as_of).collect(engine="streaming")
+        frame = build_features(
+            chunk_events, [as_of], config=config.features, users=users, exposures=exposures
+        )
+        del chunk_events
         stages["features"] += time.perf_counter() - tick
         tick = time.perf_counter()
         features.append(frame)
