@@ -12,6 +12,7 @@ import re
 import string
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -302,14 +303,27 @@ class Catalog:
         """Every arm, the control `none` first."""
         return [s.CONTROL_ARM, *(m.id for m in self.messages)]
 
+    @cached_property
+    def _by_id(self) -> dict[str, Message]:
+        """Messages by id (the first of a repeated id, like a scan in file order)."""
+        by_id: dict[str, Message] = {}
+        for m in self.messages:
+            by_id.setdefault(m.id, m)
+        return by_id
+
     def get(self, message_id: str) -> Message | None:
         """The message with that id, or None (also for `none`)."""
-        return next((m for m in self.messages if m.id == message_id), None)
+        return self._by_id.get(message_id)
 
     def channel(self, message_id: str) -> str:
         """Channel of a message; `none` for the control or an unknown id."""
         m = self.get(message_id)
         return m.channel if m else s.CONTROL_ARM
+
+    @cached_property
+    def arm_channels(self) -> np.ndarray:
+        """Channel of every arm in ``arms`` order (`none` for the control), as an object array."""
+        return np.asarray([self.channel(arm) for arm in self.arms], dtype=object)
 
     def features(self) -> set[str]:
         """Every feature name the eligibility rules read."""
@@ -317,14 +331,18 @@ class Catalog:
 
     def eligibility(self, features: pd.DataFrame) -> pd.DataFrame:
         """Boolean frame, one column per arm (`none` always True), from the eligibility rules only."""
-        cols = {s.CONTROL_ARM: np.ones(len(features), dtype=bool)}
-        for m in self.messages:
+        return pd.DataFrame(self.eligibility_matrix(features), columns=self.arms, index=features.index)
+
+    def eligibility_matrix(self, features: pd.DataFrame) -> np.ndarray:
+        """``eligibility`` as a boolean array (rows x ``arms``), without building a frame."""
+        out = np.ones((len(features), len(self.messages) + 1), dtype=bool)
+        for j, m in enumerate(self.messages, start=1):
             try:
-                cols[m.id] = m.eligible_if.evaluate(features)
+                out[:, j] = m.eligible_if.evaluate(features)
             except KeyError as exc:
                 where = f"{self.source}: message {m.id}: field 'eligible_if'"
                 raise KeyError(f"{where}: {exc.args[0]}") from exc
-        return pd.DataFrame(cols, index=features.index)
+        return out
 
 
 _MESSAGE_FIELDS = frozenset(

@@ -8,7 +8,7 @@ of user_id puts a global holdout on `none` (propensity 1), so incremental impact
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -115,6 +115,18 @@ def _utc(moment: datetime | pd.Timestamp) -> pd.Timestamp:
     return ts.tz_localize("UTC") if ts.tz is None else ts.tz_convert("UTC")
 
 
+def utc_values(stamps: Any) -> np.ndarray:
+    """Timestamps as naive UTC ``datetime64`` values (naive inputs are UTC); NaT stays NaT.
+
+    A column that already holds UTC timestamps is read as it is, without a conversion pass.
+    """
+    if not (isinstance(stamps, pd.Series) and isinstance(stamps.dtype, pd.DatetimeTZDtype)):
+        stamps = pd.to_datetime(pd.Series(stamps), utc=True)
+    elif str(stamps.dtype.tz) != "UTC":
+        stamps = stamps.dt.tz_convert("UTC")
+    return stamps.values
+
+
 class _Recent:
     """Past non-`none` exposures in the window before ``moment``, users as integer codes.
 
@@ -126,15 +138,20 @@ class _Recent:
         missing = [c for c in (s.USER_ID, s.TS, s.MESSAGE_ID) if c not in history.columns]
         if missing:
             raise KeyError(f"history: missing column(s) {', '.join(missing)}")
-        ts = pd.to_datetime(history[s.TS], utc=True)
-        message = history[s.MESSAGE_ID].astype(str)
-        keep = ((ts < moment) & (ts >= moment - timedelta(days=days)) & (message != s.CONTROL_ARM)).to_numpy()
+        ts = utc_values(history[s.TS]).astype("datetime64[ns]")
+        message = history[s.MESSAGE_ID].astype(str).to_numpy()
+        end = np.datetime64(moment.tz_convert(None), "ns")
+        keep = (ts < end) & (ts >= end - np.timedelta64(timedelta(days=days))) & (message != s.CONTROL_ARM)
         self.moment = moment
-        self.ts = ts[keep].dt.tz_convert(None).to_numpy().astype("datetime64[us]")
-        self.message = message[keep].to_numpy()
-        self.codes, uniques = pd.factorize(history[s.USER_ID][keep].astype(str))
-        self.n_users = len(uniques)
-        self.position = pd.Index(uniques).get_indexer(pd.Index(users, dtype=object).astype(str))
+        self.ts = ts[keep].astype("datetime64[us]")
+        self.message = message[keep]
+        kept = history[s.USER_ID].astype(str).to_numpy()[keep]
+        # one factorisation of history users then batch users: history codes come first
+        codes, _ = pd.factorize(np.concatenate([kept, np.asarray(users, dtype=object)]))
+        self.codes = codes[: len(kept)]
+        self.n_users = int(self.codes.max()) + 1 if len(kept) else 0
+        position = codes[len(kept) :]
+        self.position = np.where(position < self.n_users, position, -1)
 
     def since(self, days: int) -> np.ndarray:
         """Mask of the exposures in the last ``days`` days."""
@@ -146,6 +163,15 @@ class _Recent:
         return np.where(
             known, per_user[np.where(known, self.position, 0)] if len(per_user) else default, default
         )
+
+
+def _consent(features: pd.DataFrame, column: str) -> np.ndarray:
+    """True where the consent column is a number above 0 (text is parsed; missing is no consent)."""
+    values = features[column].to_numpy()
+    if values.dtype.kind in "biuf":
+        with np.errstate(invalid="ignore"):
+            return np.asarray(values > 0, dtype=bool)
+    return pd.to_numeric(features[column], errors="coerce").fillna(0).to_numpy() > 0
 
 
 def allowed_arms(
@@ -161,30 +187,67 @@ def allowed_arms(
     Consent: a message needs ``consent_<channel>`` > 0 when the features carry that column. History
     (user_id, ts, message_id) counts only exposures strictly before ``as_of``; `none` rows never count.
     """
+    allowed = allowed_matrix(features, catalog, history=history, as_of=as_of, max_per_7d=max_per_7d)
+    return pd.DataFrame(allowed, columns=catalog.arms, index=features.index)
+
+
+def allowed_matrix(
+    features: pd.DataFrame,
+    catalog: Catalog,
+    *,
+    history: pd.DataFrame | None,
+    as_of: datetime | None,
+    max_per_7d: int,
+    users: np.ndarray | None = None,
+) -> np.ndarray:
+    """``allowed_arms`` as a boolean array (rows x ``catalog.arms``), without building a frame.
+
+    ``users`` (the rows' user ids as text), when the caller has them, saves reading them again.
+    """
     n = len(features)
-    users = _users(features)
-    allowed = catalog.eligibility(features)
+    allowed = catalog.eligibility_matrix(features)
     recent: _Recent | None = None
     capped = np.zeros(n, dtype=bool)
     moment = _utc(as_of) if as_of is not None else None
     if history is not None and len(history) and moment is not None:
         window = max([7, *(m.cooldown_days for m in catalog.messages)])
-        recent = _Recent(history, moment, window, users)
+        recent = _Recent(history, moment, window, _users(features) if users is None else users)
         capped = recent.gather(np.bincount(recent.codes[recent.since(7)], minlength=recent.n_users), 0)
         capped = capped >= max_per_7d
     elif max_per_7d <= 0:
         capped = np.ones(n, dtype=bool)
-    for m in catalog.messages:
-        ok = allowed[m.id].to_numpy(dtype=bool, copy=True)
+    consents: dict[str, np.ndarray] = {}
+    for j, m in enumerate(catalog.messages, start=1):
+        ok = allowed[:, j]
         consent = s.consent_column(m.channel)
         if consent in features:
-            ok &= pd.to_numeric(features[consent], errors="coerce").fillna(0).to_numpy() > 0
+            if consent not in consents:
+                consents[consent] = _consent(features, consent)
+            ok &= consents[consent]
         if recent is not None and m.cooldown_days > 0:
             cooled = np.zeros(recent.n_users, dtype=bool)
             cooled[recent.codes[(recent.message == m.id) & recent.since(m.cooldown_days)]] = True
             ok &= ~recent.gather(cooled, False)
-        allowed[m.id] = ok & ~capped
+        ok &= ~capped
     return allowed
+
+
+def gain_matrix(gains: pd.DataFrame, arms: Sequence[str], fill: float = np.nan) -> np.ndarray:
+    """The gains as a float array with one column per arm in ``arms`` order (``fill`` where absent).
+
+    ``gains.reindex(columns=arms, fill_value=fill).to_numpy(dtype=float)``, without a new frame.
+    """
+    if not gains.columns.is_unique:
+        raise ValueError("gains: repeated arm columns")
+    wanted = set(arms)
+    present = [name for name in gains.columns if name in wanted]
+    values = (gains if len(present) == gains.shape[1] else gains[present]).to_numpy(dtype=float)
+    position = {name: j for j, name in enumerate(present)}
+    out = np.full((len(gains), len(arms)), fill, dtype=float)
+    for j, arm in enumerate(arms):
+        if arm in position:
+            out[:, j] = values[:, position[arm]]
+    return out
 
 
 def action_probabilities(
@@ -204,14 +267,42 @@ def action_probabilities(
     gain / temperature. Holdout rows get `none` with probability 1. The contact cap is the stricter
     of ``config.max_per_7d`` and the catalog's ``caps.max_per_7d`` (unless ``max_per_7d`` is given).
     """
+    probs, hold = probability_matrix(
+        features,
+        gain_matrix(gains, catalog.arms),
+        catalog,
+        config=config,
+        history=history,
+        as_of=as_of,
+        max_per_7d=max_per_7d,
+    )
+    return pd.DataFrame(probs, columns=catalog.arms, index=features.index), hold
+
+
+def probability_matrix(
+    features: pd.DataFrame,
+    gains: np.ndarray,
+    catalog: Catalog,
+    *,
+    config: PolicyConfig,
+    history: pd.DataFrame | None = None,
+    as_of: datetime | None = None,
+    max_per_7d: int | None = None,
+    users: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``action_probabilities`` over arrays: ``gains`` is rows x ``catalog.arms`` (``gain_matrix``).
+
+    Returns the probability array (same shape) and the holdout mask. ``users``, the rows' user ids
+    as text when the caller has them, saves reading them again.
+    """
     if len(gains) != len(features):
         raise ValueError(f"gains have {len(gains)} rows but features have {len(features)}")
-    arms = catalog.arms
+    users = _users(features) if users is None else users
     cap = min(config.max_per_7d, catalog.max_per_7d) if max_per_7d is None else max_per_7d
-    allowed = allowed_arms(features, catalog, history=history, as_of=as_of, max_per_7d=cap)
-    g = gains.reindex(columns=arms).to_numpy(dtype=float, copy=True)
+    allowed = allowed_matrix(features, catalog, history=history, as_of=as_of, max_per_7d=cap, users=users)
+    g = np.array(gains, dtype=float)
     g[:, 0] = 0.0
-    ok = allowed[arms].to_numpy(dtype=bool) & np.isfinite(g)
+    ok = allowed & np.isfinite(g)
     best = np.argmax(np.where(ok, g, -np.inf), axis=1)
     greedy = np.zeros_like(g)
     greedy[np.arange(len(g)), best] = 1.0
@@ -225,10 +316,10 @@ def action_probabilities(
         probs = e / e.sum(axis=1, keepdims=True)
     else:
         probs = greedy
-    hold = holdout_mask(_users(features), config.holdout_pct)
+    hold = holdout_mask(users, config.holdout_pct)
     probs[hold] = 0.0
     probs[hold, 0] = 1.0
-    return pd.DataFrame(probs, columns=arms, index=features.index), hold
+    return probs, hold
 
 
 def choose(

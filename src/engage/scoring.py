@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from functools import lru_cache
+from typing import Any, Required, TypedDict, Unpack
 
 import numpy as np
 import pandas as pd
@@ -21,7 +22,7 @@ from engage import schemas as s
 from engage.catalog import Catalog, render_many
 from engage.config import PolicyConfig
 from engage.models.bundle import ChurnBundle, OfferBundle
-from engage.policy import action_probabilities, mix_int, stable_hash64, unit_interval
+from engage.policy import gain_matrix, mix_int, probability_matrix, stable_hash64, unit_interval, utc_values
 
 SCORE_FIELDS: tuple[str, ...] = (
     s.USER_ID,
@@ -58,8 +59,8 @@ _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
 def _as_of_micros(as_of: Any, n: int) -> np.ndarray:
     """as_of per row as integer microseconds since the epoch (UTC; naive stamps are UTC)."""
-    stamps = pd.DatetimeIndex(pd.to_datetime(pd.Series(as_of) if np.ndim(as_of) else [as_of] * n, utc=True))
-    return stamps.as_unit("us").asi8
+    stamps = utc_values(as_of if np.ndim(as_of) else [as_of] * n)
+    return stamps.astype("datetime64[us]").view(np.int64)
 
 
 def _user_text(user_ids: Any) -> Any:
@@ -85,9 +86,8 @@ def decision_ids(user_ids: pd.Series, as_of: pd.Series, versions: dict[str, str]
     micros = _as_of_micros(as_of, len(users))
     lanes = []
     for salt in DECISION_SALTS:
-        tag_hash = stable_hash64([tag], salt).astype(np.int64)
-        h = mix_int(mix_int(stable_hash64(users, salt), micros), np.repeat(tag_hash, len(micros)))
-        lanes.append(h)
+        tag_hash = np.full(len(micros), _tag_hash(tag, salt), dtype=np.int64)
+        lanes.append(mix_int(mix_int(stable_hash64(users, salt), micros), tag_hash))
     shifts = np.arange(60, -4, -4, dtype=np.uint64)
     nibbles = np.concatenate(
         [(lanes[0][:, None] >> shifts) & np.uint64(15), (lanes[1][:, None] >> shifts[:8]) & np.uint64(15)],
@@ -97,9 +97,17 @@ def decision_ids(user_ids: pd.Series, as_of: pd.Series, versions: dict[str, str]
     return chars.view("S24").ravel().astype(str).tolist()
 
 
-def draw_index(probabilities: pd.DataFrame, uniforms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+@lru_cache(maxsize=64)
+def _tag_hash(tag: str, salt: int) -> int:
+    """The hash of a decision tag (model versions and seed): the same for every row of a run."""
+    return int(stable_hash64([tag], salt).astype(np.int64)[0])
+
+
+def draw_index(
+    probabilities: pd.DataFrame | np.ndarray, uniforms: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Pick one arm per row by inverse CDF; return (arm column index, its probability)."""
-    matrix = probabilities.to_numpy(dtype=float)
+    matrix = np.asarray(probabilities, dtype=float)
     cumulative = np.cumsum(matrix, axis=1)
     cumulative[:, -1] = np.maximum(cumulative[:, -1], 1.0)
     index = (uniforms[:, None] >= cumulative).sum(axis=1)
@@ -113,7 +121,30 @@ def draw(probabilities: pd.DataFrame, uniforms: np.ndarray) -> tuple[np.ndarray,
     return np.asarray(probabilities.columns)[index], propensity
 
 
+class ScoreOptions(TypedDict, total=False):
+    """Keyword options of ``score_features``: the parameters of ``score_columns``."""
+
+    policy: Required[PolicyConfig]
+    seed: Required[int]
+    history: pd.DataFrame | None
+    reasons_top_k: int | None
+    explain_rows: np.ndarray | None
+    churn_probability: np.ndarray | None
+
+
 def score_features(
+    features: pd.DataFrame, models: ScoringModels, **options: Unpack[ScoreOptions]
+) -> pd.DataFrame:
+    """Score a feature table (one row per user and as_of): one row per user, ``SCORE_FIELDS``.
+
+    The options are those of :func:`score_columns`; an empty table gives an empty frame.
+    """
+    if features.empty:
+        return pd.DataFrame(columns=list(SCORE_FIELDS))
+    return pd.DataFrame(score_columns(features, models, **options), index=pd.RangeIndex(len(features)))
+
+
+def score_columns(
     features: pd.DataFrame,
     models: ScoringModels,
     *,
@@ -123,16 +154,17 @@ def score_features(
     reasons_top_k: int | None = 3,
     explain_rows: np.ndarray | None = None,
     churn_probability: np.ndarray | None = None,
-) -> pd.DataFrame:
-    """Score a feature table (one row per user and as_of). Reasons for ``explain_rows`` (default all).
+) -> dict[str, Any]:
+    """Scores of a feature table (at least one row) as columns: ``SCORE_FIELDS`` in order.
 
-    ``reasons_top_k=None`` skips reasons entirely (the cheapest path). ``churn_probability``, when
-    the caller already has it (batch jobs rank users by it first), saves predicting it twice.
+    Reasons for ``explain_rows`` (default all); ``reasons_top_k=None`` skips reasons entirely (the
+    cheapest path). ``churn_probability``, when the caller already has it (batch jobs rank users by
+    it first), saves predicting it twice. :func:`score_features` makes these columns a frame; the
+    HTTP service reads its few rows straight from them.
     """
-    if features.empty:
-        return pd.DataFrame(columns=list(SCORE_FIELDS))
     features = features.reset_index(drop=True)
-    features[s.AS_OF] = pd.to_datetime(features[s.AS_OF], utc=True)  # naive stamps (e.g. from Spark) are UTC
+    if not _is_utc(features[s.AS_OF]):
+        features[s.AS_OF] = pd.to_datetime(features[s.AS_OF], utc=True)  # naive stamps (e.g. Spark) are UTC
     as_of = features[s.AS_OF]
     probability = (
         models.churn.churn_probability(features)
@@ -147,40 +179,58 @@ def score_features(
         s.AS_OF: as_of,
         "churn_probability": probability,
         "risk_band": models.churn.bands(probability),
+        "reasons": _reasons(features, models, reasons_top_k, explain_rows),
     }
-    reasons: list[list[dict[str, Any]]] = [[] for _ in range(len(features))]
-    if reasons_top_k is not None:
-        rows = np.arange(len(features)) if explain_rows is None else np.flatnonzero(explain_rows)
-        if len(rows):
-            explained = models.churn.reasons(features.iloc[rows], top_k=reasons_top_k)
-            for row, items in zip(rows, explained, strict=True):
-                reasons[row] = [_plain(item) for item in items]
-    out["reasons"] = reasons
-
-    decision_time = pd.Timestamp(as_of.max()).to_pydatetime() if len(as_of) else None
+    catalog = models.catalog
+    decision_time = pd.Timestamp(as_of.max()).to_pydatetime()
     gains = (
-        models.offers.expected_gains(features, models.catalog)
+        models.offers.expected_gains(features, catalog)
         if models.offers is not None
         else pd.DataFrame({s.CONTROL_ARM: np.zeros(len(features))})
     )
-    probabilities, holdout = action_probabilities(
-        features, gains, models.catalog, config=policy, history=history, as_of=decision_time
+    probabilities, holdout = probability_matrix(
+        features,
+        gain_matrix(gains, catalog.arms),
+        catalog,
+        config=policy,
+        history=history,
+        as_of=decision_time,
+        users=user_ids.to_numpy(),
     )
     chosen, propensity = draw_index(probabilities, row_uniforms(user_ids, as_of, seed))
-    columns = list(probabilities.columns)
-    arms = np.asarray(columns, dtype=object)[chosen]
+    arms = np.asarray(catalog.arms, dtype=object)[chosen]
     out[s.MESSAGE_ID] = arms
-    out[s.CHANNEL] = np.asarray([models.catalog.channel(arm) for arm in columns], dtype=object)[chosen]
-    out["message_text"] = render_many(models.catalog, arms, features)
-    gain_matrix = gains.reindex(columns=columns, fill_value=0.0).to_numpy(dtype=float)
-    out["expected_uplift"] = gain_matrix[np.arange(len(arms)), chosen]
+    out[s.CHANNEL] = catalog.arm_channels[chosen]
+    out["message_text"] = render_many(catalog, arms, features)
+    out["expected_uplift"] = gain_matrix(gains, catalog.arms, fill=0.0)[np.arange(len(arms)), chosen]
     out[s.PROPENSITY] = propensity
     out["holdout"] = np.asarray(holdout, dtype=bool)
     out["cold_start"] = np.zeros(len(features), dtype=bool)
     versions = dict(models.versions)
     out["model_versions"] = [versions] * len(features)  # one shared dict: to_storable dumps it once
     out["decision_id"] = decision_ids(user_ids, as_of, models.versions, seed)
-    return pd.DataFrame({name: out[name] for name in SCORE_FIELDS}, index=features.index)
+    return {name: out[name] for name in SCORE_FIELDS}
+
+
+def _is_utc(stamps: pd.Series) -> bool:
+    return isinstance(stamps.dtype, pd.DatetimeTZDtype) and str(stamps.dtype.tz) == "UTC"
+
+
+def _reasons(
+    features: pd.DataFrame, models: ScoringModels, top_k: int | None, explain_rows: np.ndarray | None
+) -> list[list[dict[str, Any]]]:
+    """Top-k reasons per row for ``explain_rows`` (all rows when None); [] elsewhere or when top_k is None."""
+    reasons: list[list[dict[str, Any]]] = [[] for _ in range(len(features))]
+    if top_k is None:
+        return reasons
+    rows = np.arange(len(features)) if explain_rows is None else np.flatnonzero(explain_rows)
+    if len(rows):
+        explained = models.churn.reasons(
+            features if explain_rows is None else features.iloc[rows], top_k=top_k
+        )
+        for row, items in zip(rows, explained, strict=True):
+            reasons[row] = [_plain(item) for item in items]
+    return reasons
 
 
 def _plain(item: dict[str, Any]) -> dict[str, Any]:

@@ -550,6 +550,11 @@ def conform(frame: pd.DataFrame, reference: dict[str, Any]) -> pd.DataFrame:
     return out
 
 
+def _as_list(values: Any) -> list[Any]:
+    """A scored column as a list of plain values (numpy arrays and Series through ``tolist``)."""
+    return values.tolist() if hasattr(values, "tolist") else list(values)
+
+
 def _user_score(user_id: str, row: dict[str, Any]) -> UserScore:
     """One scored row as the response model (built without re-validating our own values)."""
     channel, text = row[s.CHANNEL], row["message_text"]
@@ -772,15 +777,16 @@ class ScoringEngine:
                 self._busy_cond.notify_all()
 
     def _answers(self, request: ScoreRequest, rows: FeatureRows, decided_at: datetime) -> list[UserScore]:
-        from engage.scoring import score_features
+        from engage.policy import utc_values
+        from engage.scoring import score_columns
 
         columns: dict[str, dict[str, list[Any]]] = {}
         for source, frame in rows.frames.items():
             if len(frame):
-                # score_features judges cooldowns at the latest as_of of the frame: the policy's clock
-                policy_time = pd.Timestamp(pd.to_datetime(frame[s.AS_OF], utc=True).max())
+                # scoring judges cooldowns at the latest as_of of the frame: the policy's clock
+                policy_time = pd.Timestamp(utc_values(frame[s.AS_OF]).max(), tz="UTC")
                 history = self.history.frame(frame[s.USER_ID].astype(str).tolist(), decided_at, policy_time)
-                scored = score_features(
+                scored = score_columns(
                     frame,
                     self.models,
                     policy=self.config.policy,
@@ -788,7 +794,7 @@ class ScoringEngine:
                     history=history,
                     reasons_top_k=REASONS_TOP_K if request.explain else None,
                 )
-                columns[source] = {name: scored[name].tolist() for name in scored.columns}
+                columns[source] = {name: _as_list(values) for name, values in scored.items()}
         answers: list[UserScore] = []
         for user, where in zip(request.users, rows.where, strict=True):
             if where is None:

@@ -182,3 +182,47 @@ def test_holdout_share_and_row_independence() -> None:
     mask = holdout_mask(users, 0.1)
     assert 0.09 < mask.mean() < 0.11
     assert holdout_mask(users[5:9], 0.1).tolist() == mask[5:9].tolist()
+
+
+def test_gain_matrix_is_the_reindexed_gains() -> None:
+    from engage.policy import gain_matrix
+
+    features = _features(5)
+    gains = _gains(features).drop(columns="newsletter")[["winback_offer", "none", "cart_coupon"]]
+    gains["not_an_arm"] = "text"  # columns outside the arms are ignored, whatever their type
+    gains.loc[2, "cart_coupon"] = np.nan
+    for fill in (np.nan, 0.0):
+        expected = gains.reindex(columns=CAT.arms, fill_value=fill).to_numpy(dtype=float)
+        np.testing.assert_array_equal(gain_matrix(gains, CAT.arms, fill=fill), expected)
+
+
+def test_history_stamps_count_alike_whatever_their_form() -> None:
+    """UTC, other time zones, naive (UTC) and text stamps give the same cooldowns; NaT never counts."""
+    from engage.policy import allowed_arms
+
+    features = _features(4)
+    moments = [NOW - timedelta(days=1), NOW - timedelta(days=10), NOW + timedelta(hours=1), NOW]
+    base = pd.DataFrame({s.USER_ID: ["u0", "u1", "u2", "u3"], s.TS: moments, s.MESSAGE_ID: "newsletter"})
+    utc = pd.to_datetime(base[s.TS], utc=True)
+    forms = [
+        utc,
+        utc.dt.tz_convert("America/New_York"),
+        utc.dt.tz_convert(None),
+        utc.dt.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    ]
+    results = [
+        allowed_arms(features, CAT, history=base.assign(ts=ts), as_of=NOW, max_per_7d=9) for ts in forms
+    ]
+    for result in results[1:]:
+        pd.testing.assert_frame_equal(result, results[0])
+    assert results[0]["newsletter"].tolist() == [False, True, True, True]
+    missing = base.assign(ts=utc.where(base[s.USER_ID] != "u0"))  # NaT: not a contact
+    assert allowed_arms(features, CAT, history=missing, as_of=NOW, max_per_7d=9)["newsletter"].all()
+
+
+def test_eligibility_matrix_is_the_eligibility_frame() -> None:
+    features = _features(50)
+    frame = CAT.eligibility(features)
+    assert list(frame.columns) == CAT.arms
+    np.testing.assert_array_equal(CAT.eligibility_matrix(features), frame.to_numpy())
+    assert CAT.arm_channels.tolist() == [CAT.channel(arm) for arm in CAT.arms]
