@@ -39,6 +39,9 @@ class FeatureConfig(_Frozen):
     cart_abandon_hours: int = Field(24, gt=0)
     engaged_session_seconds: int = Field(10, ge=0)
     engine: Literal["polars", "spark"] = "polars"
+    in_memory_events: int = Field(20_000_000, ge=0)
+    """A lazy input (e.g. a Parquet scan) of at most this many events is read once and held; larger
+    ones stream from the source in every pass, in bounded memory (0 = always stream)."""
 
 
 class LabelConfig(_Frozen):

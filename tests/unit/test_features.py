@@ -209,3 +209,18 @@ def test_sessions_and_categories_count_once_per_window_with_ties_to_the_first_na
     assert f.loc["a", "top_category"] == min("toys", "books")
     assert f.loc["a", "top_category_share_90d"] == pytest.approx(2 / 4)
     assert f.loc["a", "engaged_session_rate_28d"] == 1.0  # both sessions have 2 views
+
+
+def test_a_small_lazy_input_read_once_equals_streaming_it(tmp_path) -> None:
+    from engage.datasets.simulate import simulate
+
+    data = simulate(300, 60, seed=5)
+    path = tmp_path / "events.parquet"
+    data.events.write_parquet(path)
+    as_of = [data.events[s.TS].max() - timedelta(days=d) for d in (20, 3)]
+    held = build_features(pl.scan_parquet(path), as_of, config=CFG)
+    streamed = build_features(
+        pl.scan_parquet(path), as_of, config=CFG.model_copy(update={"in_memory_events": 0})
+    )
+    assert len(held) > 100
+    pd.testing.assert_frame_equal(held, streamed)

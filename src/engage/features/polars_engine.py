@@ -62,6 +62,17 @@ def _us(d: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
+def _hold_if_small(events: pl.LazyFrame, limit: int) -> pl.LazyFrame:
+    """The events read once when at most ``limit`` rows: the engine's passes then share them.
+
+    Counting a plain Parquet scan reads only the files' metadata.
+    """
+    if limit <= 0:
+        return events
+    rows = events.select(pl.len()).collect(engine="streaming").item()
+    return events.collect(engine="streaming").lazy() if rows <= limit else events
+
+
 def _eager(frame: pl.LazyFrame) -> pl.LazyFrame:
     """Run one reduction now with the streaming engine; later steps read the small result."""
     return frame.collect(engine="streaming").lazy()
@@ -307,6 +318,8 @@ def build_features(
     """Features for every user with an event before each as_of, sorted by (as_of, user_id)."""
     del engine
     dates = [as_of] if isinstance(as_of, datetime) else list(as_of)
+    if isinstance(events, pl.LazyFrame):
+        events = _hold_if_small(events, config.in_memory_events)
     # integer stand-ins: event type codes, a user hash and one 64-bit (user, session) key
     uh = pl.col(s.USER_ID).hash(seed=0)
     categories = (
