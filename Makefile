@@ -32,7 +32,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
 bench: venv
-	for script in benchmarks/*.py; do $(PY) $$script || exit 1; done
+	for script in features simulate train offers score; do $(PY) benchmarks/$$script.py || exit 1; done
 
 clean:
 	rm -rf demo mlflow.db mlruns mlartifacts .pytest_cache
