@@ -173,14 +173,17 @@ class ReasonExplainer:
             raise RuntimeError("ReasonExplainer is not fitted: call fit(X_train) first")
         if len(contrib) != len(X):
             raise ValueError(f"contributions have {len(contrib)} rows, features have {len(X)}")
-        cols = [c for c in contrib.columns if c != BIAS]
-        missing = [c for c in cols if c not in X.columns]
+        columns = contrib.columns.tolist()
+        kept = [j for j, c in enumerate(columns) if c != BIAS]
+        cols = [columns[j] for j in kept]
+        present = set(X.columns)
+        missing = [c for c in cols if c not in present]
         if missing:
             raise KeyError(f"feature values missing for: {', '.join(missing[:10])}")
         n, k = len(contrib), min(self.top_k, len(cols))
         if n == 0 or k == 0:
             return [[] for _ in range(n)]
-        values = contrib[cols].to_numpy(dtype=float)
+        values = contrib.to_numpy(dtype=float)[:, kept]  # by position: no column-selected frame
         if k < len(cols):
             part = np.argpartition(-values, k - 1, axis=1)[:, :k]
         else:
@@ -201,19 +204,20 @@ class ReasonExplainer:
             fmt = self._formatter(cols[j])
             cells[hit] = _objects(picked)
             texts[hit] = _objects([fmt(v) for v in picked])
-        names = np.asarray(cols, dtype=object)[top]
+        names = np.asarray(cols, dtype=object)[top].tolist()
+        grid = zip(names, cells.tolist(), top_vals.tolist(), texts.tolist(), positive.tolist(), strict=True)
         out: list[list[dict[str, Any]]] = []
-        for i in range(n):
+        for row_names, row_cells, row_vals, row_texts, row_positive in grid:
             row = []
             for r in range(k):
-                if not positive[i, r]:
+                if not row_positive[r]:
                     break
                 row.append(
                     {
-                        "feature": names[i, r],
-                        "value": cells[i, r],
-                        "contribution": float(top_vals[i, r]),
-                        "text": texts[i, r],
+                        "feature": row_names[r],
+                        "value": row_cells[r],
+                        "contribution": row_vals[r],
+                        "text": row_texts[r],
                     }
                 )
             out.append(row)
