@@ -420,7 +420,8 @@ def test_schemathesis_finds_no_server_error(world: World, opened: Server) -> Non
 
     The coverage phase (boundaries, wrong types and media types) and the fuzzing phase run as two
     invocations. Fuzzing alone may stop after a few dozen cases in this schemathesis version, so it
-    gets a time budget (it repeats until spent: ~1,000 cases here); a failing run prints its seed.
+    gets a time budget (it repeats until spent: ~1,000 cases here; ``ENGAGE_FUZZ_SECONDS`` sets it
+    for a longer hunt); a failing run prints its seed.
     """
     statuses: list[int] = []
     for phase in ("coverage", "fuzzing"):
@@ -437,7 +438,7 @@ def test_schemathesis_finds_no_server_error(world: World, opened: Server) -> Non
             phase,
             "--max-examples",
             "300",
-            *(["--max-time", "60"] if phase == "fuzzing" else []),
+            *(["--max-time", os.environ.get("ENGAGE_FUZZ_SECONDS", "60")] if phase == "fuzzing" else []),
             "--workers",
             "1",
             "--no-shrink",
