@@ -254,11 +254,15 @@ def to_storable(scores: pd.DataFrame) -> pd.DataFrame:
 
 
 def _dumps_column(values: pd.Series) -> list[str]:
-    """JSON text per value; a column that repeats one object (model versions) is dumped once."""
-    items = values.tolist()
-    if items and all(v is items[0] for v in items):
-        return [json.dumps(items[0], sort_keys=True)] * len(items)
-    return [json.dumps(v, sort_keys=True) for v in items]
+    """JSON text per value; each distinct object (model versions: one per chunk) is dumped once."""
+    texts: dict[int, str] = {}
+    out: list[str] = []
+    for value in values.tolist():  # the list keeps every object alive, so an id stays one object
+        text = texts.get(id(value))
+        if text is None:
+            text = texts[id(value)] = json.dumps(value, sort_keys=True)
+        out.append(text)
+    return out
 
 
 def decision_time(as_of: datetime | None, fallback: datetime) -> datetime:
