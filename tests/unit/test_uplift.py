@@ -121,6 +121,17 @@ def test_unseen_and_missing_categories_do_not_break_predict() -> None:
         MultiArmUplift(learner="q").fit(X, arm, y)
 
 
+def test_a_large_batch_on_every_core_predicts_what_small_batches_do() -> None:
+    from engage.models.frame import SMALL_BATCH_ROWS
+
+    X, arm, y, prop = _campaign(n=3000)
+    model = MultiArmUplift(learner="x", n_estimators=20, min_child_samples=50)  # trains on one thread
+    model.fit(X, arm, y, propensity=prop)
+    rows = X.head(4 * SMALL_BATCH_ROWS)
+    small = pd.concat([model.predict_outcomes(rows.iloc[i : i + 8]) for i in range(0, len(rows), 8)])
+    pd.testing.assert_frame_equal(model.predict_outcomes(rows), small, check_exact=True)
+
+
 @pytest.mark.slow
 def test_on_the_simulator_the_learned_policy_beats_every_single_arm_in_true_value() -> None:
     """Small simulation: point-in-time table -> X-learner -> greedy policy under the catalog rules."""

@@ -16,8 +16,9 @@ SMALL_BATCH_ROWS = 256
 
 def predict_threads(n_rows: int) -> dict[str, int]:
     """LightGBM predict options: one thread for the few rows of an API call (waking an OpenMP team
-    costs more than the work), the library default otherwise."""
-    return {"num_threads": 1} if n_rows < SMALL_BATCH_ROWS else {}
+    costs more than the work), every core otherwise (0: OpenMP's default), whatever thread count
+    the model was trained with (the offer models train on one)."""
+    return {"num_threads": 1 if n_rows < SMALL_BATCH_ROWS else 0}
 
 
 @dataclass(frozen=True)
