@@ -197,20 +197,21 @@ def main() -> None:
         ):
             part.mkdir(exist_ok=True)
             frame.write_parquet(part / f"{name}.parquet")
-        summary = score_spark(
-            part / "events.parquet",
-            as_of,
-            models,
-            cfg,
-            root / "spark.parquet",
-            users=part / "users.parquet",
-            exposures=part / "exposures.parquet",
-            explain_share=0.1,
-        )
-        print(
-            f"spark local[2], {summary.users:,} users, reasons for top 10%: {summary.seconds:.1f} s "
-            f"({summary.users_per_second:,.0f} users/s); {_load()}"
-        )
+        for label, share in (("no reasons", None), ("reasons for top 10%", 0.1)):
+            summary = score_spark(
+                part / "events.parquet",
+                as_of,
+                models,
+                cfg,
+                root / "spark.parquet",
+                users=part / "users.parquet",
+                exposures=part / "exposures.parquet",
+                explain_share=share,
+            )
+            print(
+                f"spark local[2], {summary.users:,} users, {label}: {summary.seconds:.1f} s "
+                f"({summary.users_per_second:,.0f} users/s); {_load()}"
+            )
     print(f"peak RSS: {_rss():.2f} GB")
 
 
