@@ -467,8 +467,20 @@ def render_many(catalog: Catalog, message_ids: Any, features: pd.DataFrame) -> n
         if not keys:
             out[rows] = m.render({})
             continue
-        out[rows] = _render_distinct(m, keys, features, rows)
+        few = len(rows) <= RENDER_ROW_BY_ROW
+        out[rows] = (_render_rows if few else _render_distinct)(m, keys, features, rows)
     return out
+
+
+RENDER_ROW_BY_ROW = 16
+"""Up to this many rows a message renders row by row: grouping them costs more than it saves."""
+
+
+def _render_rows(m: Message, keys: list[str], features: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
+    """Texts for ``rows``: one ``m.render`` per row, with the row's values of the ``keys`` columns."""
+    columns = [features[key].iloc[rows].tolist() for key in keys]
+    texts = [m.render(dict(zip(keys, values, strict=True))) for values in zip(*columns, strict=True)]
+    return np.array(texts, dtype=object)
 
 
 def _render_distinct(m: Message, keys: list[str], features: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
@@ -490,10 +502,7 @@ def _render_distinct(m: Message, keys: list[str], features: pd.DataFrame, rows: 
             else:
                 col_codes, col_values = pd.factorize(column, use_na_sentinel=True)
         except TypeError:  # unhashable values (lists, dicts): row by row, still through render
-            frame = features.iloc[rows][keys]
-            return np.array(
-                [m.render(dict(zip(keys, r, strict=True))) for r in frame.itertuples(index=False)]
-            )
+            return _render_rows(m, keys, features, rows)
         columns.append(col_codes)
         value_lists.append([*np.asarray(col_values, dtype=object).tolist(), None])  # code -1 -> None
     stacked = np.stack(columns, axis=1)

@@ -70,9 +70,15 @@ def stable_hash64(values: Any, salt: int = 0) -> np.ndarray:
     last one zero-padded) ``h = mix((h ^ w) + gamma)``; ``mix`` is splitmix64's finaliser and gamma
     its golden-ratio increment. Vectorised with numpy over the batch (one pass per 8 bytes).
     """
+    return stable_hashes(values, (salt,))[0]
+
+
+def stable_hashes(values: Any, salts: Sequence[int]) -> np.ndarray:
+    """``stable_hash64`` of the values under each salt, shape (salts, values): the text read once."""
     words, lengths = _utf8(values)
+    start = np.array([salt & _MASK64 for salt in salts], dtype=np.uint64)[:, None]
     with np.errstate(over="ignore"):
-        h = _mix(np.uint64(salt & _MASK64) + lengths.astype(np.uint64) + _GAMMA)
+        h = _mix(start + lengths.astype(np.uint64) + _GAMMA)
         n_words = (lengths + 7) // 8
         for j in range(words.shape[1]):
             h = np.where(j < n_words, _mix((h ^ words[:, j]) + _GAMMA), h)
@@ -142,7 +148,7 @@ class _Recent:
         message = history[s.MESSAGE_ID].astype(str).to_numpy()
         end = np.datetime64(moment.tz_convert(None), "ns")
         keep = (ts < end) & (ts >= end - np.timedelta64(timedelta(days=days))) & (message != s.CONTROL_ARM)
-        self.moment = moment
+        self.end = np.datetime64(moment.tz_convert(None), "us")
         self.ts = ts[keep].astype("datetime64[us]")
         self.message = message[keep]
         kept = history[s.USER_ID].astype(str).to_numpy()[keep]
@@ -155,7 +161,7 @@ class _Recent:
 
     def since(self, days: int) -> np.ndarray:
         """Mask of the exposures in the last ``days`` days."""
-        return self.ts >= np.datetime64((self.moment - timedelta(days=days)).tz_convert(None), "us")
+        return self.ts >= self.end - np.timedelta64(days, "D")
 
     def gather(self, per_user: np.ndarray, default: Any) -> np.ndarray:
         """A per-history-user array read for every batch user (``default`` when no history)."""

@@ -22,7 +22,15 @@ from engage import schemas as s
 from engage.catalog import Catalog, render_many
 from engage.config import PolicyConfig
 from engage.models.bundle import ChurnBundle, OfferBundle
-from engage.policy import gain_matrix, mix_int, probability_matrix, stable_hash64, unit_interval, utc_values
+from engage.policy import (
+    gain_matrix,
+    mix_int,
+    probability_matrix,
+    stable_hash64,
+    stable_hashes,
+    unit_interval,
+    utc_values,
+)
 
 SCORE_FIELDS: tuple[str, ...] = (
     s.USER_ID,
@@ -75,19 +83,31 @@ def row_uniforms(user_ids: pd.Series, as_of: pd.Series, seed: int) -> np.ndarray
     ``stable_hash64(user_id)`` folded with the as_of microseconds and the seed; vectorised.
     """
     h = stable_hash64(_user_text(user_ids), DRAW_SALT)
-    h = mix_int(mix_int(h, _as_of_micros(as_of, len(h))), np.full(len(h), seed, dtype=np.int64))
+    return _uniforms(h, _as_of_micros(as_of, len(h)), seed)
+
+
+def _uniforms(user_hash: np.ndarray, micros: np.ndarray, seed: int) -> np.ndarray:
+    """``row_uniforms`` from the users' hashes (``DRAW_SALT``) and the as_of microseconds."""
+    h = mix_int(mix_int(user_hash, micros), np.full(len(user_hash), seed, dtype=np.int64))
     return unit_interval(h)
 
 
 def decision_ids(user_ids: pd.Series, as_of: pd.Series, versions: dict[str, str], seed: int) -> list[str]:
     """Stable ids: the same user, date, models and seed give the same decision id (24 hex digits)."""
-    tag = json.dumps(versions, sort_keys=True) + f"|{seed}"
     users = _user_text(user_ids)
     micros = _as_of_micros(as_of, len(users))
+    return _decision_ids(stable_hashes(users, DECISION_SALTS), micros, versions, seed)
+
+
+def _decision_ids(
+    user_hashes: np.ndarray, micros: np.ndarray, versions: dict[str, str], seed: int
+) -> list[str]:
+    """``decision_ids`` from the users' hashes under ``DECISION_SALTS`` and the as_of microseconds."""
+    tag = json.dumps(versions, sort_keys=True) + f"|{seed}"
     lanes = []
-    for salt in DECISION_SALTS:
+    for salt, user_hash in zip(DECISION_SALTS, user_hashes, strict=True):
         tag_hash = np.full(len(micros), _tag_hash(tag, salt), dtype=np.int64)
-        lanes.append(mix_int(mix_int(stable_hash64(users, salt), micros), tag_hash))
+        lanes.append(mix_int(mix_int(user_hash, micros), tag_hash))
     shifts = np.arange(60, -4, -4, dtype=np.uint64)
     nibbles = np.concatenate(
         [(lanes[0][:, None] >> shifts) & np.uint64(15), (lanes[1][:, None] >> shifts[:8]) & np.uint64(15)],
@@ -197,7 +217,9 @@ def score_columns(
         as_of=decision_time,
         users=user_ids.to_numpy(),
     )
-    chosen, propensity = draw_index(probabilities, row_uniforms(user_ids, as_of, seed))
+    hashes = stable_hashes(user_ids, (DRAW_SALT, *DECISION_SALTS))  # the ids read once for both
+    micros = _as_of_micros(as_of, len(features))
+    chosen, propensity = draw_index(probabilities, _uniforms(hashes[0], micros, seed))
     arms = np.asarray(catalog.arms, dtype=object)[chosen]
     out[s.MESSAGE_ID] = arms
     out[s.CHANNEL] = catalog.arm_channels[chosen]
@@ -208,7 +230,7 @@ def score_columns(
     out["cold_start"] = np.zeros(len(features), dtype=bool)
     versions = dict(models.versions)
     out["model_versions"] = [versions] * len(features)  # one shared dict: to_storable dumps it once
-    out["decision_id"] = decision_ids(user_ids, as_of, models.versions, seed)
+    out["decision_id"] = _decision_ids(hashes[1:], micros, models.versions, seed)
     return {name: out[name] for name in SCORE_FIELDS}
 
 

@@ -178,6 +178,9 @@ class FeatureSnapshot:
         frame[s.USER_ID] = frame[s.USER_ID].astype(str)
         frame[s.AS_OF] = pd.to_datetime(frame[s.AS_OF], utc=True)
         self.frame = frame.sort_values([s.USER_ID, s.AS_OF], kind="stable").reset_index(drop=True)
+        # names in a plain object Index: each of the scoring path's many column lookups skips an
+        # arrow-string scalar read (a few us each on 1-row frames); the names are the same
+        self.frame.columns = pd.Index(self.frame.columns.tolist(), dtype=object)
         users = self.frame[s.USER_ID].to_numpy()
         starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else np.empty(0, int)
         ends = np.r_[starts[1:], len(users)] if len(users) else np.empty(0, int)

@@ -161,7 +161,7 @@ def test_render_fills_params_and_features_and_falls_back_readably() -> None:
 
 
 def test_vectorised_render_equals_the_per_row_render_on_random_features() -> None:
-    from engage.catalog import render_many
+    from engage.catalog import RENDER_ROW_BY_ROW, render_many
 
     catalog = catalog_from_dict(
         {
@@ -169,7 +169,7 @@ def test_vectorised_render_equals_the_per_row_render_on_random_features() -> Non
                 {
                     "id": "a",
                     "channel": "email",
-                    "template": "{top_category} at {x} ({n})",
+                    "template": "{top_category} at {x} ({n}) {stamp}",
                     "cost": 0,
                     "value": 1,
                 },
@@ -201,7 +201,13 @@ def test_vectorised_render_equals_the_per_row_render_on_random_features() -> Non
     features.loc[::9, "x"] = np.nan
     features.loc[::11, "top_category"] = None
     arms = rng.choice([*catalog.arms, "unknown"], n)
+    features.loc[::13, "x"] = -0.0
+    features["stamp"] = pd.Timestamp("2024-01-01", tz="UTC")
     got = render_many(catalog, arms, features)
     expected = [render(catalog, arm, features.iloc[i]) for i, arm in enumerate(arms)]
     assert got.tolist() == expected
     assert FALLBACK_TEXT in " ".join(got)
+    for size in (1, 7, RENDER_ROW_BY_ROW, RENDER_ROW_BY_ROW + 1):  # row-by-row and grouped paths alike
+        for start in range(0, 60, size):
+            part = render_many(catalog, arms[start : start + size], features.iloc[start : start + size])
+            assert part.tolist() == expected[start : start + size]
