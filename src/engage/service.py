@@ -671,26 +671,12 @@ class ScoringEngine:
         """Feature rows for the users: snapshot rows as stored, inline rows conformed to them."""
         snapshot = self.snapshots.current()
         inline = [u for u in users if u.events]
-        inline_frame = pd.DataFrame()
+        inline_frame: pd.DataFrame | None = None
         quarantined: dict[str, dict[str, int]] = {}
-        if inline:
-            try:
-                inline_frame, quarantined = inline_features(inline, as_of or now, self.config)
-                inline_frame = conform(inline_frame, self._reference(snapshot))
-            # a polars panic is a BaseException: uncaught, it takes the worker thread with it
-            except (
-                ValueError,
-                TypeError,
-                ArithmeticError,
-                pl.exceptions.PolarsError,
-                pl.exceptions.PanicException,
-            ) as exc:
-                logger.warning("inline features failed: %s", type(exc).__name__)
-                raise Unprocessable(
-                    "users[].events/attributes: could not compute features from the inline events "
-                    f"({type(exc).__name__})"
-                ) from None
-        inline_pos = {uid: i for i, uid in enumerate(inline_frame.get(s.USER_ID, pd.Series(dtype=str)))}
+        inline_pos: dict[str, int] = {}
+        if inline:  # only then: building the inline structures costs a 1-row request ~0.1 ms
+            inline_frame, quarantined = self._inline(inline, as_of or now, snapshot)
+            inline_pos = {uid: i for i, uid in enumerate(inline_frame.get(s.USER_ID, []))}
         snap_rows: list[int] = []
         where: list[tuple[str, int] | None] = []
         for user in users:
@@ -704,11 +690,31 @@ class ScoringEngine:
                 else:
                     where.append((SNAPSHOT, len(snap_rows)))
                     snap_rows.append(row)
-        frames = {
-            SNAPSHOT: snapshot.frame.iloc[snap_rows].reset_index(drop=True),
-            INLINE: inline_frame.reset_index(drop=True),
-        }
+        frames = {SNAPSHOT: snapshot.frame.iloc[snap_rows].reset_index(drop=True)}
+        if inline_frame is not None:
+            frames[INLINE] = inline_frame.reset_index(drop=True)
         return FeatureRows(frames, where, quarantined)
+
+    def _inline(
+        self, users: Sequence[UserIn], as_of: datetime, snapshot: FeatureSnapshot
+    ) -> tuple[pd.DataFrame, dict[str, dict[str, int]]]:
+        """Features of the users given with events, conformed to the snapshot (422 when they fail)."""
+        try:
+            frame, quarantined = inline_features(users, as_of, self.config)
+            return conform(frame, self._reference(snapshot)), quarantined
+        # a polars panic is a BaseException: uncaught, it takes the worker thread with it
+        except (
+            ValueError,
+            TypeError,
+            ArithmeticError,
+            pl.exceptions.PolarsError,
+            pl.exceptions.PanicException,
+        ) as exc:
+            logger.warning("inline features failed: %s", type(exc).__name__)
+            raise Unprocessable(
+                "users[].events/attributes: could not compute features from the inline events "
+                f"({type(exc).__name__})"
+            ) from None
 
     def _reference(self, snapshot: FeatureSnapshot) -> dict[str, Any]:
         """Column -> dtype every feature row must have: the snapshot's, else the models' columns."""
@@ -967,12 +973,20 @@ class EngageService:
         """Score up to ``serve.max_users_per_request`` users (413 beyond)."""
         request = ScoreRequest.model_construct(users=users, as_of=as_of, explain=explain)
         response = self.engine.score(request)
-        for answer in response.users:
-            cold = "true" if answer.cold_start else "false"
-            self.decisions.labels(cold_start=cold, message_id=answer.message.message_id).inc()
-            if answer.quarantined_events:
-                self.quarantined.inc(sum(answer.quarantined_events.values()))
+        self._count(response.users)
         return response
+
+    def _count(self, answers: Sequence[UserScore]) -> None:
+        """Metrics: decisions by (cold start, message) and inline events set aside, one inc per label."""
+        decided: dict[tuple[bool, str], int] = {}
+        for answer in answers:
+            key = (answer.cold_start, answer.message.message_id)
+            decided[key] = decided.get(key, 0) + 1
+        for (cold, message_id), n in decided.items():
+            self.decisions.labels(cold_start="true" if cold else "false", message_id=message_id).inc(n)
+        quarantined = sum(sum(a.quarantined_events.values()) for a in answers)
+        if quarantined:
+            self.quarantined.inc(quarantined)
 
     @bentoml.api(input_spec=ExplainRequest)
     def explain(
