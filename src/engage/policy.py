@@ -133,6 +133,11 @@ def utc_values(stamps: Any) -> np.ndarray:
     return stamps.values
 
 
+def _text(column: pd.Series) -> np.ndarray:
+    """The column as text values (``astype(str)``; a text column is read as it is)."""
+    return (column if column.dtype == "str" else column.astype(str)).to_numpy()
+
+
 class _Recent:
     """Past non-`none` exposures in the window before ``moment``, users as integer codes.
 
@@ -145,13 +150,13 @@ class _Recent:
         if missing:
             raise KeyError(f"history: missing column(s) {', '.join(missing)}")
         ts = utc_values(history[s.TS]).astype("datetime64[ns]")
-        message = history[s.MESSAGE_ID].astype(str).to_numpy()
+        message = _text(history[s.MESSAGE_ID])
         end = np.datetime64(moment.tz_convert(None), "ns")
         keep = (ts < end) & (ts >= end - np.timedelta64(timedelta(days=days))) & (message != s.CONTROL_ARM)
         self.end = np.datetime64(moment.tz_convert(None), "us")
         self.ts = ts[keep].astype("datetime64[us]")
         self.message = message[keep]
-        kept = history[s.USER_ID].astype(str).to_numpy()[keep]
+        kept = _text(history[s.USER_ID])[keep]
         # one factorisation of history users then batch users: history codes come first
         codes, _ = pd.factorize(np.concatenate([kept, np.asarray(users, dtype=object)]))
         self.codes = codes[: len(kept)]

@@ -382,11 +382,12 @@ class ContactHistory:
         if not rows:
             return None
         users, stamps, messages = zip(*rows, strict=True)
+        ts = pd.DatetimeIndex(np.asarray(stamps, dtype="int64").view("M8[ns]")).tz_localize("UTC")
         return pd.DataFrame(
             {
-                s.USER_ID: list(users),
-                s.TS: pd.to_datetime(np.asarray(stamps, dtype="int64"), utc=True),
-                s.MESSAGE_ID: list(messages),
+                s.USER_ID: np.array(users, dtype=object),
+                s.TS: ts,
+                s.MESSAGE_ID: np.array(messages, dtype=object),
             }
         )
 
