@@ -22,7 +22,7 @@ def test_a_missing_feature_is_named() -> None:
         spec.apply(pd.DataFrame({"x": [1.0]}))
 
 
-@pytest.mark.parametrize("n_rows", [3, 300])
+@pytest.mark.parametrize("n_rows", [3, 300, 3000])  # both lookup paths of the codes
 def test_matrix_gives_lightgbm_the_same_predictions_as_the_categorical_frame(n_rows: int) -> None:
     import lightgbm as lgb
     import numpy as np

@@ -43,9 +43,8 @@ class FrameSpec:
             raise KeyError(f"feature columns missing: {', '.join(missing[:10])}")
         out = X.loc[:, list(self.columns)].copy()
         for col, cats in self.categories.items():
-            values = out[col]
-            text = values.where(values.isna(), values.astype(str))
-            out[col] = pd.Categorical(text, categories=cats)
+            codes = np.nan_to_num(_codes(out[col], cats), nan=-1).astype(np.int64)  # unseen -> missing
+            out[col] = pd.Categorical.from_codes(codes, categories=cats)
         return out
 
     def matrix(self, X: pd.DataFrame) -> np.ndarray:
@@ -70,7 +69,7 @@ class FrameSpec:
 
 def _codes(values: pd.Series, categories: list[str]) -> np.ndarray:
     """Position of each value's text in ``categories`` (NaN for missing or unseen values)."""
-    if len(values) <= 32:  # the service's path: a dict lookup beats building a Categorical
+    if len(values) <= 1024:  # API calls and small batches: a dict lookup beats any pandas machinery
         index = {c: float(i) for i, c in enumerate(categories)}
         return np.array(
             [
@@ -79,7 +78,7 @@ def _codes(values: pd.Series, categories: list[str]) -> np.ndarray:
             ],
             dtype=np.float64,
         )
-    text = values.where(values.isna(), values.astype(str))
-    codes = pd.Categorical(text, categories=categories).codes.astype(np.float64)
-    codes[codes < 0] = np.nan
+    missing = values.isna().to_numpy()
+    codes = pd.Index(categories, dtype=object).get_indexer(values.astype(str)).astype(np.float64)
+    codes[(codes < 0) | missing] = np.nan
     return codes
