@@ -210,3 +210,12 @@ def test_fast_predictions_equal_the_fitted_estimators_on_the_prepared_frame(lear
             )
     got = model.predict_outcomes(test)
     np.testing.assert_allclose(got.to_numpy(), pd.DataFrame(expected)[model.arms_].to_numpy(), atol=1e-12)
+
+
+def test_expected_gain_is_lift_times_value_minus_cost_and_skips_arms_the_model_lacks() -> None:
+    outcomes = pd.DataFrame({"none": [0.1, 0.3], "coupon": [0.2, 0.25], "news": [0.1, 0.5]}, index=[7, 9])
+    gains = expected_gain(outcomes, CATALOG)
+    assert list(gains.columns) == ["none", "coupon", "news"] and list(gains.index) == [7, 9]
+    np.testing.assert_allclose(gains["none"], [0.0, 0.0])
+    np.testing.assert_allclose(gains["coupon"], [0.1 * 10 - 0.5, -0.05 * 10 - 0.5])
+    np.testing.assert_allclose(gains["news"], [0.0 * 10 - 0.1, 0.2 * 10 - 0.1])

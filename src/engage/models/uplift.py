@@ -194,9 +194,11 @@ class MultiArmUplift(BaseEstimator):
 
 def expected_gain(outcomes: pd.DataFrame, catalog: Any) -> pd.DataFrame:
     """Money per arm: (p(arm) - p(none)) * value - cost; `none` is 0. Arms the model lacks are absent."""
-    base = outcomes[s.CONTROL_ARM]
+    values = outcomes.to_numpy(dtype=np.float64)  # plain arrays: per-arm Series arithmetic costs more
+    position = {arm: i for i, arm in enumerate(outcomes.columns)}
+    base = values[:, position[s.CONTROL_ARM]]
     gains = {s.CONTROL_ARM: np.zeros(len(outcomes))}
     for m in catalog.messages:
-        if m.id in outcomes.columns:
-            gains[m.id] = ((outcomes[m.id] - base) * m.value - m.cost).to_numpy()
+        if m.id in position:
+            gains[m.id] = (values[:, position[m.id]] - base) * m.value - m.cost
     return pd.DataFrame(gains, index=outcomes.index)
