@@ -57,6 +57,8 @@ class FrameSpec:
         missing = [c for c in self.columns if c not in X.columns]
         if missing:
             raise KeyError(f"feature columns missing: {', '.join(missing[:10])}")
+        if len(X) >= SMALL_BATCH_ROWS:
+            return self._column_major(X)
         out = np.empty((len(X), len(self.columns)), dtype=np.float64)
         numeric = [i for i, c in enumerate(self.columns) if c not in self.categories]
         if numeric:
@@ -64,6 +66,18 @@ class FrameSpec:
             out[:, numeric] = block.to_numpy(dtype=np.float64, na_value=np.nan)
         for col, cats in self.categories.items():
             out[:, self.columns.index(col)] = _codes(X[col], cats)
+        return out
+
+    def _column_major(self, X: pd.DataFrame) -> np.ndarray:
+        """``matrix`` for large batches: a Fortran-order array filled one contiguous column at a
+        time (LightGBM reads column-major as is), half the cost of scattering a block into rows."""
+        out = np.empty((len(X), len(self.columns)), dtype=np.float64, order="F")
+        for j, col in enumerate(self.columns):
+            cats = self.categories.get(col)
+            if cats is None:
+                out[:, j] = X[col].to_numpy(dtype=np.float64, na_value=np.nan)
+            else:
+                out[:, j] = _codes(X[col], cats)
         return out
 
 
