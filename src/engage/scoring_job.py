@@ -23,7 +23,7 @@ from engage import schemas as s
 from engage.config import EngageConfig
 from engage.decisions import append_decision_frame
 from engage.events import write_parquet_atomic
-from engage.features import build_features
+from engage.features import INPUT_COLUMNS, build_features
 from engage.scoring import ScoringModels, score_features, to_storable
 
 Progress = Callable[[int, int], None]
@@ -106,10 +106,11 @@ def score_events(
     features: list[pd.DataFrame] = []
     probabilities: list[np.ndarray] = []
     done = 0
+    columns = [c for c in lazy.collect_schema().names() if c in INPUT_COLUMNS]  # skip e.g. properties
     for chunk in user_chunks(lazy, n_chunks):
         tick = time.perf_counter()
         # one read of this chunk's events: the feature engine makes several passes over its input
-        chunk_events = chunk.filter(pl.col(s.TS) < as_of).collect(engine="streaming")
+        chunk_events = chunk.filter(pl.col(s.TS) < as_of).select(columns).collect(engine="streaming")
         frame = build_features(
             chunk_events, [as_of], config=config.features, users=users, exposures=exposures
         )

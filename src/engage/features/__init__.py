@@ -19,6 +19,7 @@ import pandas as pd
 from engage.config import FeatureConfig
 from engage.features.spec import (
     CATEGORICAL,
+    INPUT_COLUMNS,
     FeatureDef,
     categorical_features,
     feature_defs,
@@ -29,6 +30,7 @@ from engage.features.spec import (
 
 __all__ = [
     "CATEGORICAL",
+    "INPUT_COLUMNS",
     "FeatureDef",
     "build_features",
     "categorical_features",

@@ -39,7 +39,7 @@ import polars as pl
 
 from engage import schemas as s
 from engage.config import FeatureConfig
-from engage.features.spec import feature_defs
+from engage.features.spec import INPUT_COLUMNS, feature_defs
 
 DAY_US = 86_400 * 1_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -70,7 +70,10 @@ def _hold_if_small(events: pl.LazyFrame, limit: int) -> pl.LazyFrame:
     if limit <= 0:
         return events
     rows = events.select(pl.len()).collect(engine="streaming").item()
-    return events.collect(engine="streaming").lazy() if rows <= limit else events
+    if rows > limit:
+        return events
+    present = events.collect_schema().names()
+    return events.select([c for c in present if c in INPUT_COLUMNS]).collect(engine="streaming").lazy()
 
 
 def _eager(frame: pl.LazyFrame) -> pl.LazyFrame:

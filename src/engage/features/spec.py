@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from engage import schemas as s
 from engage.config import FeatureConfig
 
+INPUT_COLUMNS: tuple[str, ...] = (s.USER_ID, s.TS, s.EVENT_TYPE, "session_id", "category", "amount")
+"""The event columns the standard features read; a reader may skip the rest (e.g. ``properties``)."""
+
 
 @dataclass(frozen=True)
 class FeatureDef:
