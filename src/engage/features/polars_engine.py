@@ -42,6 +42,7 @@ from engage.config import FeatureConfig
 from engage.features.spec import INPUT_COLUMNS, feature_defs
 
 DAY_US = 86_400 * 1_000_000
+AMOUNT_SCALE = 1_000_000  # amounts are summed exactly in millionths (int64: up to ~9e12 per user)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _TYPE_CODE = {t: i for i, t in enumerate(s.KNOWN_EVENT_TYPES)}
 _MIX = 0x9E3779B97F4A7C15  # odd 64-bit constant: (user hash * _MIX) xor session hash is the session key
@@ -102,6 +103,9 @@ def _one_as_of(
         codes = [_TYPE_CODE[n] for n in names]
         return code == codes[0] if len(codes) == 1 else code.is_in(codes)
 
+    # amounts are summed as integer micro-units: an integer sum does not depend on the order the
+    # threads merge partial sums in, so a re-run gives the same bits
+    micros = (pl.col("amount") * AMOUNT_SCALE).round().cast(pl.Int64)
     aggs: list[pl.Expr] = []
     for w in windows:
         inside = d < w
@@ -109,11 +113,9 @@ def _one_as_of(
             aggs.append((inside & is_type(t)).sum().alias(f"{t}_count_{w}d"))
         buy = inside & is_type("purchase")
         aggs += [
-            pl.when(inside & is_type("purchase", "refund"))
-            .then(pl.col("amount"))
-            .sum()
-            .alias(f"amount_sum_{w}d"),
-            pl.when(buy).then(pl.col("amount")).mean().fill_null(0.0).alias(f"amount_mean_{w}d"),
+            pl.when(inside & is_type("purchase", "refund")).then(micros).sum().alias(f"__amount_{w}"),
+            pl.when(buy).then(micros).sum().alias(f"__spend_{w}"),
+            pl.when(buy).then(micros).count().alias(f"__buys_{w}"),
         ]
     recent, prev = d < 7, (d >= 7) & (d < 35)
     aggs += [
@@ -165,8 +167,14 @@ def _one_as_of(
         pl.col(s.USER_ID).hash(seed=0).alias("__uh"),
         *[pl.col(f"{t}_count_{w}d").cast(pl.Float64) for w in windows for t in s.KNOWN_EVENT_TYPES],
         *[days_between(0, w).alias(f"active_days_{w}d") for w in windows],
-        *[pl.col(f"amount_sum_{w}d") for w in windows],
-        *[pl.col(f"amount_mean_{w}d") for w in windows],
+        *[(pl.col(f"__amount_{w}") / AMOUNT_SCALE).alias(f"amount_sum_{w}d") for w in windows],
+        *[
+            pl.when(pl.col(f"__buys_{w}") > 0)
+            .then(pl.col(f"__spend_{w}") / pl.col(f"__buys_{w}") / AMOUNT_SCALE)
+            .otherwise(0.0)
+            .alias(f"amount_mean_{w}d")
+            for w in windows
+        ],
         days_ago("__last").alias("days_since_last_event"),
         days_ago("__last_purchase").alias("days_since_last_purchase"),
         days_ago("__last_session").alias("days_since_last_session"),
@@ -258,8 +266,9 @@ def _one_as_of(
     )
     email_w = []
     if exposures is not None:
+        oldest = as_of_lit - pl.duration(days=max(*config.windows, 28))  # the longest count's window
         exp = exposures.filter(
-            (pl.col(s.TS) < as_of_lit) & (pl.col(s.MESSAGE_ID) != s.CONTROL_ARM)
+            (pl.col(s.TS) < as_of_lit) & (pl.col(s.TS) >= oldest) & (pl.col(s.MESSAGE_ID) != s.CONTROL_ARM)
         ).with_columns(((as_of_lit - pl.col(s.TS)).dt.total_microseconds() / DAY_US).alias("__eage"))
         fat = exp.group_by(s.USER_ID).agg(
             (pl.col("__eage") < 7).sum().cast(pl.Float64).alias("messages_received_7d"),
