@@ -212,9 +212,10 @@ def score_columns(
         if models.offers is not None
         else pd.DataFrame({s.CONTROL_ARM: np.zeros(len(features))})
     )
+    arm_gains = gain_matrix(gains, catalog.arms)  # NaN for arms the offers model lacks
     probabilities, holdout = probability_matrix(
         features,
-        gain_matrix(gains, catalog.arms),
+        arm_gains,
         catalog,
         config=policy,
         history=history,
@@ -228,7 +229,9 @@ def score_columns(
     out[s.MESSAGE_ID] = arms
     out[s.CHANNEL] = catalog.arm_channels[chosen]
     out["message_text"] = render_many(catalog, arms, features)
-    out["expected_uplift"] = gain_matrix(gains, catalog.arms, fill=0.0)[np.arange(len(arms)), chosen]
+    modelled = np.isin(np.asarray(catalog.arms, dtype=object), list(gains.columns))
+    picked = arm_gains[np.arange(len(arms)), chosen]
+    out["expected_uplift"] = np.where(modelled[chosen], picked, 0.0)
     out[s.PROPENSITY] = propensity
     out["holdout"] = np.asarray(holdout, dtype=bool)
     out["cold_start"] = np.zeros(len(features), dtype=bool)

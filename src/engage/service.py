@@ -9,7 +9,6 @@ statuses. Settings are read here, at the edge: ``ENGAGE_CONFIG`` (YAML), ``ENGAG
 
 from __future__ import annotations
 
-import gc
 import hmac
 import json
 import logging
@@ -957,10 +956,6 @@ class EngageService:
             "engage_decisions", "Decisions returned by /score", ["cold_start", "message_id"]
         )
         self.quarantined = Counter("engage_inline_events_quarantined", "Inline events set aside")
-        # the models and the snapshot live as long as the worker: keep them out of the collector's
-        # scans, which otherwise show up as latency spikes on unlucky requests
-        gc.collect()
-        gc.freeze()
 
     @bentoml.on_shutdown
     def shutdown(self) -> None:

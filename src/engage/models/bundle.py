@@ -22,6 +22,13 @@ def risk_bands(probability: np.ndarray | pd.Series, thresholds: Sequence[float])
     return names[np.searchsorted(edges, np.asarray(probability, dtype=float), side="right")]
 
 
+def _require_features(frame: pd.DataFrame, names: list[str], model: str) -> None:
+    """A ValueError naming (up to 10 of) the model's features the frame lacks."""
+    missing = [c for c in names if c not in frame.columns]
+    if missing:
+        raise ValueError(f"features missing for the {model} model: {', '.join(missing[:10])}")
+
+
 @dataclass
 class ChurnBundle:
     """A fitted churn model plus what turns its output into an answer a marketer can read."""
@@ -37,9 +44,7 @@ class ChurnBundle:
 
     def _checked(self, frame: pd.DataFrame) -> pd.DataFrame:
         """The frame itself once every feature is there (the model picks its columns by name)."""
-        missing = [c for c in self.feature_names if c not in frame.columns]
-        if missing:
-            raise ValueError(f"features missing for the churn model: {', '.join(missing[:10])}")
+        _require_features(frame, self.feature_names, "churn")
         return frame
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
@@ -73,9 +78,7 @@ class OfferBundle:
 
     def outcomes(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Predicted outcome probability under every arm (one column per arm, control included)."""
-        missing = [c for c in self.feature_names if c not in frame.columns]
-        if missing:
-            raise ValueError(f"features missing for the offers model: {', '.join(missing[:10])}")
+        _require_features(frame, self.feature_names, "offers")
         return self.model.predict_outcomes(frame)
 
     def expected_gains(self, frame: pd.DataFrame, catalog: Any) -> pd.DataFrame:

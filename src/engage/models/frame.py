@@ -38,14 +38,17 @@ class FrameSpec:
 
     def apply(self, X: pd.DataFrame) -> pd.DataFrame:
         """The columns in fit order with categoricals re-coded (missing columns are an error)."""
-        missing = [c for c in self.columns if c not in X.columns]
-        if missing:
-            raise KeyError(f"feature columns missing: {', '.join(missing[:10])}")
+        self._require(X)
         out = X.loc[:, list(self.columns)].copy()
         for col, cats in self.categories.items():
             codes = np.nan_to_num(_codes(out[col], cats), nan=-1).astype(np.int64)  # unseen -> missing
             out[col] = pd.Categorical.from_codes(codes, categories=cats)
         return out
+
+    def _require(self, X: pd.DataFrame) -> None:
+        missing = [c for c in self.columns if c not in X.columns]
+        if missing:
+            raise KeyError(f"feature columns missing: {', '.join(missing[:10])}")
 
     def matrix(self, X: pd.DataFrame) -> np.ndarray:
         """The same features as ``apply`` as a float64 array (categoricals as their codes, NaN if unseen).
@@ -54,9 +57,7 @@ class FrameSpec:
         ``apply``, but skips its pandas conversion, which costs milliseconds per call: this is the
         prediction path of the service and of batch scoring.
         """
-        missing = [c for c in self.columns if c not in X.columns]
-        if missing:
-            raise KeyError(f"feature columns missing: {', '.join(missing[:10])}")
+        self._require(X)
         if len(X) >= SMALL_BATCH_ROWS:
             return self._column_major(X)
         out = np.empty((len(X), len(self.columns)), dtype=np.float64)
