@@ -58,7 +58,7 @@ def find_lightgbm(obj: Any, depth: int = 0, seen: set[int] | None = None) -> Any
 
 def model_rows(config_path: str | None) -> tuple[Any, int, pd.DataFrame, dict[str, int]]:
     """(booster, trees, rows in the model's input form, user_id -> row) for the latest snapshot rows."""
-    from engage.service import load_scoring_models
+    from engage.serving.service import load_scoring_models
 
     config = load_config(config_path)
     snapshot = pd.read_parquet(config.serve.feature_snapshot_path)

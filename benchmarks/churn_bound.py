@@ -31,7 +31,7 @@ from engage import schemas as s
 from engage.config import load_config
 from engage.datasets import _sim_model as m
 from engage.models.churn import out_of_time_split
-from engage.train import build_churn_table, oracle_scores
+from engage.training.churn import build_churn_table, oracle_scores
 
 START = pd.Timestamp("2024-01-01", tz="UTC")  # engage simulate's default start
 CAMPAIGN_EVERY_DAYS = 7

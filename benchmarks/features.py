@@ -156,7 +156,7 @@ def run_one(engine: str, path: Path, as_of: datetime) -> dict[str, float]:
     elif engine == "bare":
         rows = bare_polars(path, as_of)
     elif engine == "spark":
-        from engage.batch import build_features_spark, local_spark
+        from engage.spark import build_features_spark, local_spark
 
         # own scratch dir (a shared /tmp may be cleaned under us) and room for the cached events
         os.environ["SPARK_LOCAL_DIRS"] = str(path.parent / "spark-local")

@@ -32,14 +32,14 @@ import pandas as pd
 import polars as pl
 
 from engage import schemas as s
-from engage.catalog import load_catalog, render_many
+from engage.offers.catalog import load_catalog, render_many
 from engage.config import load_config
 from engage.datasets.simulate import simulate
-from engage.policy import action_probabilities
-from engage.scoring import decision_ids, row_uniforms, score_features, to_storable
-from engage.scoring_job import exposure_history, history_days, load_models, score_events
-from engage.train import train_churn
-from engage.train_offers import fit_offers, offer_table, train_offers
+from engage.offers.policy import action_probabilities
+from engage.scoring.core import decision_ids, row_uniforms, score_features, to_storable
+from engage.scoring.job import exposure_history, history_days, load_models, score_events
+from engage.training.churn import train_churn
+from engage.offers.training import fit_offers, offer_table, train_offers
 
 
 def _rss() -> float:
@@ -186,7 +186,7 @@ def main() -> None:
     print(f"1-row score_features: median {np.median(runs[5:]) * 1e3:.1f} ms ({_load()})")
 
     if args.spark_users:
-        from engage.batch import score_spark
+        from engage.spark import score_spark
 
         part = root / "spark"
         keep = pl.col(s.USER_ID).is_in(users[s.USER_ID].head(args.spark_users).implode())

@@ -3,7 +3,7 @@
 Run once, after training (champion in MLflow) and writing a feature snapshot:
 ``.venv/bin/python benchmarks/serve.py --config run.yaml [--url http://127.0.0.1:3000]``.
 It starts two one-worker ``bentoml serve`` processes on free loopback ports (models from MLflow):
-``engage.service:EngageService`` (unless ``--url`` names a running one) and
+``engage.serving.service:EngageService`` (unless ``--url`` names a running one) and
 ``benchmarks/bare_service.py:BareModel`` (LightGBM ``predict`` + ``pred_contrib`` on rows already in
 the model's input form, same request body). For both it prints single-user latency p50/p99 (the
 service with reasons and message; target p99 <= 25 ms), requests/s with 16 concurrent clients, and
@@ -232,7 +232,7 @@ def main() -> None:
     env.setdefault("BENTOML_HOME", str(scratch / "bentoml"))
     service_env = {**env, **({"ENGAGE_API_TOKEN": args.token} if args.token else {})}
     started = time.perf_counter()
-    engage = None if args.url else start_server("engage.service:EngageService", service_env)
+    engage = None if args.url else start_server("engage.serving.service:EngageService", service_env)
     bare = start_server("bare_service:BareModel", env, working_dir=Path(__file__).resolve().parent)
     try:
         url = args.url or wait_ready(engage)  # type: ignore[arg-type]

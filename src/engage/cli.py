@@ -303,7 +303,7 @@ def _compute_features(
 ) -> Any:
     user_table, exposure_table = _load_optional_table(users), _load_optional_table(exposures)
     if cfg.features.engine == "spark":
-        from engage.batch import build_features_spark
+        from engage.spark import build_features_spark
 
         return build_features_spark(
             events, dates, config=cfg.features, users=user_table, exposures=exposure_table
@@ -360,7 +360,7 @@ def dataset(
     frame = _load_events(events, cfg)
     builder = None
     if cfg.features.engine == "spark":
-        from engage.batch import build_features_spark as builder
+        from engage.spark import build_features_spark as builder
     with progress_bar("snapshots") as progress:
         table = build_training_table(
             frame,
@@ -437,7 +437,7 @@ def train_churn_command(
     """Out-of-time churn model (LightGBM + calibration) vs logistic and recency baselines, in MLflow."""
     _quiet_env()
     from engage.labels import InsufficientDataError
-    from engage.train import train_churn
+    from engage.training.churn import train_churn
 
     cfg = build_config(config, set_, **{"tracking.uri": tracking_uri, "tracking.experiment": experiment})
     frame = _load_events(events, cfg)
@@ -513,9 +513,9 @@ def train_offers_command(
 ) -> None:
     """Multi-arm uplift model and its policy, judged off-policy (IPS, SNIPS, DR) before launch."""
     _quiet_env()
-    from engage.catalog import load_catalog
+    from engage.offers.catalog import load_catalog
     from engage.events import fingerprint
-    from engage.train_offers import fit_offers, fit_offers_from_table, offer_table, train_offers
+    from engage.offers.training import fit_offers, fit_offers_from_table, offer_table, train_offers
 
     cfg = build_config(config, set_, **{"tracking.uri": tracking_uri, "tracking.experiment": experiment})
     if table is not None:
@@ -585,7 +585,7 @@ def evaluate_policy(
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
 ) -> None:
     """Off-policy value of a candidate policy from logged data: IPS, SNIPS and DR with 95% CIs."""
-    from engage.train_offers import evaluate_logged_policy
+    from engage.offers.training import evaluate_logged_policy
 
     logged, target = _load_optional_table(logs).to_pandas(), _load_optional_table(actions).to_pandas()
     try:
@@ -627,20 +627,20 @@ def score(
     moment = parse_date(as_of)
     snapshot = snapshot or Path(cfg.serve.feature_snapshot_path)
     decision_log = decision_log or Path(cfg.serve.decision_log_dir)
-    from engage.scoring_job import load_models
+    from engage.scoring.job import load_models
 
     try:
         models = load_models(cfg)
     except LookupError as exc:
         raise _fail(str(exc)) from exc
     if cfg.features.engine == "spark":
-        from engage.batch import score_spark
+        from engage.spark import score_spark
 
         summary = score_spark(
             events, moment, models, cfg, out_file, users=users, exposures=exposures, explain_share=share
         )
     else:
-        from engage.scoring_job import score_events
+        from engage.scoring.job import score_events
 
         frame = _load_events(events, cfg)
         with progress_bar("scoring users") as progress:
@@ -732,7 +732,7 @@ def build(
 ) -> None:
     """Import the champion models into the Bento store and build the scoring Bento."""
     _quiet_env()
-    from engage.service import build_bento
+    from engage.serving.service import build_bento
 
     cfg = build_config(config, set_, **{"tracking.uri": tracking_uri})
     try:
@@ -748,14 +748,14 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (default 3000).")] = None,
     target: Annotated[
         str, typer.Option(help="Service path or a built Bento tag.")
-    ] = "engage.service:EngageService",
+    ] = "engage.serving.service:EngageService",
     model_source: Annotated[str, typer.Option(help="bento (store) or mlflow (registry).")] = "bento",
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """Serve POST /score and /explain (BentoML) on loopback by default."""
     _quiet_env()
-    from engage.service import serve as run_server
+    from engage.serving.service import serve as run_server
 
     cfg = build_config(config, set_)
     raise typer.Exit(run_server(cfg, host, port, target=target, model_source=model_source))

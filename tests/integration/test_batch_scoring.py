@@ -10,12 +10,12 @@ import numpy as np
 import polars as pl
 import pytest
 
-from engage.catalog import load_catalog
+from engage.offers.catalog import load_catalog
 from engage.config import load_config
 from engage.datasets.simulate import simulate, write_simulation
-from engage.scoring_job import load_models, score_events
-from engage.train import train_churn
-from engage.train_offers import fit_offers, offer_table, train_offers
+from engage.scoring.job import load_models, score_events
+from engage.training.churn import train_churn
+from engage.offers.training import fit_offers, offer_table, train_offers
 
 pytestmark = pytest.mark.integration
 
@@ -78,7 +78,7 @@ def test_rerun_gives_the_identical_file_and_chunks_do_not_matter(world: dict) ->
 
 
 def test_spark_and_embedded_scores_agree(world: dict) -> None:
-    from engage.batch import score_spark
+    from engage.spark import score_spark
 
     embedded = _embedded(world, world["root"] / "e.parquet")
     paths = world["paths"]

@@ -8,7 +8,7 @@ import pytest
 from engage import tracking
 from engage.config import load_config
 from engage.datasets.simulate import simulate
-from engage.train import build_churn_table, train_churn
+from engage.training.churn import build_churn_table, train_churn
 
 pytestmark = pytest.mark.integration
 

@@ -140,7 +140,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 def _build_world(root: Path, config: Any, env: dict[str, str]) -> World:
     from engage.datasets.simulate import simulate
     from engage.features import build_features
-    from engage.train import train_churn
+    from engage.training.churn import train_churn
 
     data = simulate(1_500, 120, seed=7)
     result = train_churn(data.events, config, users=data.users)
@@ -159,11 +159,11 @@ def _build_world(root: Path, config: Any, env: dict[str, str]) -> World:
 @pytest.fixture(scope="module")
 def servers(world: World) -> Iterator[tuple[Server, Server]]:
     """(auth on, from MLflow; auth off, from the built Bento), started side by side."""
-    from engage.service import build_bento
+    from engage.serving.service import build_bento
 
     tag = build_bento(world.config, build_ctx=REPO)
     secured = start_server(
-        "engage.service:EngageService",
+        "engage.serving.service:EngageService",
         {**world.env, "ENGAGE_MODEL_SOURCE": "mlflow", "ENGAGE_API_TOKEN": TOKEN},
         world.root / "secured.log",
     )
@@ -209,7 +209,7 @@ def user_attributes(world: World, user_id: str) -> dict[str, Any]:
 
 def batch_scores(world: World, user_ids: list[str]) -> pd.DataFrame:
     """What the batch job (``engage score``) answers for these users at the same as_of."""
-    from engage.scoring_job import load_models, score_events
+    from engage.scoring.job import load_models, score_events
 
     out = world.root / f"batch-{len(user_ids)}-{user_ids[0]}.parquet"
     models = load_models(world.config)
@@ -243,7 +243,7 @@ def test_known_user_matches_batch_scoring(world: World, secured: Server) -> None
 
 
 def test_score_is_logged_for_off_policy_evaluation(world: World, secured: Server) -> None:
-    from engage.decisions import read_decisions
+    from engage.scoring.decision_log import read_decisions
 
     status, body = post(f"{secured.url}/score", {"users": [{"user_id": known_user(world, 7)}]}, TOKEN)
     assert status == 200, body
@@ -292,10 +292,10 @@ class RankedGains:
 
 def test_a_user_just_messaged_is_not_sent_it_again_inside_its_cooldown(world: World, tmp_path: Path) -> None:
     """The engine behind /score passes each user's recent messages to the policy, across requests."""
-    from engage.scoring import ScoringModels
-    from engage.scoring_job import load_models
-    from engage.service import ScoringEngine
-    from engage.service_schemas import ScoreRequest
+    from engage.scoring.core import ScoringModels
+    from engage.scoring.job import load_models
+    from engage.serving.service import ScoringEngine
+    from engage.serving.schemas import ScoreRequest
 
     loaded = load_models(world.config)
     models = ScoringModels(

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 def spark() -> Iterator[Any]:
     pytest.importorskip("pyspark")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    from engage.batch import local_spark
+    from engage.spark import local_spark
 
     session = local_spark(shuffle_partitions=2)
     yield session
@@ -81,7 +81,7 @@ def _assert_same(a: pd.DataFrame, b: pd.DataFrame) -> None:
 
 
 def test_spark_matches_polars_on_a_random_log(spark: Any) -> None:
-    from engage.batch import build_features_spark
+    from engage.spark import build_features_spark
 
     events, exposures, users = _random_log(3_000, seed=7)
     dates = [datetime(2024, 3, 1, tzinfo=UTC), datetime(2024, 4, 17, 13, 30, tzinfo=UTC)]
@@ -93,7 +93,7 @@ def test_spark_matches_polars_on_a_random_log(spark: Any) -> None:
 
 
 def test_spark_matches_polars_without_exposures_or_users(spark: Any, tmp_path: Any) -> None:
-    from engage.batch import build_features_spark
+    from engage.spark import build_features_spark
 
     events, _, _ = _random_log(800, seed=11)
     path = tmp_path / "events.parquet"
@@ -106,7 +106,7 @@ def test_spark_matches_polars_without_exposures_or_users(spark: Any, tmp_path: A
 
 
 def test_spark_matches_polars_on_simulated_users(spark: Any) -> None:
-    from engage.batch import build_features_spark
+    from engage.spark import build_features_spark
     from engage.datasets.simulate import simulate
 
     sim = simulate(250, 120, seed=5)
@@ -124,7 +124,7 @@ def test_spark_matches_polars_on_simulated_users(spark: Any) -> None:
 
 @pytest.mark.realdata
 def test_spark_matches_polars_on_online_retail_ii(spark: Any, shared_data: Any) -> None:
-    from engage.batch import build_features_spark
+    from engage.spark import build_features_spark
     from engage.datasets.online_retail_ii import load_online_retail_ii
 
     path = shared_data / "online_retail_ii" / "online_retail_II_2009-2010.parquet"

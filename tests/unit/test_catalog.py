@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from engage import schemas as s
-from engage.catalog import FALLBACK_TEXT, CatalogError, catalog_from_dict, load_catalog, parse_rule, render
+from engage.offers.catalog import FALLBACK_TEXT, CatalogError, catalog_from_dict, load_catalog, parse_rule, render
 from engage.config import DEFAULT_CATALOG_PATH
 
 FEATURE_NAMES = [
@@ -161,7 +161,7 @@ def test_render_fills_params_and_features_and_falls_back_readably() -> None:
 
 
 def test_vectorised_render_equals_the_per_row_render_on_random_features() -> None:
-    from engage.catalog import RENDER_ROW_BY_ROW, render_many
+    from engage.offers.catalog import RENDER_ROW_BY_ROW, render_many
 
     catalog = catalog_from_dict(
         {

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engage.decisions import append_decisions, read_decisions
+from engage.scoring.decision_log import append_decisions, read_decisions
 
 WHEN = datetime(2024, 6, 1, 12, tzinfo=UTC)
 
@@ -56,7 +56,7 @@ def test_column_wise_log_reads_back_like_the_per_record_log(tmp_path: Path) -> N
     import numpy as np
     import pandas as pd
 
-    from engage.decisions import append_decision_frame
+    from engage.scoring.decision_log import append_decision_frame
 
     rng = np.random.default_rng(2)
     n = 50
@@ -89,7 +89,7 @@ def test_chunks_with_equal_version_mappings_take_the_column_wise_path(
     """A batch run scores in chunks, each with its own (equal) versions dict: still one fast write."""
     import pandas as pd
 
-    from engage import decisions
+    from engage.scoring import decision_log as decisions
 
     n = 40
     chunks = [{"churn": "engage-churn/3"}, {"churn": "engage-churn/3"}]  # equal, not the same object

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engage.evaluation.off_policy import (
+from engage.offers.evaluation import (
     compare_policies,
     doubly_robust,
     greedy_policy,

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from engage import schemas as s
-from engage.outcomes import attach_outcomes, offer_training_table
+from engage.offers.outcomes import attach_outcomes, offer_training_table
 
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
 

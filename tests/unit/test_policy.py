@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 
 from engage import schemas as s
-from engage.catalog import load_catalog
+from engage.offers.catalog import load_catalog
 from engage.config import DEFAULT_CATALOG_PATH, PolicyConfig
-from engage.policy import EXPLORATION, HOLDOUT, action_probabilities, choose, holdout_mask
+from engage.offers.policy import EXPLORATION, HOLDOUT, action_probabilities, choose, holdout_mask
 
 CAT = load_catalog(DEFAULT_CATALOG_PATH)
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
@@ -165,7 +165,7 @@ def _reference_hash(text: str, salt: int) -> int:
 
 
 def test_vectorised_hash_matches_its_scalar_definition_on_random_text() -> None:
-    from engage.policy import stable_hash64
+    from engage.offers.policy import stable_hash64
 
     rng = np.random.default_rng(5)
     alphabet = list("abcXYZ019_-|é€ ")
@@ -185,7 +185,7 @@ def test_holdout_share_and_row_independence() -> None:
 
 
 def test_gain_matrix_is_the_reindexed_gains() -> None:
-    from engage.policy import gain_matrix
+    from engage.offers.policy import gain_matrix
 
     features = _features(5)
     gains = _gains(features).drop(columns="newsletter")[["winback_offer", "none", "cart_coupon"]]
@@ -198,7 +198,7 @@ def test_gain_matrix_is_the_reindexed_gains() -> None:
 
 def test_history_stamps_count_alike_whatever_their_form() -> None:
     """UTC, other time zones, naive (UTC) and text stamps give the same cooldowns; NaT never counts."""
-    from engage.policy import allowed_arms
+    from engage.offers.policy import allowed_arms
 
     features = _features(4)
     moments = [NOW - timedelta(days=1), NOW - timedelta(days=10), NOW + timedelta(hours=1), NOW]

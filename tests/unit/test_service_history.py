@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 
 from engage import schemas as s
-from engage.catalog import load_catalog
+from engage.offers.catalog import load_catalog
 from engage.config import DEFAULT_CATALOG_PATH, PolicyConfig
-from engage.decisions import append_decisions, read_decisions
-from engage.policy import allowed_arms
-from engage.service import ContactHistory, DecisionWriter
+from engage.scoring.decision_log import append_decisions, read_decisions
+from engage.offers.policy import allowed_arms
+from engage.serving.service import ContactHistory, DecisionWriter
 
 CAT = load_catalog(DEFAULT_CATALOG_PATH)
 FEATURE_TIME = datetime(2024, 6, 1, tzinfo=UTC)

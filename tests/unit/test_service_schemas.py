@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from engage import schemas as s
-from engage.service_schemas import (
+from engage.serving.schemas import (
     MAX_EVENTS_PER_USER,
     ExplainRequest,
     ScoreRequest,

@@ -6,7 +6,7 @@ import json
 
 import pandas as pd
 
-from engage.scoring import to_storable
+from engage.scoring.core import to_storable
 
 
 def test_nested_columns_become_json_per_row_whatever_objects_they_share() -> None:

@@ -53,10 +53,10 @@ def build_features(
 ) -> pd.DataFrame:
     """One row per (user, as_of) for every user with an event before as_of; features in spec order.
 
-    ``engine="polars"`` runs here; Spark runs through ``engage.batch`` (the only pyspark module).
+    ``engine="polars"`` runs here; Spark runs through ``engage.spark`` (the only pyspark module).
     """
     if engine != "polars":
-        raise ValueError(f"engine {engine!r} is not embedded: use engage.batch for spark")
+        raise ValueError(f"engine {engine!r} is not embedded: use engage.spark for spark")
     from engage.features.polars_engine import build_features as run
 
     return run(events, as_of, config=config, users=users, exposures=exposures, progress=progress)

@@ -17,7 +17,7 @@ How it stays fast (one pass over the events per reduction, no per-window ``n_uni
   count; the top category is the most frequent, ties to the first name, without sorting.
 - Event types and categories are integer codes (an Enum cast); strings are only the user key.
 
-Semantics worth knowing (the Spark engine in ``engage.batch`` computes the same):
+Semantics worth knowing (the Spark engine in ``engage.spark`` computes the same):
 
 - ``active_days_{w}d`` counts distinct 24-hour periods before as_of (``d``), not calendar days;
   they are the same when as_of is at midnight UTC. ``active_days_change_28d`` is the count for

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from engage.evaluation.off_policy import VALUE_COLUMNS
+from engage.offers.evaluation import VALUE_COLUMNS
 
 
 def qini_figure(curves: Mapping[str, pd.DataFrame], *, title: str = "Qini curves (held-out rows)") -> Figure:

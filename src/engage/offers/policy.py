@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 
 from engage import schemas as s
-from engage.catalog import Catalog
+from engage.offers.catalog import Catalog
 from engage.config import PolicyConfig
 
 HOLDOUT = "holdout"

@@ -316,7 +316,7 @@ def score_spark(
     """Batch scoring on Spark: Spark features, then the shared scoring path in a pandas UDF.
 
     The scoring function and models travel to the executors in the closure; each partition runs
-    ``engage.scoring.score_features``, whose random draws depend only on (user, as_of, seed), so the
+    ``engage.scoring.core.score_features``, whose random draws depend only on (user, as_of, seed), so the
     result equals the embedded run's. The scores are written atomically as one Parquet file.
     """
     import time
@@ -324,8 +324,8 @@ def score_spark(
     import numpy as np
 
     from engage.events import write_parquet_atomic
-    from engage.scoring import score_features, to_storable
-    from engage.scoring_job import ScoreRunSummary, exposure_history, history_days
+    from engage.scoring.core import score_features, to_storable
+    from engage.scoring.job import ScoreRunSummary, exposure_history, history_days
 
     started = time.perf_counter()
     spark = spark if spark is not None else local_spark()

@@ -21,14 +21,14 @@ import polars as pl
 
 from engage import schemas as s
 from engage import tracking
-from engage.catalog import Catalog
+from engage.offers.catalog import Catalog
 from engage.config import EngageConfig
-from engage.evaluation.off_policy import doubly_robust, ips, snips
+from engage.offers.evaluation import doubly_robust, ips, snips
 from engage.evaluation.uplift import qini_coefficient, qini_curve, uplift_at_k
 from engage.features import build_features
 from engage.models.bundle import OfferBundle
 from engage.models.uplift import MultiArmUplift, expected_gain
-from engage.policy import action_probabilities, allowed_arms
+from engage.offers.policy import action_probabilities, allowed_arms
 
 Progress = Callable[[int, int], None]
 REWARD = "reward"
@@ -399,7 +399,7 @@ def generic_catalog(arms: Sequence[str], control: str) -> Catalog:
 
     Policy values are then conversion rates, which is what a campaign table measures.
     """
-    from engage.catalog import catalog_from_dict
+    from engage.offers.catalog import catalog_from_dict
 
     return catalog_from_dict(
         {

@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 
 from engage import schemas as s
-from engage.catalog import Catalog, render_many
+from engage.offers.catalog import Catalog, render_many
 from engage.config import PolicyConfig
 from engage.models.bundle import ChurnBundle, OfferBundle
-from engage.policy import (
+from engage.offers.policy import (
     gain_matrix,
     mix_int,
     probability_matrix,

@@ -1,7 +1,7 @@
 """The HTTP scoring service (BentoML): ``POST /score`` and ``POST /explain`` over one scoring path.
 
 The only module that imports bentoml. Request handling lives in :class:`ScoringEngine` (plain
-Python over ``engage.scoring``), so the Bento class only loads things once and maps errors to HTTP
+Python over ``engage.scoring.core``), so the Bento class only loads things once and maps errors to HTTP
 statuses. Settings are read here, at the edge: ``ENGAGE_CONFIG`` (YAML), ``ENGAGE_FEATURE_SNAPSHOT``,
 ``ENGAGE_DECISION_LOG``, ``ENGAGE_MODEL_SOURCE`` (``bento`` or ``mlflow``), ``ENGAGE_API_TOKEN`` and
 ``ENGAGE_EXPOSURES`` (an optional campaign exposures table: past messages for cooldowns and caps).
@@ -34,7 +34,7 @@ from bentoml.exceptions import BentoMLException
 
 from engage import schemas as s
 from engage.config import EngageConfig, load_config
-from engage.service_schemas import (
+from engage.serving.schemas import (
     AttributeValue,
     EventIn,
     ExplainRequest,
@@ -50,7 +50,7 @@ from engage.service_schemas import (
 )
 
 if TYPE_CHECKING:  # importing scoring pulls in models, catalog and policy: done lazily
-    from engage.scoring import ScoringModels
+    from engage.scoring.core import ScoringModels
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ ENV_EXPOSURES = "ENGAGE_EXPOSURES"
 SERVICE_NAME = "engage-scoring"
 PROTECTED_PATHS = frozenset({"/score", "/explain"})
 REASONS_TOP_K = 3
-CAP_DAYS = 7  # the contact cap counts messages over this many days (engage.policy)
+CAP_DAYS = 7  # the contact cap counts messages over this many days (engage.offers.policy)
 WATCH_SECONDS = 1.0
 PRIOR_SAMPLE = 20_000
 
@@ -100,7 +100,7 @@ def service_config() -> EngageConfig:
 
 
 def _load_catalog(config: EngageConfig) -> Any:
-    from engage.catalog import load_catalog
+    from engage.offers.catalog import load_catalog
 
     return load_catalog(config.offers.catalog_path)
 
@@ -157,7 +157,7 @@ def load_scoring_models(config: EngageConfig, source: str = "bento") -> ScoringM
     registered model as ``{"churn": "engage-churn/3", ...}``, the convention of
     ``engage.scoring_job.load_models``, so decision ids agree with batch scoring.
     """
-    from engage.scoring import ScoringModels
+    from engage.scoring.core import ScoringModels
 
     if source == "bento":
         churn, offers, versions = _bento_models(config)
@@ -394,7 +394,7 @@ class ContactHistory:
 class DecisionWriter:
     """Appends this process's decisions to ``<dir>/date=YYYY-MM-DD/decisions-<pid>.jsonl``.
 
-    The layout and line format of :mod:`engage.decisions`. One ``os.write`` of whole lines per
+    The layout and line format of :mod:`engage.scoring.decision_log`. One ``os.write`` of whole lines per
     request to a file kept open for appending (the kernel holds it once written: a process crash
     loses nothing); :meth:`sync` fsyncs at most once per watcher tick instead of once per request.
     A line cut short by a machine crash is sealed with a newline when the file is opened again, and
@@ -424,7 +424,7 @@ class DecisionWriter:
         return fd
 
     def write(self, records: Sequence[dict[str, Any]], decided_at: datetime) -> None:
-        from engage.decisions import DECISION_FIELDS
+        from engage.scoring.decision_log import DECISION_FIELDS
 
         stamp = decided_at.isoformat()
         lines = []
@@ -728,7 +728,7 @@ class ScoringEngine:
 
     def _cold(self, user: UserIn, as_of: datetime) -> UserScore:
         """Population prior and the catalog's default message, marked ``cold_start``."""
-        from engage.scoring import decision_ids
+        from engage.scoring.core import decision_ids
 
         arm = getattr(self.models.catalog, "default_message", None) or s.CONTROL_ARM
         ids = decision_ids(
@@ -793,8 +793,8 @@ class ScoringEngine:
                 self._busy_cond.notify_all()
 
     def _answers(self, request: ScoreRequest, rows: FeatureRows, decided_at: datetime) -> list[UserScore]:
-        from engage.policy import utc_values
-        from engage.scoring import score_columns
+        from engage.offers.policy import utc_values
+        from engage.scoring.core import score_columns
 
         columns: dict[str, dict[str, list[Any]]] = {}
         for source, frame in rows.frames.items():
@@ -1066,7 +1066,7 @@ def serve(
     host: str | None = None,
     port: int | None = None,
     *,
-    target: str = "engage.service:EngageService",
+    target: str = "engage.serving.service:EngageService",
     model_source: str = "bento",
     api_token: str | None = None,
 ) -> int:

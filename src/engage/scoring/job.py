@@ -1,6 +1,6 @@
 """Batch scoring on one machine: events -> features -> scores file, in user chunks, written atomically.
 
-The same scoring path as the HTTP service (``engage.scoring.score_features``), so a user scored here
+The same scoring path as the HTTP service (``engage.scoring.core.score_features``), so a user scored here
 and through ``/score`` with the same ``as_of`` gets the same answer. Users are split into chunks by a
 stable hash of ``user_id`` so memory stays bounded; reasons can be limited to the riskiest share of
 users, which is where they are read and where their cost matters. The run also writes the feature
@@ -21,10 +21,10 @@ import polars as pl
 
 from engage import schemas as s
 from engage.config import EngageConfig
-from engage.decisions import append_decision_frame
+from engage.scoring.decision_log import append_decision_frame
 from engage.events import write_parquet_atomic
 from engage.features import INPUT_COLUMNS, build_features
-from engage.scoring import ScoringModels, score_features, to_storable
+from engage.scoring.core import ScoringModels, score_features, to_storable
 
 Progress = Callable[[int, int], None]
 
@@ -205,7 +205,7 @@ def score_events(
 def load_models(config: EngageConfig, alias: str = "champion") -> ScoringModels:
     """The registered churn and offers models behind ``alias`` (offers optional) and the catalog."""
     from engage import tracking
-    from engage.catalog import load_catalog
+    from engage.offers.catalog import load_catalog
 
     tracking.configure(config.tracking.uri)
     names = {"churn": config.tracking.churn_model_name, "offers": config.tracking.offer_model_name}
