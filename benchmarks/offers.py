@@ -29,9 +29,9 @@ from typing import Any
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
-from engage.offers.catalog import load_catalog
 from engage.config import EngageConfig, OfferConfig
 from engage.datasets.simulate import simulate
+from engage.offers.catalog import load_catalog
 from engage.offers.training import fit_offers, offer_table
 
 BAR = 0.90  # learned policy: at least this share of the oracle's increment over `none`

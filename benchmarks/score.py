@@ -32,14 +32,14 @@ import pandas as pd
 import polars as pl
 
 from engage import schemas as s
-from engage.offers.catalog import load_catalog, render_many
 from engage.config import load_config
 from engage.datasets.simulate import simulate
+from engage.offers.catalog import load_catalog, render_many
 from engage.offers.policy import action_probabilities
+from engage.offers.training import fit_offers, offer_table, train_offers
 from engage.scoring.core import decision_ids, row_uniforms, score_features, to_storable
 from engage.scoring.job import exposure_history, history_days, load_models, score_events
 from engage.training.churn import train_churn
-from engage.offers.training import fit_offers, offer_table, train_offers
 
 
 def _rss() -> float:

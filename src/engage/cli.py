@@ -513,8 +513,8 @@ def train_offers_command(
 ) -> None:
     """Multi-arm uplift model and its policy, judged off-policy (IPS, SNIPS, DR) before launch."""
     _quiet_env()
-    from engage.offers.catalog import load_catalog
     from engage.events import fingerprint
+    from engage.offers.catalog import load_catalog
     from engage.offers.training import fit_offers, fit_offers_from_table, offer_table, train_offers
 
     cfg = build_config(config, set_, **{"tracking.uri": tracking_uri, "tracking.experiment": experiment})

@@ -10,12 +10,12 @@ import numpy as np
 import polars as pl
 import pytest
 
-from engage.offers.catalog import load_catalog
 from engage.config import load_config
 from engage.datasets.simulate import simulate, write_simulation
+from engage.offers.catalog import load_catalog
+from engage.offers.training import fit_offers, offer_table, train_offers
 from engage.scoring.job import load_models, score_events
 from engage.training.churn import train_churn
-from engage.offers.training import fit_offers, offer_table, train_offers
 
 pytestmark = pytest.mark.integration
 

@@ -294,8 +294,8 @@ def test_a_user_just_messaged_is_not_sent_it_again_inside_its_cooldown(world: Wo
     """The engine behind /score passes each user's recent messages to the policy, across requests."""
     from engage.scoring.core import ScoringModels
     from engage.scoring.job import load_models
-    from engage.serving.service import ScoringEngine
     from engage.serving.schemas import ScoreRequest
+    from engage.serving.service import ScoringEngine
 
     loaded = load_models(world.config)
     models = ScoringModels(

@@ -106,8 +106,8 @@ def test_spark_matches_polars_without_exposures_or_users(spark: Any, tmp_path: A
 
 
 def test_spark_matches_polars_on_simulated_users(spark: Any) -> None:
-    from engage.spark import build_features_spark
     from engage.datasets.simulate import simulate
+    from engage.spark import build_features_spark
 
     sim = simulate(250, 120, seed=5)
     # one snapshot at midnight, one mid-day (age-day buckets then differ from calendar days)
@@ -124,8 +124,8 @@ def test_spark_matches_polars_on_simulated_users(spark: Any) -> None:
 
 @pytest.mark.realdata
 def test_spark_matches_polars_on_online_retail_ii(spark: Any, shared_data: Any) -> None:
-    from engage.spark import build_features_spark
     from engage.datasets.online_retail_ii import load_online_retail_ii
+    from engage.spark import build_features_spark
 
     path = shared_data / "online_retail_ii" / "online_retail_II_2009-2010.parquet"
     events = load_online_retail_ii(path).accepted

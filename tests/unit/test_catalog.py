@@ -11,8 +11,15 @@ import pytest
 import yaml
 
 from engage import schemas as s
-from engage.offers.catalog import FALLBACK_TEXT, CatalogError, catalog_from_dict, load_catalog, parse_rule, render
 from engage.config import DEFAULT_CATALOG_PATH
+from engage.offers.catalog import (
+    FALLBACK_TEXT,
+    CatalogError,
+    catalog_from_dict,
+    load_catalog,
+    parse_rule,
+    render,
+)
 
 FEATURE_NAMES = [
     "cart_abandon_count_7d",

@@ -10,9 +10,9 @@ import pytest
 
 from engage.config import load_config
 from engage.datasets.hillstrom import load_hillstrom
-from engage.offers.evaluation import compare_policies, greedy_policy, single_arm_policy, uniform_policy
 from engage.evaluation.uplift import uplift_at_k, uplift_by_arm
 from engage.models.uplift import MultiArmUplift
+from engage.offers.evaluation import compare_policies, greedy_policy, single_arm_policy, uniform_policy
 from engage.offers.training import fit_offers_from_table
 
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]

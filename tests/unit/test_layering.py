@@ -40,7 +40,11 @@ LAYERS: dict[str, int] = {
     "engage.serving": 6,
     "engage.cli": 7,
 }
-EDGE_ONLY = {"mlflow": {"engage.tracking"}, "bentoml": {"engage.serving.service"}, "pyspark": {"engage.spark"}}
+EDGE_ONLY = {
+    "mlflow": {"engage.tracking"},
+    "bentoml": {"engage.serving.service"},
+    "pyspark": {"engage.spark"},
+}
 
 
 def _module_name(path: Path) -> str:

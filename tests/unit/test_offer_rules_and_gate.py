@@ -14,10 +14,10 @@ import pytest
 
 from engage import schemas as s
 from engage import tracking
-from engage.offers.catalog import Catalog, load_catalog
 from engage.config import DEFAULT_CATALOG_PATH, EngageConfig, load_config
 from engage.models.bundle import OfferBundle
 from engage.models.uplift import MultiArmUplift, auto_min_child_samples
+from engage.offers.catalog import Catalog, load_catalog
 from engage.offers.training import (
     ARM,
     OfferFit,

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 
 from engage import schemas as s
-from engage.offers.catalog import load_catalog
 from engage.config import DEFAULT_CATALOG_PATH, PolicyConfig
+from engage.offers.catalog import load_catalog
 from engage.offers.policy import EXPLORATION, HOLDOUT, action_probabilities, choose, holdout_mask
 
 CAT = load_catalog(DEFAULT_CATALOG_PATH)

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 
 from engage import schemas as s
-from engage.offers.catalog import load_catalog
 from engage.config import DEFAULT_CATALOG_PATH, PolicyConfig
-from engage.scoring.decision_log import append_decisions, read_decisions
+from engage.offers.catalog import load_catalog
 from engage.offers.policy import allowed_arms
+from engage.scoring.decision_log import append_decisions, read_decisions
 from engage.serving.service import ContactHistory, DecisionWriter
 
 CAT = load_catalog(DEFAULT_CATALOG_PATH)

@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 
 from engage import schemas as s
-from engage.offers.catalog import catalog_from_dict
-from engage.offers.evaluation import greedy_policy, oracle_value, single_arm_policy, true_value
 from engage.evaluation.uplift import auuc, qini_coefficient, qini_curve, uplift_at_k
 from engage.models.uplift import MultiArmUplift, expected_gain
+from engage.offers.catalog import catalog_from_dict
+from engage.offers.evaluation import greedy_policy, oracle_value, single_arm_policy, true_value
 
 
 def _campaign(n: int = 6000, seed: int = 0):
@@ -135,10 +135,10 @@ def test_a_large_batch_on_every_core_predicts_what_small_batches_do() -> None:
 @pytest.mark.slow
 def test_on_the_simulator_the_learned_policy_beats_every_single_arm_in_true_value() -> None:
     """Small simulation: point-in-time table -> X-learner -> greedy policy under the catalog rules."""
-    from engage.offers.catalog import load_catalog
     from engage.config import DEFAULT_CATALOG_PATH, FeatureConfig
     from engage.datasets.simulate import simulate
     from engage.features import build_features
+    from engage.offers.catalog import load_catalog
     from engage.offers.outcomes import offer_training_table
     from engage.offers.policy import allowed_arms
 

@@ -17,8 +17,8 @@ import pandas as pd
 import pyarrow as pa
 
 from engage import schemas as s
-from engage.offers.catalog import Catalog
 from engage.config import PolicyConfig
+from engage.offers.catalog import Catalog
 
 HOLDOUT = "holdout"
 EXPLORATION = "exploration"

@@ -21,13 +21,13 @@ import polars as pl
 
 from engage import schemas as s
 from engage import tracking
-from engage.offers.catalog import Catalog
 from engage.config import EngageConfig
-from engage.offers.evaluation import doubly_robust, ips, snips
 from engage.evaluation.uplift import qini_coefficient, qini_curve, uplift_at_k
 from engage.features import build_features
 from engage.models.bundle import OfferBundle
 from engage.models.uplift import MultiArmUplift, expected_gain
+from engage.offers.catalog import Catalog
+from engage.offers.evaluation import doubly_robust, ips, snips
 from engage.offers.policy import action_probabilities, allowed_arms
 
 Progress = Callable[[int, int], None]

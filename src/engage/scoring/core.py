@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 
 from engage import schemas as s
-from engage.offers.catalog import Catalog, render_many
 from engage.config import PolicyConfig
 from engage.models.bundle import ChurnBundle, OfferBundle
+from engage.offers.catalog import Catalog, render_many
 from engage.offers.policy import (
     gain_matrix,
     mix_int,

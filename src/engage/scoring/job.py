@@ -21,10 +21,10 @@ import polars as pl
 
 from engage import schemas as s
 from engage.config import EngageConfig
-from engage.scoring.decision_log import append_decision_frame
 from engage.events import write_parquet_atomic
 from engage.features import INPUT_COLUMNS, build_features
 from engage.scoring.core import ScoringModels, score_features, to_storable
+from engage.scoring.decision_log import append_decision_frame
 
 Progress = Callable[[int, int], None]
 
