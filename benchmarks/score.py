@@ -38,7 +38,7 @@ from engage.offers.catalog import load_catalog, render_many
 from engage.offers.policy import action_probabilities
 from engage.offers.training import fit_offers, offer_table, train_offers
 from engage.scoring.core import decision_ids, row_uniforms, score_features, to_storable
-from engage.scoring.job import exposure_history, history_days, load_models, score_events
+from engage.scoring.job import exposure_history, load_models, score_events
 from engage.training.churn import train_churn
 
 
@@ -143,7 +143,7 @@ def main() -> None:
 
     p = timed("bare churn predict_proba", lambda: models.churn.churn_probability(features))
     gains = timed("offers expected_gains", lambda: models.offers.expected_gains(features, models.catalog))
-    history = exposure_history(exposures, as_of, history_days(models))
+    history = exposure_history(exposures, as_of, models.catalog.history_days)
     probs, _ = timed(
         "policy (rules, caps, cooldowns, holdout)",
         lambda: action_probabilities(

@@ -26,6 +26,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from engage import schemas as s
 from engage.config import ConfigError, EngageConfig, load_config
 
 app = typer.Typer(
@@ -674,7 +675,7 @@ def _print_score_summary(path: Path) -> None:
         pl.len().alias("users"), pl.col("churn_probability").mean().alias("risk")
     )
     messages = scores.group_by("message_id").agg(
-        pl.len().alias("users"), pl.col("expected_uplift").mean().alias("gain")
+        pl.len().alias("users"), pl.col(s.EXPECTED_GAIN).mean().alias("gain")
     )
     table = Table("risk band", "users", "mean risk", title="risk")
     for row in bands.sort("risk").iter_rows(named=True):

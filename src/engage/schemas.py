@@ -90,15 +90,22 @@ REVENUE: Final = "revenue"
 # --- features / labels / scores ---------------------------------------------------------
 AS_OF: Final = "as_of"
 LABEL: Final = "churned"
-SCORE_COLUMNS: Final[tuple[str, ...]] = (
-    USER_ID,
-    AS_OF,
-    "churn_probability",
-    "risk_band",
-    "reasons",
-    MESSAGE_ID,
-    CHANNEL,
-    "expected_uplift",
-    PROPENSITY,
-    "model_versions",
-)
+EXPECTED_GAIN: Final = "expected_gain"
+SCORE_TYPES: Final[dict[str, str]] = {
+    USER_ID: "string",
+    AS_OF: "timestamp",
+    "churn_probability": "double",
+    "risk_band": "string",
+    "reasons": "string",  # JSON text in files; a list of reasons in memory and in the API
+    MESSAGE_ID: "string",
+    CHANNEL: "string",
+    "message_text": "string",
+    EXPECTED_GAIN: "double",
+    PROPENSITY: "double",
+    "holdout": "boolean",
+    "cold_start": "boolean",
+    "model_versions": "string",  # JSON text in files; a mapping in memory and in the API
+    "decision_id": "string",
+}
+"""The one list of score fields (batch files, ``/score`` answers, Spark), with their stored types."""
+SCORE_FIELDS: Final[tuple[str, ...]] = tuple(SCORE_TYPES)

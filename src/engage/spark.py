@@ -294,11 +294,7 @@ def build_features_spark(
     return frame.sort_values([s.AS_OF, s.USER_ID], kind="stable").reset_index(drop=True)
 
 
-SCORE_SCHEMA = (
-    "user_id string, as_of timestamp, churn_probability double, risk_band string, reasons string, "
-    "message_id string, channel string, message_text string, expected_uplift double, propensity double, "
-    "holdout boolean, cold_start boolean, model_versions string, decision_id string"
-)
+SCORE_SCHEMA = ", ".join(f"{name} {kind}" for name, kind in s.SCORE_TYPES.items())
 
 
 def score_spark(
@@ -325,7 +321,7 @@ def score_spark(
 
     from engage.events import write_parquet_atomic
     from engage.scoring.core import score_features, to_storable
-    from engage.scoring.job import ScoreRunSummary, exposure_history, history_days
+    from engage.scoring.job import ScoreRunSummary, exposure_history
 
     started = time.perf_counter()
     spark = spark if spark is not None else local_spark()
@@ -338,7 +334,7 @@ def score_spark(
     threshold = None
     if explain_share and len(probability):
         threshold = -np.inf if explain_share >= 1 else float(np.quantile(probability, 1 - explain_share))
-    history = exposure_history(exposure_table, as_of, history_days(models))
+    history = exposure_history(exposure_table, as_of, models.catalog.history_days)
     policy, seed, top_k = config.policy, config.seed, config.churn.reasons_top_k
 
     def score_partition(batches: Any) -> Any:

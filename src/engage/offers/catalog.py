@@ -22,6 +22,9 @@ import yaml
 
 from engage import schemas as s
 
+CAP_DAYS = 7
+"""The contact cap counts the messages a user got over this many days (``max_per_7d``)."""
+
 
 class CatalogError(ValueError):
     """A catalog that cannot be used; names the file, message id and field."""
@@ -297,6 +300,11 @@ class Catalog:
     messages: tuple[Message, ...]
     max_per_7d: int = 2
     source: str = ""
+
+    @property
+    def history_days(self) -> int:
+        """The longest look-back the policy reads: the contact cap's window or the longest cooldown."""
+        return max([CAP_DAYS, *(m.cooldown_days for m in self.messages)])
 
     @property
     def arms(self) -> list[str]:

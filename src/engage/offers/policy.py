@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from engage import schemas as s
 from engage.config import PolicyConfig
-from engage.offers.catalog import Catalog
+from engage.offers.catalog import CAP_DAYS, Catalog
 
 HOLDOUT = "holdout"
 EXPLORATION = "exploration"
@@ -221,9 +221,9 @@ def allowed_matrix(
     capped = np.zeros(n, dtype=bool)
     moment = _utc(as_of) if as_of is not None else None
     if history is not None and len(history) and moment is not None:
-        window = max([7, *(m.cooldown_days for m in catalog.messages)])
+        window = catalog.history_days
         recent = _Recent(history, moment, window, _users(features) if users is None else users)
-        capped = recent.gather(np.bincount(recent.codes[recent.since(7)], minlength=recent.n_users), 0)
+        capped = recent.gather(np.bincount(recent.codes[recent.since(CAP_DAYS)], minlength=recent.n_users), 0)
         capped = capped >= max_per_7d
     elif max_per_7d <= 0:
         capped = np.ones(n, dtype=bool)

@@ -36,23 +36,6 @@ from engage.offers.policy import (
 NO_REASONS: tuple[()] = ()
 """The reasons of a row that was not explained (shared and immutable)."""
 
-SCORE_FIELDS: tuple[str, ...] = (
-    s.USER_ID,
-    s.AS_OF,
-    "churn_probability",
-    "risk_band",
-    "reasons",
-    s.MESSAGE_ID,
-    s.CHANNEL,
-    "message_text",
-    "expected_uplift",
-    s.PROPENSITY,
-    "holdout",
-    "cold_start",
-    "model_versions",
-    "decision_id",
-)
-
 
 @dataclass
 class ScoringModels:
@@ -164,7 +147,7 @@ def score_features(
     The options are those of :func:`score_columns`; an empty table gives an empty frame.
     """
     if features.empty:
-        return pd.DataFrame(columns=list(SCORE_FIELDS))
+        return pd.DataFrame(columns=list(s.SCORE_FIELDS))
     return pd.DataFrame(score_columns(features, models, **options), index=pd.RangeIndex(len(features)))
 
 
@@ -231,14 +214,14 @@ def score_columns(
     out["message_text"] = render_many(catalog, arms, features)
     modelled = np.isin(np.asarray(catalog.arms, dtype=object), list(gains.columns))
     picked = arm_gains[np.arange(len(arms)), chosen]
-    out["expected_uplift"] = np.where(modelled[chosen], picked, 0.0)
+    out[s.EXPECTED_GAIN] = np.where(modelled[chosen], picked, 0.0)
     out[s.PROPENSITY] = propensity
     out["holdout"] = np.asarray(holdout, dtype=bool)
     out["cold_start"] = np.zeros(len(features), dtype=bool)
     versions = dict(models.versions)
     out["model_versions"] = [versions] * len(features)  # one shared dict: to_storable dumps it once
     out["decision_id"] = _decision_ids(hashes[1:], micros, models.versions, seed)
-    return {name: out[name] for name in SCORE_FIELDS}
+    return {name: out[name] for name in s.SCORE_FIELDS}
 
 
 def _is_utc(stamps: pd.Series) -> bool:

@@ -80,11 +80,6 @@ def exposure_history(
     return past.select(s.USER_ID, s.TS, s.MESSAGE_ID).to_pandas()
 
 
-def history_days(models: ScoringModels) -> int:
-    """The longest look-back the policy reads: the 7-day cap or the longest cooldown."""
-    return max([7, *(m.cooldown_days for m in models.catalog.messages)])
-
-
 def score_events(
     events: pl.DataFrame | pl.LazyFrame,
     as_of: datetime,
@@ -114,7 +109,7 @@ def score_events(
     n_chunks = max(1, int(np.ceil(n_users / users_per_chunk)))
     recent = None
     if exposures is not None:
-        days = history_days(models)
+        days = models.catalog.history_days
         recent = exposures.filter((pl.col(s.TS) < as_of) & (pl.col(s.TS) >= as_of - timedelta(days=days)))
     features: list[pd.DataFrame] = []
     probabilities: list[np.ndarray] = []
@@ -188,9 +183,7 @@ def score_events(
         )
     if decision_log is not None and len(scores):
         scores = scores.iloc[order].reset_index(drop=True)
-        append_decision_frame(
-            scores.assign(expected_gain=scores["expected_uplift"]), decision_log, decided_at=as_of
-        )
+        append_decision_frame(scores, decision_log, decided_at=as_of)
     stages["write"] = time.perf_counter() - tick
     return ScoreRunSummary(
         users=len(scores),

@@ -63,7 +63,6 @@ ENV_EXPOSURES = "ENGAGE_EXPOSURES"
 SERVICE_NAME = "engage-scoring"
 PROTECTED_PATHS = frozenset({"/score", "/explain"})
 REASONS_TOP_K = 3
-CAP_DAYS = 7  # the contact cap counts messages over this many days (engage.offers.policy)
 WATCH_SECONDS = 1.0
 PRIOR_SAMPLE = 20_000
 
@@ -576,7 +575,7 @@ def _user_score(user_id: str, row: dict[str, Any]) -> UserScore:
                 "message_id": str(row[s.MESSAGE_ID]),
                 "channel": None if channel is None or pd.isna(channel) else str(channel),
                 "text": None if text is None or pd.isna(text) else str(text),
-                "expected_gain": float(row["expected_uplift"]),
+                "expected_gain": float(row[s.EXPECTED_GAIN]),
                 "propensity": float(row[s.PROPENSITY]),
                 "holdout": bool(row["holdout"]),
             },
@@ -609,10 +608,9 @@ class ScoringEngine:
         self.snapshots = SnapshotSource(config.serve.feature_snapshot_path)
         self.log_dir = Path(config.serve.decision_log_dir)
         self.writer = DecisionWriter(self.log_dir)
-        cooldowns = [m.cooldown_days for m in getattr(models.catalog, "messages", ())]
         self.history = ContactHistory(
             self.log_dir,
-            retention=pd.Timedelta(days=max([CAP_DAYS, *cooldowns])),
+            retention=pd.Timedelta(days=models.catalog.history_days),
             exposures=exposures,
             own_file=self.writer.file_name,
         )
