@@ -37,7 +37,8 @@ from engage.datasets.simulate import simulate
 from engage.offers.catalog import load_catalog, render_many
 from engage.offers.policy import action_probabilities
 from engage.offers.training import fit_offers, offer_table, train_offers
-from engage.scoring.core import decision_ids, row_uniforms, score_features, to_storable
+from engage.hashing import decision_keys
+from engage.scoring.core import score_features, to_storable
 from engage.scoring.job import exposure_history, load_models, score_events
 from engage.training.churn import train_churn
 
@@ -150,12 +151,11 @@ def main() -> None:
             features, gains, models.catalog, config=cfg.policy, history=history, as_of=as_of
         ),
     )
-    timed("draws (hash)", lambda: row_uniforms(features[s.USER_ID], features[s.AS_OF], cfg.seed))
     arms = np.asarray(probs.columns, dtype=object)[probs.to_numpy().argmax(axis=1)]
     timed("render", lambda: render_many(models.catalog, arms, features))
     timed(
-        "decision ids",
-        lambda: decision_ids(features[s.USER_ID], features[s.AS_OF], models.versions, cfg.seed),
+        "draws and decision ids (hash)",
+        lambda: decision_keys(features[s.USER_ID], features[s.AS_OF], models.versions, cfg.seed),
     )
     scored = timed(
         "score_features total (no reasons)",

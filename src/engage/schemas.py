@@ -6,12 +6,27 @@ change is a one-line edit here. See DESIGN.md, "Table contracts".
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
+import numpy as np
+import pandas as pd
 import polars as pl
 
 UTC: Final = "UTC"
 TS_DTYPE: Final = pl.Datetime("us", UTC)
+
+
+def utc_values(stamps: Any) -> np.ndarray:
+    """Timestamps as naive UTC ``datetime64`` values (naive inputs are UTC); NaT stays NaT.
+
+    A column that already holds UTC timestamps is read as it is, without a conversion pass.
+    """
+    if not (isinstance(stamps, pd.Series) and isinstance(stamps.dtype, pd.DatetimeTZDtype)):
+        stamps = pd.to_datetime(pd.Series(stamps), utc=True)
+    elif str(stamps.dtype.tz) != UTC:
+        stamps = stamps.dt.tz_convert(UTC)
+    return stamps.values
+
 
 # --- events -----------------------------------------------------------------------------
 USER_ID: Final = "user_id"

@@ -1,4 +1,4 @@
-"""The decision log survives a crash mid-write and keeps only decision fields."""
+"""The decision log: one layout, writer and reader; survives a crash mid-write; decision fields only."""
 
 from __future__ import annotations
 
@@ -7,9 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from engage.scoring.decision_log import append_decisions, read_decisions
+from engage.scoring.decision_log import DecisionWriter, read_decisions
 
 WHEN = datetime(2024, 6, 1, 12, tzinfo=UTC)
+
+
+def append_decisions(records: list[dict[str, object]], log_dir: Path, *, decided_at: datetime) -> Path:
+    with DecisionWriter(log_dir) as writer:
+        return writer.write(records, decided_at)
 
 
 def _record(i: int) -> dict[str, object]:
@@ -56,8 +61,6 @@ def test_column_wise_log_reads_back_like_the_per_record_log(tmp_path: Path) -> N
     import numpy as np
     import pandas as pd
 
-    from engage.scoring.decision_log import append_decision_frame
-
     rng = np.random.default_rng(2)
     n = 50
     versions = {"churn": "engage-churn/3", "offers": "engage-offers/1"}
@@ -75,7 +78,8 @@ def test_column_wise_log_reads_back_like_the_per_record_log(tmp_path: Path) -> N
             "model_versions": [versions] * n,
         }
     )
-    append_decision_frame(scores, tmp_path / "fast", decided_at=WHEN)
+    with DecisionWriter(tmp_path / "fast") as writer:
+        writer.write_frame(scores, WHEN)
     append_decisions(scores.to_dict("records"), tmp_path / "slow", decided_at=WHEN)
     fast, skipped = read_decisions(tmp_path / "fast")
     slow, _ = read_decisions(tmp_path / "slow")
@@ -106,8 +110,9 @@ def test_chunks_with_equal_version_mappings_take_the_column_wise_path(
     def per_record(*args: object, **kwargs: object) -> None:
         raise AssertionError("fell back to the per-record path")
 
-    monkeypatch.setattr(decisions, "append_decisions", per_record)
-    decisions.append_decision_frame(scores, tmp_path, decided_at=WHEN)
+    monkeypatch.setattr(decisions, "_record_lines", per_record)
+    with decisions.DecisionWriter(tmp_path) as writer:
+        writer.write_frame(scores, WHEN)
     back, skipped = read_decisions(tmp_path)
     assert skipped == 0 and len(back) == n
     assert (

@@ -1,4 +1,4 @@
-"""Policy: eligibility, consent, cooldowns and caps, holdout, exploration, and seeded choice."""
+"""Policy: eligibility, consent, cooldowns and caps, holdout and exploration probabilities."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import pandas as pd
 
 from engage import schemas as s
 from engage.config import DEFAULT_CATALOG_PATH, PolicyConfig
+from engage.hashing import holdout_mask
 from engage.offers.catalog import load_catalog
-from engage.offers.policy import EXPLORATION, HOLDOUT, action_probabilities, choose, holdout_mask
+from engage.offers.policy import action_probabilities
 
 CAT = load_catalog(DEFAULT_CATALOG_PATH)
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
@@ -121,67 +122,6 @@ def test_softmax_prefers_higher_gain_and_keeps_support() -> None:
     row = probs.iloc[0][allowed.iloc[0]]
     gains = _gains(features).iloc[0][row.index].where(lambda g: g.index != s.CONTROL_ARM, 0.0)
     assert list(row.sort_values().index) == list(gains.sort_values().index)
-
-
-def test_choose_is_seeded_batch_independent_and_reports_its_propensity() -> None:
-    features = _features(2000)
-    cfg = PolicyConfig(epsilon=0.3, holdout_pct=0.05)
-    gains = _gains(features)
-    first = choose(features, gains, CAT, config=cfg, as_of=NOW, seed=7)
-    again = choose(features, gains, CAT, config=cfg, as_of=NOW, seed=7)
-    pd.testing.assert_frame_equal(first, again)
-    part = choose(features.iloc[::3], gains.iloc[::3], CAT, config=cfg, as_of=NOW, seed=7)
-    pd.testing.assert_frame_equal(part, first.iloc[::3])  # a user's draw ignores the rest of the batch
-    other = choose(features, gains, CAT, config=cfg, as_of=NOW, seed=8)
-    assert (other[s.MESSAGE_ID] != first[s.MESSAGE_ID]).any()
-    probs, hold = action_probabilities(features, gains, CAT, config=cfg, as_of=NOW)
-    chosen_p = probs.to_numpy()[np.arange(len(first)), [CAT.arms.index(a) for a in first[s.MESSAGE_ID]]]
-    assert np.allclose(first[s.PROPENSITY], chosen_p) and (first[s.PROPENSITY] > 0).all()
-    assert first[HOLDOUT].tolist() == hold.tolist()
-    assert (first.loc[first[HOLDOUT], s.MESSAGE_ID] == s.CONTROL_ARM).all()
-    assert (first.loc[first[HOLDOUT], s.PROPENSITY] == 1).all()
-    assert first[s.CHANNEL].tolist() == [CAT.channel(a) for a in first[s.MESSAGE_ID]]
-    explore_share = first.loc[~first[HOLDOUT], EXPLORATION].mean()
-    expected = (cfg.epsilon * (1 - 1 / (probs[~hold] > 0).sum(axis=1))).mean()
-    assert abs(explore_share - expected) < 0.05
-
-
-def _reference_hash(text: str, salt: int) -> int:
-    """Scalar restatement of ``stable_hash64``'s definition (plain Python integers)."""
-    mask = (1 << 64) - 1
-    gamma = 0x9E3779B97F4A7C15
-
-    def mix(z: int) -> int:
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
-        return z ^ (z >> 31)
-
-    data = text.encode()
-    h = mix((salt + len(data) + gamma) & mask)
-    for i in range(0, len(data), 8):
-        word = int.from_bytes(data[i : i + 8].ljust(8, b"\0"), "little")
-        h = mix(((h ^ word) + gamma) & mask)
-    return h
-
-
-def test_vectorised_hash_matches_its_scalar_definition_on_random_text() -> None:
-    from engage.offers.policy import stable_hash64
-
-    rng = np.random.default_rng(5)
-    alphabet = list("abcXYZ019_-|é€ ")
-    texts = ["".join(rng.choice(alphabet, rng.integers(0, 30))) for _ in range(300)]
-    for salt in (0, 12345):
-        got = stable_hash64(texts, salt).tolist()
-        assert got == [_reference_hash(t, salt) for t in texts]
-    assert stable_hash64(pd.Series(texts, dtype="str"), 7).tolist() == stable_hash64(texts, 7).tolist()
-    assert len(set(stable_hash64(texts).tolist())) == len(set(texts))
-
-
-def test_holdout_share_and_row_independence() -> None:
-    users = [f"user-{i}" for i in range(20_000)]
-    mask = holdout_mask(users, 0.1)
-    assert 0.09 < mask.mean() < 0.11
-    assert holdout_mask(users[5:9], 0.1).tolist() == mask[5:9].tolist()
 
 
 def test_gain_matrix_is_the_reindexed_gains() -> None:

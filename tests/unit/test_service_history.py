@@ -15,8 +15,8 @@ from engage import schemas as s
 from engage.config import DEFAULT_CATALOG_PATH, PolicyConfig
 from engage.offers.catalog import load_catalog
 from engage.offers.policy import allowed_arms
-from engage.scoring.decision_log import append_decisions, read_decisions
-from engage.serving.service import ContactHistory, DecisionWriter
+from engage.scoring.decision_log import DecisionWriter, read_decisions
+from engage.serving.service import ContactHistory
 
 CAT = load_catalog(DEFAULT_CATALOG_PATH)
 FEATURE_TIME = datetime(2024, 6, 1, tzinfo=UTC)
@@ -62,6 +62,11 @@ def test_own_decision_blocks_the_message_inside_its_cooldown_only(tmp_path: Path
     assert after.loc["u1", MESSAGE.id], "the cooldown ends"
     same_time = _allowed(history, ["u1"], sent_at)
     assert same_time.loc["u1", MESSAGE.id], "only contacts strictly before the decision count"
+
+
+def append_decisions(records: list[dict[str, object]], log_dir: Path, *, decided_at: datetime) -> None:
+    with DecisionWriter(log_dir) as writer:
+        writer.write(records, decided_at)
 
 
 def test_batch_decisions_and_other_workers_are_read_from_the_log(tmp_path: Path) -> None:

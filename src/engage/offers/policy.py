@@ -2,112 +2,25 @@
 
 ``action_probabilities`` gives the probability of every arm per user after exploration (epsilon-greedy
 or softmax over the allowed arms), so a candidate policy can be judged offline and the chosen arm's
-propensity is always known. ``choose`` draws one arm per user from those probabilities. A stable hash
-of user_id puts a global holdout on `none` (propensity 1), so incremental impact can be measured.
+propensity is always known. ``draw_arms`` picks one arm per user from those probabilities with the
+user's stable draw (``engage.hashing``). A stable hash of user_id puts a global holdout on `none`
+(propensity 1), so incremental impact can be measured.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
 from engage import schemas as s
 from engage.config import PolicyConfig
+from engage.hashing import holdout_mask
 from engage.offers.catalog import CAP_DAYS, Catalog
-
-HOLDOUT = "holdout"
-EXPLORATION = "exploration"
-EXPECTED_GAIN = "expected_gain"
-
-
-_MASK64 = (1 << 64) - 1
-_GAMMA = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-HOLDOUT_SALT = 0x686F6C646F7574  # "holdout": the holdout hash has its own stream
-_UNIT = 2.0**-53
-
-
-def _mix(z: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser on uint64 arrays (wraps modulo 2**64)."""
-    z = (z ^ (z >> np.uint64(30))) * _M1
-    z = (z ^ (z >> np.uint64(27))) * _M2
-    return z ^ (z >> np.uint64(31))
-
-
-def _utf8(values: Any) -> tuple[np.ndarray, np.ndarray]:
-    """UTF-8 bytes of each string as zero-padded little-endian 64-bit words, and byte lengths."""
-    arr = (
-        values if isinstance(values, pa.Array | pa.ChunkedArray) else pa.array(values, type=pa.large_string())
-    )
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks() if arr.num_chunks else pa.array([], type=pa.large_string())
-    if arr.type != pa.large_string():
-        arr = arr.cast(pa.large_string())
-    if arr.null_count:
-        raise ValueError("cannot hash missing values: convert them to text first")
-    buffers = arr.buffers()
-    offsets = np.frombuffer(buffers[1], dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
-    lengths = np.diff(offsets)
-    width = max(8, int(-(-int(lengths.max(initial=0)) // 8) * 8))
-    data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.zeros(0, np.uint8)
-    padded = np.concatenate([data[: int(offsets[-1])], np.zeros(width, np.uint8)])
-    matrix = np.lib.stride_tricks.sliding_window_view(padded, width)[offsets[:-1]]
-    matrix[np.arange(width)[None, :] >= lengths[:, None]] = 0
-    return np.ascontiguousarray(matrix).view("<u8"), lengths
-
-
-def stable_hash64(values: Any, salt: int = 0) -> np.ndarray:
-    """A 64-bit hash per string, the same in every process, machine and library version.
-
-    Definition (``tests/unit/test_policy.py`` has a scalar reference): ``h = mix(salt + n + gamma)``
-    where n is the UTF-8 byte length, then for each little-endian 8-byte word w of the bytes (the
-    last one zero-padded) ``h = mix((h ^ w) + gamma)``; ``mix`` is splitmix64's finaliser and gamma
-    its golden-ratio increment. Vectorised with numpy over the batch (one pass per 8 bytes).
-    """
-    return stable_hashes(values, (salt,))[0]
-
-
-def stable_hashes(values: Any, salts: Sequence[int]) -> np.ndarray:
-    """``stable_hash64`` of the values under each salt, shape (salts, values): the text read once."""
-    words, lengths = _utf8(values)
-    start = np.array([salt & _MASK64 for salt in salts], dtype=np.uint64)[:, None]
-    with np.errstate(over="ignore"):
-        h = _mix(start + lengths.astype(np.uint64) + _GAMMA)
-        n_words = (lengths + 7) // 8
-        for j in range(words.shape[1]):
-            h = np.where(j < n_words, _mix((h ^ words[:, j]) + _GAMMA), h)
-    return h
-
-
-def mix_int(h: np.ndarray, values: Any) -> np.ndarray:
-    """Fold a 64-bit integer per row (e.g. a timestamp in microseconds) into hashes ``h``."""
-    x = np.asarray(values, dtype=np.int64).astype(np.uint64)
-    with np.errstate(over="ignore"):
-        return _mix((h ^ x) + _GAMMA)
-
-
-def unit_interval(h: np.ndarray) -> np.ndarray:
-    """Hashes to uniform floats in [0, 1): the top 53 bits."""
-    return (h >> np.uint64(11)).astype(np.float64) * _UNIT
-
-
-def _unit_hash(parts: Iterable[str]) -> np.ndarray:
-    """A uniform number in [0, 1) per key: stable across processes and machines."""
-    return unit_interval(stable_hash64(list(parts)))
-
-
-def holdout_mask(user_ids: Iterable[Any], pct: float) -> np.ndarray:
-    """True for the users in the global holdout: a fixed ``pct`` share chosen by hash of user_id."""
-    users = user_ids if isinstance(user_ids, np.ndarray) else np.asarray(list(user_ids), dtype=object)
-    if pct <= 0:
-        return np.zeros(len(users), dtype=bool)
-    return unit_interval(stable_hash64(users.astype(str).astype(object), HOLDOUT_SALT)) < pct
+from engage.schemas import utc_values
 
 
 def _users(features: pd.DataFrame) -> np.ndarray:
@@ -119,18 +32,6 @@ def _users(features: pd.DataFrame) -> np.ndarray:
 def _utc(moment: datetime | pd.Timestamp) -> pd.Timestamp:
     ts = pd.Timestamp(moment)
     return ts.tz_localize("UTC") if ts.tz is None else ts.tz_convert("UTC")
-
-
-def utc_values(stamps: Any) -> np.ndarray:
-    """Timestamps as naive UTC ``datetime64`` values (naive inputs are UTC); NaT stays NaT.
-
-    A column that already holds UTC timestamps is read as it is, without a conversion pass.
-    """
-    if not (isinstance(stamps, pd.Series) and isinstance(stamps.dtype, pd.DatetimeTZDtype)):
-        stamps = pd.to_datetime(pd.Series(stamps), utc=True)
-    elif str(stamps.dtype.tz) != "UTC":
-        stamps = stamps.dt.tz_convert("UTC")
-    return stamps.values
 
 
 def _text(column: pd.Series) -> np.ndarray:
@@ -333,53 +234,15 @@ def probability_matrix(
     return probs, hold
 
 
-def choose(
-    features: pd.DataFrame,
-    gains: pd.DataFrame,
-    catalog: Catalog,
-    *,
-    config: PolicyConfig,
-    history: pd.DataFrame | None = None,
-    as_of: datetime | None = None,
-    seed: int = 0,
-) -> pd.DataFrame:
-    """One decision per row: message_id, channel, expected_gain, propensity, holdout, exploration.
+def draw_arms(probabilities: np.ndarray, uniforms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pick one arm per row by inverse CDF of its probabilities; return (arm index, its probability).
 
-    The arm is drawn from ``action_probabilities`` with a uniform number hashed from (seed, user_id,
-    as_of), so a user's draw does not depend on who else is in the batch (batch and API agree).
-    ``exploration`` is True when the drawn arm is not the greedy one.
+    ``uniforms`` are the rows' draws in [0, 1) (``engage.hashing.decision_keys``); a draw past the
+    cumulative sum's rounding lands on the last arm.
     """
-    probs, hold = action_probabilities(features, gains, catalog, config=config, history=history, as_of=as_of)
-    arms = np.asarray(catalog.arms, dtype=object)
-    p = probs.to_numpy()
-    stamp = "" if as_of is None else _utc(as_of).isoformat()
-    users = _users(features)
-    keys = (
-        [f"choose|{seed}|{u}|{stamp}" for u in users]
-        if s.USER_ID in features
-        else [f"choose|{seed}|row{i}|{stamp}" for i in range(len(features))]
-    )
-    u = _unit_hash(keys)
-    cum = np.cumsum(p, axis=1)
-    cum[:, -1] = 1.0 + 1e-12
-    chosen = np.minimum((cum <= u[:, None]).sum(axis=1), len(arms) - 1)
-    while True:  # never land on a zero-probability arm through rounding
-        bad = p[np.arange(len(p)), chosen] <= 0
-        if not bad.any():
-            break
-        chosen[bad] -= 1
-    g = gains.reindex(columns=catalog.arms).fillna(0.0).to_numpy(dtype=float)
-    g[:, 0] = 0.0
-    allowed = p > 0
-    greedy = np.argmax(np.where(allowed, g, -np.inf), axis=1)
-    rows = np.arange(len(p))
-    out = pd.DataFrame(index=features.index)
-    if s.USER_ID in features:
-        out[s.USER_ID] = features[s.USER_ID].to_numpy()
-    out[s.MESSAGE_ID] = arms[chosen]
-    out[s.CHANNEL] = [catalog.channel(a) for a in arms[chosen]]
-    out[EXPECTED_GAIN] = g[rows, chosen]
-    out[s.PROPENSITY] = p[rows, chosen]
-    out[HOLDOUT] = hold
-    out[EXPLORATION] = (chosen != greedy) & ~hold
-    return out
+    matrix = np.asarray(probabilities, dtype=float)
+    cumulative = np.cumsum(matrix, axis=1)
+    cumulative[:, -1] = np.maximum(cumulative[:, -1], 1.0)
+    index = (uniforms[:, None] >= cumulative).sum(axis=1)
+    index = np.minimum(index, matrix.shape[1] - 1)
+    return index, matrix[np.arange(len(matrix)), index]

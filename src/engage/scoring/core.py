@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from functools import lru_cache
 from typing import Any, Required, TypedDict, Unpack
 
 import numpy as np
@@ -21,17 +19,10 @@ import pandas as pd
 
 from engage import schemas as s
 from engage.config import PolicyConfig
+from engage.hashing import decision_keys
 from engage.models.bundle import ChurnBundle, OfferBundle
 from engage.offers.catalog import Catalog, render_many
-from engage.offers.policy import (
-    gain_matrix,
-    mix_int,
-    probability_matrix,
-    stable_hash64,
-    stable_hashes,
-    unit_interval,
-    utc_values,
-)
+from engage.offers.policy import draw_arms, gain_matrix, probability_matrix
 
 NO_REASONS: tuple[()] = ()
 """The reasons of a row that was not explained (shared and immutable)."""
@@ -45,87 +36,6 @@ class ScoringModels:
     catalog: Catalog
     offers: OfferBundle | None = None
     versions: dict[str, str] = field(default_factory=dict)
-
-
-DRAW_SALT = 0x64726177  # "draw"
-DECISION_SALTS = (0x646563697369306E, 0x6465636973693121)  # two lanes: 96-bit decision ids
-_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
-
-
-def _as_of_micros(as_of: Any, n: int) -> np.ndarray:
-    """as_of per row as integer microseconds since the epoch (UTC; naive stamps are UTC)."""
-    stamps = utc_values(as_of if np.ndim(as_of) else [as_of] * n)
-    return stamps.astype("datetime64[us]").view(np.int64)
-
-
-def _user_text(user_ids: Any) -> Any:
-    if isinstance(user_ids, pd.Series) and user_ids.dtype == "str":
-        return user_ids
-    return pd.Series(user_ids).astype(str)
-
-
-def row_uniforms(user_ids: pd.Series, as_of: pd.Series, seed: int) -> np.ndarray:
-    """A uniform draw in [0, 1) per row, fixed by (user, as_of, seed): reproducible anywhere.
-
-    ``stable_hash64(user_id)`` folded with the as_of microseconds and the seed; vectorised.
-    """
-    h = stable_hash64(_user_text(user_ids), DRAW_SALT)
-    return _uniforms(h, _as_of_micros(as_of, len(h)), seed)
-
-
-def _uniforms(user_hash: np.ndarray, micros: np.ndarray, seed: int) -> np.ndarray:
-    """``row_uniforms`` from the users' hashes (``DRAW_SALT``) and the as_of microseconds."""
-    h = mix_int(mix_int(user_hash, micros), np.full(len(user_hash), seed, dtype=np.int64))
-    return unit_interval(h)
-
-
-def decision_ids(user_ids: pd.Series, as_of: pd.Series, versions: dict[str, str], seed: int) -> list[str]:
-    """Stable ids: the same user, date, models and seed give the same decision id (24 hex digits)."""
-    users = _user_text(user_ids)
-    micros = _as_of_micros(as_of, len(users))
-    return _decision_ids(stable_hashes(users, DECISION_SALTS), micros, versions, seed)
-
-
-def _decision_ids(
-    user_hashes: np.ndarray, micros: np.ndarray, versions: dict[str, str], seed: int
-) -> list[str]:
-    """``decision_ids`` from the users' hashes under ``DECISION_SALTS`` and the as_of microseconds."""
-    tag = json.dumps(versions, sort_keys=True) + f"|{seed}"
-    lanes = []
-    for salt, user_hash in zip(DECISION_SALTS, user_hashes, strict=True):
-        tag_hash = np.full(len(micros), _tag_hash(tag, salt), dtype=np.int64)
-        lanes.append(mix_int(mix_int(user_hash, micros), tag_hash))
-    shifts = np.arange(60, -4, -4, dtype=np.uint64)
-    nibbles = np.concatenate(
-        [(lanes[0][:, None] >> shifts) & np.uint64(15), (lanes[1][:, None] >> shifts[:8]) & np.uint64(15)],
-        axis=1,
-    )
-    chars = np.ascontiguousarray(_HEX[nibbles.astype(np.intp)])
-    return chars.view("S24").ravel().astype(str).tolist()
-
-
-@lru_cache(maxsize=64)
-def _tag_hash(tag: str, salt: int) -> int:
-    """The hash of a decision tag (model versions and seed): the same for every row of a run."""
-    return int(stable_hash64([tag], salt).astype(np.int64)[0])
-
-
-def draw_index(
-    probabilities: pd.DataFrame | np.ndarray, uniforms: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Pick one arm per row by inverse CDF; return (arm column index, its probability)."""
-    matrix = np.asarray(probabilities, dtype=float)
-    cumulative = np.cumsum(matrix, axis=1)
-    cumulative[:, -1] = np.maximum(cumulative[:, -1], 1.0)
-    index = (uniforms[:, None] >= cumulative).sum(axis=1)
-    index = np.minimum(index, matrix.shape[1] - 1)
-    return index, matrix[np.arange(len(matrix)), index]
-
-
-def draw(probabilities: pd.DataFrame, uniforms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pick one arm per row by inverse CDF; return (arm, its probability)."""
-    index, propensity = draw_index(probabilities, uniforms)
-    return np.asarray(probabilities.columns)[index], propensity
 
 
 class ScoreOptions(TypedDict, total=False):
@@ -205,9 +115,8 @@ def score_columns(
         as_of=decision_time,
         users=user_ids.to_numpy(),
     )
-    hashes = stable_hashes(user_ids, (DRAW_SALT, *DECISION_SALTS))  # the ids read once for both
-    micros = _as_of_micros(as_of, len(features))
-    chosen, propensity = draw_index(probabilities, _uniforms(hashes[0], micros, seed))
+    draws, ids = decision_keys(user_ids, as_of, models.versions, seed)
+    chosen, propensity = draw_arms(probabilities, draws)
     arms = np.asarray(catalog.arms, dtype=object)[chosen]
     out[s.MESSAGE_ID] = arms
     out[s.CHANNEL] = catalog.arm_channels[chosen]
@@ -220,7 +129,7 @@ def score_columns(
     out["cold_start"] = np.zeros(len(features), dtype=bool)
     versions = dict(models.versions)
     out["model_versions"] = [versions] * len(features)  # one shared dict: to_storable dumps it once
-    out["decision_id"] = _decision_ids(hashes[1:], micros, models.versions, seed)
+    out["decision_id"] = ids
     return {name: out[name] for name in s.SCORE_FIELDS}
 
 
@@ -277,7 +186,3 @@ def _dumps_column(values: pd.Series) -> list[str]:
             text = texts[id(value)] = json.dumps(value, sort_keys=True)
         out.append(text)
     return out
-
-
-def decision_time(as_of: datetime | None, fallback: datetime) -> datetime:
-    return as_of if as_of is not None else fallback

@@ -1,15 +1,19 @@
 """The decision log: every message choice, with the probability it was chosen, for off-policy evaluation.
 
-Day-partitioned JSON Lines (``<dir>/date=YYYY-MM-DD/decisions-<pid>.jsonl``). Each batch of records
-is one ``write`` on a file opened for appending and is fsynced, one file per process so that
-workers never interleave. A crash can at worst leave a truncated last line; the reader skips such a
-line and counts it instead of failing.
+The one home of the log's layout, its writer and its readers. Day-partitioned JSON Lines:
+``<dir>/date=YYYY-MM-DD/decisions-<pid>.jsonl``, one file per process so that writers never
+interleave. A write is whole lines in one ``os.write`` on a file opened for appending (once the
+call returns the kernel holds it: a process crash loses nothing). A machine crash can at worst cut
+the last line short: the writer seals such a line with a newline when it opens the file again, and
+the readers skip it and count it instead of failing. Only decision fields are written, never raw
+events or attributes.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -18,6 +22,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import polars as pl
+
+__all__ = [
+    "DECISION_FIELDS",
+    "DecisionWriter",
+    "LogTail",
+    "log_files",
+    "read_decisions",
+]
 
 DECISION_FIELDS: tuple[str, ...] = (
     "decision_id",
@@ -32,47 +44,60 @@ DECISION_FIELDS: tuple[str, ...] = (
     "churn_probability",
     "model_versions",
 )
+_GLOB = "date=*/decisions-*.jsonl"
+
+
+def _day_folder(log_dir: Path, decided_at: datetime) -> Path:
+    return log_dir / f"date={decided_at:%Y-%m-%d}"
+
+
+def log_files(log_dir: str | Path) -> list[Path]:
+    """Every log file under ``log_dir``, in date-folder then name order."""
+    return sorted(Path(log_dir).glob(_GLOB))
 
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, datetime | pd.Timestamp):
         return value.isoformat()
-    if hasattr(value, "item"):  # numpy scalars
+    if isinstance(value, np.generic):
         return value.item()
     return value
 
 
-def append_decisions(
-    records: Iterable[Mapping[str, Any]], log_dir: str | Path, *, decided_at: datetime
-) -> Path:
-    """Append records (only the decision fields; never raw events or attributes) to today's file."""
-    folder = Path(log_dir) / f"date={decided_at:%Y-%m-%d}"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"decisions-{os.getpid()}.jsonl"
+def _json_default(value: Any) -> Any:
+    value = _jsonable(value)
+    return value if isinstance(value, str | int | float | bool) else str(value)
+
+
+def _record_lines(records: Iterable[Mapping[str, Any]], stamp: str) -> bytes:
+    """One JSON line per record: the decision fields only, ``decided_at`` set to ``stamp``."""
     lines = []
     for record in records:
-        row = {key: _jsonable(record.get(key)) for key in DECISION_FIELDS if key != "decided_at"}
-        row["decided_at"] = decided_at.isoformat()
-        lines.append(json.dumps(row, separators=(",", ":"), default=str))
-    if not lines:
-        return path
-    return _append(path, ("\n".join(lines) + "\n").encode())
+        row = {key: _jsonable(record.get(key)) for key in DECISION_FIELDS}
+        row["decided_at"] = stamp
+        lines.append(json.dumps(row, separators=(",", ":"), default=_json_default))
+    return ("\n".join(lines) + "\n").encode() if lines else b""
 
 
-def append_decision_frame(scores: pd.DataFrame, log_dir: str | Path, *, decided_at: datetime) -> Path:
-    """``append_decisions`` for a scores table, built column-wise (a batch run logs millions).
+def _shared_mapping(values: list[Any]) -> dict[str, Any] | None:
+    """The one mapping every row carries (chunks carry equal, distinct dicts), else None."""
+    distinct = list({id(v): v for v in values}.values())
+    first = distinct[0] if distinct else None
+    if isinstance(first, dict) and first and all(v == first for v in distinct):
+        return first
+    return None
 
-    The lines read back exactly like ``append_decisions``' (same fields and values); a model
-    versions column that is not one shared mapping falls back to the per-record path.
+
+def _frame_lines(scores: pd.DataFrame, stamp: str) -> bytes:
+    """``_record_lines`` for a scores table, built column-wise (a batch run logs millions of rows).
+
+    The lines read back like the per-record ones (same fields and values); a model-versions
+    column that is not one shared mapping takes the per-record path.
     """
     versions = scores["model_versions"].tolist() if "model_versions" in scores else [None]
-    distinct = list({id(v): v for v in versions}.values())  # one object per scored chunk, typically
-    shared = distinct[0] if distinct and all(v == distinct[0] for v in distinct) else None
-    if not len(scores) or not isinstance(shared, dict) or not shared:
-        return append_decisions(scores.to_dict("records"), log_dir, decided_at=decided_at)
-    folder = Path(log_dir) / f"date={decided_at:%Y-%m-%d}"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"decisions-{os.getpid()}.jsonl"
+    shared = _shared_mapping(versions)
+    if shared is None:
+        return _record_lines(scores.to_dict("records"), stamp)
     columns: dict[str, Any] = {}
     for key in DECISION_FIELDS:
         if key in ("decided_at", "model_versions"):
@@ -89,37 +114,137 @@ def append_decision_frame(scores: pd.DataFrame, log_dir: str | Path, *, decided_
             columns[key] = pl.Series(key, column.to_numpy())
     table = pl.DataFrame(columns).with_columns(
         pl.struct([pl.lit(str(v)).alias(str(k)) for k, v in shared.items()]).alias("model_versions"),
-        pl.lit(decided_at.isoformat()).alias("decided_at"),
+        pl.lit(stamp).alias("decided_at"),
     )
-    return _append(path, table.write_ndjson().encode())
+    return table.write_ndjson().encode()
 
 
-def _append(path: Path, payload: bytes) -> Path:
-    """One write of whole lines on a file opened for appending, fsynced."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
+class DecisionWriter:
+    """Appends this process's decisions to the log (the service per request, a batch run at once).
+
+    The file of the current day stays open for appending; :meth:`sync` fsyncs at most once per
+    call instead of once per request (the service calls it from its watcher), :meth:`close` fsyncs
+    and closes. Thread-safe.
+    """
+
+    def __init__(self, log_dir: str | Path) -> None:
+        self.log_dir = Path(log_dir)
+        self.file_name = f"decisions-{os.getpid()}.jsonl"
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._day: str | None = None
+        self._dirty = False
+
+    def __enter__(self) -> DecisionWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _open(self, decided_at: datetime) -> int:
+        day = f"{decided_at:%Y-%m-%d}"
+        if self._fd is not None and day == self._day:
+            return self._fd
+        self._close_fd()
+        folder = _day_folder(self.log_dir, decided_at)
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / self.file_name, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":
-            payload = b"\n" + payload  # seal a line truncated by an earlier crash
-        os.write(fd, payload)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return path
+            os.write(fd, b"\n")  # seal a line cut short by an earlier crash
+        self._fd, self._day = fd, day
+        return fd
+
+    def _append(self, payload: bytes, decided_at: datetime) -> Path:
+        path = _day_folder(self.log_dir, decided_at) / self.file_name
+        if payload:
+            with self._lock:
+                os.write(self._open(decided_at), payload)
+                self._dirty = True
+        return path
+
+    def write(self, records: Iterable[Mapping[str, Any]], decided_at: datetime) -> Path:
+        """Append records (their decision fields only); return the file written to."""
+        return self._append(_record_lines(records, decided_at.isoformat()), decided_at)
+
+    def write_frame(self, scores: pd.DataFrame, decided_at: datetime) -> Path:
+        """Append a scores table's decisions, column-wise; return the file written to."""
+        payload = _frame_lines(scores, decided_at.isoformat()) if len(scores) else b""
+        return self._append(payload, decided_at)
+
+    def sync(self) -> None:
+        """fsync what was written since the last sync."""
+        with self._lock:
+            if self._fd is not None and self._dirty:
+                os.fsync(self._fd)
+                self._dirty = False
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            os.fsync(self._fd)
+            os.close(self._fd)
+        self._fd, self._day, self._dirty = None, None, False
+
+    def close(self) -> None:
+        """fsync and close the open file (the writer reopens on the next write)."""
+        with self._lock:
+            self._close_fd()
+
+
+class LogTail:
+    """Reads what was appended to the log since the last :meth:`read` (an offset per file).
+
+    A line still being written is left for the next call; a line that does not parse (cut short by
+    a crash) is counted in ``skipped``. ``skip_lines_with`` drops lines containing a byte marker
+    before parsing them (the contact history skips `none` decisions so); ``skip_file`` leaves one
+    file name out after the first read (a process's own file, whose decisions it already holds).
+    """
+
+    def __init__(
+        self, log_dir: str | Path, *, skip_file: str | None = None, skip_lines_with: bytes | None = None
+    ) -> None:
+        self.log_dir = Path(log_dir)
+        self.skip_file = skip_file
+        self.skip_lines_with = skip_lines_with
+        self.skipped = 0
+        self._offsets: dict[Path, int] = {}
+        self._first = True
+
+    def read(self, *, final: bool = False) -> list[dict[str, Any]]:
+        """The records appended since the last call, in file order.
+
+        ``final`` also takes a last line without its newline (nothing is writing any more): one
+        cut short by a crash is then counted in ``skipped``.
+        """
+        records: list[dict[str, Any]] = []
+        first, self._first = self._first, False
+        for path in log_files(self.log_dir):
+            if not first and path.name == self.skip_file:
+                continue
+            offset = self._offsets.get(path, 0)
+            try:
+                size = path.stat().st_size
+                if size <= offset:
+                    continue
+                with path.open("rb") as fh:
+                    fh.seek(offset)
+                    chunk = fh.read(size - offset)
+            except OSError:
+                continue
+            end = len(chunk) if final else chunk.rfind(b"\n") + 1
+            for raw in chunk[:end].splitlines():
+                if not raw.strip() or (self.skip_lines_with and self.skip_lines_with in raw):
+                    continue
+                try:
+                    records.append(json.loads(raw))
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    self.skipped += 1
+            self._offsets[path] = offset + end
+        return records
 
 
 def read_decisions(log_dir: str | Path) -> tuple[pd.DataFrame, int]:
     """All decisions under ``log_dir`` and the number of unreadable (truncated) lines skipped."""
-    rows: list[dict[str, Any]] = []
-    skipped = 0
-    for path in sorted(Path(log_dir).glob("date=*/decisions-*.jsonl")):
-        with path.open("rb") as fh:
-            for raw in fh:
-                try:
-                    rows.append(json.loads(raw))
-                except (json.JSONDecodeError, UnicodeDecodeError):
-                    skipped += 1
-    frame = (
-        pd.DataFrame(rows, columns=list(DECISION_FIELDS)) if rows else pd.DataFrame(columns=DECISION_FIELDS)
-    )
-    return frame, skipped
+    tail = LogTail(log_dir)
+    rows = tail.read(final=True)
+    return pd.DataFrame(rows, columns=list(DECISION_FIELDS)), tail.skipped

@@ -24,7 +24,7 @@ from engage.config import EngageConfig
 from engage.events import write_parquet_atomic
 from engage.features import INPUT_COLUMNS, build_features
 from engage.scoring.core import ScoringModels, score_features, to_storable
-from engage.scoring.decision_log import append_decision_frame
+from engage.scoring.decision_log import DecisionWriter
 
 Progress = Callable[[int, int], None]
 
@@ -183,7 +183,8 @@ def score_events(
         )
     if decision_log is not None and len(scores):
         scores = scores.iloc[order].reset_index(drop=True)
-        append_decision_frame(scores, decision_log, decided_at=as_of)
+        with DecisionWriter(decision_log) as log:
+            log.write_frame(scores, as_of)
     stages["write"] = time.perf_counter() - tick
     return ScoreRunSummary(
         users=len(scores),

@@ -34,6 +34,7 @@ from bentoml.exceptions import BentoMLException
 
 from engage import schemas as s
 from engage.config import EngageConfig, load_config
+from engage.scoring.decision_log import DecisionWriter, LogTail
 from engage.serving.schemas import (
     AttributeValue,
     EventIn,
@@ -270,14 +271,12 @@ class ContactHistory:
         self.log_dir = Path(log_dir)
         self.exposures = Path(exposures) if exposures else None
         self.retention = int(pd.Timedelta(retention).value)
-        self.own_file = own_file
         self._lock = threading.Lock()
         self._log: dict[str, list[tuple[int, str]]] = {}
         self._table: dict[str, list[tuple[int, str]]] = {}
-        self._offsets: dict[Path, int] = {}
+        self._tail = LogTail(self.log_dir, skip_file=own_file, skip_lines_with=NONE_MARK.encode())
         self._table_mtime: float | None = None
-        self.skipped = 0
-        self.refresh(startup=True)
+        self.refresh()
 
     def _add(
         self, store: dict[str, list[tuple[int, str]]], user_id: str, stamp: int, message_id: str
@@ -298,43 +297,30 @@ class ContactHistory:
         with self._lock:
             self._add(self._log, user_id, pd.Timestamp(decided_at).as_unit("ns").value, message_id)
 
-    def refresh(self, *, startup: bool = False) -> None:
+    def refresh(self) -> None:
         """Read what other processes appended to the log since the last call, and a changed table."""
-        self._tail_log(startup)
+        self._tail_log()
         self._load_table()
 
-    def _tail_log(self, startup: bool) -> None:
-        for path in sorted(self.log_dir.glob("date=*/decisions-*.jsonl")):
-            if not startup and path.name == self.own_file:
-                continue
-            offset = self._offsets.get(path, 0)
+    def _tail_log(self) -> None:
+        rows: list[tuple[str, int, str]] = []
+        for record in self._tail.read():
             try:
-                size = path.stat().st_size
-                if size <= offset:
-                    continue
-                with path.open("rb") as fh:
-                    fh.seek(offset)
-                    chunk = fh.read(size - offset)
-            except OSError:
+                message_id = str(record[s.MESSAGE_ID])
+                stamp = pd.Timestamp(record["decided_at"]).as_unit("ns").value
+            except (ValueError, TypeError, KeyError):
+                self._tail.skipped += 1  # a line without a readable decision: skipped, not fatal
                 continue
-            end = chunk.rfind(b"\n") + 1  # a line still being written is read next time
-            rows: list[tuple[str, int, str]] = []
-            for raw in chunk[:end].splitlines():
-                if not raw.strip() or NONE_MARK.encode() in raw:
-                    continue
-                try:
-                    record = json.loads(raw)
-                    message_id = str(record[s.MESSAGE_ID])
-                    stamp = pd.Timestamp(record["decided_at"]).as_unit("ns").value
-                except (ValueError, TypeError, KeyError, UnicodeDecodeError):
-                    self.skipped += 1  # a line truncated by a crash: skipped, like read_decisions
-                    continue
-                if message_id != s.CONTROL_ARM:
-                    rows.append((str(record[s.USER_ID]), stamp, message_id))
-            with self._lock:
-                for user_id, stamp, message_id in rows:
-                    self._add(self._log, user_id, stamp, message_id)
-            self._offsets[path] = offset + end
+            if message_id != s.CONTROL_ARM:
+                rows.append((str(record[s.USER_ID]), stamp, message_id))
+        with self._lock:
+            for user_id, stamp, message_id in rows:
+                self._add(self._log, user_id, stamp, message_id)
+
+    @property
+    def skipped(self) -> int:
+        """Log lines that could not be read (cut short by a crash)."""
+        return self._tail.skipped
 
     def _load_table(self) -> None:
         if self.exposures is None:
@@ -388,78 +374,6 @@ class ContactHistory:
                 s.MESSAGE_ID: np.array(messages, dtype=object),
             }
         )
-
-
-class DecisionWriter:
-    """Appends this process's decisions to ``<dir>/date=YYYY-MM-DD/decisions-<pid>.jsonl``.
-
-    The layout and line format of :mod:`engage.scoring.decision_log`. One ``os.write`` of whole lines per
-    request to a file kept open for appending (the kernel holds it once written: a process crash
-    loses nothing); :meth:`sync` fsyncs at most once per watcher tick instead of once per request.
-    A line cut short by a machine crash is sealed with a newline when the file is opened again, and
-    the readers skip it.
-    """
-
-    def __init__(self, log_dir: str | Path) -> None:
-        self.log_dir = Path(log_dir)
-        self.file_name = f"decisions-{os.getpid()}.jsonl"
-        self._lock = threading.Lock()
-        self._fd: int | None = None
-        self._day: str | None = None
-        self._dirty = False
-
-    def _open(self, day: str) -> int:
-        if self._fd is not None:
-            os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = None
-        folder = self.log_dir / f"date={day}"
-        folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder / self.file_name, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-        size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":
-            os.write(fd, b"\n")  # seal a line truncated by an earlier crash
-        self._fd, self._day = fd, day
-        return fd
-
-    def write(self, records: Sequence[dict[str, Any]], decided_at: datetime) -> None:
-        from engage.scoring.decision_log import DECISION_FIELDS
-
-        stamp = decided_at.isoformat()
-        lines = []
-        for record in records:
-            row = {key: record.get(key) for key in DECISION_FIELDS}
-            row["decided_at"] = stamp
-            lines.append(json.dumps(row, separators=(",", ":"), default=_json_default))
-        if not lines:
-            return
-        payload = ("\n".join(lines) + "\n").encode()
-        day = f"{decided_at:%Y-%m-%d}"
-        with self._lock:
-            fd = self._fd if day == self._day and self._fd is not None else self._open(day)
-            os.write(fd, payload)
-            self._dirty = True
-
-    def sync(self) -> None:
-        with self._lock:
-            if self._fd is not None and self._dirty:
-                os.fsync(self._fd)
-                self._dirty = False
-
-    def close(self) -> None:
-        with self._lock:
-            if self._fd is not None:
-                os.fsync(self._fd)
-                os.close(self._fd)
-                self._fd, self._day, self._dirty = None, None, False
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if hasattr(value, "item"):  # numpy scalars
-        return value.item()
-    return str(value)
 
 
 def inline_features(
@@ -726,12 +640,10 @@ class ScoringEngine:
 
     def _cold(self, user: UserIn, as_of: datetime) -> UserScore:
         """Population prior and the catalog's default message, marked ``cold_start``."""
-        from engage.scoring.core import decision_ids
+        from engage.hashing import decision_keys
 
         arm = getattr(self.models.catalog, "default_message", None) or s.CONTROL_ARM
-        ids = decision_ids(
-            pd.Series([user.user_id]), pd.Series([as_of]), self.models.versions, self.config.seed
-        )
+        _, ids = decision_keys([user.user_id], [as_of], self.models.versions, self.config.seed)
         return UserScore(
             user_id=user.user_id,
             churn_probability=self.prior,
@@ -791,7 +703,7 @@ class ScoringEngine:
                 self._busy_cond.notify_all()
 
     def _answers(self, request: ScoreRequest, rows: FeatureRows, decided_at: datetime) -> list[UserScore]:
-        from engage.offers.policy import utc_values
+        from engage.schemas import utc_values
         from engage.scoring.core import score_columns
 
         columns: dict[str, dict[str, list[Any]]] = {}
