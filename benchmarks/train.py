@@ -146,7 +146,7 @@ def main() -> None:
 
     rows = test[cols].head(args.score_rows).reset_index(drop=True)
     n = len(rows)
-    explainer = ReasonExplainer(descriptions, units, top_k=cc.reasons_top_k).fit(
+    explainer = ReasonExplainer(descriptions=descriptions, units=units, top_k=cc.reasons_top_k).fit(
         train[cols].head(100_000), train["churned"].head(100_000)
     )
     contrib = model.contributions(rows)

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
 
 BIAS = "bias"
 _RATIO = re.compile(r"_rate_ratio_(\d+)d_(\d+)d$")
@@ -43,10 +45,11 @@ def _span(days: int) -> str:
 Formatter = Callable[[Any], str]
 
 
-class ReasonExplainer:
+class ReasonExplainer(BaseEstimator):
     """Turns per-row contributions into the top-k risk-raising reasons in plain words.
 
-    ``descriptions`` maps feature -> one-line description ("Days since the last purchase");
+    ``descriptions`` maps feature -> one-line description ("Days since the last purchase"; a
+    feature without one is described by its name);
     ``units`` optionally maps feature -> unit ("days", "events", "$"). ``fit`` learns the typical
     value of each feature (median; among retained users when ``y`` is given, so "typical" means
     "what a customer who stays looks like").
@@ -54,7 +57,8 @@ class ReasonExplainer:
 
     def __init__(
         self,
-        descriptions: Mapping[str, str],
+        *,
+        descriptions: Mapping[str, str] | None = None,
         units: Mapping[str, str] | None = None,
         top_k: int = 3,
     ) -> None:
@@ -94,7 +98,7 @@ class ReasonExplainer:
         cached = cache.get(feature)
         if cached is not None:
             return cached
-        desc = self.descriptions.get(feature) or feature.replace("_", " ").capitalize()
+        desc = (self.descriptions or {}).get(feature) or feature.replace("_", " ").capitalize()
         unit = (self.units or {}).get(feature, "")
         typical = self.typical_.get(feature)
         known_typical = isinstance(typical, float) and np.isfinite(typical)
@@ -160,6 +164,7 @@ class ReasonExplainer:
 
     def text(self, feature: str, value: Any) -> str:
         """Plain-words reason for one feature value (NaN means "never" for recency features)."""
+        check_is_fitted(self, "typical_")
         return self._formatter(feature)(_clean(value))
 
     # --- per-row reasons ---------------------------------------------------------------------
@@ -169,8 +174,7 @@ class ReasonExplainer:
         ``contrib`` is ``ChurnModel.contributions`` (one column per feature plus ``bias``), ``X`` the
         same rows' raw feature values (positional alignment). Rows with no positive contribution get [].
         """
-        if not hasattr(self, "typical_"):
-            raise RuntimeError("ReasonExplainer is not fitted: call fit(X_train) first")
+        check_is_fitted(self, "typical_")
         if len(contrib) != len(X):
             raise ValueError(f"contributions have {len(contrib)} rows, features have {len(X)}")
         columns = contrib.columns.tolist()

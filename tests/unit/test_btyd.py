@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.exceptions import NotFittedError
 
 from engage.models.btyd import (
     BGNBD,
@@ -170,7 +171,7 @@ def test_rfm_summary_rejects_bad_input() -> None:
 def test_estimator_contract() -> None:
     model = BGNBD(penalizer=0.0)
     assert not hasattr(model, "params_")
-    with pytest.raises(AttributeError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         model.p_alive([1], [1], [2])
     with pytest.raises(ValueError, match="recency"):
         model.fit([1, 2], [3, 1], [2, 2])

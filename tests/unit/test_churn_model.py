@@ -175,7 +175,7 @@ def test_baselines_handle_missing_values_and_are_monotone(fitted) -> None:
     p = logreg.predict_proba(test[cols])[:, 1]
     assert np.isfinite(p).all() and test["days_since_last_purchase"].isna().any()
     assert classification_metrics(test[s.LABEL], p)["oot_auc"] > 0.7
-    recency = RecencyBaseline("days_since_last_purchase").fit(train, train[s.LABEL])
+    recency = RecencyBaseline(feature="days_since_last_purchase").fit(train, train[s.LABEL])
     grid = pd.DataFrame({"days_since_last_purchase": [0.0, 5.0, 20.0, 60.0, np.nan]})
     q = recency.predict_proba(grid)[:, 1]
     assert np.all(np.diff(q[:4]) >= 0) and q[3] > q[0]

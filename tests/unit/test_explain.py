@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.exceptions import NotFittedError
 
 from engage.explain import ReasonExplainer, global_drivers
 from engage.models.churn import ChurnModel
@@ -40,7 +41,7 @@ def _frame(n: int = 400, seed: int = 0) -> pd.DataFrame:
 def explainer() -> ReasonExplainer:
     X = _frame()
     X.loc[0, "days_since_last_purchase"] = np.nan
-    return ReasonExplainer(DESCRIPTIONS, UNITS, top_k=3).fit(X)
+    return ReasonExplainer(descriptions=DESCRIPTIONS, units=UNITS, top_k=3).fit(X)
 
 
 def test_texts_read_like_a_marketer_wrote_them(explainer: ReasonExplainer) -> None:
@@ -65,8 +66,8 @@ def test_texts_read_like_a_marketer_wrote_them(explainer: ReasonExplainer) -> No
 def test_typical_values_among_retained_users_when_labels_are_given() -> None:
     X = pd.DataFrame({"days_since_last_purchase": [1.0, 2.0, 3.0, 50.0, 60.0, 70.0]})
     y = np.array([0, 0, 0, 1, 1, 1])
-    assert ReasonExplainer(DESCRIPTIONS).fit(X).typical_["days_since_last_purchase"] == 26.5
-    assert ReasonExplainer(DESCRIPTIONS).fit(X, y).typical_["days_since_last_purchase"] == 2.0
+    assert ReasonExplainer(descriptions=DESCRIPTIONS).fit(X).typical_["days_since_last_purchase"] == 26.5
+    assert ReasonExplainer(descriptions=DESCRIPTIONS).fit(X, y).typical_["days_since_last_purchase"] == 2.0
 
 
 def test_explain_picks_top_k_positive_contributions_in_order(explainer: ReasonExplainer) -> None:
@@ -90,8 +91,8 @@ def test_explain_picks_top_k_positive_contributions_in_order(explainer: ReasonEx
 def test_explain_checks_its_inputs(explainer: ReasonExplainer) -> None:
     X = _frame(10)
     contrib = pd.DataFrame(np.ones((10, X.shape[1])), columns=X.columns).assign(bias=0.0)
-    with pytest.raises(RuntimeError, match="not fitted"):
-        ReasonExplainer(DESCRIPTIONS).explain(contrib, X)
+    with pytest.raises(NotFittedError, match="not fitted"):
+        ReasonExplainer(descriptions=DESCRIPTIONS).explain(contrib, X)
     with pytest.raises(ValueError, match="rows"):
         explainer.explain(contrib, X.head(5))
     with pytest.raises(KeyError, match="top_category"):
@@ -113,7 +114,8 @@ def test_pred_contrib_equals_shap_tree_explainer_and_feeds_reasons() -> None:
     values = shap.TreeExplainer(model.booster_).shap_values(model._prepare(rows))
     values = values[1] if isinstance(values, list) else values
     np.testing.assert_allclose(contrib[model.feature_names_].to_numpy(), values, atol=1e-6)
-    reasons = ReasonExplainer(DESCRIPTIONS, UNITS).fit(X.iloc[:1000], y[:1000]).explain(contrib, rows)
+    explainer = ReasonExplainer(descriptions=DESCRIPTIONS, units=UNITS).fit(X.iloc[:1000], y[:1000])
+    reasons = explainer.explain(contrib, rows)
     texts = [r["text"] for row in reasons for r in row]
     assert any(t.startswith("No purchase for") for t in texts)
     assert any(t.startswith("Sessions down") for t in texts)
@@ -161,7 +163,7 @@ def test_units_and_shares_in_generic_texts() -> None:
         "top_category_share_90d": "Share of product activity in the favourite category",
         "x_thing": "Wishlist size",
     }
-    ex = ReasonExplainer(descriptions, {"tenure_days": "days", "x_thing": "items"}).fit(X)
+    ex = ReasonExplainer(descriptions=descriptions, units={"tenure_days": "days", "x_thing": "items"}).fit(X)
     assert ex.text("tenure_days", 30) == "Days since the first activity (or signup): 30 (typical: 200)"
     assert ex.text("top_category_share_90d", 0.9) == (
         "Share of product activity in the favourite category: 90% (typical: 40%)"

@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 from scipy import optimize, special
-from sklearn.exceptions import NotFittedError
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
 
 FREQUENCY = "frequency"
 RECENCY = "recency"
@@ -182,7 +183,7 @@ def bgnbd_log_likelihood(
     return a1 + a2 + np.logaddexp(a3, a4)
 
 
-class BGNBD:
+class BGNBD(BaseEstimator):
     """BG/NBD repeat-purchase model fitted by maximum likelihood (scikit-learn style).
 
     ``fit(frequency, recency, T)`` sets ``params_`` = {"r", "alpha", "a", "b"}, the maximised
@@ -190,7 +191,7 @@ class BGNBD:
     the negative mean log-likelihood (0 = plain maximum likelihood, as in the paper).
     """
 
-    def __init__(self, penalizer: float = 0.0, maxiter: int = 4000) -> None:
+    def __init__(self, *, penalizer: float = 0.0, maxiter: int = 4000) -> None:
         self.penalizer = penalizer
         self.maxiter = maxiter
 
@@ -232,9 +233,7 @@ class BGNBD:
         return self
 
     def _params(self) -> tuple[float, float, float, float]:
-        params = getattr(self, "params_", None)
-        if params is None:
-            raise NotFittedError("BGNBD is not fitted yet: call fit(frequency, recency, T) first")
+        params = self.params_
         return params["r"], params["alpha"], params["a"], params["b"]
 
     def _log_dropout_odds(self, x: FloatArray, t_x: FloatArray, big_t: FloatArray) -> FloatArray:
@@ -250,6 +249,7 @@ class BGNBD:
 
     def p_alive(self, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike) -> FloatArray:
         """P(customer still active at T | x, t_x, T); 1 for customers without repeat purchases."""
+        check_is_fitted(self, "params_")
         x, t_x, big_t = _check_rft(frequency, recency, T)
         return np.exp(-np.logaddexp(0.0, self._log_dropout_odds(x, t_x, big_t)))
 
@@ -257,6 +257,7 @@ class BGNBD:
         self, t: float | ArrayLike, frequency: ArrayLike, recency: ArrayLike, T: ArrayLike
     ) -> FloatArray:
         """Expected number of purchases in (T, T + t] given each customer's (x, t_x, T)."""
+        check_is_fitted(self, "params_")
         r, alpha, a, b = self._params()
         x, t_x, big_t = _check_rft(frequency, recency, T)
         horizon = np.broadcast_to(np.asarray(t, dtype=float), x.shape)
@@ -270,6 +271,7 @@ class BGNBD:
 
     def expected_purchases_new(self, t: float | ArrayLike) -> FloatArray:
         """Expected repeat purchases in (0, t] for a randomly chosen new customer, E[X(t)]."""
+        check_is_fitted(self, "params_")
         r, alpha, a, b = self._params()
         horizon = np.asarray(t, dtype=float)
         hyp = special.hyp2f1(r, b, a + b - 1, horizon / (alpha + horizon))
@@ -338,7 +340,7 @@ def gamma_gamma_log_likelihood(
     )
 
 
-class GammaGamma:
+class GammaGamma(BaseEstimator):
     """Gamma-Gamma spend model: per-transaction spend ~ Gamma(p, nu), nu ~ Gamma(q, v).
 
     Fitted on customers with at least one repeat purchase (frequency > 0) and positive mean
@@ -346,7 +348,7 @@ class GammaGamma:
     observed mean towards the population mean, more so for customers with few purchases.
     """
 
-    def __init__(self, penalizer: float = 0.0, maxiter: int = 4000) -> None:
+    def __init__(self, *, penalizer: float = 0.0, maxiter: int = 4000) -> None:
         self.penalizer = penalizer
         self.maxiter = maxiter
 
@@ -379,10 +381,8 @@ class GammaGamma:
 
     def conditional_expected_spend(self, frequency: ArrayLike, monetary_value: ArrayLike) -> FloatArray:
         """E[mean spend per transaction | x, observed mean]; population mean where x = 0."""
-        params = getattr(self, "params_", None)
-        if params is None:
-            raise NotFittedError("GammaGamma is not fitted yet: call fit(frequency, monetary_value) first")
-        p, q, v = params["p"], params["q"], params["v"]
+        check_is_fitted(self, "params_")
+        p, q, v = self.params_["p"], self.params_["q"], self.params_["v"]
         if q <= 1:
             raise ValueError(f"fitted q = {q:.3f} <= 1: the population mean spend is undefined")
         x = _as_float_array("frequency", frequency)

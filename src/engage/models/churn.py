@@ -19,6 +19,7 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils.validation import check_is_fitted
 
 from engage import schemas as s
 from engage.models.frame import FrameSpec, predict_threads
@@ -93,6 +94,7 @@ class ChurnModel(BaseEstimator, ClassifierMixin):
 
     def __init__(
         self,
+        *,
         n_estimators: int = 600,
         learning_rate: float = 0.05,
         num_leaves: int = 7,
@@ -196,6 +198,7 @@ class ChurnModel(BaseEstimator, ClassifierMixin):
 
     def predict_raw(self, X: pd.DataFrame) -> np.ndarray:
         """Uncalibrated log-odds of the trees up to the best iteration."""
+        check_is_fitted(self, "booster_")
         return np.asarray(
             self.booster_.predict(
                 self._matrix(X), raw_score=True, num_iteration=self.best_iteration_, **predict_threads(len(X))
@@ -204,6 +207,7 @@ class ChurnModel(BaseEstimator, ClassifierMixin):
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         """Calibrated probabilities, shape (n, 2): [retained, churned]."""
+        check_is_fitted(self, "calibrator_")
         raw = self.predict_raw(X)
         if isinstance(self.calibrator_, IsotonicRegression):
             p = self.calibrator_.predict(raw)
@@ -214,6 +218,7 @@ class ChurnModel(BaseEstimator, ClassifierMixin):
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         """0/1 at probability 0.5 (scikit-learn contract; policies use the probability)."""
+        check_is_fitted(self, "calibrator_")
         return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
 
     def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
@@ -222,6 +227,7 @@ class ChurnModel(BaseEstimator, ClassifierMixin):
         Rows sum to ``predict_raw``; uncalibrated by design (calibration is monotone, so the
         ranking of reasons is unchanged).
         """
+        check_is_fitted(self, "booster_")
         values = self.booster_.predict(
             self._matrix(X), pred_contrib=True, num_iteration=self.best_iteration_, **predict_threads(len(X))
         )
@@ -231,7 +237,7 @@ class ChurnModel(BaseEstimator, ClassifierMixin):
 class LogisticBaseline(BaseEstimator, ClassifierMixin):
     """Standardized logistic regression on the numeric columns (median imputation + missing flags)."""
 
-    def __init__(self, C: float = 1.0, max_iter: int = 1000) -> None:
+    def __init__(self, *, C: float = 1.0, max_iter: int = 1000) -> None:
         self.C = C
         self.max_iter = max_iter
 
@@ -259,9 +265,12 @@ class LogisticBaseline(BaseEstimator, ClassifierMixin):
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         """Probabilities, shape (n, 2)."""
+        check_is_fitted(self, "pipeline_")
         return self.pipeline_.predict_proba(self._matrix(X))
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
+        """0/1 at probability 0.5."""
+        check_is_fitted(self, "pipeline_")
         return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
 
 
@@ -272,7 +281,7 @@ class RecencyBaseline(BaseEstimator, ClassifierMixin):
     mapped to a probability by an increasing isotonic fit on the training data.
     """
 
-    def __init__(self, feature: str = "days_since_last_event") -> None:
+    def __init__(self, *, feature: str = "days_since_last_event") -> None:
         self.feature = feature
 
     def _score(self, X: pd.DataFrame) -> np.ndarray:
@@ -295,8 +304,11 @@ class RecencyBaseline(BaseEstimator, ClassifierMixin):
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         """Probabilities, shape (n, 2)."""
+        check_is_fitted(self, "iso_")
         p = np.clip(self.iso_.predict(self._score(X)), _EPS, 1 - _EPS)
         return np.column_stack([1 - p, p])
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
+        """0/1 at probability 0.5."""
+        check_is_fitted(self, "iso_")
         return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)

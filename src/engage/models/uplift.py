@@ -22,6 +22,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
 
 from engage import schemas as s
 from engage.models.frame import FrameSpec, predict_threads
@@ -44,6 +45,7 @@ class MultiArmUplift(BaseEstimator):
 
     def __init__(
         self,
+        *,
         learner: Literal["t", "x", "s"] = "t",
         control: str = s.CONTROL_ARM,
         n_estimators: int = 300,
@@ -164,6 +166,7 @@ class MultiArmUplift(BaseEstimator):
         The boosters read one float matrix (``FrameSpec.matrix``): the same predictions as the
         fitted estimators on the prepared frame, without LightGBM's per-call pandas conversion.
         """
+        check_is_fitted(self, "models_")
         matrix = self.frame_.matrix(X)
         threads = predict_threads(len(matrix))
         if self.learner == "s":
@@ -188,6 +191,7 @@ class MultiArmUplift(BaseEstimator):
 
     def predict_uplift(self, X: pd.DataFrame) -> pd.DataFrame:
         """P(outcome | arm) - P(outcome | control), one column per non-control arm."""
+        check_is_fitted(self, "models_")
         out = self.predict_outcomes(X)
         return out.drop(columns=[self.control]).sub(out[self.control], axis=0)
 

@@ -131,7 +131,7 @@ def fit_churn(
         metrics["oracle_auc"] = float(roc_auc_score(y_test[known], oracle[known]))
         metrics["oot_auc_on_oracle_rows"] = float(roc_auc_score(y_test[known], scores["lightgbm"][known]))
 
-    explainer = ReasonExplainer(descriptions, top_k=cc.reasons_top_k).fit(train[columns])
+    explainer = ReasonExplainer(descriptions=descriptions, top_k=cc.reasons_top_k).fit(train[columns])
     contributions = model.contributions(test[columns])
     drivers = global_drivers(contributions, test[columns], test[s.LABEL])
     bundle = ChurnBundle(
