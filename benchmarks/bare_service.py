@@ -58,12 +58,12 @@ def find_lightgbm(obj: Any, depth: int = 0, seen: set[int] | None = None) -> Any
 
 def model_rows(config_path: str | None) -> tuple[Any, int, pd.DataFrame, dict[str, int]]:
     """(booster, trees, rows in the model's input form, user_id -> row) for the latest snapshot rows."""
-    from engage.serving.service import load_scoring_models
+    from engage.scoring.champions import load_champions
 
     config = load_config(config_path)
     snapshot = pd.read_parquet(config.serve.feature_snapshot_path)
     snapshot = snapshot.sort_values(s.AS_OF).drop_duplicates(s.USER_ID, keep="last").reset_index(drop=True)
-    models = load_scoring_models(config, "mlflow")
+    models = load_champions(config)
     booster = find_lightgbm(models.churn)
     if booster is None:
         raise RuntimeError("no LightGBM model found inside the churn bundle")

@@ -34,12 +34,13 @@ import polars as pl
 from engage import schemas as s
 from engage.config import load_config
 from engage.datasets.simulate import simulate
+from engage.hashing import decision_keys
 from engage.offers.catalog import load_catalog, render_many
 from engage.offers.policy import action_probabilities
 from engage.offers.training import fit_offers, offer_table, train_offers
-from engage.hashing import decision_keys
+from engage.scoring.champions import load_champions
 from engage.scoring.core import score_features, to_storable
-from engage.scoring.job import exposure_history, load_models, score_events
+from engage.scoring.job import exposure_history, score_events
 from engage.training.churn import train_churn
 
 
@@ -87,7 +88,7 @@ def main() -> None:
     train_churn(small.events, cfg, users=small.users, exposures=small.exposures)
     table = offer_table(small.events, small.exposures, cfg, users=small.users)
     train_offers(fit_offers(table, cfg, load_catalog(cfg.offers.catalog_path), n_boot=20), cfg)
-    models = load_models(cfg)
+    models = load_champions(cfg)
     del small, table
 
     started = time.perf_counter()

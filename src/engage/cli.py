@@ -628,10 +628,10 @@ def score(
     moment = parse_date(as_of)
     snapshot = snapshot or Path(cfg.serve.feature_snapshot_path)
     decision_log = decision_log or Path(cfg.serve.decision_log_dir)
-    from engage.scoring.job import load_models
+    from engage.scoring.champions import load_champions
 
     try:
-        models = load_models(cfg)
+        models = load_champions(cfg)
     except LookupError as exc:
         raise _fail(str(exc)) from exc
     if cfg.features.engine == "spark":

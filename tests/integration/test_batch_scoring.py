@@ -14,7 +14,8 @@ from engage.config import load_config
 from engage.datasets.simulate import simulate, write_simulation
 from engage.offers.catalog import load_catalog
 from engage.offers.training import fit_offers, offer_table, train_offers
-from engage.scoring.job import load_models, score_events
+from engage.scoring.champions import load_champions
+from engage.scoring.job import score_events
 from engage.training.churn import train_churn
 
 pytestmark = pytest.mark.integration
@@ -47,7 +48,7 @@ def _embedded(world: dict, out: Path) -> pl.DataFrame:
     score_events(
         data.events,
         world["as_of"],
-        load_models(world["cfg"]),
+        load_champions(world["cfg"]),
         world["cfg"],
         out,
         users=data.users,
@@ -85,7 +86,7 @@ def test_spark_and_embedded_scores_agree(world: dict) -> None:
     score_spark(
         paths["events"],
         world["as_of"],
-        load_models(world["cfg"]),
+        load_champions(world["cfg"]),
         world["cfg"],
         world["root"] / "s.parquet",
         users=paths["users"],

@@ -209,10 +209,11 @@ def user_attributes(world: World, user_id: str) -> dict[str, Any]:
 
 def batch_scores(world: World, user_ids: list[str]) -> pd.DataFrame:
     """What the batch job (``engage score``) answers for these users at the same as_of."""
-    from engage.scoring.job import load_models, score_events
+    from engage.scoring.champions import load_champions
+    from engage.scoring.job import score_events
 
     out = world.root / f"batch-{len(user_ids)}-{user_ids[0]}.parquet"
-    models = load_models(world.config)
+    models = load_champions(world.config)
     score_events(world.events, world.as_of.to_pydatetime(), models, world.config, out, users=world.users)
     scores = pd.read_parquet(out)
     scores["reasons"] = [json.loads(r) for r in scores["reasons"]]
@@ -292,12 +293,12 @@ class RankedGains:
 
 def test_a_user_just_messaged_is_not_sent_it_again_inside_its_cooldown(world: World, tmp_path: Path) -> None:
     """The engine behind /score passes each user's recent messages to the policy, across requests."""
+    from engage.scoring.champions import load_champions
     from engage.scoring.core import ScoringModels
-    from engage.scoring.job import load_models
     from engage.serving.schemas import ScoreRequest
     from engage.serving.service import ScoringEngine
 
-    loaded = load_models(world.config)
+    loaded = load_champions(world.config)
     models = ScoringModels(
         churn=loaded.churn, catalog=loaded.catalog, offers=RankedGains(), versions=loaded.versions
     )

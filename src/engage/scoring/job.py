@@ -196,33 +196,6 @@ def score_events(
     )
 
 
-def load_models(config: EngageConfig, alias: str = "champion") -> ScoringModels:
-    """The registered churn and offers models behind ``alias`` (offers optional) and the catalog."""
-    from engage import tracking
-    from engage.offers.catalog import load_catalog
-
-    tracking.configure(config.tracking.uri)
-    names = {"churn": config.tracking.churn_model_name, "offers": config.tracking.offer_model_name}
-    versions: dict[str, str] = {}
-    loaded = {}
-    for role, name in names.items():
-        version = tracking.alias_version(name, alias)
-        if version is None:
-            if role == "churn":
-                raise LookupError(
-                    f"no {name}@{alias} in {config.tracking.uri}: run `engage train churn` first"
-                )
-            continue
-        loaded[role] = tracking.load_estimator(f"models:/{name}/{version}")
-        versions[role] = f"{name}/{version}"
-    return ScoringModels(
-        churn=loaded["churn"],
-        catalog=load_catalog(config.offers.catalog_path),
-        offers=loaded.get("offers"),
-        versions=versions,
-    )
-
-
 def _explain_threshold(probabilities: np.ndarray, share: float | None) -> float | None:
     """Probability above which a user gets reasons; None when nobody does."""
     if share is None or share <= 0 or len(probabilities) == 0:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import bentoml
 import numpy as np
@@ -34,6 +34,16 @@ from bentoml.exceptions import BentoMLException
 
 from engage import schemas as s
 from engage.config import EngageConfig, load_config
+from engage.scoring.champions import (
+    CHURN,
+    OFFERS,
+    ModelRef,
+    load_champions,
+    load_scoring_models,
+    registry_refs,
+    roles,
+)
+from engage.scoring.core import ScoringModels
 from engage.scoring.decision_log import DecisionWriter, LogTail
 from engage.serving.schemas import (
     AttributeValue,
@@ -49,9 +59,7 @@ from engage.serving.schemas import (
     events_records,
     signup_time,
 )
-
-if TYPE_CHECKING:  # importing scoring pulls in models, catalog and policy: done lazily
-    from engage.scoring.core import ScoringModels
+from engage.tracking import CHAMPION
 
 logger = logging.getLogger(__name__)
 
@@ -99,73 +107,35 @@ def service_config() -> EngageConfig:
     return config
 
 
-def _load_catalog(config: EngageConfig) -> Any:
-    from engage.offers.catalog import load_catalog
+def bento_refs(config: EngageConfig) -> list[ModelRef]:
+    """The latest copy of each role's model in the Bento store (inside a served Bento: its own).
 
-    return load_catalog(config.offers.catalog_path)
-
-
-def _role(config: EngageConfig, name: str) -> str:
-    """Key of ``ScoringModels.versions`` (as batch scoring writes it: role -> 'name/version')."""
-    return "churn" if name == config.tracking.churn_model_name else "offers"
-
-
-def _bento_models(config: EngageConfig) -> tuple[Any, Any | None, dict[str, str]]:
-    """Churn and offer estimators from the Bento store (inside a served Bento: its own models)."""
+    Each is an MLflow model folder that :func:`engage.scoring.champions.load_scoring_models` loads
+    like a registry URI; the version is the registered one it was imported from.
+    """
     from bentoml.exceptions import NotFound
 
-    versions: dict[str, str] = {}
-    found: list[Any] = []
-    for name in (config.tracking.churn_model_name, config.tracking.offer_model_name):
+    refs: list[ModelRef] = []
+    for role, name in roles(config).items():
         try:
             stored = bentoml.models.get(f"{name}:latest")
         except NotFound:
-            if name == config.tracking.churn_model_name:
+            if role == CHURN:
                 raise
-            found.append(None)
             continue
-        found.append(bentoml.mlflow.load_model(stored).unwrap_python_model().estimator)
         version = str(stored.info.metadata.get("registered_version", stored.tag.version))
-        versions[_role(config, name)] = f"{name}/{version}"
-    return found[0], found[1], versions
+        folder = stored.path_of(bentoml.mlflow.MLFLOW_MODEL_FOLDER)
+        refs.append(ModelRef(role=role, name=name, version=version, uri=folder))
+    return refs
 
 
-def _mlflow_models(config: EngageConfig) -> tuple[Any, Any | None, dict[str, str]]:
-    """Churn and offer estimators behind the ``champion`` aliases of the MLflow registry."""
-    from engage import tracking
-
-    tracking.configure(config.tracking.uri)
-    versions: dict[str, str] = {}
-    found: list[Any] = []
-    for name in (config.tracking.churn_model_name, config.tracking.offer_model_name):
-        version = tracking.alias_version(name, tracking.CHAMPION)
-        if version is None:
-            if name == config.tracking.churn_model_name:
-                raise LookupError(f"{config.tracking.uri}: no '{tracking.CHAMPION}' alias on model '{name}'")
-            found.append(None)
-            continue
-        found.append(tracking.load_estimator(f"models:/{name}/{version}"))
-        versions[_role(config, name)] = f"{name}/{version}"
-    return found[0], found[1], versions
-
-
-def load_scoring_models(config: EngageConfig, source: str = "bento") -> ScoringModels:
-    """Load the churn (required) and offer (optional) models plus the message catalog.
-
-    ``source="bento"`` reads the Bento store (what ``engage build`` imported); ``"mlflow"`` reads the
-    ``champion`` aliases of ``config.tracking.uri`` directly. ``versions`` maps the role to the
-    registered model as ``{"churn": "engage-churn/3", ...}``, the convention of
-    ``engage.scoring_job.load_models``, so decision ids agree with batch scoring.
-    """
-    from engage.scoring.core import ScoringModels
-
+def service_models(config: EngageConfig, source: str = "bento") -> ScoringModels:
+    """The models to serve: from the Bento store (``bento``) or the registry's champions (``mlflow``)."""
     if source == "bento":
-        churn, offers, versions = _bento_models(config)
-    elif source == "mlflow":
-        churn, offers, versions = _mlflow_models(config)
-    else:
-        raise ValueError(f"{ENV_MODEL_SOURCE}: unknown model source '{source}' (bento or mlflow)")
-    return ScoringModels(churn=churn, catalog=_load_catalog(config), offers=offers, versions=versions)
+        return load_scoring_models(config, bento_refs(config))
+    if source == "mlflow":
+        return load_champions(config)
+    raise ValueError(f"{ENV_MODEL_SOURCE}: unknown model source '{source}' (bento or mlflow)")
 
 
 # --- features -----------------------------------------------------------------------------
@@ -858,7 +828,7 @@ class EngageService:
         config = service_config()
         source = os.environ.get(ENV_MODEL_SOURCE, "bento")
         exposures = os.environ.get(ENV_EXPOSURES) or None
-        self.engine = ScoringEngine(config, load_scoring_models(config, source), exposures=exposures)
+        self.engine = ScoringEngine(config, service_models(config, source), exposures=exposures)
         # created here, not at import: the worker sets PROMETHEUS_MULTIPROC_DIR after importing us
         from prometheus_client import Counter
 
@@ -927,31 +897,25 @@ def import_champions(config: EngageConfig) -> list[str]:
 
     A registered version already imported is reused, so re-building does not duplicate models.
     """
-    from engage import tracking
-
-    tracking.configure(config.tracking.uri)
     tags: list[str] = []
-    for name in (config.tracking.churn_model_name, config.tracking.offer_model_name):
-        version = tracking.alias_version(name, tracking.CHAMPION)
-        if version is None:
-            if name == config.tracking.churn_model_name:
-                raise LookupError(f"{config.tracking.uri}: no '{tracking.CHAMPION}' alias on model '{name}'")
-            logger.warning("no champion for %s: the Bento scores without an offer model", name)
-            continue
+    refs = registry_refs(config)
+    if OFFERS not in {ref.role for ref in refs}:
+        logger.warning("no champion for %s: the Bento scores without an offer model", roles(config)[OFFERS])
+    for ref in refs:
         existing = [
             m
-            for m in _stored_models(name)
-            if m.info.metadata.get("registered_version") == version
+            for m in _stored_models(ref.name)
+            if m.info.metadata.get("registered_version") == ref.version
             and m.info.metadata.get("tracking_uri") == config.tracking.uri
         ]
         if existing:
             tags.append(str(existing[0].tag))
             continue
         model = bentoml.mlflow.import_model(
-            name,
-            f"models:/{name}/{version}",
-            labels={"alias": tracking.CHAMPION},
-            metadata={"registered_version": version, "tracking_uri": config.tracking.uri},
+            ref.name,
+            ref.uri,
+            labels={"alias": CHAMPION},
+            metadata={"registered_version": ref.version, "tracking_uri": config.tracking.uri},
         )
         tags.append(str(model.tag))
     return tags

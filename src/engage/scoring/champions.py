@@ -1,0 +1,81 @@
+"""The one place scoring models are loaded: which registered version serves each role, then loading.
+
+A model reference names a role (``churn`` required, ``offers`` optional), the registered model and
+version it came from, and a URI MLflow loads it from: ``models:/name/version`` for the registry, or
+the local MLflow model folder inside the Bento store (the Bento module resolves those). Batch jobs,
+the service and ``engage build`` all go through :func:`registry_refs` and :func:`load_scoring_models`,
+so ``model_versions`` (and with it every decision id) is spelled the same way everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from engage import tracking
+from engage.config import EngageConfig
+from engage.offers.catalog import load_catalog
+from engage.scoring.core import ScoringModels
+
+__all__ = ["CHURN", "OFFERS", "ModelRef", "load_champions", "load_scoring_models", "registry_refs", "roles"]
+
+CHURN = "churn"
+OFFERS = "offers"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Where one scoring model comes from: its role, registered name and version, and a loadable URI."""
+
+    role: str
+    name: str
+    version: str
+    uri: str
+
+    @property
+    def label(self) -> str:
+        """``name/version``: the value of ``model_versions[role]`` in every score and decision."""
+        return f"{self.name}/{self.version}"
+
+
+def roles(config: EngageConfig) -> dict[str, str]:
+    """Role -> registered model name, the churn model first (it is required)."""
+    return {CHURN: config.tracking.churn_model_name, OFFERS: config.tracking.offer_model_name}
+
+
+def registry_refs(config: EngageConfig, alias: str = tracking.CHAMPION) -> list[ModelRef]:
+    """The versions behind ``alias`` in ``config.tracking.uri``; a missing offers model is skipped.
+
+    A missing churn model is a LookupError that says what to run.
+    """
+    tracking.configure(config.tracking.uri)
+    refs: list[ModelRef] = []
+    for role, name in roles(config).items():
+        version = tracking.alias_version(name, alias)
+        if version is None:
+            if role == CHURN:
+                raise LookupError(
+                    f"no {name}@{alias} in {config.tracking.uri}: run `engage train churn` first"
+                )
+            continue
+        refs.append(ModelRef(role=role, name=name, version=version, uri=f"models:/{name}/{version}"))
+    return refs
+
+
+def load_scoring_models(config: EngageConfig, refs: Sequence[ModelRef]) -> ScoringModels:
+    """Load every referenced model and the message catalog into one :class:`ScoringModels`."""
+    by_role = {ref.role: ref for ref in refs}
+    if CHURN not in by_role:
+        raise LookupError(f"no {config.tracking.churn_model_name} model to score with")
+    loaded = {role: tracking.load_estimator(ref.uri) for role, ref in by_role.items()}
+    return ScoringModels(
+        churn=loaded[CHURN],
+        catalog=load_catalog(config.offers.catalog_path),
+        offers=loaded.get(OFFERS),
+        versions={role: ref.label for role, ref in by_role.items()},
+    )
+
+
+def load_champions(config: EngageConfig, alias: str = tracking.CHAMPION) -> ScoringModels:
+    """The registered churn and offers models behind ``alias`` (offers optional) and the catalog."""
+    return load_scoring_models(config, registry_refs(config, alias))
