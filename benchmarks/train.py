@@ -114,19 +114,8 @@ def main() -> None:
     cc = ChurnModelConfig()
     max_depth = cc.max_depth if args.max_depth is None else args.max_depth
     num_leaves = cc.num_leaves if args.num_leaves is None else args.num_leaves
-    model = ChurnModel(
-        n_estimators=cc.n_estimators,
-        learning_rate=cc.learning_rate,
-        num_leaves=num_leaves,
-        min_child_samples=cc.min_child_samples,
-        subsample=cc.subsample,
-        colsample_bytree=cc.colsample_bytree,
-        early_stopping_rounds=cc.early_stopping_rounds,
-        calibration=cc.calibration,
-        random_state=0,
-        n_jobs=args.n_jobs,
-        max_depth=max_depth,
-        monotone_recency=cc.monotone_recency,
+    model = ChurnModel.from_config(cc, seed=0).set_params(
+        n_jobs=args.n_jobs, max_depth=max_depth, num_leaves=num_leaves
     )
     started, cpu_started = time.perf_counter(), time.process_time()
     model.fit(train[cols], train["churned"], X_calib=calib[cols], y_calib=calib["churned"])

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from engage import schemas as s
+from engage.config import ChurnModelConfig, load_config
 from engage.evaluation.classification import classification_metrics, expected_calibration_error
 from engage.models.churn import ChurnModel, LogisticBaseline, RecencyBaseline, out_of_time_split
 
@@ -208,3 +209,36 @@ def test_monotone_recency_never_lowers_risk_as_recency_grows() -> None:
     steps = np.diff(np.column_stack(raws), axis=1)
     assert steps.min() >= -1e-9
     assert steps.sum(axis=1).min() > 0  # and recency does raise risk
+
+
+def test_from_config_passes_every_model_setting_and_the_seed() -> None:
+    cc = ChurnModelConfig(
+        n_estimators=123,
+        learning_rate=0.07,
+        num_leaves=9,
+        max_depth=5,
+        min_child_samples=11,
+        monotone_recency=True,
+        subsample=0.7,
+        colsample_bytree=0.6,
+        early_stopping_rounds=13,
+        calibration="isotonic",
+    )
+    params = ChurnModel.from_config(cc, seed=7).get_params()
+    passed = {k for k in type(cc).model_fields if k in params}
+    assert all(params[k] == getattr(cc, k) for k in passed)
+    assert params["random_state"] == 7
+    assert set(type(cc).model_fields) - passed == {
+        "validation_snapshots",
+        "promote_margin",
+        "reasons_top_k",
+        "risk_bands",
+    }, "a new ChurnModelConfig field must be named like the ChurnModel parameter it sets"
+
+
+def test_training_fits_the_model_from_config() -> None:
+    from engage.training.churn import fit_churn
+
+    config = load_config(overrides={"churn.n_estimators": 20, "churn.num_leaves": 5, "seed": 3})
+    fit = fit_churn(_table(n=300), config, descriptions={})
+    assert fit.bundle.model.get_params() == ChurnModel.from_config(config.churn, seed=3).get_params()

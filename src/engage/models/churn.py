@@ -8,7 +8,7 @@ dropped if passed, so predictions never depend on who the user is. Everything he
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import lightgbm as lgb
 import numpy as np
@@ -23,6 +23,9 @@ from sklearn.utils.validation import check_is_fitted
 
 from engage import schemas as s
 from engage.models.frame import FrameSpec, predict_threads
+
+if TYPE_CHECKING:
+    from engage.config import ChurnModelConfig
 
 DROP: tuple[str, ...] = (s.USER_ID, s.AS_OF, s.LABEL)
 _EPS = 1e-4
@@ -84,8 +87,9 @@ def _labels(y: object, n: int, what: str) -> np.ndarray:
 class ChurnModel(BaseEstimator, ClassifierMixin):
     """LightGBM with early stopping on a later snapshot, then isotonic or Platt calibration there.
 
-    Parameters mirror ``ChurnModelConfig`` (defaults: 7 leaves, depth 4, Platt; see there why);
-    ``n_jobs``, ``reg_lambda``, ``extra_trees`` and ``path_smooth`` are extra LightGBM knobs.
+    Parameters mirror ``ChurnModelConfig`` (defaults: 7 leaves, depth 4, Platt; see there why) and
+    ``from_config`` builds the model from it; ``n_jobs``, ``reg_lambda``, ``extra_trees`` and
+    ``path_smooth`` are extra LightGBM knobs.
     ``monotone_recency`` constrains the recency columns in ``RECENCY_MONOTONE`` to raise risk only.
     ``fit(X, y, X_calib=..., y_calib=...)``: the trees fit ``X``; ``X_calib`` (a later snapshot)
     both stops boosting and fits the calibrator on raw scores, so calibration is learned on data
@@ -126,6 +130,18 @@ class ChurnModel(BaseEstimator, ClassifierMixin):
         self.extra_trees = extra_trees
         self.path_smooth = path_smooth
         self.monotone_recency = monotone_recency
+
+    @classmethod
+    def from_config(cls, config: ChurnModelConfig, *, seed: int) -> ChurnModel:
+        """The model training runs: every ``ChurnModelConfig`` field named like a parameter, seeded.
+
+        The match is by name, so there is no second list of settings to keep in step; the config's
+        other fields (validation_snapshots, promote_margin, reasons_top_k, risk_bands) steer the
+        training around the model, not the model itself.
+        """
+        names = set(cls().get_params())
+        params = {name: getattr(config, name) for name in type(config).model_fields if name in names}
+        return cls(**params, random_state=seed)
 
     def _prepare(self, X: pd.DataFrame) -> pd.DataFrame:
         """Features in fit order with categoricals re-coded as at fit."""

@@ -85,19 +85,9 @@ def fit_churn(
     train, calib, test = out_of_time_split(table, validation_snapshots=config.churn.validation_snapshots)
     columns = feature_columns(table)
     cc = config.churn
-    model = ChurnModel(
-        n_estimators=cc.n_estimators,
-        learning_rate=cc.learning_rate,
-        num_leaves=cc.num_leaves,
-        max_depth=cc.max_depth,
-        monotone_recency=cc.monotone_recency,
-        min_child_samples=cc.min_child_samples,
-        subsample=cc.subsample,
-        colsample_bytree=cc.colsample_bytree,
-        early_stopping_rounds=cc.early_stopping_rounds,
-        calibration=cc.calibration,
-        random_state=config.seed,
-    ).fit(train[columns], train[s.LABEL], X_calib=calib[columns], y_calib=calib[s.LABEL])
+    model = ChurnModel.from_config(cc, seed=config.seed).fit(
+        train[columns], train[s.LABEL], X_calib=calib[columns], y_calib=calib[s.LABEL]
+    )
     logreg = LogisticBaseline().fit(train[columns], train[s.LABEL])
     recency = RecencyBaseline().fit(train[columns], train[s.LABEL])
 
