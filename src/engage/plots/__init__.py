@@ -1,1 +1,6 @@
-"""Plot helpers returning matplotlib figures (never shown or saved here)."""
+"""Plot helpers returning matplotlib figures (never shown or saved here): churn, uplift, analytics.
+
+Each module is imported on its own (``from engage.plots import churn``); matplotlib loads with it.
+"""
+
+__all__ = ["analytics", "churn", "uplift"]
