@@ -77,6 +77,24 @@ def test_shap_summary_orders_features_by_importance(data) -> None:
     assert _png(fig)
 
 
+def test_shap_summary_is_shaps_beeswarm_of_the_given_contributions(data) -> None:
+    _, _, X, contrib = data
+    before = np.random.get_state()[1].copy()
+    fig = plots.shap_summary_figure(contrib, X)
+    assert np.array_equal(np.random.get_state()[1], before), "numpy's global generator is left as found"
+    dots = np.concatenate([c.get_offsets()[:, 0] for c in fig.axes[0].collections])
+    expected = contrib.drop(columns="bias").to_numpy().ravel()
+    np.testing.assert_allclose(np.sort(dots), np.sort(expected))  # one dot per user and feature
+    assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == "feature value"  # shap's colour bar
+    again = plots.shap_summary_figure(contrib, X).axes[0].collections
+    assert all(
+        np.array_equal(a.get_offsets(), b.get_offsets())
+        for a, b in zip(fig.axes[0].collections, again, strict=True)
+    )
+    with pytest.raises(ValueError, match="rows"):
+        plots.shap_summary_figure(contrib, X.head(5))
+
+
 def test_dependence_figures_for_numeric_and_string_features(data) -> None:
     _, _, X, contrib = data
     figs = plots.dependence_figures(contrib, X, ["days_since_last_purchase", "top_category", "absent"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import polars as pl
@@ -74,3 +75,34 @@ def test_importing_every_module_creates_nothing(tmp_path: Path) -> None:
     )
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, timeout=300)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_help_works_without_serving_or_spark_installed(tmp_path: Path) -> None:
+    """A batch-only install (no engage[serve], no engage[spark]): every command's --help still runs,
+    and the CLI imports no serving, Spark or tracking library until a command needs it."""
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["bentoml"] = None  # `import bentoml` now raises ImportError
+        sys.modules["pyspark"] = None
+        import click, typer.main
+        from typer.testing import CliRunner
+        from engage.cli import app
+
+        def paths(group, prefix=()):
+            for name, cmd in group.commands.items():
+                if isinstance(cmd, click.Group):
+                    yield from paths(cmd, (*prefix, name))
+                else:
+                    yield (*prefix, name)
+
+        runner = CliRunner()
+        for args in [(), *paths(typer.main.get_command(app))]:
+            result = runner.invoke(app, [*args, "--help"])
+            assert result.exit_code == 0, (args, result.output)
+        heavy = ("bentoml", "pyspark", "mlflow", "shap", "lightgbm", "engage.serving")
+        loaded = [m for m in heavy if sys.modules.get(m) is not None]
+        assert not loaded, loaded
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, timeout=300)

@@ -2,7 +2,8 @@
 
 Curve figures take ``scores: {model name: probabilities}`` so LightGBM, logistic regression and the
 recency rule are compared on one chart. SHAP figures read ``ChurnModel.contributions`` (LightGBM
-``pred_contrib``, identical to TreeExplainer values) and the raw feature values of the same rows.
+``pred_contrib``, identical to TreeExplainer values) and the raw feature values of the same rows;
+the summary (beeswarm) is drawn by ``shap`` itself.
 """
 
 from __future__ import annotations
@@ -121,58 +122,56 @@ def risk_decile_figure(y: ArrayLike, p: ArrayLike) -> Figure:
     return fig
 
 
-def _top_features(contrib: pd.DataFrame, max_display: int) -> list[str]:
-    cols = [c for c in contrib.columns if c != "bias"]
-    return list(contrib[cols].abs().mean().sort_values(ascending=False).index[:max_display])
-
-
 def shap_summary_figure(
     contrib: pd.DataFrame, X: pd.DataFrame, max_display: int = 15, seed: int = 0
 ) -> Figure:
-    """Beeswarm: one row per top feature, each dot a user at its contribution, coloured by value rank.
+    """SHAP's beeswarm summary, drawn by ``shap`` from the contributions LightGBM already computed.
 
-    Most important feature on top; colour blue = low value, red = high, grey = missing or string.
+    ``contrib`` is ``ChurnModel.contributions`` (``pred_contrib``, the same numbers TreeExplainer
+    gives, without a second pass over the trees); ``X`` holds the same rows' raw feature values,
+    which colour the dots (blue = low, red = high, grey = missing or a string feature). One row per
+    feature, the ``max_display`` most important (mean |SHAP value|), the most important on top.
     """
+    import shap  # heavy: imported only when a summary is drawn
+
     if len(contrib) != len(X):
         raise ValueError(f"contributions have {len(contrib)} rows, features have {len(X)}")
-    top = _top_features(contrib, max_display)[::-1]
-    fig = Figure(figsize=(7.5, 0.4 * len(top) + 1.6), layout="constrained")
+    columns = [c for c in contrib.columns if c != "bias"]
+    data = pd.DataFrame(
+        {c: _plot_values(X[c]) if c in X.columns else np.full(len(X), np.nan) for c in columns}, index=X.index
+    )
+    explanation = shap.Explanation(
+        values=contrib[columns].to_numpy(dtype=float),
+        base_values=contrib["bias"].to_numpy(dtype=float) if "bias" in contrib.columns else None,
+        data=data,
+        feature_names=columns,
+    )
+    fig = Figure(figsize=(8, 0.4 * min(len(columns), max_display) + 1.6), layout="constrained")
     ax = fig.add_subplot()
-    rng = np.random.default_rng(seed)
-    scatter = None
-    for i, f in enumerate(top):
-        c = contrib[f].to_numpy(dtype=float)
-        x = (
-            pd.to_numeric(X[f], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-            if f in X.columns
-            else np.full(len(c), np.nan)
+    state = np.random.get_state()  # shap jitters the dots with numpy's global generator
+    np.random.seed(seed)
+    try:
+        shap.plots.beeswarm(
+            explanation,
+            max_display=max_display,
+            ax=ax,
+            show=False,
+            plot_size=None,
+            group_remaining_features=False,
+            color_bar_label="feature value",
         )
-        ok = np.isfinite(x)
-        jitter = rng.uniform(-0.3, 0.3, len(c))
-        if (~ok).any():
-            ax.scatter(c[~ok], i + jitter[~ok], c="lightgrey", s=4, alpha=0.6, rasterized=True)
-        if ok.any():
-            colour = pd.Series(x[ok]).rank(pct=True).to_numpy()
-            scatter = ax.scatter(
-                c[ok],
-                i + jitter[ok],
-                c=colour,
-                cmap="coolwarm",
-                vmin=0,
-                vmax=1,
-                s=4,
-                alpha=0.7,
-                rasterized=True,
-            )
-    ax.set_yticks(range(len(top)), top)
-    ax.axvline(0, c="grey", lw=0.8)
+    finally:
+        np.random.set_state(state)
     ax.set_xlabel("contribution to churn log-odds (SHAP value)")
     ax.set_title("What drives churn risk (right = more risk)")
-    if scatter is not None:
-        bar = fig.colorbar(scatter, ax=ax, ticks=[0, 1], aspect=40)
-        bar.ax.set_yticklabels(["low", "high"])
-        bar.set_label("feature value")
     return fig
+
+
+def _plot_values(values: pd.Series) -> np.ndarray:
+    """Numbers as float (NaN for missing); anything else as strings, which shap draws grey."""
+    if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
+        return values.astype(float).to_numpy(dtype=float, na_value=np.nan)
+    return values.astype("string").fillna("(missing)").to_numpy(dtype=object)
 
 
 def dependence_figures(contrib: pd.DataFrame, X: pd.DataFrame, features: Sequence[str]) -> dict[str, Figure]:
