@@ -25,11 +25,13 @@ demo: venv
 
 test: venv
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -q
 
 lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy
 
 bench: venv
 	for script in features simulate train offers score; do $(PY) benchmarks/$$script.py || exit 1; done

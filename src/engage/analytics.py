@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Final, Literal
+from typing import Final, Literal, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -20,7 +20,7 @@ import polars as pl
 
 from engage import schemas as s
 
-EventsLike = pl.DataFrame | pd.DataFrame
+EventsLike: TypeAlias = pl.DataFrame | pd.DataFrame
 """Events as a polars or pandas DataFrame with at least ``user_id``, ``ts``, ``event_type``."""
 
 DEFAULT_FUNNEL_STEPS: Final[tuple[str, ...]] = ("session_start", "product_view", "add_to_cart", "purchase")
@@ -203,7 +203,7 @@ def _period_label(start: object, period: str) -> str:
 
 # --- funnel -----------------------------------------------------------------------------------
 
-SegmentLike = pd.Series | Mapping[str, str] | str | None
+SegmentLike: TypeAlias = pd.Series | Mapping[str, str] | str | None
 
 
 def _user_segments(frame: pl.DataFrame, segment: SegmentLike) -> tuple[pl.DataFrame | None, str]:

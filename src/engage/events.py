@@ -263,9 +263,9 @@ def validate_events(
         reason = reason.when(ts > pl.lit(reference_time).dt.convert_time_zone(s.UTC)).then(
             pl.lit(s.REASON_FUTURE_TS)
         )
-    reason = reason.when(bad_amount).then(pl.lit(s.REASON_BAD_AMOUNT)).otherwise(None)
+    first_reason = reason.when(bad_amount).then(pl.lit(s.REASON_BAD_AMOUNT)).otherwise(None)
 
-    staged = frame.select("__row", *canonical, reason.alias("__reason"))
+    staged = frame.select("__row", *canonical, first_reason.alias("__reason"))
     clean = staged.filter(pl.col("__reason").is_null())
     first = pl.struct(s.EVENT_COLUMNS).is_first_distinct()
     accepted = clean.filter(first).select(s.EVENT_COLUMNS)

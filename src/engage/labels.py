@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TypeAlias
 
 import pandas as pd
 import polars as pl
@@ -17,7 +17,7 @@ import polars as pl
 from engage import schemas as s
 from engage.config import FeatureConfig, LabelConfig
 
-Events = pl.DataFrame | pl.LazyFrame | pd.DataFrame
+Events: TypeAlias = pl.DataFrame | pl.LazyFrame | pd.DataFrame
 
 
 class InsufficientDataError(ValueError):
@@ -88,8 +88,8 @@ def build_training_table(
     *,
     feature_config: FeatureConfig,
     label_config: LabelConfig,
-    users: Any = None,
-    exposures: Any = None,
+    users: pl.DataFrame | pd.DataFrame | None = None,
+    exposures: Events | None = None,
     engine: str = "polars",
     progress: Callable[[int, int], None] | None = None,
     feature_builder: Callable[..., pd.DataFrame] | None = None,

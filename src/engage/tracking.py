@@ -12,31 +12,38 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 import pandas as pd
 import yaml
 
 from engage.config import EngageConfig
+from engage.models.bundle import ChurnBundle, OfferBundle
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from mlflow.pyfunc import PyFuncModel, PythonModel
+
+Bundle: TypeAlias = ChurnBundle | OfferBundle
+"""What is logged as a model: a fitted churn or offers bundle."""
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 PYFUNC_REQUIREMENTS = ("lightgbm", "scikit-learn", "pandas", "numpy", "scipy", "cloudpickle", "pyyaml")
 
 
-def _mlflow() -> Any:
-    """mlflow, imported on first use with telemetry off unless the user decided otherwise."""
+def _telemetry_off() -> None:
+    """Called before mlflow is first imported: telemetry off unless the user decided otherwise."""
     for key in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"):
         os.environ.setdefault(key, "true")
-    import mlflow
-
-    return mlflow
 
 
 def configure(uri: str) -> None:
     """Point tracking and the model registry at one store (SQLite file, server URL, ...)."""
-    mlflow = _mlflow()
+    _telemetry_off()
+    import mlflow
+
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
 
@@ -78,7 +85,9 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 @contextmanager
 def run(experiment: str, run_name: str, *, tags: Mapping[str, str] | None = None) -> Iterator[str]:
     """Start a run in ``experiment`` (created when missing) and yield its id."""
-    mlflow = _mlflow()
+    _telemetry_off()
+    import mlflow
+
     mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name=run_name, tags=dict(tags or {})) as active:
         yield active.info.run_id
@@ -86,7 +95,9 @@ def run(experiment: str, run_name: str, *, tags: Mapping[str, str] | None = None
 
 def log_config(config: EngageConfig) -> None:
     """Every setting as a param, and the full config as a YAML artifact."""
-    mlflow = _mlflow()
+    _telemetry_off()
+    import mlflow
+
     tree = config.model_dump(mode="json")
     mlflow.log_params({k: str(v)[:500] for k, v in flatten(tree).items()})
     mlflow.log_text(yaml.safe_dump(tree, sort_keys=False), "config.yaml")
@@ -94,24 +105,34 @@ def log_config(config: EngageConfig) -> None:
 
 def log_fingerprint(fingerprint: Mapping[str, Any], prefix: str = "data") -> None:
     """Rows, users, time range and content hash of the training data, as params."""
-    _mlflow().log_params({f"{prefix}.{k}": str(v) for k, v in fingerprint.items()})
+    _telemetry_off()
+    import mlflow
+
+    mlflow.log_params({f"{prefix}.{k}": str(v) for k, v in fingerprint.items()})
 
 
 def log_metrics(metrics: Mapping[str, float]) -> None:
     clean = {k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)}
-    _mlflow().log_metrics(clean)
+    _telemetry_off()
+    import mlflow
+
+    mlflow.log_metrics(clean)
 
 
-def log_figures(figures: Mapping[str, Any], folder: str = "plots") -> None:
+def log_figures(figures: Mapping[str, Figure], folder: str = "plots") -> None:
     """Matplotlib figures as PNG artifacts."""
-    mlflow = _mlflow()
+    _telemetry_off()
+    import mlflow
+
     for name, figure in figures.items():
         mlflow.log_figure(figure, f"{folder}/{name}.png")
 
 
 def log_frame(frame: pd.DataFrame, artifact_file: str) -> None:
     """A table as a CSV artifact (readable in the MLflow UI)."""
-    mlflow = _mlflow()
+    _telemetry_off()
+    import mlflow
+
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / Path(artifact_file).name
         frame.to_csv(path, index=False)
@@ -120,7 +141,10 @@ def log_frame(frame: pd.DataFrame, artifact_file: str) -> None:
 
 
 def set_tags(tags: Mapping[str, str]) -> None:
-    _mlflow().set_tags(dict(tags))
+    _telemetry_off()
+    import mlflow
+
+    mlflow.set_tags(dict(tags))
 
 
 def _requirements() -> list[str]:
@@ -133,13 +157,15 @@ def _requirements() -> list[str]:
     return reqs
 
 
-def _python_model_class() -> type:
-    mlflow = _mlflow()
+def _pyfunc(bundle: Bundle, method: str) -> PythonModel:
+    """``bundle`` wrapped as an MLflow pyfunc whose ``predict`` calls ``method``."""
+    _telemetry_off()
+    from mlflow.pyfunc import PythonModel
 
-    class EngagePyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[misc, name-defined]
-        """Wraps an engage estimator; ``predict`` returns what ``method`` returns (probabilities)."""
+    class EngagePyfunc(PythonModel):
+        """Wraps an engage model bundle; ``predict`` returns what ``method`` returns (probabilities)."""
 
-        def __init__(self, estimator: Any, method: str) -> None:
+        def __init__(self, estimator: Bundle, method: str) -> None:
             self.estimator = estimator
             self.method = method
 
@@ -149,11 +175,11 @@ def _python_model_class() -> type:
                 return np.asarray(result)[:, 1]
             return result
 
-    return EngagePyfunc
+    return EngagePyfunc(bundle, method)
 
 
 def log_model(
-    estimator: Any,
+    estimator: Bundle,
     *,
     name: str,
     input_example: pd.DataFrame,
@@ -165,13 +191,14 @@ def log_model(
     Returns (model URI, registered version or None). The engage package travels with the model
     (``code_paths``) so it loads where engage is not installed.
     """
-    mlflow = _mlflow()
+    _telemetry_off()
     from mlflow.models import infer_signature
+    from mlflow.pyfunc import log_model as log_pyfunc
 
-    wrapper = _python_model_class()(estimator, method)
+    wrapper = _pyfunc(estimator, method)
     output = wrapper.predict(None, input_example)
     signature = infer_signature(input_example, output)
-    info = mlflow.pyfunc.log_model(
+    info = log_pyfunc(
         name=name,
         python_model=wrapper,
         signature=signature,
@@ -185,6 +212,7 @@ def log_model(
 
 
 def set_alias(model_name: str, alias: str, version: str) -> None:
+    _telemetry_off()
     from mlflow import MlflowClient
 
     MlflowClient().set_registered_model_alias(model_name, alias, version)
@@ -192,6 +220,7 @@ def set_alias(model_name: str, alias: str, version: str) -> None:
 
 def alias_version(model_name: str, alias: str) -> str | None:
     """The version number behind ``models:/name@alias``, or None when it does not exist."""
+    _telemetry_off()
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -201,18 +230,25 @@ def alias_version(model_name: str, alias: str) -> str | None:
         return None
 
 
-def load_model(uri: str) -> Any:
+def load_model(uri: str) -> PyFuncModel:
     """A pyfunc model from any MLflow URI (``models:/engage-churn@champion``, ``runs:/...``)."""
-    return _mlflow().pyfunc.load_model(uri)
+    _telemetry_off()
+    from mlflow.pyfunc import load_model as load_pyfunc
+
+    return load_pyfunc(uri)
 
 
-def load_estimator(uri: str) -> Any:
-    """The engage estimator inside a pyfunc logged by :func:`log_model` (for reasons and policy)."""
-    return load_model(uri).unwrap_python_model().estimator
+def load_estimator(uri: str) -> Bundle:
+    """The engage model bundle inside a pyfunc logged by :func:`log_model` (for reasons and policy)."""
+    bundle = load_model(uri).unwrap_python_model().estimator
+    if not isinstance(bundle, ChurnBundle | OfferBundle):
+        raise TypeError(f"{uri} holds a {type(bundle).__name__}, not an engage model bundle")
+    return bundle
 
 
 def run_metrics(model_name: str, alias: str) -> dict[str, float]:
     """Metrics of the run that produced ``models:/name@alias`` (empty when no such alias)."""
+    _telemetry_off()
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 

@@ -99,14 +99,14 @@ def message_lift(message_id: str, s: UserState) -> NDArray[np.float64]:
     """
     eng = s.engagement
     if message_id == "cart_coupon":
-        return 0.12 * s.abandoned_recent - 0.003
+        return 0.12 * s.abandoned_recent.astype(np.float64) - 0.003
     if message_id == "category_news":
         return 0.07 * np.clip(s.browse / 4.0, 0.0, 1.0) - 0.006
     if message_id == "winback_offer":
         recency = np.clip((s.days_since_session - 7.0) / 21.0, 0.0, 1.0)
         return 0.09 * recency + 0.04 * (eng <= 0.4) - 0.03 * (eng >= 0.8)
     if message_id == "retained_content":
-        return 0.03 * (eng <= 0.5) + 0.0
+        return 0.03 * (eng <= 0.5).astype(np.float64)
     if message_id == "newsletter":
         return 0.004 - 0.02 * np.clip(s.fatigue - 2.0, 0.0, 2.0) / 2.0
     return np.full(eng.shape, 0.005)

@@ -112,8 +112,12 @@ def category_expr(stock_code: pl.Expr, description: pl.Expr) -> pl.Expr:
     Descriptions missing in the file (null, empty or the text "nan") fall to ``other``.
     """
     text = description.cast(pl.String).str.to_uppercase().fill_null("")
-    chain = pl.when(stock_code.str.contains(SERVICE_CODE_PATTERN)).then(pl.lit("service"))
-    chain = chain.when(stock_code.str.contains(GIFT_VOUCHER_PATTERN)).then(pl.lit("gift_voucher"))
+    chain = (
+        pl.when(stock_code.str.contains(SERVICE_CODE_PATTERN))
+        .then(pl.lit("service"))
+        .when(stock_code.str.contains(GIFT_VOUCHER_PATTERN))
+        .then(pl.lit("gift_voucher"))
+    )
     for name, pattern in CATEGORY_RULES:
         chain = chain.when(text.str.contains(pattern)).then(pl.lit(name))
     return chain.otherwise(pl.lit(OTHER_CATEGORY))

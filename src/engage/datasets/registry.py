@@ -9,13 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import Final, TypeAlias
+
+import pandas as pd
 
 from engage.datasets.cdnow import load_cdnow
 from engage.datasets.hillstrom import load_hillstrom
 from engage.datasets.online_retail_ii import load_online_retail_ii
+from engage.events import ValidationResult
 
-ADAPTERS: Final[dict[str, Callable[[str | Path], Any]]] = {
+Adapter: TypeAlias = Callable[[str | Path], ValidationResult | pd.DataFrame]
+
+ADAPTERS: Final[dict[str, Adapter]] = {
     "online-retail-ii": load_online_retail_ii,
     "cdnow": load_cdnow,
     "hillstrom": load_hillstrom,
@@ -24,7 +29,7 @@ EVENT_ADAPTERS: Final[frozenset[str]] = frozenset({"online-retail-ii", "cdnow"})
 TABLE_ADAPTERS: Final[frozenset[str]] = frozenset({"hillstrom"})
 
 
-def get_adapter(name: str) -> Callable[[str | Path], Any]:
+def get_adapter(name: str) -> Adapter:
     """The adapter for ``name``, or a ValueError listing the known names."""
     try:
         return ADAPTERS[name]

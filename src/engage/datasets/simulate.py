@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar, overload
 
 import numpy as np
 import polars as pl
@@ -25,6 +26,8 @@ from numpy.typing import NDArray
 
 from engage import schemas
 from engage.datasets import _sim_model as m
+
+_G = TypeVar("_G", bound=np.generic)
 
 CATEGORIES: tuple[str, ...] = (
     "electronics",
@@ -70,7 +73,12 @@ class _Buffer:
         for name, values in cols.items():
             self._cols.setdefault(name, []).append(np.asarray(values))
 
-    def get(self, name: str, dtype: type | np.dtype = np.float64) -> NDArray[np.generic]:
+    @overload
+    def get(self, name: str) -> NDArray[np.float64]: ...
+    @overload
+    def get(self, name: str, dtype: type[_G]) -> NDArray[_G]: ...
+    def get(self, name: str, dtype: type[np.generic] = np.float64) -> NDArray[np.generic]:
+        """The column's chunks joined; ``dtype`` is the type they were added with (and of an empty column)."""
         chunks = self._cols.get(name)
         if not chunks:
             return np.zeros(0, dtype=dtype)
@@ -393,12 +401,12 @@ def _events_frame(
     """Expand session summaries into ordered events, add campaign opens, sort by (ts, user)."""
     s_user = sessions.get("user", np.int64)
     t0 = sessions.get("t0", np.int64)
-    bounce = sessions.get("bounce", bool)
+    bounce = sessions.get("bounce", np.bool_)
     n_pv = sessions.get("n_pv", np.int64)
     n_prod = sessions.get("n_prod", np.int64)
-    cart = sessions.get("cart", bool).astype(np.int64)
-    purchase = sessions.get("purchase", bool).astype(np.int64)
-    refund = sessions.get("refund", bool)
+    cart = sessions.get("cart", np.bool_).astype(np.int64)
+    purchase = sessions.get("purchase", np.bool_).astype(np.int64)
+    refund = sessions.get("refund", np.bool_)
     s_arm = sessions.get("arm", np.int16)
     s_amount = sessions.get("amount")
     s_cat = sessions.get("category", np.int64)
@@ -517,7 +525,7 @@ def _exposure_frames(
             pl.Series([a for a, _ in arms]).gather(arm).alias(schemas.MESSAGE_ID),
             pl.Series([c for _, c in arms]).gather(arm).alias(schemas.CHANNEL),
             pl.Series(schemas.PROPENSITY, expo.get("propensity")),
-            pl.Series(schemas.CONVERTED, expo.get("converted", bool)),
+            pl.Series(schemas.CONVERTED, expo.get("converted", np.bool_)),
             pl.Series(schemas.REVENUE, expo.get("revenue")),
         ]
     )
@@ -529,7 +537,7 @@ def _exposure_frames(
             *[pl.Series(_arm_name(a), probs[:, j]) for j, (a, _) in enumerate(arms)],
             pl.Series("churn_hazard", expo.get("hazard")),
             pl.Series("engagement", expo.get("engagement")),
-            pl.Series("alive", expo.get("alive", bool)),
+            pl.Series("alive", expo.get("alive", np.bool_)),
         ]
     )
     return exposures, truth
@@ -544,7 +552,7 @@ def _states_frame(user_ids: pl.Series, start_us: int, states: _Buffer, horizon: 
             _ts(start_us, day * DAY_S * US_PER_S),
             pl.Series("engagement", states.get("engagement")),
             pl.Series("churn_hazard", states.get("hazard")),
-            pl.Series("alive", states.get("alive", bool)),
+            pl.Series("alive", states.get("alive", np.bool_)),
             pl.Series(f"p_inactive_{horizon}d", np.clip(states.get("p_inactive"), 0.0, 1.0)),
         ]
     )

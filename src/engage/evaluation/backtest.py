@@ -6,7 +6,7 @@ Pure: takes the scores file's table and the events, returns tables and figures.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -64,7 +64,8 @@ def backtest(
     scores: pd.DataFrame, events: pl.DataFrame, *, horizon_days: int, attribution_days: int = 7
 ) -> Backtest:
     """AUC, calibration and deciles of the served risk; conversion of treated vs holdout per message."""
-    last = events[s.TS].max()
+    last = events[s.TS].max()  # a datetime, or None without events (polars types it as any scalar)
+    last = last if isinstance(last, datetime) else None
     as_of = pd.to_datetime(scores[s.AS_OF], utc=True).max()
     if last is None or pd.Timestamp(last) < as_of + timedelta(days=horizon_days):
         raise ValueError(

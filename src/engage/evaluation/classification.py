@@ -6,17 +6,15 @@ bins of a handful of rows; risk deciles are equal-count bins ordered riskiest fi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike, NDArray
 from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
 
-ArrayLike = Sequence[float] | np.ndarray | pd.Series
 METRIC_NAMES: tuple[str, ...] = ("auc", "pr_auc", "logloss", "brier", "ece", "lift_top_decile")
 
 
-def _arrays(y: ArrayLike, p: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+def _arrays(y: ArrayLike, p: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Labels and probabilities as float arrays, checked for shape, range and missing values."""
     y_arr, p_arr = np.asarray(y, dtype=float).ravel(), np.asarray(p, dtype=float).ravel()
     if y_arr.shape != p_arr.shape:

@@ -7,16 +7,14 @@ to every arm of a multi-arm model, each against the control rows only.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike, NDArray
 
-ArrayLike = Sequence[Any] | np.ndarray | pd.Series
 
-
-def _inputs(y: ArrayLike, treatment: ArrayLike, score: ArrayLike) -> tuple[np.ndarray, ...]:
+def _inputs(
+    y: ArrayLike, treatment: ArrayLike, score: ArrayLike
+) -> tuple[NDArray[np.float64], NDArray[np.bool_], NDArray[np.float64]]:
     y_, t_, sc_ = np.asarray(y, float), np.asarray(treatment, bool), np.asarray(score, float)
     if not (len(y_) == len(t_) == len(sc_)):
         raise ValueError(f"y, treatment and score differ in length: {len(y_)}, {len(t_)}, {len(sc_)}")

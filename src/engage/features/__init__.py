@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
 
 import pandas as pd
+import polars as pl
 
 from engage.config import FeatureConfig
 from engage.features.spec import (
@@ -42,12 +42,12 @@ __all__ = [
 
 
 def build_features(
-    events: Any,
+    events: pl.DataFrame | pl.LazyFrame | pd.DataFrame,
     as_of: datetime | Sequence[datetime],
     *,
     config: FeatureConfig,
-    users: Any = None,
-    exposures: Any = None,
+    users: pl.DataFrame | pd.DataFrame | None = None,
+    exposures: pl.DataFrame | pl.LazyFrame | pd.DataFrame | None = None,
     engine: str = "polars",
     progress: Callable[[int, int], None] | None = None,
 ) -> pd.DataFrame:

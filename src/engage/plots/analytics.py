@@ -179,7 +179,7 @@ def loyalty_pyramid(pyramid: pd.DataFrame, *, title: str | None = None) -> Figur
         return _empty(fig, ax, "no purchases before as_of")
     y = np.arange(len(TIER_ORDER))
     ax.barh(y, users, left=-users / 2, color=_TIER_COLORS, edgecolor="white", height=0.9)
-    for yi, u in zip(y, users, strict=True):
+    for yi, u in enumerate(users):
         ax.text(
             0,
             yi,
@@ -209,7 +209,7 @@ def engagement_histogram(
         ax.set_title(title or "Engagement score distribution")
         return _empty(fig, ax, "no users before as_of")
     edges = np.linspace(0, 100, bins + 1) if isinstance(bins, int) else np.asarray(bins, dtype=float)
-    ax.hist(values, bins=edges, color=_BLUE, edgecolor="white")
+    ax.hist(values, bins=edges.tolist(), color=_BLUE, edgecolor="white")
     for limit in (100 / 3, 200 / 3):
         ax.axvline(limit, color=_GREY, linestyle="--", linewidth=1)
     median = float(np.median(values))
