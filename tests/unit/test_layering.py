@@ -15,6 +15,7 @@ LAYERS: dict[str, int] = {
     "engage.schemas": 0,
     "engage.config": 0,
     "engage.hashing": 0,
+    "engage.exports": 0,
     "engage.events": 1,
     "engage.datasets": 1,
     "engage.offers.catalog": 1,

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from engage import tracking
 from engage.config import EngageConfig
+from engage.models.bundle import ChurnBundle, OfferBundle
 from engage.offers.catalog import load_catalog
 from engage.scoring.core import ScoringModels
 
 __all__ = ["CHURN", "OFFERS", "ModelRef", "load_champions", "load_scoring_models", "registry_refs", "roles"]
 
+Bundle = TypeVar("Bundle", ChurnBundle, OfferBundle)
 CHURN = "churn"
 OFFERS = "offers"
 
@@ -67,13 +70,24 @@ def load_scoring_models(config: EngageConfig, refs: Sequence[ModelRef]) -> Scori
     by_role = {ref.role: ref for ref in refs}
     if CHURN not in by_role:
         raise LookupError(f"no {config.tracking.churn_model_name} model to score with")
-    loaded = {role: tracking.load_estimator(ref.uri) for role, ref in by_role.items()}
+    churn = _loaded(by_role[CHURN], ChurnBundle)
+    offers = _loaded(by_role[OFFERS], OfferBundle) if OFFERS in by_role else None
     return ScoringModels(
-        churn=loaded[CHURN],
+        churn=churn,
         catalog=load_catalog(config.offers.catalog_path),
-        offers=loaded.get(OFFERS),
+        offers=offers,
         versions={role: ref.label for role, ref in by_role.items()},
     )
+
+
+def _loaded(ref: ModelRef, kind: type[Bundle]) -> Bundle:
+    """The model behind ``ref``, checked to be the bundle its role needs."""
+    bundle = tracking.load_estimator(ref.uri)
+    if not isinstance(bundle, kind):
+        raise TypeError(
+            f"{ref.uri}: the {ref.role} model is a {type(bundle).__name__}, not a {kind.__name__}"
+        )
+    return bundle
 
 
 def load_champions(config: EngageConfig, alias: str = tracking.CHAMPION) -> ScoringModels:

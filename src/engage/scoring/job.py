@@ -143,10 +143,8 @@ def score_events(
         if frame.empty:
             continue
         tick = time.perf_counter()
-        history = None
-        if recent is not None:
-            mine = _chunk_rows(recent, n_chunks, i)
-            history = mine.select(s.USER_ID, s.TS, s.MESSAGE_ID).to_pandas()
+        mine = _chunk_rows(recent, n_chunks, i)
+        history = None if mine is None else mine.select(s.USER_ID, s.TS, s.MESSAGE_ID).to_pandas()
         rows = p >= threshold if threshold is not None else None
         explained += int(rows.sum()) if rows is not None else 0
         parts.append(
