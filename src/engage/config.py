@@ -84,7 +84,6 @@ class ChurnModelConfig(_Frozen):
 class OfferConfig(_Frozen):
     catalog_path: str = str(DEFAULT_CATALOG_PATH)
     attribution_days: int = Field(7, gt=0)
-    outcome: Literal["purchase", "retention"] = "purchase"
     learner: Literal["t", "x", "s"] = "x"
     n_estimators: int = Field(100, gt=0)
     learning_rate: float = Field(0.05, gt=0)

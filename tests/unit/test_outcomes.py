@@ -1,4 +1,4 @@
-"""Outcomes after each exposure (point in time) and the features-as-of-exposure join."""
+"""Outcomes after each exposure (point in time) and the offer table that joins features as of it."""
 
 from __future__ import annotations
 
@@ -6,109 +6,114 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
+import polars as pl
 import pytest
 
 from engage import schemas as s
-from engage.offers.outcomes import attach_outcomes, offer_training_table
+from engage.config import load_config
+from engage.offers.outcomes import attach_outcomes
+from engage.offers.training import ARM, offer_table
 
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
 
 
-def _logs(seed: int = 0, n_users: int = 40) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _logs(seed: int = 0, n_users: int = 40) -> tuple[pl.DataFrame, pl.DataFrame]:
     rng = np.random.default_rng(seed)
     n_events = 600
-    events = pd.DataFrame(
+    events = pl.DataFrame(
         {
-            s.USER_ID: rng.choice([f"u{i}" for i in range(n_users)], n_events),
+            s.USER_ID: rng.choice([f"u{i}" for i in range(n_users)], n_events).tolist(),
             s.TS: [T0 + timedelta(hours=float(h)) for h in rng.uniform(-240, 960, n_events)],
             s.EVENT_TYPE: rng.choice(
                 ["purchase", "session_start", "email_open"], n_events, p=[0.3, 0.5, 0.2]
-            ),
-            "amount": rng.uniform(5, 50, n_events),
+            ).tolist(),
+            "amount": rng.uniform(5, 50, n_events).tolist(),
+            "session_id": [f"s{i}" for i in range(n_events)],
+            "category": rng.choice(["shoes", "books"], n_events).tolist(),
         }
     )
-    exposures = pd.DataFrame(
+    exposures = pl.DataFrame(
         {
             s.USER_ID: [f"u{i}" for i in range(n_users)] * 2,
             s.TS: [T0] * n_users + [T0 + timedelta(days=14)] * n_users,
-            s.MESSAGE_ID: rng.choice(["none", "cart_coupon"], 2 * n_users),
+            s.MESSAGE_ID: rng.choice(["none", "cart_coupon"], 2 * n_users).tolist(),
+            s.CHANNEL: ["email"] * (2 * n_users),
+            s.PROPENSITY: [0.5] * (2 * n_users),
         }
     )
     return exposures, events
 
 
-def _brute(exposures: pd.DataFrame, events: pd.DataFrame, start: int, days: int, kinds: set[str]):
-    """Row-by-row reference: count and purchase amount of `kinds` events in [ts+start, ts+start+days)."""
+def _brute(exposures: pl.DataFrame, events: pl.DataFrame, days: int) -> list[tuple[bool, float]]:
+    """Row-by-row reference: any purchase in [ts, ts + days), and the purchases' summed amount."""
+    ev = events.to_pandas()
     out = []
-    for _, e in exposures.iterrows():
-        lo, hi = e[s.TS] + timedelta(days=start), e[s.TS] + timedelta(days=start + days)
-        rows = events[
-            (events[s.USER_ID] == e[s.USER_ID])
-            & (events[s.TS] >= lo)
-            & (events[s.TS] < hi)
-            & events[s.EVENT_TYPE].isin(kinds)
+    for e in exposures.iter_rows(named=True):
+        lo, hi = e[s.TS], e[s.TS] + timedelta(days=days)
+        rows = ev[
+            (ev[s.USER_ID] == e[s.USER_ID])
+            & (ev[s.TS] >= lo)
+            & (ev[s.TS] < hi)
+            & (ev[s.EVENT_TYPE] == "purchase")
         ]
-        out.append((len(rows) > 0, rows.loc[rows[s.EVENT_TYPE] == "purchase", "amount"].sum()))
+        out.append((len(rows) > 0, float(rows["amount"].sum())))
     return out
 
 
 def test_purchase_outcome_counts_only_the_attribution_window_after_the_exposure() -> None:
     exposures, events = _logs()
     got = attach_outcomes(exposures, events, attribution_days=7)
-    expected = _brute(exposures, events, 0, 7, {"purchase"})
-    assert got[s.CONVERTED].tolist() == [c for c, _ in expected]
-    assert np.allclose(got[s.REVENUE], [r for _, r in expected])
-    assert len(got) == len(exposures) and got[s.CONVERTED].any() and not got[s.CONVERTED].all()
+    expected = _brute(exposures, events, 7)
+    assert got[s.CONVERTED].to_list() == [c for c, _ in expected]
+    assert np.allclose(got[s.REVENUE].to_numpy(), [r for _, r in expected])
+    assert got.drop(s.CONVERTED, s.REVENUE).equals(exposures)  # rows and order kept
+    assert got[s.CONVERTED].any() and not got[s.CONVERTED].all()
+    shorter = attach_outcomes(exposures, events, attribution_days=2)
+    assert shorter[s.CONVERTED].to_list() == [c for c, _ in _brute(exposures, events, 2)]
+    assert shorter[s.CONVERTED].sum() < got[s.CONVERTED].sum()
 
 
 def test_events_outside_the_window_do_not_change_the_outcome() -> None:
     exposures, events = _logs(seed=1)
     before = attach_outcomes(exposures, events, attribution_days=7)
-    earlier = events.assign(**{s.TS: events[s.TS] - timedelta(days=400)})  # all before every exposure
-    moved = attach_outcomes(exposures, pd.concat([events, earlier]), attribution_days=7)
-    assert moved[s.CONVERTED].tolist() == before[s.CONVERTED].tolist()
-    assert np.allclose(moved[s.REVENUE], before[s.REVENUE])
+    earlier = events.with_columns(pl.col(s.TS) - timedelta(days=400))  # all before every exposure
+    moved = attach_outcomes(exposures, pl.concat([events, earlier]), attribution_days=7)
+    assert moved[s.CONVERTED].to_list() == before[s.CONVERTED].to_list()
+    assert np.allclose(moved[s.REVENUE].to_numpy(), before[s.REVENUE].to_numpy())
 
 
-def test_retention_outcome_looks_at_the_horizon_and_ignores_message_opens() -> None:
-    exposures, events = _logs(seed=2)
-    got = attach_outcomes(exposures, events, attribution_days=7, outcome="retention", horizon_days=10)
-    expected = _brute(exposures, events, 10, 7, {"purchase", "session_start"})
-    assert got[s.CONVERTED].tolist() == [c for c, _ in expected]
-
-
-def test_given_outcomes_are_kept() -> None:
+def test_given_outcomes_are_kept_and_missing_columns_are_named() -> None:
     exposures, events = _logs()
-    given = exposures.assign(**{s.CONVERTED: True})
-    assert attach_outcomes(given, events)[s.CONVERTED].all()
+    given = exposures.with_columns(pl.lit(True).alias(s.CONVERTED))
+    assert attach_outcomes(given, events, attribution_days=7).equals(given)
     with pytest.raises(KeyError, match=r"event_type"):
-        attach_outcomes(exposures, events.drop(columns=[s.EVENT_TYPE]))
+        attach_outcomes(exposures, events.drop(s.EVENT_TYPE), attribution_days=7)
+    with pytest.raises(ValueError, match="attribution_days"):
+        attach_outcomes(exposures, events, attribution_days=0)
 
 
-def test_training_table_joins_features_as_of_each_exposure() -> None:
+def test_offer_table_joins_features_as_of_each_exposure() -> None:
     exposures, events = _logs(seed=3)
-    asked: list[list[pd.Timestamp]] = []
-
-    def features_at(dates: list[pd.Timestamp]) -> pd.DataFrame:
-        """Fake engine: purchases strictly before each date (the point-in-time contract)."""
-        asked.append(dates)
-        rows = []
-        for d in dates:
-            past = events[(events[s.TS] < d) & (events[s.EVENT_TYPE] == "purchase")]
-            counts = past.groupby(s.USER_ID).size()
-            rows += [{s.USER_ID: u, s.AS_OF: d, "purchases_before": float(c)} for u, c in counts.items()]
-        return pd.DataFrame(rows)
-
-    table = offer_training_table(exposures.iloc[::-1], features_at, events=events)
+    config = load_config()
+    reversed_ = exposures.reverse()
+    table = offer_table(events, reversed_, config)
     assert len(table) == len(exposures)
-    assert [pd.Timestamp(d) for d in asked[0]] == sorted(pd.to_datetime(exposures[s.TS], utc=True).unique())
-    for _, row in table.sample(15, random_state=0).iterrows():
-        past = events[
-            (events[s.USER_ID] == row[s.USER_ID])
-            & (events[s.TS] < row[s.AS_OF])
-            & (events[s.EVENT_TYPE] == "purchase")
-        ]
-        assert (len(past) == 0 and np.isnan(row["purchases_before"])) or row["purchases_before"] == len(past)
-    assert {s.CONVERTED, s.REVENUE, s.MESSAGE_ID} <= set(table.columns)
-    with pytest.raises(ValueError, match="events"):
-        offer_training_table(exposures, features_at)
+    assert table[s.USER_ID].tolist() == reversed_[s.USER_ID].to_list()
+    assert table[ARM].tolist() == reversed_[s.MESSAGE_ID].to_list()
+    assert {s.AS_OF, s.CONVERTED, s.REVENUE, s.PROPENSITY} <= set(table.columns)
+    expected = _brute(reversed_, events, config.offers.attribution_days)
+    assert table[s.CONVERTED].tolist() == [c for c, _ in expected]
+    ev = events.to_pandas()
+    for _, row in table.sample(25, random_state=0).iterrows():
+        mine = ev[(ev[s.USER_ID] == row[s.USER_ID]) & (ev[s.TS] < row[s.AS_OF])]
+        window = mine[(mine[s.TS] >= row[s.AS_OF] - timedelta(days=90)) & (mine[s.EVENT_TYPE] == "purchase")]
+        if mine.empty:  # no history before the exposure: no feature row, the exposure is kept
+            assert np.isnan(row["purchase_count_90d"])
+        else:
+            assert row["purchase_count_90d"] == len(window)
+    # events long after every exposure do not reach back into its features
+    later = events.with_columns(pl.col(s.TS) + timedelta(days=400))
+    moved = offer_table(pl.concat([events, later]), reversed_, config)
+    features = [c for c in table.columns if c.endswith(("_count_90d", "_sum_28d")) or c.startswith("days_")]
+    assert features
+    pd.testing.assert_frame_equal(moved[features], table[features])

@@ -135,39 +135,27 @@ def test_a_large_batch_on_every_core_predicts_what_small_batches_do() -> None:
 @pytest.mark.slow
 def test_on_the_simulator_the_learned_policy_beats_every_single_arm_in_true_value() -> None:
     """Small simulation: point-in-time table -> X-learner -> greedy policy under the catalog rules."""
-    from engage.config import DEFAULT_CATALOG_PATH, FeatureConfig
+    from engage.config import DEFAULT_CATALOG_PATH, load_config
     from engage.datasets.simulate import simulate
-    from engage.features import build_features
     from engage.offers.catalog import load_catalog
-    from engage.offers.outcomes import offer_training_table
     from engage.offers.policy import allowed_arms
+    from engage.offers.training import ARM, offer_table
 
     data = simulate(2000, 120, seed=3)
     catalog = load_catalog(DEFAULT_CATALOG_PATH)
-    exposures = data.exposures.to_pandas()
-
-    def features_at(dates: list[pd.Timestamp]) -> pd.DataFrame:
-        return build_features(
-            data.events,
-            [d.to_pydatetime() for d in dates],
-            config=FeatureConfig(),
-            users=data.users,
-            exposures=data.exposures,
-        )
-
-    table = offer_training_table(exposures, features_at)
+    table = offer_table(data.events, data.exposures, load_config(), users=data.users)
     truth = data.truth.to_pandas().rename(columns={s.TS: s.AS_OF})
     truth[s.AS_OF] = pd.to_datetime(truth[s.AS_OF], utc=True)
     table = table.merge(truth, on=[s.USER_ID, s.AS_OF], how="left", suffixes=("", "_truth"))
     assert table[f"p_{s.CONTROL_ARM}"].notna().all()
     cut = np.sort(table[s.AS_OF].unique())[int(table[s.AS_OF].nunique() * 0.7)]  # out of time
     train, test = table[table[s.AS_OF] < cut], table[table[s.AS_OF] >= cut].reset_index(drop=True)
-    skip = {s.USER_ID, s.AS_OF, s.MESSAGE_ID, s.CHANNEL, s.PROPENSITY, s.CONVERTED, s.REVENUE}
+    skip = {s.USER_ID, s.AS_OF, ARM, s.CHANNEL, s.PROPENSITY, s.CONVERTED, s.REVENUE}
     feats = [
         c for c in table.columns if c not in skip and not c.startswith("p_") and not c.endswith("_truth")
     ]
     model = MultiArmUplift(learner="x", n_estimators=200, num_leaves=7, min_child_samples=400)
-    model.fit(train[feats], train[s.MESSAGE_ID], train[s.CONVERTED].astype(int), train[s.PROPENSITY])
+    model.fit(train[feats], train[ARM], train[s.CONVERTED].astype(int), train[s.PROPENSITY])
     gains = expected_gain(model.predict_outcomes(test[feats]), catalog)
     allowed = allowed_arms(test, catalog, history=None, as_of=None, max_per_7d=99)
     truth_gain = expected_gain(pd.DataFrame({a: test[f"p_{a}"] for a in catalog.arms}), catalog)

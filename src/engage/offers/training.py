@@ -28,34 +28,12 @@ from engage.models.bundle import OfferBundle
 from engage.models.uplift import MultiArmUplift, expected_gain
 from engage.offers.catalog import Catalog
 from engage.offers.evaluation import doubly_robust, ips, snips
+from engage.offers.outcomes import attach_outcomes
 from engage.offers.policy import action_probabilities, allowed_arms
 
 Progress = Callable[[int, int], None]
 REWARD = "reward"
 ARM = "arm"
-
-
-def attach_outcomes(exposures: pl.DataFrame, events: pl.DataFrame, *, attribution_days: int) -> pl.DataFrame:
-    """Given outcomes stay; otherwise converted = a purchase in [ts, ts + window), revenue = its amount."""
-    if s.CONVERTED in exposures.columns:
-        return exposures
-    purchases = events.filter(pl.col(s.EVENT_TYPE) == "purchase").select(
-        s.USER_ID, pl.col(s.TS).alias("__pts"), pl.col("amount").fill_null(0.0).alias("__amt")
-    )
-    keyed = exposures.with_row_index("__exp")
-    window = pl.duration(days=attribution_days)
-    hits = (
-        keyed.select("__exp", s.USER_ID, s.TS)
-        .join(purchases, on=s.USER_ID, how="inner")
-        .filter((pl.col("__pts") >= pl.col(s.TS)) & (pl.col("__pts") < pl.col(s.TS) + window))
-        .group_by("__exp")
-        .agg(pl.len().alias("__n"), pl.col("__amt").sum().alias(s.REVENUE))
-    )
-    return (
-        keyed.join(hits, on="__exp", how="left")
-        .with_columns((pl.col("__n").fill_null(0) > 0).alias(s.CONVERTED), pl.col(s.REVENUE).fill_null(0.0))
-        .drop("__exp", "__n")
-    )
 
 
 def rewards(arms: pd.Series, converted: pd.Series, catalog: Catalog) -> np.ndarray:
