@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -82,7 +82,8 @@ def build_config(path: Path | None, sets: list[str] | None, **flags: Any) -> Eng
             raise _fail(f"--set expects KEY=VALUE, got {item!r}")
         import yaml
 
-        overrides[key.strip()] = yaml.safe_load(raw)
+        value = yaml.safe_load(raw)
+        overrides[key.strip()] = raw if isinstance(value, date) else value  # dates are text in the config
     overrides.update({k: v for k, v in flags.items() if v is not None})
     try:
         return load_config(path, overrides)
@@ -198,17 +199,22 @@ def validate(
         Path | None, typer.Option("--out-dir", help="Write accepted.parquet and quarantine.parquet here.")
     ] = None,
     reference_time: Annotated[
-        str | None, typer.Option(help="Quarantine events stamped after this instant.")
+        str | None,
+        typer.Option(help="Quarantine events stamped after this instant (validation.reference_time)."),
     ] = None,
     map_: Annotated[
         list[str] | None, typer.Option("--map", help="Rename a column: THEIRS=OURS, e.g. timestamp=ts.")
     ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
 ) -> None:
     """Check an events file against the contract; print a summary; split accepted / quarantined."""
     from engage.events import EventsFileError, read_events, write_validation
 
+    cfg = build_config(config, set_, **{"validation.reference_time": reference_time})
     column_map = dict(item.split("=", 1) for item in map_ or [] if "=" in item)
-    reference = parse_date(reference_time, "--reference-time") if reference_time else None
+    when = cfg.validation.reference_time
+    reference = parse_date(when, "--reference-time") if when else None
     started = time.perf_counter()
     try:
         result = read_events(path, reference_time=reference, column_map=column_map)
@@ -400,13 +406,15 @@ def report(
     ] = None,
     segment: Annotated[str | None, typer.Option(help="Events column that splits the funnel.")] = None,
     title: Annotated[str | None, typer.Option(help="Page title.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
 ) -> None:
     """Cohort retention, funnel, RFM segments, loyalty tiers and engagement scores as one HTML page."""
     from datetime import timedelta
 
     from engage.report import build_report
 
-    frame = _load_events(events, build_config(None, None))
+    frame = _load_events(events, build_config(config, set_))
     moment = frame["ts"].max() + timedelta(microseconds=1) if as_of is None else parse_date(as_of)
     extra: dict[str, Any] = {"cohort_period": period, "activity_types": activity, "funnel_segment": segment}
     if title:
@@ -691,25 +699,40 @@ def _print_score_summary(path: Path) -> None:
 def backtest(
     scores: Annotated[Path, typer.Option(help="A past `engage score` output.")],
     events: Annotated[Path, typer.Option(help="Events, including those after the scoring date.")],
-    horizon: Annotated[str, typer.Option(help="Churn horizon, e.g. 30d.")] = "30d",
+    horizon: Annotated[
+        str | None, typer.Option(help="Churn horizon, e.g. 30d (default: labels.horizon_days).")
+    ] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for tables and PNG plots.")] = Path(
         "backtest"
     ),
-    attribution: Annotated[str, typer.Option(help="Conversion window after scoring, e.g. 7d.")] = "7d",
+    attribution: Annotated[
+        str | None,
+        typer.Option(help="Conversion window after scoring, e.g. 7d (default: offers.attribution_days)."),
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
 ) -> None:
     """How the served risk and messages played out: realized churn by decile, AUC, calibration."""
     import polars as pl
 
     from engage.evaluation.backtest import backtest as run_backtest
 
-    frame = _load_events(events, build_config(None, None))
+    cfg = build_config(
+        config,
+        set_,
+        **{
+            "labels.horizon_days": parse_days(horizon, "--horizon") if horizon else None,
+            "offers.attribution_days": parse_days(attribution, "--attribution") if attribution else None,
+        },
+    )
+    frame = _load_events(events, cfg)
     served = pl.read_parquet(scores).to_pandas()
     try:
         result = run_backtest(
             served,
             frame,
-            horizon_days=parse_days(horizon, "--horizon"),
-            attribution_days=parse_days(attribution, "--attribution"),
+            horizon_days=cfg.labels.horizon_days,
+            attribution_days=cfg.offers.attribution_days,
         )
     except ValueError as exc:
         raise _fail(str(exc)) from exc
@@ -791,7 +814,14 @@ def demo(
         set_=set_,
     )
     console.rule("[bold]2. validate the event log")
-    validate(path=data / "events.parquet", out_dir=out_dir / "validated", reference_time=None, map_=None)
+    validate(
+        path=data / "events.parquet",
+        out_dir=out_dir / "validated",
+        reference_time=None,
+        map_=None,
+        config=config,
+        set_=set_,
+    )
     events = data / "events.parquet"
     last = pl.read_parquet(events, columns=["ts"])["ts"].max()
     scoring_date = (last - timedelta(days=cfg.labels.horizon_days)).replace(
@@ -843,9 +873,11 @@ def demo(
     backtest(
         scores=scores,
         events=events,
-        horizon=f"{cfg.labels.horizon_days}d",
+        horizon=None,
         out_dir=out_dir / "backtest",
-        attribution=f"{cfg.offers.attribution_days}d",
+        attribution=None,
+        config=config,
+        set_=set_,
     )
     console.rule("[bold]done")
     out.print(f"everything is under {out_dir}/; see the runs with:")
