@@ -1,4 +1,5 @@
-"""Off-policy estimators against the exact value on synthetic logs with known conversion rates."""
+"""Off-policy estimators against the exact value on synthetic logs with known conversion rates, and the
+policy baselines and exact values ``fit_offers`` judges a learned policy with."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from engage import schemas as s
 from engage.offers.evaluation import (
     compare_policies,
     doubly_robust,
-    greedy_policy,
     ips,
     oracle_value,
     single_arm_policy,
@@ -17,6 +18,7 @@ from engage.offers.evaluation import (
     true_value,
     uniform_policy,
 )
+from engage.offers.training import ARM, evaluate_logged_policy
 
 ARMS = ["none", "a", "b"]
 
@@ -46,8 +48,15 @@ def _cell_means(world: dict) -> pd.DataFrame:
     return pd.DataFrame({a: key.map(lambda s, a=a: means.get((a, s), 0.0)).to_numpy() for a in ARMS})
 
 
+def _argmax(scores: pd.DataFrame) -> pd.DataFrame:
+    """A deterministic target policy: the best-scoring arm of each row with probability 1."""
+    probs = np.zeros(scores.shape)
+    probs[np.arange(len(scores)), scores.to_numpy().argmax(axis=1)] = 1.0
+    return pd.DataFrame(probs, index=scores.index, columns=scores.columns)
+
+
 def _target(world: dict) -> pd.DataFrame:
-    return greedy_policy(pd.DataFrame({"none": 0.0, "a": world["x"], "b": -world["x"]}))
+    return _argmax(pd.DataFrame({"none": 0.0, "a": world["x"], "b": -world["x"]}))
 
 
 def test_dr_ci_covers_the_true_value_in_most_of_20_seeds() -> None:
@@ -88,7 +97,7 @@ def test_compare_policies_is_tidy_and_ranks_like_the_truth() -> None:
     world = _world(6000, 7)
     allowed = pd.DataFrame(True, index=range(6000), columns=ARMS)
     targets = {
-        "oracle": greedy_policy(world["p"]),
+        "oracle": _argmax(world["p"]),
         "uniform": uniform_policy(allowed),
         **{f"only_{a}": single_arm_policy(allowed, a) for a in ARMS},
     }
@@ -124,3 +133,43 @@ def test_bootstrap_is_seeded() -> None:
     args = (world["arm"], world["reward"], world["prop"], _target(world))
     assert ips(*args, n_boot=50, seed=1) == ips(*args, n_boot=50, seed=1)
     assert ips(*args, n_boot=50, seed=1).ci_low != ips(*args, n_boot=50, seed=2).ci_low
+
+
+def test_baselines_keep_to_the_allowed_arms() -> None:
+    allowed = pd.DataFrame({"none": [True, True, False], "a": [True, False, True], "b": [False, False, True]})
+    only_a = single_arm_policy(allowed, "a")
+    np.testing.assert_array_equal(only_a.to_numpy(), [[0, 1, 0], [1, 0, 0], [0, 1, 0]])
+    # `none` is sent to every row, even one whose rules would not list it
+    np.testing.assert_array_equal(single_arm_policy(allowed, s.CONTROL_ARM)["none"], [1.0, 1.0, 1.0])
+    np.testing.assert_array_equal(single_arm_policy(allowed, "unknown")["none"], [1.0, 1.0, 1.0])
+    uniform = uniform_policy(allowed)
+    np.testing.assert_allclose(uniform.to_numpy(), [[0.5, 0.5, 0], [1, 0, 0], [0, 0.5, 0.5]])
+
+
+def test_the_oracle_plays_the_best_allowed_arm() -> None:
+    reward = pd.DataFrame({"none": [0.0, 0.0], "a": [1.0, 3.0], "b": [2.0, -1.0]})
+    allowed = pd.DataFrame({"none": [True, True], "a": [True, False], "b": [False, True]})
+    assert oracle_value(reward) == pytest.approx((2.0 + 3.0) / 2)
+    assert oracle_value(reward, allowed) == pytest.approx((1.0 + 0.0) / 2)
+    assert true_value(single_arm_policy(allowed, "a"), reward) == pytest.approx((1.0 + 0.0) / 2)
+
+
+def test_evaluate_logged_policy_is_compare_policies_on_a_per_arm_mean_outcome_model() -> None:
+    world = _world(3000, 5)
+    logs = pd.DataFrame({ARM: world["arm"], "outcome": world["reward"], s.PROPENSITY: world["prop"]})
+    target = _target(world)
+    got = evaluate_logged_policy(logs, target, n_boot=50, seed=2)
+    assert list(got["estimator"]) == ["ips", "snips", "dr"]
+    means = logs.groupby(ARM)["outcome"].mean()
+    q_hat = pd.DataFrame({a: np.full(len(logs), means[a]) for a in ARMS})
+    expected = compare_policies(
+        world["arm"], world["reward"], world["prop"], {"t": target}, q_hat, n_boot=50, seed=2
+    )
+    np.testing.assert_allclose(got["value"], expected["value"])
+    np.testing.assert_allclose(got["ci_high"], expected["ci_high"])
+    truth = true_value(target, world["p"])
+    assert (got["ci_low"] <= truth + 0.02).all() and (truth - 0.02 <= got["ci_high"]).all()
+    with pytest.raises(KeyError, match="outcome"):
+        evaluate_logged_policy(logs.drop(columns="outcome"), target)
+    with pytest.raises(ValueError, match="row 1"):
+        evaluate_logged_policy(logs, target * 2)

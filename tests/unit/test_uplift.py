@@ -7,10 +7,12 @@ import pandas as pd
 import pytest
 
 from engage import schemas as s
+from engage.config import PolicyConfig
 from engage.evaluation.uplift import auuc, qini_coefficient, qini_curve, uplift_at_k
 from engage.models.uplift import MultiArmUplift, expected_gain
 from engage.offers.catalog import catalog_from_dict
-from engage.offers.evaluation import greedy_policy, oracle_value, single_arm_policy, true_value
+from engage.offers.evaluation import oracle_value, single_arm_policy, true_value
+from engage.offers.policy import action_probabilities
 
 
 def _campaign(n: int = 6000, seed: int = 0):
@@ -94,12 +96,12 @@ def test_learned_policy_gets_most_of_the_oracle_value_and_beats_every_single_arm
     model.fit(X, arm, y)
     X_new, p_new = _world(5_000, seed=2)
     truth = _true_reward(p_new)
-    learned = true_value(greedy_policy(expected_gain(model.predict_outcomes(X_new), CATALOG)), truth)
+    greedy = PolicyConfig(exploration="none", holdout_pct=0.0)
+    gains = expected_gain(model.predict_outcomes(X_new), CATALOG)
+    learned = true_value(action_probabilities(X_new, gains, CATALOG, config=greedy)[0], truth)
     oracle = oracle_value(truth)
-    singles = {
-        a: true_value(greedy_policy(truth[[a]]).reindex(columns=truth.columns, fill_value=0.0), truth)
-        for a in CATALOG.arms[1:]
-    }
+    everyone = pd.DataFrame(True, index=truth.index, columns=truth.columns)
+    singles = {a: true_value(single_arm_policy(everyone, a), truth) for a in CATALOG.arms[1:]}
     print(
         f"{learner}-learner: incremental value learned {learned:.3f}, oracle {oracle:.3f}, "
         f"ratio {learned / oracle:.3f}, best single arm {max(singles.values()):.3f}"
@@ -134,39 +136,27 @@ def test_a_large_batch_on_every_core_predicts_what_small_batches_do() -> None:
 
 @pytest.mark.slow
 def test_on_the_simulator_the_learned_policy_beats_every_single_arm_in_true_value() -> None:
-    """Small simulation: point-in-time table -> X-learner -> greedy policy under the catalog rules."""
+    """Small simulation, the training path: offer table -> fit_offers -> true values under the rules."""
     from engage.config import DEFAULT_CATALOG_PATH, load_config
     from engage.datasets.simulate import simulate
     from engage.offers.catalog import load_catalog
-    from engage.offers.policy import allowed_arms
-    from engage.offers.training import ARM, offer_table
+    from engage.offers.training import fit_offers, offer_table
 
     data = simulate(2000, 120, seed=3)
-    catalog = load_catalog(DEFAULT_CATALOG_PATH)
-    table = offer_table(data.events, data.exposures, load_config(), users=data.users)
-    truth = data.truth.to_pandas().rename(columns={s.TS: s.AS_OF})
-    truth[s.AS_OF] = pd.to_datetime(truth[s.AS_OF], utc=True)
-    table = table.merge(truth, on=[s.USER_ID, s.AS_OF], how="left", suffixes=("", "_truth"))
-    assert table[f"p_{s.CONTROL_ARM}"].notna().all()
-    cut = np.sort(table[s.AS_OF].unique())[int(table[s.AS_OF].nunique() * 0.7)]  # out of time
-    train, test = table[table[s.AS_OF] < cut], table[table[s.AS_OF] >= cut].reset_index(drop=True)
-    skip = {s.USER_ID, s.AS_OF, ARM, s.CHANNEL, s.PROPENSITY, s.CONVERTED, s.REVENUE}
-    feats = [
-        c for c in table.columns if c not in skip and not c.startswith("p_") and not c.endswith("_truth")
-    ]
-    model = MultiArmUplift(learner="x", n_estimators=200, num_leaves=7, min_child_samples=400)
-    model.fit(train[feats], train[ARM], train[s.CONVERTED].astype(int), train[s.PROPENSITY])
-    gains = expected_gain(model.predict_outcomes(test[feats]), catalog)
-    allowed = allowed_arms(test, catalog, history=None, as_of=None, max_per_7d=99)
-    truth_gain = expected_gain(pd.DataFrame({a: test[f"p_{a}"] for a in catalog.arms}), catalog)
-    learned = true_value(greedy_policy(gains[catalog.arms], allowed), truth_gain)
-    oracle = oracle_value(truth_gain, allowed)
-    singles = {m.id: true_value(single_arm_policy(allowed, m.id), truth_gain) for m in catalog.messages}
-    print(
-        f"simulator: true incremental value per decision learned {learned:.4f}, oracle {oracle:.4f} "
-        f"({learned / oracle:.2f}), best single arm {max(singles.values()):.4f}"
+    config = load_config()
+    table = offer_table(data.events, data.exposures, config, users=data.users)
+    fit = fit_offers(
+        table, config, load_catalog(DEFAULT_CATALOG_PATH), truth=data.truth.to_pandas(), n_boot=20
     )
-    assert learned > max(singles.values())
+    m = fit.metrics
+    print(
+        f"simulator: true value per decision learned {m['true_policy_value']:.4f}, "
+        f"greedy {m['true_greedy_policy_value']:.4f}, oracle {m['oracle_policy_value']:.4f}, "
+        f"best single arm {m['true_best_single_arm_value']:.4f}, none {m['true_none_value']:.4f}"
+    )
+    assert m["true_greedy_policy_value"] > m["true_best_single_arm_value"]
+    assert m["true_policy_value"] > m["true_best_single_arm_value"]
+    assert m["oracle_policy_value"] >= m["true_greedy_policy_value"]
 
 
 @pytest.mark.parametrize("learner", ["t", "x", "s"])

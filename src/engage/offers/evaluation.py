@@ -4,8 +4,9 @@ The target policy is a DataFrame of probabilities, one column per arm and one ro
 decision (rows sum to 1). Each estimate comes with a seeded bootstrap 95% confidence interval
 (rows resampled with replacement; for DR the outcome model's predictions are held fixed, so fit it
 on other rows than the ones evaluated). ``compare_policies`` lays several policies and all three
-estimators side by side; ``true_value`` and ``oracle_value`` give exact values when the true
-expected reward per arm is known (simulations).
+estimators side by side; ``single_arm_policy`` and ``uniform_policy`` are the baselines a learned
+policy is judged against; ``true_value`` and ``oracle_value`` give exact values when the true
+expected reward per arm is known (simulations). ``offers.training.fit_offers`` runs exactly these.
 """
 
 from __future__ import annotations
@@ -16,6 +17,21 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from engage import schemas as s
+
+__all__ = [
+    "VALUE_COLUMNS",
+    "Estimate",
+    "compare_policies",
+    "doubly_robust",
+    "ips",
+    "oracle_value",
+    "single_arm_policy",
+    "snips",
+    "true_value",
+    "uniform_policy",
+]
 
 ArrayLike = Sequence[Any] | np.ndarray | pd.Series
 VALUE_COLUMNS: tuple[str, ...] = ("policy", "estimator", "value", "ci_low", "ci_high")
@@ -149,34 +165,31 @@ def compare_policies(
     reward: ArrayLike,
     propensity: ArrayLike,
     targets: Mapping[str, pd.DataFrame],
-    q_hat: pd.DataFrame | None = None,
+    q_hat: pd.DataFrame,
     *,
     n_boot: int = 500,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Tidy table (policy, estimator, value, ci_low, ci_high) for every target policy.
+    """Tidy table (policy, estimator, value, ci_low, ci_high): IPS, SNIPS and DR for every target policy.
 
-    IPS and SNIPS always; DR when ``q_hat`` is given. The same bootstrap seed for every policy, so
-    the intervals are comparable.
+    The same bootstrap seed for every policy, so the intervals are comparable.
     """
     rows = []
     for name, target in targets.items():
         for estimator, fn in (("ips", ips), ("snips", snips)):
             est = fn(arm, reward, propensity, target, n_boot=n_boot, seed=seed)
             rows.append((name, estimator, est.value, est.ci_low, est.ci_high))
-        if q_hat is not None:
-            est = doubly_robust(arm, reward, propensity, target, q_hat, n_boot=n_boot, seed=seed)
-            rows.append((name, "dr", est.value, est.ci_low, est.ci_high))
+        est = doubly_robust(arm, reward, propensity, target, q_hat, n_boot=n_boot, seed=seed)
+        rows.append((name, "dr", est.value, est.ci_low, est.ci_high))
     return pd.DataFrame(rows, columns=list(VALUE_COLUMNS))
 
 
-def single_arm_policy(allowed: pd.DataFrame, arm: str, control: str = "none") -> pd.DataFrame:
-    """Play ``arm`` wherever it is allowed, else the control."""
+def single_arm_policy(allowed: pd.DataFrame, arm: str) -> pd.DataFrame:
+    """Send ``arm`` wherever it is allowed, else nothing (`none`); `none` itself is sent to every row."""
     probs = pd.DataFrame(0.0, index=allowed.index, columns=allowed.columns)
-    can = allowed[arm].to_numpy(dtype=bool) if arm in allowed else np.zeros(len(allowed), dtype=bool)
+    can = allowed[arm].to_numpy(dtype=bool) if arm in allowed else np.zeros(len(allowed), bool)
     probs[arm] = can.astype(float)
-    if arm != control:
-        probs[control] = (~can).astype(float)
+    probs[s.CONTROL_ARM] = (~can).astype(float) if arm != s.CONTROL_ARM else 1.0
     return probs
 
 
@@ -186,21 +199,13 @@ def uniform_policy(allowed: pd.DataFrame) -> pd.DataFrame:
     return ok.div(ok.sum(axis=1), axis=0)
 
 
-def greedy_policy(scores: pd.DataFrame, allowed: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Deterministic argmax of ``scores`` over allowed arms (first column wins ties)."""
-    values = scores.to_numpy(dtype=float)
-    if allowed is not None:
-        values = np.where(allowed[list(scores.columns)].to_numpy(dtype=bool), values, -np.inf)
-    probs = np.zeros_like(values)
-    probs[np.arange(len(values)), np.argmax(values, axis=1)] = 1.0
-    return pd.DataFrame(probs, index=scores.index, columns=scores.columns)
-
-
 def true_value(target: pd.DataFrame, true_reward: pd.DataFrame) -> float:
     """Exact value of a policy given the true expected reward per (row, arm)."""
-    return float((target * true_reward[list(target.columns)]).sum(axis=1).mean())
+    arms = list(target.columns)
+    return float((target[arms] * true_reward[arms]).sum(axis=1).mean())
 
 
 def oracle_value(true_reward: pd.DataFrame, allowed: pd.DataFrame | None = None) -> float:
-    """Value of the policy that knows the true rewards and plays the best allowed arm per row."""
-    return true_value(greedy_policy(true_reward, allowed), true_reward)
+    """Value of the policy that knows the true rewards and plays the best allowed arm of each row."""
+    best = true_reward if allowed is None else true_reward.where(allowed.astype(bool), -np.inf)
+    return float(best.max(axis=1).mean())

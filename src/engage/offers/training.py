@@ -27,7 +27,14 @@ from engage.features import build_features
 from engage.models.bundle import OfferBundle
 from engage.models.uplift import MultiArmUplift, expected_gain
 from engage.offers.catalog import Catalog
-from engage.offers.evaluation import doubly_robust, ips, snips
+from engage.offers.evaluation import (
+    compare_policies,
+    doubly_robust,
+    oracle_value,
+    single_arm_policy,
+    true_value,
+    uniform_policy,
+)
 from engage.offers.outcomes import attach_outcomes
 from engage.offers.policy import action_probabilities, allowed_arms
 
@@ -112,34 +119,6 @@ def _split(table: pd.DataFrame, *, test_share: float, seed: int) -> tuple[pd.Dat
     return table[~test_rows].copy(), table[test_rows].copy()
 
 
-def _policy_values(
-    test: pd.DataFrame,
-    target: dict[str, pd.DataFrame],
-    q_hat: pd.DataFrame,
-    *,
-    n_boot: int,
-    seed: int,
-) -> pd.DataFrame:
-    rows = []
-    arm, reward, prop = test[ARM].astype(str), test[REWARD].to_numpy(), test[s.PROPENSITY].to_numpy()
-    for name, probs in target.items():
-        for estimator, fn in (("ips", ips), ("snips", snips)):
-            est = fn(arm, reward, prop, probs, n_boot=n_boot, seed=seed)
-            rows.append((name, estimator, est.value, est.ci_low, est.ci_high))
-        est = doubly_robust(arm, reward, prop, probs, q_hat, n_boot=n_boot, seed=seed)
-        rows.append((name, "dr", est.value, est.ci_low, est.ci_high))
-    return pd.DataFrame(rows, columns=["policy", "estimator", "value", "ci_low", "ci_high"])
-
-
-def single_arm_policy(allowed: pd.DataFrame, arm: str) -> pd.DataFrame:
-    """Send ``arm`` wherever it is allowed, else nothing."""
-    probs = pd.DataFrame(0.0, index=allowed.index, columns=allowed.columns)
-    can = allowed[arm].to_numpy(dtype=bool) if arm in allowed else np.zeros(len(allowed), bool)
-    probs[arm] = can.astype(float)
-    probs[s.CONTROL_ARM] = (~can).astype(float) if arm != s.CONTROL_ARM else 1.0
-    return probs
-
-
 def fit_offers(
     table: pd.DataFrame,
     config: EngageConfig,
@@ -186,9 +165,16 @@ def fit_offers(
     targets["none"] = single_arm_policy(allowed, s.CONTROL_ARM)
     for m in catalog.messages:
         targets[f"only_{m.id}"] = single_arm_policy(allowed, m.id)
-    uniform = allowed.astype(float)
-    targets["uniform_random"] = uniform.div(uniform.sum(axis=1), axis=0)
-    values = _policy_values(test, targets, q_hat, n_boot=n_boot, seed=config.seed)
+    targets["uniform_random"] = uniform_policy(allowed)
+    values = compare_policies(
+        test[ARM].astype(str),
+        test[REWARD].to_numpy(),
+        test[s.PROPENSITY].to_numpy(),
+        targets,
+        q_hat,
+        n_boot=n_boot,
+        seed=config.seed,
+    )
     dr = values[values["estimator"] == "dr"].set_index("policy")["value"]
     singles = dr[[f"only_{m.id}" for m in catalog.messages]]
     metrics = {
@@ -264,15 +250,12 @@ def true_values(
     arms = list(allowed.columns)
     p = pd.DataFrame({a: joined[f"p_{a}"].to_numpy(dtype=float) for a in arms}, index=test.index)
     true_reward = reward_matrix(p, catalog)
-    values = {
-        name: float((probs[arms] * true_reward[arms]).sum(axis=1).mean()) for name, probs in targets.items()
-    }
-    oracle = true_reward.where(allowed.astype(bool), -np.inf).max(axis=1)
+    values = {name: true_value(probs[arms], true_reward) for name, probs in targets.items()}
     singles = [values[f"only_{m.id}"] for m in catalog.messages]
     return {
         "true_policy_value": values["learned"],
         "true_greedy_policy_value": values["learned_greedy"],
-        "oracle_policy_value": float(oracle.mean()),
+        "oracle_policy_value": oracle_value(true_reward, allowed),
         "true_best_single_arm_value": float(max(singles)),
         "true_none_value": values["none"],
         "true_logging_policy_value": float(test[REWARD].mean()),
@@ -455,11 +438,5 @@ def evaluate_logged_policy(
     )
     means = logs.groupby(logs[ARM].astype(str))["outcome"].mean()
     q_hat = pd.DataFrame({a: np.full(len(logs), means.get(a, reward.mean())) for a in probs.columns})
-    rows = []
-    for name, est in (
-        ("ips", ips(arm, reward, prop, probs, n_boot=n_boot, seed=seed)),
-        ("snips", snips(arm, reward, prop, probs, n_boot=n_boot, seed=seed)),
-        ("dr", doubly_robust(arm, reward, prop, probs, q_hat, n_boot=n_boot, seed=seed)),
-    ):
-        rows.append((name, est.value, est.ci_low, est.ci_high))
-    return pd.DataFrame(rows, columns=["estimator", "value", "ci_low", "ci_high"])
+    values = compare_policies(arm, reward, prop, {"target": probs}, q_hat, n_boot=n_boot, seed=seed)
+    return values.drop(columns="policy")
