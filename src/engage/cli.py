@@ -6,7 +6,6 @@ Heavy libraries are imported inside each command so that `engage --help` stays i
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -365,9 +364,11 @@ def dataset(
         },
     )
     frame = _load_events(events, cfg)
-    builder = None
+    builder: Callable[..., Any] | None = None
     if cfg.features.engine == "spark":
-        from engage.spark import build_features_spark as builder
+        from engage.spark import build_features_spark
+
+        builder = build_features_spark
     with progress_bar("snapshots") as progress:
         table = build_training_table(
             frame,
@@ -538,7 +539,7 @@ def train_offers_command(
             propensity_col=propensity_col,
             feature_cols=feature_cols,
         )
-        stamp = {"rows": len(frame), "source": str(table)}
+        stamp: dict[str, str | int] = {"rows": len(frame), "source": str(table)}
     elif events is not None and exposures is not None:
         frame = _load_events(events, cfg)
         logged = _load_optional_table(exposures)
@@ -824,6 +825,8 @@ def demo(
     )
     events = data / "events.parquet"
     last = pl.read_parquet(events, columns=["ts"])["ts"].max()
+    if not isinstance(last, datetime):
+        raise _fail(f"{events}: no events were simulated")
     scoring_date = (last - timedelta(days=cfg.labels.horizon_days)).replace(
         hour=0, minute=0, second=0, microsecond=0
     )
@@ -889,4 +892,4 @@ def main() -> None:  # pragma: no cover - console entry point convenience
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -101,8 +101,9 @@ class ReasonExplainer(BaseEstimator):
         desc = (self.descriptions or {}).get(feature) or feature.replace("_", " ").capitalize()
         unit = (self.units or {}).get(feature, "")
         typical = self.typical_.get(feature)
-        known_typical = isinstance(typical, float) and np.isfinite(typical)
-        tail = f" (typical: {_fmt(typical)})" if known_typical else ""
+        number = typical if isinstance(typical, float) else float("nan")  # the typical value, if numeric
+        known_typical = bool(np.isfinite(number))
+        tail = f" (typical: {_fmt(number)})" if known_typical else ""
 
         def generic(v: Any) -> str:
             if isinstance(v, str):
@@ -112,10 +113,10 @@ class ReasonExplainer(BaseEstimator):
                 return f"{desc}: unknown"
             if unit == "$":
                 shown = f"${_fmt(v)}" if v >= 0 else f"-${_fmt(-v)}"
-                typ = f" (typical: ${_fmt(typical)})" if known_typical else ""
+                typ = f" (typical: ${_fmt(number)})" if known_typical else ""
                 return f"{desc}: {shown}{typ}"
             if _RATE.search(feature) and not unit and 0 <= v <= 1:
-                typ = f" (typical: {typical:.0%})" if known_typical else ""
+                typ = f" (typical: {number:.0%})" if known_typical else ""
                 return f"{desc}: {v:.0%}{typ}"
             redundant = not unit or unit == "$" or desc.lower().startswith(unit.lower())
             suffix = "" if redundant else f" {unit}"
@@ -133,7 +134,7 @@ class ReasonExplainer(BaseEstimator):
                     return generic(v)
                 if v is None or not np.isfinite(v):
                     return f"No {what} ever" + (
-                        f" (typical: {_fmt(typical)} days ago)" if known_typical else ""
+                        f" (typical: {_fmt(number)} days ago)" if known_typical else ""
                     )
                 return f"No {what} for {_fmt(v)} days{tail}"
 

@@ -19,8 +19,6 @@ from engage.models.churn import ChurnModel
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "engage"
 Key = tuple[str, ...]
-SKIP: set[Key] = {("offers", "outcome")}
-"""Keys on their way out (``offers.outcome`` is being removed under issue 12)."""
 ROOT_NAMES = {"config", "cfg"}
 """Unannotated names that hold the whole ``EngageConfig`` (``cfg = build_config(...)``)."""
 
@@ -128,5 +126,5 @@ def test_the_finder_sees_reads_through_aliases_and_annotations() -> None:
 
 
 def test_every_config_key_is_read_by_src() -> None:
-    unread = sorted(".".join(k) for k in LEAVES - SKIP - _read_keys())
+    unread = sorted(".".join(k) for k in LEAVES - _read_keys())
     assert not unread, f"config keys that nothing in src/engage reads: {unread} (use them or remove them)"

@@ -184,7 +184,7 @@ def test_every_predict_like_method_raises_not_fitted_before_fit(name: str) -> No
     cls = type(case.make())
     own = {n for n, v in vars(cls).items() if inspect.isfunction(v) and not n.startswith("_")}
     assert own - NOT_PREDICT == set(case.predicts), "list every predict-like method in CASES"
-    for method, call in case.predicts.items():
+    for call in case.predicts.values():
         with pytest.raises(NotFittedError, match="not fitted"):
             call(case.make())
 

@@ -8,7 +8,7 @@ dropped if passed, so predictions never depend on who the user is. Everything he
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import lightgbm as lgb
 import numpy as np
@@ -205,7 +205,7 @@ class ChurnModel(BaseEstimator, ClassifierMixin):
         self.classes_ = np.array([0, 1])
         return self
 
-    def _monotone(self) -> dict[str, object]:
+    def _monotone(self) -> dict[str, Any]:
         """+1 (risk never falls as it grows) on the activity recency columns, when asked for."""
         if not self.monotone_recency:
             return {}
@@ -217,7 +217,10 @@ class ChurnModel(BaseEstimator, ClassifierMixin):
         check_is_fitted(self, "booster_")
         return np.asarray(
             self.booster_.predict(
-                self._matrix(X), raw_score=True, num_iteration=self.best_iteration_, **predict_threads(len(X))
+                self._matrix(X),
+                raw_score=True,
+                num_iteration=self.best_iteration_,
+                num_threads=predict_threads(len(X)),
             )
         )
 
@@ -245,7 +248,10 @@ class ChurnModel(BaseEstimator, ClassifierMixin):
         """
         check_is_fitted(self, "booster_")
         values = self.booster_.predict(
-            self._matrix(X), pred_contrib=True, num_iteration=self.best_iteration_, **predict_threads(len(X))
+            self._matrix(X),
+            pred_contrib=True,
+            num_iteration=self.best_iteration_,
+            num_threads=predict_threads(len(X)),
         )
         return pd.DataFrame(values, columns=[*self.feature_names_, "bias"], index=X.index)
 

@@ -14,11 +14,11 @@ import pandas as pd
 SMALL_BATCH_ROWS = 256
 
 
-def predict_threads(n_rows: int) -> dict[str, int]:
-    """LightGBM predict options: one thread for the few rows of an API call (waking an OpenMP team
-    costs more than the work), every core otherwise (0: OpenMP's default), whatever thread count
-    the model was trained with (the offer models train on one)."""
-    return {"num_threads": 1 if n_rows < SMALL_BATCH_ROWS else 0}
+def predict_threads(n_rows: int) -> int:
+    """LightGBM's predict ``num_threads``: one thread for the few rows of an API call (waking an
+    OpenMP team costs more than the work), every core otherwise (0: OpenMP's default), whatever
+    thread count the model was trained with (the offer models train on one)."""
+    return 1 if n_rows < SMALL_BATCH_ROWS else 0
 
 
 @dataclass(frozen=True)

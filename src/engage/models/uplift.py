@@ -168,7 +168,7 @@ class MultiArmUplift(BaseEstimator):
         """
         check_is_fitted(self, "models_")
         matrix = self.frame_.matrix(X)
-        threads = predict_threads(len(matrix))
+        threads = {"num_threads": predict_threads(len(matrix))}
         if self.learner == "s":
             booster = self.models_["s"].booster_
             out = {

@@ -9,6 +9,7 @@ the summary (beeswarm) is drawn by ``shap`` itself.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -18,8 +19,8 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 
 from engage.evaluation.classification import lift_table
 
-ArrayLike = Sequence[float] | np.ndarray | pd.Series
-Scores = Mapping[str, ArrayLike]
+ArrayLike: TypeAlias = Sequence[float] | np.ndarray | pd.Series
+Scores: TypeAlias = Mapping[str, ArrayLike]
 
 
 def _fig(title: str, size: tuple[float, float] = (6, 4.5)) -> tuple[Figure, Axes]:
