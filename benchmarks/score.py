@@ -37,11 +37,12 @@ from engage.datasets.simulate import simulate
 from engage.hashing import decision_keys
 from engage.offers.catalog import load_catalog, render_many
 from engage.offers.policy import action_probabilities
-from engage.offers.training import fit_offers, offer_table, train_offers
+from engage.offers.training import fit_offers, offer_table
 from engage.scoring.champions import load_champions
 from engage.scoring.core import score_features, to_storable
 from engage.scoring.job import exposure_history, score_events
 from engage.training.churn import train_churn
+from engage.training.offers import train_offers
 
 
 def _rss() -> float:

@@ -525,7 +525,8 @@ def train_offers_command(
     _quiet_env()
     from engage.events import fingerprint
     from engage.offers.catalog import load_catalog
-    from engage.offers.training import fit_offers, fit_offers_from_table, offer_table, train_offers
+    from engage.offers.training import fit_offers, fit_offers_from_table, offer_table
+    from engage.training.offers import train_offers
 
     cfg = build_config(config, set_, **{"tracking.uri": tracking_uri, "tracking.experiment": experiment})
     if table is not None:

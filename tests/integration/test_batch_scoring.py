@@ -13,10 +13,11 @@ import pytest
 from engage.config import load_config
 from engage.datasets.simulate import simulate, write_simulation
 from engage.offers.catalog import load_catalog
-from engage.offers.training import fit_offers, offer_table, train_offers
+from engage.offers.training import fit_offers, offer_table
 from engage.scoring.champions import load_champions
 from engage.scoring.job import score_events
 from engage.training.churn import train_churn
+from engage.training.offers import train_offers
 
 pytestmark = pytest.mark.integration
 

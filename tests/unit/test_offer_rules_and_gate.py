@@ -27,8 +27,8 @@ from engage.offers.training import (
     offer_table,
     policy_dr_value,
     policy_rules,
-    train_offers,
 )
+from engage.training.offers import train_offers
 
 FAST = {"offers.n_estimators": 20}
 

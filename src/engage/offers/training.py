@@ -6,7 +6,8 @@ precomputed covariates, e.g. Hillstrom). Both split out of time (or by a seeded 
 single-date table), fit a multi-arm uplift model, and judge the learned policy off-policy (IPS,
 SNIPS, DR with bootstrap CIs) next to the logging policy, `none` for all and every single arm. With
 the simulator's truth, the true value of every policy and of the oracle are computed too.
-``train_offers`` adds the MLflow record, registration and the champion gate on the DR value.
+``policy_dr_value`` re-scores any offers model the way ``fit_offers`` scores the learned one (the
+champion gate's measure). The MLflow record and the gate live in ``engage.training.offers``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import pandas as pd
 import polars as pl
 
 from engage import schemas as s
-from engage import tracking
 from engage.config import EngageConfig
 from engage.evaluation.uplift import qini_coefficient, qini_curve, uplift_at_k
 from engage.features import build_features
@@ -119,6 +119,20 @@ def _split(table: pd.DataFrame, *, test_share: float, seed: int) -> tuple[pd.Dat
     return table[~test_rows].copy(), table[test_rows].copy()
 
 
+def served_policy(
+    test: pd.DataFrame, gains: pd.DataFrame, catalog: Catalog, config: EngageConfig, *, greedy: bool = False
+) -> pd.DataFrame:
+    """The probabilities the serving policy gives held-out rows: no holdout, no contact history.
+
+    ``greedy`` turns exploration off. Every learned policy is judged through this one function.
+    """
+    policy_cfg = config.policy.model_copy(update={"holdout_pct": 0.0})
+    if greedy:
+        policy_cfg = policy_cfg.model_copy(update={"exploration": "none"})
+    probs, _ = action_probabilities(test, gains, catalog, config=policy_cfg, history=None, as_of=None)
+    return probs
+
+
 def fit_offers(
     table: pd.DataFrame,
     config: EngageConfig,
@@ -154,11 +168,8 @@ def fit_offers(
     test = test.reset_index(drop=True)
     outcomes = bundle.outcomes(test)
     gains = expected_gain(outcomes, catalog)
-    policy_cfg = config.policy.model_copy(update={"holdout_pct": 0.0})
-    greedy_cfg = policy_cfg.model_copy(update={"exploration": "none"})
-    as_of = None
-    learned, _ = action_probabilities(test, gains, catalog, config=policy_cfg, history=None, as_of=as_of)
-    greedy, _ = action_probabilities(test, gains, catalog, config=greedy_cfg, history=None, as_of=as_of)
+    learned = served_policy(test, gains, catalog, config)
+    greedy = served_policy(test, gains, catalog, config, greedy=True)
     allowed = policy_rules(test, catalog, config) & (_logging_support(test, catalog) > 0)
     q_hat = reward_matrix(outcomes.reindex(columns=learned.columns).fillna(0.0), catalog)
     targets: dict[str, pd.DataFrame] = {"learned": learned, "learned_greedy": greedy}
@@ -262,64 +273,15 @@ def true_values(
     }
 
 
-@dataclass
-class OfferTrainingResult:
-    run_id: str
-    model_uri: str
-    version: str | None
-    promoted: bool
-    fit: OfferFit
+def policy_dr_value(bundle: OfferBundle, fit: OfferFit, config: EngageConfig) -> float:
+    """DR value of the policy ``bundle`` would run, on ``fit``'s held-out rows and outcome model.
 
-
-def train_offers(
-    fit: OfferFit,
-    config: EngageConfig,
-    *,
-    fingerprint: dict[str, Any] | None = None,
-    run_name: str = "offers",
-    figures: dict[str, Any] | None = None,
-) -> OfferTrainingResult:
-    """Record an offers fit in MLflow, register it and apply the champion gate on DR policy value."""
-    name = config.tracking.offer_model_name
-    tracking.configure(config.tracking.uri)
-    with tracking.run(config.tracking.experiment, run_name, tags={"engage.model": "offers"}) as run_id:
-        tracking.set_tags({"engage.code_version": tracking.code_version()})
-        tracking.log_config(config)
-        if fingerprint:
-            tracking.log_fingerprint(fingerprint)
-        tracking.log_metrics(fit.metrics)
-        tracking.log_frame(fit.values, "policy_values.csv")
-        if figures:
-            tracking.log_figures(figures)
-        example = fit.test[fit.bundle.feature_names].head(5)
-        model_uri, version = tracking.log_model(
-            fit.bundle,
-            name="offers_model",
-            input_example=example,
-            method="predict_outcomes",
-            registered_model_name=name,
-        )
-        promoted = False
-        if version is not None:
-            tracking.set_alias(name, tracking.CHALLENGER, version)
-            promoted, gate = offers_champion_gate(name, fit, config)
-            tracking.log_metrics(gate)
-            if promoted:
-                tracking.set_alias(name, tracking.CHAMPION, version)
-            tracking.set_tags({"engage.promoted": str(promoted)})
-    return OfferTrainingResult(
-        run_id=run_id, model_uri=model_uri, version=version, promoted=promoted, fit=fit
-    )
-
-
-def policy_dr_value(bundle: Any, fit: OfferFit, config: EngageConfig) -> float:
-    """DR value of the policy ``bundle`` would run, on ``fit``'s held-out rows and outcome model."""
+    Measured exactly as ``fit_offers`` measures its learned policy (the champion gate's yardstick).
+    """
     if fit.q_hat is None or fit.catalog is None:
         raise ValueError("this fit carries no outcome model or catalog to re-score a policy with")
     test = fit.test
-    gains = expected_gain(bundle.outcomes(test), fit.catalog)
-    policy_cfg = config.policy.model_copy(update={"holdout_pct": 0.0})
-    probs, _ = action_probabilities(test, gains, fit.catalog, config=policy_cfg, history=None, as_of=None)
+    probs = served_policy(test, expected_gain(bundle.outcomes(test), fit.catalog), fit.catalog, config)
     est = doubly_robust(
         test[ARM].astype(str),
         test[REWARD].to_numpy(),
@@ -330,29 +292,6 @@ def policy_dr_value(bundle: Any, fit: OfferFit, config: EngageConfig) -> float:
         seed=config.seed,
     )
     return float(est.value)
-
-
-def offers_champion_gate(
-    model_name: str, fit: OfferFit, config: EngageConfig
-) -> tuple[bool, dict[str, float]]:
-    """Promote when the challenger's DR policy value beats the champion's on the same held-out rows.
-
-    The champion is re-scored on this run's test rows with this run's outcome model (the same pattern
-    as the churn gate), never compared through the value it logged on other rows. A champion that
-    cannot score these rows (features changed) is not replaced automatically.
-    """
-    margin = config.offers.promote_margin
-    challenger = float(fit.metrics["policy_value_dr"])
-    base = {"gate_challenger_policy_value_dr": challenger, "gate_margin": margin}
-    if tracking.alias_version(model_name, tracking.CHAMPION) is None:
-        return True, {**base, "gate_promoted": 1.0, "gate_no_champion": 1.0}
-    try:
-        champion_bundle = tracking.load_estimator(f"models:/{model_name}@{tracking.CHAMPION}")
-        champion = policy_dr_value(champion_bundle, fit, config)
-    except Exception:  # an incompatible champion must not crash training
-        return False, {**base, "gate_promoted": 0.0, "gate_champion_failed": 1.0}
-    promoted = challenger > champion + margin
-    return promoted, {**base, "gate_champion_policy_value_dr": champion, "gate_promoted": float(promoted)}
 
 
 def generic_catalog(arms: Sequence[str], control: str) -> Catalog:
