@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -33,7 +33,7 @@ __all__ = [
     "uniform_policy",
 ]
 
-ArrayLike = Sequence[Any] | np.ndarray | pd.Series
+ArrayLike: TypeAlias = Sequence[Any] | np.ndarray | pd.Series
 VALUE_COLUMNS: tuple[str, ...] = ("policy", "estimator", "value", "ci_low", "ci_high")
 
 
@@ -72,7 +72,9 @@ def _boot(
     return Estimate(value, float(lo), float(hi))
 
 
-def _check(arm: ArrayLike, reward: ArrayLike, propensity: ArrayLike, target: pd.DataFrame) -> tuple:
+def _check(
+    arm: ArrayLike, reward: ArrayLike, propensity: ArrayLike, target: pd.DataFrame
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     arm_ = np.asarray(arm).astype(str)
     r = np.asarray(reward, dtype=float)
     p = np.asarray(propensity, dtype=float)

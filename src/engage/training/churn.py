@@ -26,6 +26,7 @@ from engage.labels import build_training_table, check_sufficiency
 from engage.models.bundle import ChurnBundle
 from engage.models.churn import ChurnModel, LogisticBaseline, RecencyBaseline, out_of_time_split
 from engage.plots import churn as churn_plots
+from engage.training.registry import record_and_promote
 
 Progress = Callable[[int, int], None]
 ID_COLUMNS = (s.USER_ID, s.AS_OF, s.LABEL)
@@ -38,11 +39,11 @@ def snapshot_range(events: pl.DataFrame, config: EngageConfig) -> tuple[datetime
     """
     first = events[s.TS].min()
     last = events[s.TS].max()
-    if first is None or last is None:
+    if not isinstance(first, datetime) or not isinstance(last, datetime):
         raise ValueError("no events: cannot place snapshot dates")
-    first_day = first.replace(hour=0, minute=0, second=0, microsecond=0)  # type: ignore[union-attr]
+    first_day = first.replace(hour=0, minute=0, second=0, microsecond=0)
     start = first_day + timedelta(days=config.labels.every_days)
-    end = last - timedelta(days=config.labels.horizon_days + config.labels.lead_days)  # type: ignore[operator]
+    end = last - timedelta(days=config.labels.horizon_days + config.labels.lead_days)
     if end < start:
         raise ValueError(
             f"the log spans {first:%Y-%m-%d} .. {last:%Y-%m-%d}: too short for one "
@@ -251,43 +252,32 @@ def train_churn(
         table = build_churn_table(events, config, users=users, exposures=exposures, progress=progress)
     descriptions = feature_descriptions(config.features)
     fit = fit_churn(table, config, descriptions=descriptions, states=states, events=events)
-    name = config.tracking.churn_model_name
-    tracking.configure(config.tracking.uri)
-    with tracking.run(config.tracking.experiment, run_name, tags={"engage.model": "churn"}) as run_id:
-        tracking.set_tags({"engage.code_version": tracking.code_version()})
-        tracking.log_config(config)
-        tracking.log_fingerprint(fingerprint(events))
-        tracking.log_fingerprint(
-            {
-                "rows": len(table),
-                "users": table[s.USER_ID].nunique(),
-                "snapshots": table[s.AS_OF].nunique(),
-                **{f"{k}_dates": ",".join(v) for k, v in fit.split_dates.items()},
-            },
-            prefix="table",
-        )
-        tracking.log_metrics(fit.metrics)
-        tracking.log_figures(fit.figures)
-        tracking.log_frame(fit.drivers, "drivers.csv")
-        example = fit.test[fit.bundle.feature_names].head(5)
-        model_uri, version = tracking.log_model(
-            fit.bundle, name="churn_model", input_example=example, registered_model_name=name
-        )
-        promoted = False
-        if version is not None:
-            tracking.set_alias(name, tracking.CHALLENGER, version)
-            promoted, gate = champion_gate(
-                name, fit.test, fit.test_probability, margin=config.churn.promote_margin
-            )
-            tracking.log_metrics(gate)
-            if promoted:
-                tracking.set_alias(name, tracking.CHAMPION, version)
-            tracking.set_tags({"engage.promoted": str(promoted)})
+    table_stamp = {
+        "rows": len(table),
+        "users": table[s.USER_ID].nunique(),
+        "snapshots": table[s.AS_OF].nunique(),
+        **{f"{k}_dates": ",".join(v) for k, v in fit.split_dates.items()},
+    }
+    done = record_and_promote(
+        fit.bundle,
+        config,
+        kind="churn",
+        model_name=config.tracking.churn_model_name,
+        run_name=run_name,
+        input_example=fit.test[fit.bundle.feature_names].head(5),
+        metrics=fit.metrics,
+        gate=lambda name: champion_gate(
+            name, fit.test, fit.test_probability, margin=config.churn.promote_margin
+        ),
+        fingerprints={"data": fingerprint(events), "table": table_stamp},
+        figures=fit.figures,
+        frames={"drivers.csv": fit.drivers},
+    )
     return ChurnTrainingResult(
-        run_id=run_id,
-        model_uri=model_uri,
-        version=version,
-        promoted=promoted,
+        run_id=done.run_id,
+        model_uri=done.model_uri,
+        version=done.version,
+        promoted=done.promoted,
         metrics=fit.metrics,
         drivers=fit.drivers,
         fit=fit,

@@ -13,6 +13,7 @@ from engage import tracking
 from engage.config import EngageConfig
 from engage.models.bundle import OfferBundle
 from engage.offers.training import OfferFit, policy_dr_value
+from engage.training.registry import record_and_promote
 
 __all__ = ["OfferTrainingResult", "offers_champion_gate", "train_offers"]
 
@@ -38,34 +39,22 @@ def train_offers(
 ) -> OfferTrainingResult:
     """Record an offers fit in MLflow, register it and apply the champion gate on DR policy value."""
     name = config.tracking.offer_model_name
-    tracking.configure(config.tracking.uri)
-    with tracking.run(config.tracking.experiment, run_name, tags={"engage.model": "offers"}) as run_id:
-        tracking.set_tags({"engage.code_version": tracking.code_version()})
-        tracking.log_config(config)
-        if fingerprint:
-            tracking.log_fingerprint(fingerprint)
-        tracking.log_metrics(fit.metrics)
-        tracking.log_frame(fit.values, "policy_values.csv")
-        if figures:
-            tracking.log_figures(figures)
-        example = fit.test[fit.bundle.feature_names].head(5)
-        model_uri, version = tracking.log_model(
-            fit.bundle,
-            name="offers_model",
-            input_example=example,
-            method="predict_outcomes",
-            registered_model_name=name,
-        )
-        promoted = False
-        if version is not None:
-            tracking.set_alias(name, tracking.CHALLENGER, version)
-            promoted, gate = offers_champion_gate(name, fit, config)
-            tracking.log_metrics(gate)
-            if promoted:
-                tracking.set_alias(name, tracking.CHAMPION, version)
-            tracking.set_tags({"engage.promoted": str(promoted)})
+    done = record_and_promote(
+        fit.bundle,
+        config,
+        kind="offers",
+        model_name=name,
+        run_name=run_name,
+        input_example=fit.test[fit.bundle.feature_names].head(5),
+        method="predict_outcomes",
+        metrics=fit.metrics,
+        gate=lambda model_name: offers_champion_gate(model_name, fit, config),
+        fingerprints={"data": fingerprint} if fingerprint else None,
+        figures=figures,
+        frames={"policy_values.csv": fit.values},
+    )
     return OfferTrainingResult(
-        run_id=run_id, model_uri=model_uri, version=version, promoted=promoted, fit=fit
+        run_id=done.run_id, model_uri=done.model_uri, version=done.version, promoted=done.promoted, fit=fit
     )
 
 
