@@ -35,8 +35,9 @@ from engage import schemas as s
 from engage.config import load_config
 from engage.datasets.simulate import simulate
 from engage.hashing import decision_keys
-from engage.offers.catalog import load_catalog, render_many
+from engage.offers.catalog import load_catalog
 from engage.offers.policy import action_probabilities
+from engage.offers.templates import render_many
 from engage.offers.training import fit_offers, offer_table
 from engage.scoring.champions import load_champions
 from engage.scoring.core import score_features, to_storable

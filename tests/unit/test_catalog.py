@@ -12,14 +12,9 @@ import yaml
 
 from engage import schemas as s
 from engage.config import DEFAULT_CATALOG_PATH
-from engage.offers.catalog import (
-    FALLBACK_TEXT,
-    CatalogError,
-    catalog_from_dict,
-    load_catalog,
-    parse_rule,
-    render,
-)
+from engage.offers.catalog import CatalogError, catalog_from_dict, load_catalog
+from engage.offers.rules import parse_rule
+from engage.offers.templates import FALLBACK_TEXT, render
 
 FEATURE_NAMES = [
     "cart_abandon_count_7d",
@@ -168,7 +163,7 @@ def test_render_fills_params_and_features_and_falls_back_readably() -> None:
 
 
 def test_vectorised_render_equals_the_per_row_render_on_random_features() -> None:
-    from engage.offers.catalog import RENDER_ROW_BY_ROW, render_many
+    from engage.offers.templates import RENDER_ROW_BY_ROW, render_many
 
     catalog = catalog_from_dict(
         {

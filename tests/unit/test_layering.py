@@ -19,6 +19,8 @@ LAYERS: dict[str, int] = {
     "engage.events": 1,
     "engage.datasets": 1,
     "engage.offers.catalog": 1,
+    "engage.offers.rules": 1,
+    "engage.offers.templates": 1,
     "engage.features": 2,
     "engage.labels": 2,
     "engage.analytics": 2,

@@ -21,8 +21,9 @@ from engage import schemas as s
 from engage.config import PolicyConfig
 from engage.hashing import decision_keys
 from engage.models.bundle import ChurnBundle, OfferBundle
-from engage.offers.catalog import Catalog, render_many
+from engage.offers.catalog import Catalog
 from engage.offers.policy import draw_arms, gain_matrix, probability_matrix
+from engage.offers.templates import render_many
 
 NO_REASONS: tuple[()] = ()
 """The reasons of a row that was not explained (shared and immutable)."""
