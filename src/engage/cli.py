@@ -781,7 +781,7 @@ def serve(
 ) -> None:
     """Serve POST /score and /explain (BentoML) on loopback by default."""
     _quiet_env()
-    from engage.serving.service import serve as run_server
+    from engage.serving.process import serve as run_server
 
     cfg = build_config(config, set_)
     raise typer.Exit(run_server(cfg, host, port, target=target, model_source=model_source))

@@ -295,8 +295,8 @@ def test_a_user_just_messaged_is_not_sent_it_again_inside_its_cooldown(world: Wo
     """The engine behind /score passes each user's recent messages to the policy, across requests."""
     from engage.scoring.champions import load_champions
     from engage.scoring.core import ScoringModels
+    from engage.serving.engine import ScoringEngine
     from engage.serving.schemas import ScoreRequest
-    from engage.serving.service import ScoringEngine
 
     loaded = load_champions(world.config)
     models = ScoringModels(

@@ -41,6 +41,14 @@ LAYERS: dict[str, int] = {
     "engage.scoring.job": 6,
     "engage.spark": 6,
     "engage.serving": 6,
+    "engage.serving.settings": 6,
+    "engage.serving.snapshot": 6,
+    "engage.serving.history": 6,
+    "engage.serving.inline": 6,
+    "engage.serving.engine": 6,
+    "engage.serving.auth": 6,
+    "engage.serving.service": 6,
+    "engage.serving.process": 6,
     "engage.cli": 7,
 }
 EDGE_ONLY = {

@@ -16,7 +16,7 @@ from engage.config import DEFAULT_CATALOG_PATH, PolicyConfig
 from engage.offers.catalog import load_catalog
 from engage.offers.policy import allowed_arms
 from engage.scoring.decision_log import DecisionWriter, read_decisions
-from engage.serving.service import ContactHistory
+from engage.serving.history import ContactHistory
 
 CAT = load_catalog(DEFAULT_CATALOG_PATH)
 FEATURE_TIME = datetime(2024, 6, 1, tzinfo=UTC)

@@ -16,6 +16,24 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from engage import schemas as s
 
+__all__ = [
+    "MAX_ATTRIBUTES",
+    "MAX_EVENTS_PER_USER",
+    "AttributeValue",
+    "ChosenMessage",
+    "EventIn",
+    "ExplainRequest",
+    "ExplainResponse",
+    "Reason",
+    "ScoreRequest",
+    "ScoreResponse",
+    "UserIn",
+    "UserScore",
+    "as_utc",
+    "events_records",
+    "signup_time",
+]
+
 MAX_EVENTS_PER_USER = 10_000
 MAX_ATTRIBUTES = 64
 ID_LENGTH = 128
@@ -145,8 +163,12 @@ class Reason(BaseModel):
     text: str
 
 
-class Message(BaseModel):
-    """The chosen arm (``none`` = send nothing) and the probability the policy gave it."""
+class ChosenMessage(BaseModel):
+    """The chosen arm (``none`` = send nothing) and the probability the policy gave it.
+
+    Not the catalog's :class:`engage.offers.catalog.Message` (a message definition): this is one
+    decision's pick, as the API returns it under ``message``.
+    """
 
     message_id: str
     channel: str | None = None
@@ -163,7 +185,7 @@ class UserScore(BaseModel):
     churn_probability: float
     risk_band: str
     reasons: list[Reason]
-    message: Message
+    message: ChosenMessage
     feature_as_of: datetime | None
     model_versions: dict[str, str]
     decision_id: str

@@ -1,0 +1,149 @@
+"""Each user's recent messages, so the catalog's cooldowns and the contact cap hold across requests."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from engage import schemas as s
+from engage.scoring.decision_log import LogTail
+
+__all__ = ["NONE_MARK", "ContactHistory"]
+
+logger = logging.getLogger(__name__)
+
+# how a decision-log line that sent nothing reads: the log tail skips those lines unparsed
+NONE_MARK = f'"{s.MESSAGE_ID}":"{s.CONTROL_ARM}"'
+
+
+class ContactHistory:
+    """Recent messages per user, for the catalog's cooldowns and the 7-day contact cap.
+
+    Sources: the decision log (batch runs append there with ``decided_at`` = their ``as_of``; other
+    workers append their own files), an optional exposures table (``ENGAGE_EXPOSURES``: user_id,
+    ts, message_id), and the decisions this process made (:meth:`record`). The time of a contact
+    is the decision time; ``none`` never counts. Per user, entries older than ``retention`` before
+    the user's newest contact are dropped: no cooldown or cap looks further back.
+    """
+
+    def __init__(
+        self,
+        log_dir: str | Path,
+        *,
+        retention: pd.Timedelta,
+        exposures: str | Path | None = None,
+        own_file: str | None = None,
+    ) -> None:
+        self.log_dir = Path(log_dir)
+        self.exposures = Path(exposures) if exposures else None
+        self.retention = int(pd.Timedelta(retention).value)
+        self._lock = threading.Lock()
+        self._log: dict[str, list[tuple[int, str]]] = {}
+        self._table: dict[str, list[tuple[int, str]]] = {}
+        self._tail = LogTail(self.log_dir, skip_file=own_file, skip_lines_with=NONE_MARK.encode())
+        self._table_mtime: float | None = None
+        self.refresh()
+
+    def _add(
+        self, store: dict[str, list[tuple[int, str]]], user_id: str, stamp: int, message_id: str
+    ) -> None:
+        entries = store.setdefault(user_id, [])
+        entry = (stamp, message_id)
+        if entry in entries:
+            return
+        entries.append(entry)
+        newest = max(e[0] for e in entries)
+        if entries[0][0] < newest - self.retention:
+            entries[:] = [e for e in entries if e[0] >= newest - self.retention]
+
+    def record(self, user_id: str, decided_at: datetime, message_id: str) -> None:
+        """A decision of this process (also appended to its own log file, which is not re-read)."""
+        if message_id == s.CONTROL_ARM:
+            return
+        with self._lock:
+            self._add(self._log, user_id, pd.Timestamp(decided_at).as_unit("ns").value, message_id)
+
+    def refresh(self) -> None:
+        """Read what other processes appended to the log since the last call, and a changed table."""
+        self._tail_log()
+        self._load_table()
+
+    def _tail_log(self) -> None:
+        rows: list[tuple[str, int, str]] = []
+        for record in self._tail.read():
+            try:
+                message_id = str(record[s.MESSAGE_ID])
+                stamp = pd.Timestamp(record["decided_at"]).as_unit("ns").value
+            except (ValueError, TypeError, KeyError):
+                self._tail.skipped += 1  # a line without a readable decision: skipped, not fatal
+                continue
+            if message_id != s.CONTROL_ARM:
+                rows.append((str(record[s.USER_ID]), stamp, message_id))
+        with self._lock:
+            for user_id, stamp, message_id in rows:
+                self._add(self._log, user_id, stamp, message_id)
+
+    @property
+    def skipped(self) -> int:
+        """Log lines that could not be read (cut short by a crash)."""
+        return self._tail.skipped
+
+    def _load_table(self) -> None:
+        if self.exposures is None:
+            return
+        try:
+            mtime = self.exposures.stat().st_mtime
+        except OSError:
+            return
+        if mtime == self._table_mtime:
+            return
+        frame = pd.read_parquet(self.exposures, columns=[s.USER_ID, s.TS, s.MESSAGE_ID])
+        frame = frame[frame[s.MESSAGE_ID].astype(str) != s.CONTROL_ARM]
+        stamps = pd.to_datetime(frame[s.TS], utc=True).dt.as_unit("ns").astype("int64").to_numpy()
+        table: dict[str, list[tuple[int, str]]] = {}
+        for user_id, stamp, message_id in zip(
+            frame[s.USER_ID].astype(str), stamps, frame[s.MESSAGE_ID].astype(str), strict=True
+        ):
+            self._add(table, user_id, int(stamp), message_id)
+        with self._lock:
+            self._table = table
+            self._table_mtime = mtime
+        logger.info("exposure history loaded: %d users", len(table))
+
+    def entries(self, user_id: str) -> list[tuple[int, str]]:
+        """The user's known contacts as (decision time in ns, message id), log first, then table."""
+        with self._lock:
+            return [*self._log.get(user_id, ()), *self._table.get(user_id, ())]
+
+    def frame(
+        self, user_ids: Sequence[str], decided_at: datetime, policy_time: pd.Timestamp
+    ) -> pd.DataFrame | None:
+        """The users' contacts before ``decided_at``, on the policy's clock; None when there are none.
+
+        Scoring judges cooldowns and caps at ``policy_time`` (the feature rows' as_of), while the
+        decision is made at ``decided_at`` (the request's as_of, else now). Each contact is moved
+        by the difference, so its age at ``policy_time`` is its true age at ``decided_at``.
+        """
+        shift = pd.Timestamp(decided_at).as_unit("ns").value - pd.Timestamp(policy_time).as_unit("ns").value
+        rows = [
+            (user_id, stamp - shift, message_id)
+            for user_id in dict.fromkeys(user_ids)
+            for stamp, message_id in self.entries(user_id)
+        ]
+        if not rows:
+            return None
+        users, stamps, messages = zip(*rows, strict=True)
+        ts = pd.DatetimeIndex(np.asarray(stamps, dtype="int64").view("M8[ns]")).tz_localize("UTC")
+        return pd.DataFrame(
+            {
+                s.USER_ID: np.array(users, dtype=object),
+                s.TS: ts,
+                s.MESSAGE_ID: np.array(messages, dtype=object),
+            }
+        )

@@ -1,0 +1,63 @@
+"""The service's settings: environment variables read once, when the service starts (never at import).
+
+``ENGAGE_CONFIG`` (YAML, else the packaged defaults), ``ENGAGE_FEATURE_SNAPSHOT`` and
+``ENGAGE_DECISION_LOG`` (override the config's ``serve`` paths), ``ENGAGE_MODEL_SOURCE`` (``bento``
+or ``mlflow``), ``ENGAGE_API_TOKEN`` (bearer token; unset = no auth) and ``ENGAGE_EXPOSURES`` (an
+optional campaign exposures table: past messages for cooldowns and caps). ``engage serve`` sets them
+for the ``bentoml serve`` process it starts.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from engage.config import EngageConfig, load_config
+
+__all__ = [
+    "ENV_CONFIG",
+    "ENV_DECISION_LOG",
+    "ENV_EXPOSURES",
+    "ENV_MODEL_SOURCE",
+    "ENV_SNAPSHOT",
+    "ENV_TOKEN",
+    "api_token",
+    "exposures_path",
+    "model_source",
+    "service_config",
+]
+
+ENV_CONFIG = "ENGAGE_CONFIG"
+ENV_SNAPSHOT = "ENGAGE_FEATURE_SNAPSHOT"
+ENV_DECISION_LOG = "ENGAGE_DECISION_LOG"
+ENV_MODEL_SOURCE = "ENGAGE_MODEL_SOURCE"
+ENV_TOKEN = "ENGAGE_API_TOKEN"
+ENV_EXPOSURES = "ENGAGE_EXPOSURES"
+
+
+def service_config() -> EngageConfig:
+    """The config from ``ENGAGE_CONFIG`` (YAML) or the packaged defaults, with env path overrides."""
+    config = load_config(os.environ.get(ENV_CONFIG) or None)
+    overrides: dict[str, Any] = {}
+    if os.environ.get(ENV_SNAPSHOT):
+        overrides["feature_snapshot_path"] = os.environ[ENV_SNAPSHOT]
+    if os.environ.get(ENV_DECISION_LOG):
+        overrides["decision_log_dir"] = os.environ[ENV_DECISION_LOG]
+    if overrides:
+        config = config.model_copy(update={"serve": config.serve.model_copy(update=overrides)})
+    return config
+
+
+def model_source() -> str:
+    """Where the served models come from: ``bento`` (the Bento store, default) or ``mlflow``."""
+    return os.environ.get(ENV_MODEL_SOURCE, "bento")
+
+
+def exposures_path() -> str | None:
+    """The optional exposures table (past campaign messages), or None."""
+    return os.environ.get(ENV_EXPOSURES) or None
+
+
+def api_token() -> str:
+    """The bearer token ``/score`` and ``/explain`` require; empty when auth is off."""
+    return os.environ.get(ENV_TOKEN, "")

@@ -1,0 +1,176 @@
+"""The request engine behind ``/score``, in-process: no bentoml, the batch answer, errors as exceptions."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from engage import schemas as s
+from engage.config import DEFAULT_CATALOG_PATH, EngageConfig, load_config
+from engage.models.bundle import ChurnBundle, OfferBundle
+from engage.models.churn import RecencyBaseline
+from engage.models.uplift import MultiArmUplift
+from engage.offers.catalog import load_catalog
+from engage.scoring.core import ScoringModels, score_features
+from engage.scoring.decision_log import read_decisions
+from engage.serving.engine import PayloadTooLarge, ScoringEngine, Unprocessable
+from engage.serving.schemas import ExplainRequest, ScoreRequest
+
+CAT = load_catalog(DEFAULT_CATALOG_PATH)
+AS_OF = datetime(2024, 6, 1, tzinfo=UTC)
+OFFER_FEATURES = ["days_since_last_session", "session_count_28d"]
+MAX_USERS = 5
+
+
+def test_the_engine_and_its_parts_import_without_bentoml() -> None:
+    """The request engine is plain Python: importing it (and what it is built from) loads no bentoml."""
+    code = textwrap.dedent(
+        """
+        import sys
+        import engage.serving
+        import engage.serving.engine, engage.serving.history, engage.serving.inline
+        import engage.serving.snapshot, engage.serving.auth, engage.serving.settings
+        import engage.serving.process
+        loaded = sorted(m for m in sys.modules if m == "bentoml" or m.startswith(("bentoml.", "_bentoml")))
+        assert not loaded, loaded
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+def _features(n: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            s.USER_ID: [f"u{i}" for i in range(n)],
+            s.AS_OF: pd.Timestamp(AS_OF),
+            "days_since_last_event": rng.integers(0, 60, n).astype(float),
+            "cart_abandon_count_7d": rng.integers(0, 2, n).astype(float),
+            "product_view_count_28d": rng.integers(0, 5, n).astype(float),
+            "days_since_last_session": rng.integers(0, 40, n).astype(float),
+            "session_count_28d": rng.integers(0, 5, n).astype(float),
+            "top_category": "books",
+            **{s.consent_column(m.channel): 1.0 for m in CAT.messages},
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def models() -> ScoringModels:
+    train = _features(1500, seed=2)
+    rng = np.random.default_rng(3)
+    churned = (rng.random(len(train)) < train["days_since_last_event"] / 80).astype(int)
+    churn = RecencyBaseline(feature="days_since_last_event").fit(train, churned)
+    arms = rng.choice(CAT.arms, len(train))
+    converted = (rng.random(len(train)) < 0.1 + 0.1 * (arms != s.CONTROL_ARM)).astype(float)
+    uplift = MultiArmUplift(learner="t", n_estimators=5, min_child_samples=20).fit(
+        train[OFFER_FEATURES], arms, converted
+    )
+    return ScoringModels(
+        churn=ChurnBundle(model=churn, explainer=None, feature_names=["days_since_last_event"]),
+        catalog=CAT,
+        offers=OfferBundle(model=uplift, feature_names=OFFER_FEATURES),
+        versions={"churn": "engage-churn/1", "offers": "engage-offers/1"},
+    )
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> tuple[EngageConfig, pd.DataFrame]:
+    snapshot = _features(20, seed=5)
+    path = tmp_path / "snapshot.parquet"
+    snapshot.to_parquet(path)
+    config = load_config(
+        overrides={
+            "serve.max_users_per_request": MAX_USERS,
+            "serve.feature_snapshot_path": str(path),
+            "serve.decision_log_dir": str(tmp_path / "decisions"),
+        }
+    )
+    return config, snapshot
+
+
+def _request(users: list[str], **fields: object) -> ScoreRequest:
+    return ScoreRequest.model_validate({"users": [{"user_id": u} for u in users], **fields})
+
+
+def test_more_users_than_the_limit_is_payload_too_large_and_decides_nothing(
+    world: tuple[EngageConfig, pd.DataFrame], models: ScoringModels
+) -> None:
+    config, _ = world
+    engine = ScoringEngine(config, models, watch_seconds=None)
+    try:
+        with pytest.raises(PayloadTooLarge, match=f"at most {MAX_USERS} users per request, got 6"):
+            engine.score(_request([f"u{i}" for i in range(MAX_USERS + 1)], explain=False))
+        assert issubclass(PayloadTooLarge, ValueError)
+        assert len(engine.score(_request([f"u{i}" for i in range(MAX_USERS)], explain=False)).users) == 5
+    finally:
+        engine.close()
+    log, _ = read_decisions(config.serve.decision_log_dir)
+    assert len(log) == MAX_USERS, "only the request within the limit is logged"
+
+
+def test_a_snapshot_user_gets_the_batch_answer_and_it_is_logged(
+    world: tuple[EngageConfig, pd.DataFrame], models: ScoringModels
+) -> None:
+    config, snapshot = world
+    users = ["u3", "u0", "u11"]
+    engine = ScoringEngine(config, models, watch_seconds=None)
+    try:
+        answers = engine.score(_request(users, as_of=AS_OF, explain=False)).users
+    finally:
+        engine.close()
+    rows = snapshot.set_index(s.USER_ID).loc[users].reset_index()
+    batch = score_features(rows, models, policy=config.policy, seed=config.seed, reasons_top_k=None)
+    assert [a.user_id for a in answers] == users
+    for answer, (_, expected) in zip(answers, batch.iterrows(), strict=True):
+        assert answer.cold_start is False and answer.reasons == []
+        assert answer.churn_probability == pytest.approx(float(expected["churn_probability"]), abs=1e-12)
+        assert answer.message.message_id == expected[s.MESSAGE_ID]
+        assert answer.message.propensity == pytest.approx(float(expected[s.PROPENSITY]))
+        assert answer.decision_id == expected["decision_id"]
+        assert answer.model_versions == models.versions
+    log, skipped = read_decisions(config.serve.decision_log_dir)
+    assert skipped == 0
+    assert sorted(log["decision_id"]) == sorted(a.decision_id for a in answers)
+
+
+def test_an_unknown_user_is_a_cold_start_at_the_population_prior(
+    world: tuple[EngageConfig, pd.DataFrame], models: ScoringModels
+) -> None:
+    config, snapshot = world
+    engine = ScoringEngine(config, models, watch_seconds=None)
+    try:
+        (answer,) = engine.score(_request(["nobody"])).users
+        explained = engine.explain(ExplainRequest(user_id="nobody"))
+    finally:
+        engine.close()
+    prior = float(np.mean(models.churn.churn_probability(snapshot)))
+    assert answer.cold_start is True and answer.feature_as_of is None
+    assert answer.churn_probability == pytest.approx(prior)
+    assert answer.message.message_id == s.CONTROL_ARM and answer.message.propensity == 1.0
+    assert explained.cold_start is True and explained.contributions == []
+
+
+def test_inline_events_that_give_no_features_are_unprocessable(
+    world: tuple[EngageConfig, pd.DataFrame], models: ScoringModels, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_: object) -> None:
+        raise TypeError("SENTINEL-value-that-must-not-leak")
+
+    monkeypatch.setattr("engage.serving.engine.inline_features", broken)
+    config, _ = world
+    engine = ScoringEngine(config, models, watch_seconds=None)
+    event = {"ts": AS_OF - timedelta(days=1), "event_type": "page_view"}
+    try:
+        with pytest.raises(Unprocessable, match=r"users\[\]\.events.*\(TypeError\)") as caught:
+            engine.score(ScoreRequest.model_validate({"users": [{"user_id": "i1", "events": [event]}]}))
+    finally:
+        engine.close()
+    assert "SENTINEL" not in str(caught.value) and caught.value.__cause__ is None
