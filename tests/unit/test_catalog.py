@@ -213,3 +213,17 @@ def test_vectorised_render_equals_the_per_row_render_on_random_features() -> Non
         for start in range(0, 60, size):
             part = render_many(catalog, arms[start : start + size], features.iloc[start : start + size])
             assert part.tolist() == expected[start : start + size]
+
+
+def test_the_catalog_and_the_package_entry_points_import_no_model_or_tracking_library() -> None:
+    """Serving reads the catalog on every start: it must not pull LightGBM or MLflow in with it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, engage.offers, engage.training, engage.offers.catalog; "
+        "from engage.offers import render_many, parse_rule; "
+        "print(sorted(m for m in ('lightgbm', 'mlflow', 'sklearn') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

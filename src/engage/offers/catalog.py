@@ -22,6 +22,8 @@ from engage import schemas as s
 from engage.offers.rules import Rule, parse_rule
 from engage.offers.templates import fill, template_keys
 
+__all__ = ["CAP_DAYS", "Catalog", "CatalogError", "Message", "catalog_from_dict", "load_catalog"]
+
 CAP_DAYS = 7
 """The contact cap counts the messages a user got over this many days (``max_per_7d``)."""
 

@@ -38,6 +38,23 @@ from engage.offers.evaluation import (
 from engage.offers.outcomes import attach_outcomes
 from engage.offers.policy import action_probabilities, allowed_arms
 
+__all__ = [
+    "ARM",
+    "REWARD",
+    "OfferFit",
+    "evaluate_logged_policy",
+    "fit_offers",
+    "fit_offers_from_table",
+    "generic_catalog",
+    "offer_table",
+    "policy_dr_value",
+    "policy_rules",
+    "reward_matrix",
+    "rewards",
+    "served_policy",
+    "true_values",
+]
+
 Progress = Callable[[int, int], None]
 REWARD = "reward"
 ARM = "arm"

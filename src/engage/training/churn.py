@@ -28,6 +28,19 @@ from engage.models.churn import ChurnModel, LogisticBaseline, RecencyBaseline, o
 from engage.plots import churn as churn_plots
 from engage.training.registry import record_and_promote
 
+__all__ = [
+    "ChurnFit",
+    "ChurnTrainingResult",
+    "btyd_scores",
+    "build_churn_table",
+    "champion_gate",
+    "feature_columns",
+    "fit_churn",
+    "oracle_scores",
+    "snapshot_range",
+    "train_churn",
+]
+
 Progress = Callable[[int, int], None]
 ID_COLUMNS = (s.USER_ID, s.AS_OF, s.LABEL)
 
