@@ -7,12 +7,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
 
+if TYPE_CHECKING:
+    from engage.explain import ReasonExplainer
+    from engage.models.uplift import MultiArmUplift
+    from engage.offers.catalog import Catalog
+
 RISK_BAND_NAMES = ("low", "medium", "high", "very_high", "extreme")
+
+
+class ChurnEstimator(Protocol):
+    """What a churn bundle needs of its model: probabilities and per-feature contributions."""
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray: ...
+
+    def contributions(self, X: pd.DataFrame) -> pd.DataFrame: ...
 
 
 def risk_bands(probability: np.ndarray | pd.Series, thresholds: Sequence[float]) -> np.ndarray:
@@ -33,8 +46,8 @@ def _require_features(frame: pd.DataFrame, names: list[str], model: str) -> None
 class ChurnBundle:
     """A fitted churn model plus what turns its output into an answer a marketer can read."""
 
-    model: Any
-    explainer: Any
+    model: ChurnEstimator
+    explainer: ReasonExplainer | None
     feature_names: list[str]
     thresholds: tuple[float, ...] = (0.3, 0.6)
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -60,6 +73,8 @@ class ChurnBundle:
     def reasons(self, frame: pd.DataFrame, top_k: int | None = None) -> list[list[dict[str, Any]]]:
         """Top risk-raising reasons per row, in plain words."""
         features = self._features(frame)
+        if self.explainer is None:
+            raise ValueError("this churn model carries no reason explainer")
         contributions = self.model.contributions(features)
         reasons = self.explainer.explain(contributions, features)
         return [r[:top_k] for r in reasons] if top_k is not None else reasons
@@ -72,7 +87,7 @@ class ChurnBundle:
 class OfferBundle:
     """A fitted multi-arm uplift model and the feature columns it reads."""
 
-    model: Any
+    model: MultiArmUplift
     feature_names: list[str]
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -81,7 +96,7 @@ class OfferBundle:
         _require_features(frame, self.feature_names, "offers")
         return self.model.predict_outcomes(frame)
 
-    def expected_gains(self, frame: pd.DataFrame, catalog: Any) -> pd.DataFrame:
+    def expected_gains(self, frame: pd.DataFrame, catalog: Catalog) -> pd.DataFrame:
         """(p(arm) - p(none)) * value - cost per arm; `none` is 0."""
         from engage.models.uplift import expected_gain
 

@@ -16,7 +16,7 @@ probabilities into money per arm.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import lightgbm as lgb
 import numpy as np
@@ -26,6 +26,9 @@ from sklearn.utils.validation import check_is_fitted
 
 from engage import schemas as s
 from engage.models.frame import FrameSpec, predict_threads
+
+if TYPE_CHECKING:
+    from engage.offers.catalog import Catalog
 
 _ARM_FEATURE = "__arm__"
 
@@ -196,7 +199,7 @@ class MultiArmUplift(BaseEstimator):
         return out.drop(columns=[self.control]).sub(out[self.control], axis=0)
 
 
-def expected_gain(outcomes: pd.DataFrame, catalog: Any) -> pd.DataFrame:
+def expected_gain(outcomes: pd.DataFrame, catalog: Catalog) -> pd.DataFrame:
     """Money per arm: (p(arm) - p(none)) * value - cost; `none` is 0. Arms the model lacks are absent."""
     values = outcomes.to_numpy(dtype=np.float64)  # plain arrays: per-arm Series arithmetic costs more
     position = {arm: i for i, arm in enumerate(outcomes.columns)}
