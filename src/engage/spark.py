@@ -12,14 +12,23 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import polars as pl
 
 from engage import schemas as s
-from engage.config import FeatureConfig
+from engage.config import EngageConfig, FeatureConfig
 from engage.features.spec import feature_defs
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from pyspark.sql import Column, SparkSession
+    from pyspark.sql import DataFrame as SparkFrame
+
+    from engage.scoring.core import ScoringModels
+    from engage.scoring.job import ScoreRunSummary
 
 DAY_US = 86_400 * 1_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -33,7 +42,7 @@ def _us(d: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-def local_spark(shuffle_partitions: int = 4) -> Any:
+def local_spark(shuffle_partitions: int = 4) -> SparkSession:
     """A local[2] SparkSession bound to loopback with UTC session time (created or reused)."""
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     # executors must run this interpreter (the one with engage and its models' libraries)
@@ -53,7 +62,7 @@ def local_spark(shuffle_partitions: int = 4) -> Any:
     )
 
 
-def _to_spark(spark: Any, frame: pl.DataFrame | pd.DataFrame, columns: dict[str, str]) -> Any:
+def _to_spark(spark: SparkSession, frame: pl.DataFrame | pd.DataFrame, columns: dict[str, str]) -> SparkFrame:
     """A Spark DataFrame with an explicit schema (all-null columns cannot be inferred)."""
     pdf = frame.to_pandas() if isinstance(frame, pl.DataFrame) else frame.copy()
     for name in columns:
@@ -64,7 +73,9 @@ def _to_spark(spark: Any, frame: pl.DataFrame | pd.DataFrame, columns: dict[str,
     return spark.createDataFrame(pdf, schema=ddl)
 
 
-def _one_as_of(ev: Any, carts: Any, exp: Any | None, as_of: datetime, config: FeatureConfig) -> Any:
+def _one_as_of(
+    ev: SparkFrame, carts: SparkFrame, exp: SparkFrame | None, as_of: datetime, config: FeatureConfig
+) -> SparkFrame:
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -76,10 +87,10 @@ def _one_as_of(ev: Any, carts: Any, exp: Any | None, as_of: datetime, config: Fe
     )
     age, et = F.col("__age"), F.col(s.EVENT_TYPE)
 
-    def cnt(cond: Any) -> Any:
+    def cnt(cond: Column) -> Column:
         return F.sum(F.when(cond, 1.0).otherwise(0.0))
 
-    aggs: list[Any] = []
+    aggs: list[Column] = []
     for w in config.windows:
         inside = age < w
         aggs += [cnt(inside & (et == t)).alias(f"{t}_count_{w}d") for t in s.KNOWN_EVENT_TYPES]
@@ -98,7 +109,7 @@ def _one_as_of(ev: Any, carts: Any, exp: Any | None, as_of: datetime, config: Fe
         ]
     recent, prev = age < 7, (age >= 7) & (age < 35)
 
-    def ratio(cond: Any) -> Any:
+    def ratio(cond: Column) -> Column:
         return (cnt(recent & cond) / 7 + 1 / 28) / (cnt(prev & cond) / 28 + 1 / 28)
 
     aggs += [
@@ -220,7 +231,7 @@ def build_features_spark(
     config: FeatureConfig,
     users: pl.DataFrame | pd.DataFrame | None = None,
     exposures: pl.DataFrame | pd.DataFrame | None = None,
-    spark: Any = None,
+    spark: SparkSession | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> pd.DataFrame:
     """The standard features computed by Spark; same rows, columns and values as the polars engine."""
@@ -264,7 +275,7 @@ def build_features_spark(
         ).withColumn("__us", F.unix_micros(F.col(s.TS)))
     parts = []
     for i, d in enumerate(dates):
-        part = _one_as_of(ev, carts, exp, d, config).toPandas()
+        part: pd.DataFrame = _one_as_of(ev, carts, exp, d, config).toPandas()
         part.insert(
             1, s.AS_OF, pd.Timestamp(d).tz_convert("UTC") if pd.Timestamp(d).tz else pd.Timestamp(d, tz="UTC")
         )
@@ -300,15 +311,15 @@ SCORE_SCHEMA = ", ".join(f"{name} {kind}" for name, kind in s.SCORE_TYPES.items(
 def score_spark(
     events: str | Path,
     as_of: datetime,
-    models: Any,
-    config: Any,
+    models: ScoringModels,
+    config: EngageConfig,
     out: Path,
     *,
     users: str | Path | None = None,
     exposures: str | Path | None = None,
     explain_share: float | None = 0.1,
-    spark: Any = None,
-) -> Any:
+    spark: SparkSession | None = None,
+) -> ScoreRunSummary:
     """Batch scoring on Spark: Spark features, then the shared scoring path in a pandas UDF.
 
     The scoring function and models travel to the executors in the closure; each partition runs
@@ -337,7 +348,7 @@ def score_spark(
     history = exposure_history(exposure_table, as_of, models.catalog.history_days)
     policy, seed, top_k = config.policy, config.seed, config.churn.reasons_top_k
 
-    def score_partition(batches: Any) -> Any:
+    def score_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for frame in batches:
             if frame.empty:
                 continue
@@ -359,7 +370,8 @@ def score_spark(
     scored = (
         spark.createDataFrame(features).repartition(partitions).mapInPandas(score_partition, SCORE_SCHEMA)
     )
-    result = scored.toPandas().sort_values(s.USER_ID, kind="stable", ignore_index=True)
+    collected: pd.DataFrame = scored.toPandas()
+    result = collected.sort_values(s.USER_ID, kind="stable", ignore_index=True)
     result[s.AS_OF] = pd.to_datetime(result[s.AS_OF], utc=True).astype("datetime64[us, UTC]")
     write_parquet_atomic(pl.from_pandas(result), out)
     explained = int((probability >= threshold).sum()) if threshold is not None else 0
