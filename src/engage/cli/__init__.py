@@ -1,0 +1,50 @@
+"""The `engage` command line: the edge where files, flags and config meet the pure layers.
+
+This module builds the Typer app and registers every command, in the order `engage --help` lists them;
+the commands live in `data`, `models`, `scoring`, `serving` and `demo`, their shared helpers in
+`common`. Heavy libraries are imported inside each command so that `engage --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from engage.cli import data, models, scoring, serving
+from engage.cli.demo import demo
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="engage",
+    help="Churn risk, reasons and the next-best message from raw customer event logs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+import_app = typer.Typer(help="Convert a real data set into engage's tables.", no_args_is_help=True)
+train_app = typer.Typer(help="Train models (tracked in MLflow).", no_args_is_help=True)
+evaluate_app = typer.Typer(help="Judge models and policies offline.", no_args_is_help=True)
+app.add_typer(import_app, name="import")
+app.add_typer(train_app, name="train")
+app.add_typer(evaluate_app, name="evaluate")
+
+app.command()(data.simulate)
+app.command()(data.validate)
+app.command()(data.features)
+app.command()(data.dataset)
+app.command()(data.report)
+app.command()(scoring.score)
+app.command()(scoring.backtest)
+app.command()(serving.build)
+app.command()(serving.serve)
+app.command()(demo)
+import_app.command("online-retail-ii")(data.import_online_retail_ii)
+import_app.command("cdnow")(data.import_cdnow)
+import_app.command("hillstrom")(data.import_hillstrom)
+train_app.command("churn")(models.train_churn_command)
+train_app.command("offers")(models.train_offers_command)
+evaluate_app.command("policy")(models.evaluate_policy)
+
+
+def main() -> None:  # pragma: no cover - console entry point convenience
+    app(prog_name="engage")

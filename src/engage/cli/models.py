@@ -1,0 +1,201 @@
+"""Model commands: train the churn and offer models (tracked in MLflow), judge a policy off-policy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from engage.cli.common import (
+    ConfigOpt,
+    SetOpt,
+    build_config,
+    fail,
+    load_events,
+    load_optional_table,
+    out,
+    progress_bar,
+    quiet_env,
+)
+from engage.config import EngageConfig
+
+__all__ = ["evaluate_policy", "train_churn_command", "train_offers_command"]
+
+
+def train_churn_command(
+    events: Annotated[Path, typer.Option(help="Events file.")],
+    users: Annotated[Path | None, typer.Option(help="Users table (attributes, consents).")] = None,
+    exposures: Annotated[Path | None, typer.Option(help="Campaign exposures (message fatigue).")] = None,
+    states: Annotated[
+        Path | None, typer.Option(help="Simulator states.parquet: adds oracle_auc to the metrics.")
+    ] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
+    experiment: Annotated[str | None, typer.Option(help="MLflow experiment name.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Out-of-time churn model (LightGBM + calibration) vs logistic and recency baselines, in MLflow."""
+    quiet_env()
+    from engage.labels import InsufficientDataError
+    from engage.training.churn import train_churn
+
+    cfg = build_config(config, set_, **{"tracking.uri": tracking_uri, "tracking.experiment": experiment})
+    frame = load_events(events, cfg)
+    try:
+        with progress_bar("snapshots") as progress:
+            result = train_churn(
+                frame,
+                cfg,
+                users=load_optional_table(users),
+                exposures=load_optional_table(exposures),
+                states=load_optional_table(states),
+                progress=progress,
+            )
+    except (InsufficientDataError, ValueError) as exc:
+        raise fail(str(exc)) from exc
+    _print_churn_result(result, cfg)
+
+
+def _print_churn_result(result: Any, cfg: EngageConfig) -> None:
+    metrics = result.metrics
+    table = Table("model", "AUC", "PR AUC", "log loss", "Brier", "ECE", "lift@10%", title="out-of-time test")
+    for label, suffix in (
+        ("LightGBM (calibrated)", ""),
+        ("logistic regression", "_logreg"),
+        ("recency rule", "_recency"),
+    ):
+        table.add_row(
+            label,
+            *(
+                f"{metrics.get(f'oot_{key}{suffix}', float('nan')):.4f}"
+                for key in ("auc", "pr_auc", "logloss", "brier", "ece", "lift_top_decile")
+            ),
+        )
+    out.print(table)
+    if "oracle_auc" in metrics:
+        out.print(f"oracle AUC (true churn probability, same rows): {metrics['oracle_auc']:.4f}")
+    drivers = Table("driver", "direction", "importance", title="what marks churners")
+    for _, row in result.drivers.head(8).iterrows():
+        drivers.add_row(
+            str(row["feature"]), str(row.get("direction", "")), f"{row.get('importance', float('nan')):.3f}"
+        )
+    out.print(drivers)
+    status = "promoted to @champion" if result.promoted else "kept as @challenger (champion not beaten)"
+    out.print(f"registered {cfg.tracking.churn_model_name} v{result.version}: {status}")
+    out.print(f"run {result.run_id}; see it with: mlflow ui --backend-store-uri {cfg.tracking.uri}")
+
+
+def train_offers_command(
+    events: Annotated[Path | None, typer.Option(help="Events file (with --exposures).")] = None,
+    exposures: Annotated[
+        Path | None, typer.Option(help="Campaign exposures (arm, propensity, outcomes).")
+    ] = None,
+    users: Annotated[Path | None, typer.Option(help="Users table (consents, attributes).")] = None,
+    truth: Annotated[
+        Path | None, typer.Option(help="Simulator truth.parquet: adds true policy values.")
+    ] = None,
+    table: Annotated[
+        Path | None, typer.Option(help="Or: a randomized campaign table with covariates (e.g. Hillstrom).")
+    ] = None,
+    arm_col: Annotated[str, typer.Option(help="--table: the column holding the arm.")] = "arm",
+    outcome_col: Annotated[str, typer.Option(help="--table: the 0/1 outcome column.")] = "converted",
+    control: Annotated[str, typer.Option(help="--table: the control arm's value.")] = "none",
+    propensity_col: Annotated[str | None, typer.Option(help="--table: assignment probabilities.")] = None,
+    feature_cols: Annotated[
+        list[str] | None,
+        typer.Option("--feature-cols", help="--table: covariates (repeat; default: all others)."),
+    ] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
+    experiment: Annotated[str | None, typer.Option(help="MLflow experiment name.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Multi-arm uplift model and its policy, judged off-policy (IPS, SNIPS, DR) before launch."""
+    quiet_env()
+    from engage.events import fingerprint
+    from engage.offers.catalog import load_catalog
+    from engage.offers.training import fit_offers, fit_offers_from_table, offer_table
+    from engage.training.offers import train_offers
+
+    cfg = build_config(config, set_, **{"tracking.uri": tracking_uri, "tracking.experiment": experiment})
+    if table is not None:
+        frame = load_optional_table(table).to_pandas()
+        fit = fit_offers_from_table(
+            frame,
+            cfg,
+            arm_col=arm_col,
+            outcome_col=outcome_col,
+            control=control,
+            propensity_col=propensity_col,
+            feature_cols=feature_cols,
+        )
+        stamp: dict[str, str | int] = {"rows": len(frame), "source": str(table)}
+    elif events is not None and exposures is not None:
+        frame = load_events(events, cfg)
+        logged = load_optional_table(exposures)
+        with progress_bar("features at each campaign") as progress:
+            data = offer_table(frame, logged, cfg, users=load_optional_table(users), progress=progress)
+        truth_table = load_optional_table(truth)
+        fit = fit_offers(
+            data,
+            cfg,
+            load_catalog(cfg.offers.catalog_path),
+            truth=truth_table.to_pandas() if truth_table is not None else None,
+        )
+        stamp = fingerprint(frame)
+    else:
+        raise fail("give --events with --exposures, or --table")
+    result = train_offers(fit, cfg, fingerprint=stamp)
+    _print_offer_result(result, cfg)
+
+
+def _print_offer_result(result: Any, cfg: EngageConfig) -> None:
+    values = result.fit.values
+    table = Table("policy", "estimator", "value", "95% CI", title="policy values on held-out campaigns")
+    for _, row in values.iterrows():
+        table.add_row(
+            row["policy"],
+            row["estimator"],
+            f"{row['value']:.4f}",
+            f"[{row['ci_low']:.4f}, {row['ci_high']:.4f}]",
+        )
+    out.print(table)
+    m = result.fit.metrics
+    if "true_policy_value" in m:
+        truth = Table("policy", "true value", "incremental over none", title="simulator truth (same rows)")
+        for label, key in (
+            ("learned", "true_policy_value"),
+            ("learned (no exploration)", "true_greedy_policy_value"),
+            ("oracle", "oracle_policy_value"),
+            ("best single arm", "true_best_single_arm_value"),
+            ("logging (random)", "true_logging_policy_value"),
+            ("none for all", "true_none_value"),
+        ):
+            truth.add_row(label, f"{m[key]:.4f}", f"{m[key] - m['true_none_value']:+.4f}")
+        out.print(truth)
+    status = "promoted to @champion" if result.promoted else "kept as @challenger"
+    out.print(f"registered {cfg.tracking.offer_model_name} v{result.version}: {status}")
+
+
+def evaluate_policy(
+    logs: Annotated[Path, typer.Option(help="Logged decisions: columns arm, outcome, propensity.")],
+    actions: Annotated[Path, typer.Option(help="Target policy: one probability column per arm, same rows.")],
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the CIs.")] = 500,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+) -> None:
+    """Off-policy value of a candidate policy from logged data: IPS, SNIPS and DR with 95% CIs."""
+    from engage.offers.training import evaluate_logged_policy
+
+    logged, target = load_optional_table(logs).to_pandas(), load_optional_table(actions).to_pandas()
+    try:
+        values = evaluate_logged_policy(logged, target, n_boot=n_boot, seed=seed)
+    except (KeyError, ValueError) as exc:
+        raise fail(str(exc)) from exc
+    table = Table(
+        "estimator", "value", "95% CI", title=f"target policy value over {len(logged):,} logged rows"
+    )
+    for _, row in values.iterrows():
+        table.add_row(row["estimator"], f"{row['value']:.4f}", f"[{row['ci_low']:.4f}, {row['ci_high']:.4f}]")
+    out.print(table)

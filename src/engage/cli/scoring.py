@@ -1,0 +1,163 @@
+"""Scoring commands: score every user as of a date with the champion models, back-test past scores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from engage import schemas as s
+from engage.cli.common import (
+    ConfigOpt,
+    SetOpt,
+    build_config,
+    fail,
+    load_events,
+    load_optional_table,
+    out,
+    parse_date,
+    parse_days,
+    progress_bar,
+    quiet_env,
+)
+
+__all__ = ["backtest", "score"]
+
+
+def score(
+    events: Annotated[Path, typer.Option(help="Events file.")],
+    as_of: Annotated[
+        str, typer.Option("--as-of", help="Score as of this instant (features read before it).")
+    ],
+    out_file: Annotated[Path, typer.Option("--out", help="Scores parquet (written atomically).")],
+    users: Annotated[Path | None, typer.Option(help="Users table (consents, attributes).")] = None,
+    exposures: Annotated[Path | None, typer.Option(help="Past exposures (caps, cooldowns, fatigue).")] = None,
+    engine: Annotated[str | None, typer.Option(help="polars (default) or spark.")] = None,
+    explain: Annotated[bool, typer.Option("--explain", help="Reasons for every user.")] = False,
+    explain_top: Annotated[
+        float | None, typer.Option(help="Reasons only for the riskiest share, e.g. 0.1 (default).")
+    ] = None,
+    snapshot: Annotated[Path | None, typer.Option(help="Feature snapshot for the service.")] = None,
+    decision_log: Annotated[Path | None, typer.Option(help="Decision log folder.")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (models@champion).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Churn risk, reasons and the chosen message for every user, as of one date."""
+    quiet_env()
+    cfg = build_config(config, set_, **{"tracking.uri": tracking_uri, "features.engine": engine})
+    share = 1.0 if explain else (explain_top if explain_top is not None else 0.1)
+    moment = parse_date(as_of)
+    snapshot = snapshot or Path(cfg.serve.feature_snapshot_path)
+    decision_log = decision_log or Path(cfg.serve.decision_log_dir)
+    from engage.scoring.champions import load_champions
+
+    try:
+        models = load_champions(cfg)
+    except LookupError as exc:
+        raise fail(str(exc)) from exc
+    if cfg.features.engine == "spark":
+        from engage.spark import score_spark
+
+        summary = score_spark(
+            events, moment, models, cfg, out_file, users=users, exposures=exposures, explain_share=share
+        )
+    else:
+        from engage.scoring.job import score_events
+
+        frame = load_events(events, cfg)
+        with progress_bar("scoring users") as progress:
+            summary = score_events(
+                frame,
+                moment,
+                models,
+                cfg,
+                out_file,
+                users=load_optional_table(users),
+                exposures=load_optional_table(exposures),
+                explain_share=share,
+                snapshot=snapshot,
+                decision_log=decision_log,
+                progress=progress,
+            )
+    out.print(
+        f"{summary.users:,} users scored in {summary.seconds:.1f} s "
+        f"({summary.users_per_second:,.0f} users/s), {summary.explained:,} with reasons -> {out_file}"
+    )
+    _print_score_summary(out_file)
+
+
+def _print_score_summary(path: Path) -> None:
+    import polars as pl
+
+    scores = pl.read_parquet(path)
+    if scores.is_empty():
+        return
+    bands = scores.group_by("risk_band").agg(
+        pl.len().alias("users"), pl.col("churn_probability").mean().alias("risk")
+    )
+    messages = scores.group_by("message_id").agg(
+        pl.len().alias("users"), pl.col(s.EXPECTED_GAIN).mean().alias("gain")
+    )
+    table = Table("risk band", "users", "mean risk", title="risk")
+    for row in bands.sort("risk").iter_rows(named=True):
+        table.add_row(row["risk_band"], f"{row['users']:,}", f"{row['risk']:.1%}")
+    out.print(table)
+    table = Table("message", "users", "mean expected gain", title="messages chosen")
+    for row in messages.sort("users", descending=True).iter_rows(named=True):
+        table.add_row(row["message_id"], f"{row['users']:,}", f"{row['gain']:.3f}")
+    out.print(table)
+
+
+def backtest(
+    scores: Annotated[Path, typer.Option(help="A past `engage score` output.")],
+    events: Annotated[Path, typer.Option(help="Events, including those after the scoring date.")],
+    horizon: Annotated[
+        str | None, typer.Option(help="Churn horizon, e.g. 30d (default: labels.horizon_days).")
+    ] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for tables and PNG plots.")] = Path(
+        "backtest"
+    ),
+    attribution: Annotated[
+        str | None,
+        typer.Option(help="Conversion window after scoring, e.g. 7d (default: offers.attribution_days)."),
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """How the served risk and messages played out: realized churn by decile, AUC, calibration."""
+    import polars as pl
+
+    from engage.evaluation.backtest import backtest as run_backtest
+
+    cfg = build_config(
+        config,
+        set_,
+        **{
+            "labels.horizon_days": parse_days(horizon, "--horizon") if horizon else None,
+            "offers.attribution_days": parse_days(attribution, "--attribution") if attribution else None,
+        },
+    )
+    frame = load_events(events, cfg)
+    served = pl.read_parquet(scores).to_pandas()
+    try:
+        result = run_backtest(
+            served,
+            frame,
+            horizon_days=cfg.labels.horizon_days,
+            attribution_days=cfg.offers.attribution_days,
+        )
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result.deciles.to_csv(out_dir / "deciles.csv", index=False)
+    result.messages.to_csv(out_dir / "messages.csv", index=False)
+    for name, figure in result.figures.items():
+        figure.savefig(out_dir / f"{name}.png", dpi=110)
+    table = Table("metric", "value", title=f"back-test of {scores}")
+    for key, value in result.metrics.items():
+        table.add_row(key, f"{value:.4f}")
+    out.print(table)
+    out.print(f"tables and plots -> {out_dir}")

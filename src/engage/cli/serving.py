@@ -1,0 +1,46 @@
+"""Serving commands: build the scoring Bento from the champion models, serve it."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from engage.cli.common import ConfigOpt, SetOpt, build_config, fail, out, quiet_env
+
+__all__ = ["build", "serve"]
+
+
+def build(
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (models@champion).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Import the champion models into the Bento store and build the scoring Bento."""
+    quiet_env()
+    from engage.serving.service import build_bento
+
+    cfg = build_config(config, set_, **{"tracking.uri": tracking_uri})
+    try:
+        tag = build_bento(cfg)
+    except LookupError as exc:
+        raise fail(str(exc)) from exc
+    out.print(f"built Bento {tag}; serve it with: engage serve --target {tag}")
+
+
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 3000).")] = None,
+    target: Annotated[
+        str, typer.Option(help="Service path or a built Bento tag.")
+    ] = "engage.serving.service:EngageService",
+    model_source: Annotated[str, typer.Option(help="bento (store) or mlflow (registry).")] = "bento",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Serve POST /score and /explain (BentoML) on loopback by default."""
+    quiet_env()
+    from engage.serving.process import serve as run_server
+
+    cfg = build_config(config, set_)
+    raise typer.Exit(run_server(cfg, host, port, target=target, model_source=model_source))
