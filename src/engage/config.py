@@ -114,6 +114,9 @@ class ServeConfig(_Frozen):
     host: str = "127.0.0.1"
     port: int = Field(3000, gt=0, lt=65536)
     max_users_per_request: int = Field(1_000, gt=0)
+    max_request_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    """Largest ``/score`` or ``/explain`` body (413 beyond), checked at the HTTP edge before parsing:
+    4 MiB holds the user cap with ids only, or about 25,000 inline events."""
     feature_snapshot_path: str = "models/feature_snapshot.parquet"
     decision_log_dir: str = "models/decisions"
 

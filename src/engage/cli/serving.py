@@ -35,12 +35,23 @@ def serve(
         str, typer.Option(help="Service path or a built Bento tag.")
     ] = "engage.serving.service:EngageService",
     model_source: Annotated[str, typer.Option(help="bento (store) or mlflow (registry).")] = "bento",
+    insecure: Annotated[
+        bool, typer.Option(help="Serve beyond loopback without ENGAGE_API_TOKEN (no auth).")
+    ] = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Serve POST /score and /explain (BentoML) on loopback by default."""
+    """Serve POST /score and /explain (BentoML) on loopback by default.
+
+    Beyond loopback ``ENGAGE_API_TOKEN`` is required (exit code 2 without it) unless ``--insecure``.
+    """
     quiet_env()
     from engage.serving.process import serve as run_server
+    from engage.serving.settings import InsecureBind, api_token, check_exposure
 
     cfg = build_config(config, set_)
+    try:
+        check_exposure(host or cfg.serve.host, api_token(), insecure=insecure)
+    except InsecureBind as exc:
+        raise fail(str(exc)) from exc
     raise typer.Exit(run_server(cfg, host, port, target=target, model_source=model_source))

@@ -2,14 +2,16 @@
 
 Thin on purpose: the Bento class loads the config (:mod:`engage.serving.settings`), the models and
 a :class:`~engage.serving.engine.ScoringEngine` once, maps the engine's client errors to HTTP
-statuses (413, 422) and counts decisions for ``/metrics``; :class:`~engage.serving.auth.ApiGuard`
-sits in front. ``engage build`` runs :func:`build_bento` (champions copied from the MLflow registry
-into the Bento store, then packed); ``engage serve`` starts this service through
-:mod:`engage.serving.process`.
+statuses (413, 422) and counts decisions for ``/metrics``. :class:`~engage.serving.auth.ApiGuard`
+wraps the whole ASGI app (outside BentoML's metrics middleware, see :class:`GuardedService`), and a
+log filter turns BentoML's traceback for each client error into one line. ``engage build`` runs
+:func:`build_bento` (champions copied from the MLflow registry into the Bento store, then packed);
+``engage serve`` starts this service through :mod:`engage.serving.process`.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -33,7 +35,7 @@ from engage.scoring.champions import (
     roles,
 )
 from engage.scoring.core import ScoringModels
-from engage.serving.auth import ApiGuard
+from engage.serving.auth import PROTECTED_PATHS, ApiGuard
 from engage.serving.engine import PayloadTooLarge, ScoringEngine, Unprocessable
 from engage.serving.schemas import (
     AttributeValue,
@@ -48,7 +50,16 @@ from engage.serving.schemas import (
 from engage.serving.settings import ENV_MODEL_SOURCE, exposures_path, model_source, service_config
 from engage.tracking import CHAMPION
 
-__all__ = ["EngageService", "bento_refs", "build_bento", "import_champions", "service_models"]
+__all__ = [
+    "EngageService",
+    "GuardedService",
+    "OneLineClientErrors",
+    "bento_refs",
+    "build_bento",
+    "declared_paths",
+    "import_champions",
+    "service_models",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -99,8 +110,138 @@ def _http_errors() -> Iterator[None]:
         raise BentoMLException(str(exc), error_code=HTTPStatus.UNPROCESSABLE_ENTITY) from exc
 
 
+# --- the HTTP edge ----------------------------------------------------------------------------
+BENTOML_ERROR_LOGGER = "bentoml._internal.server.http_app"
+"""Where BentoML logs a failed request (``log_exception``: "Exception on <path> [<method>]")."""
+
+
+class OneLineClientErrors(logging.Filter):
+    """BentoML logs every failed request with its traceback; a client error (4xx) becomes one line.
+
+    The line says status, route, method and a short reason: error count, field locations and error
+    types for a validation error (never the input), the message for an engine error. 5xx keep their
+    traceback.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None:
+            return True
+        status = _client_status(exc)
+        if status is None:
+            return True
+        args = record.args if isinstance(record.args, tuple) and len(record.args) == 2 else ("?", "?")
+        record.msg = "client error %d on %s [%s]: %s"
+        record.args = (status, *args, _short_reason(exc))
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+def _client_status(exc: BaseException) -> int | None:
+    """The 4xx BentoML answers for this exception, or None for a server error."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        return int(HTTPStatus.BAD_REQUEST)
+    if isinstance(exc, BentoMLException) and int(exc.error_code) < 500:
+        return int(exc.error_code)
+    return None
+
+
+def _short_reason(exc: BaseException, shown: int = 3) -> str:
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        errors = exc.errors(include_url=False, include_context=False, include_input=False)
+        fields = ", ".join(f"{_location(e['loc'])} ({e['type']})" for e in errors[:shown])
+        more = f" and {len(errors) - shown} more" if len(errors) > shown else ""
+        return f"{len(errors)} validation error(s): {fields}{more}"
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+
+
+def _location(loc: Sequence[int | str]) -> str:
+    """A field location with only schema field names and positions: other parts (a client's
+    attribute names, unknown keys) are request content and become ``*``."""
+    names = _field_names()
+    return ".".join(str(p) if isinstance(p, int) or p in names else "*" for p in loc) or "body"
+
+
+@functools.cache
+def _field_names() -> frozenset[str]:
+    from pydantic import BaseModel
+
+    from engage.serving import schemas
+
+    models = [m for m in vars(schemas).values() if isinstance(m, type) and issubclass(m, BaseModel)]
+    return frozenset(name for model in models for name in model.model_fields)
+
+
+def declared_paths(app: Any) -> frozenset[str]:
+    """Every path the BentoML app answers: its routes without parameters and its static files.
+
+    A parametrized route or a mount other than static files would make the set unbounded, so they
+    are refused: the guard's 404 list would no longer keep ``/metrics`` bounded.
+    """
+    paths: set[str] = set()
+    for route in app.routes:  # Starlette routes: a Route has an endpoint, a Mount an app
+        directory = None if hasattr(route, "endpoint") else getattr(route.app, "directory", None)
+        if directory is not None:
+            files = [f for f in Path(directory).rglob("*") if f.is_file()]
+            paths |= {f"{route.path}/{f.relative_to(directory).as_posix()}" for f in files}
+        elif hasattr(route, "endpoint") and not route.param_convertors:
+            paths.add(route.path)
+        else:
+            path = getattr(route, "path", route)
+            raise ValueError(f"route {path!r}: its paths cannot be listed for the HTTP guard")
+    return frozenset(paths)
+
+
+@functools.cache
+def _rejections() -> Any:
+    """The counter of requests the guard answered itself (created in the worker, on first use)."""
+    from prometheus_client import Counter
+
+    return Counter(
+        "engage_http_rejected",
+        "Requests the HTTP edge answered itself, by status and route",
+        ["status", "route"],
+    )
+
+
+def _count_rejection(status: int, route: str) -> None:
+    _rejections().labels(status=str(status), route=route).inc()
+
+
+class GuardedService(bentoml.Service[Any]):
+    """A BentoML service whose ASGI app is wrapped by :class:`ApiGuard`, outermost.
+
+    BentoML puts its HTTP metrics middleware in front of the middleware a service adds and labels
+    requests by their raw path, so a guard added with ``add_asgi_middleware`` comes too late: each
+    unknown path would still become a permanent ``/metrics`` label. Wrapping the app the worker
+    serves puts the guard first; it also installs :class:`OneLineClientErrors`.
+    """
+
+    def to_asgi(self, is_main: bool = True) -> Any:
+        app = super().to_asgi(is_main)
+        errors = logging.getLogger(BENTOML_ERROR_LOGGER)
+        if not any(isinstance(f, OneLineClientErrors) for f in errors.filters):
+            errors.addFilter(OneLineClientErrors())
+        ours = logging.getLogger("engage.serving")
+        if ours.level == logging.NOTSET:  # the server's root logger passes warnings only
+            ours.setLevel(logging.getLogger("bentoml").getEffectiveLevel())
+        paths = declared_paths(app)
+        missing = PROTECTED_PATHS - paths
+        if missing:
+            raise RuntimeError(f"the service declares no route for {sorted(missing)}")
+        config = service_config()
+        return ApiGuard(
+            app, paths=paths, max_body_bytes=config.serve.max_request_bytes, on_reject=_count_rejection
+        )
+
+
 # --- the Bento service ----------------------------------------------------------------------
-@bentoml.service(name=SERVICE_NAME, workers=1, traffic={"timeout": 60})
+@bentoml.service(name=SERVICE_NAME, workers=1, traffic={"timeout": 60}, service_class=GuardedService)
 class EngageService:
     """Churn risk, reasons and next-best message per user; models and snapshot loaded once."""
 
@@ -159,10 +300,6 @@ class EngageService:
         )
         with _http_errors():
             return self.engine.explain(request)
-
-
-# mypy keeps a decorated class's own type; @bentoml.service made EngageService a bentoml Service
-EngageService.add_asgi_middleware(ApiGuard)  # type: ignore[attr-defined]
 
 
 # --- build (called by the CLI) -------------------------------------------------------------

@@ -4,11 +4,13 @@
 ``ENGAGE_DECISION_LOG`` (override the config's ``serve`` paths), ``ENGAGE_MODEL_SOURCE`` (``bento``
 or ``mlflow``), ``ENGAGE_API_TOKEN`` (bearer token; unset = no auth) and ``ENGAGE_EXPOSURES`` (an
 optional campaign exposures table: past messages for cooldowns and caps). ``engage serve`` sets them
-for the ``bentoml serve`` process it starts.
+for the ``bentoml serve`` process it starts, after :func:`check_exposure` (no open API beyond
+loopback unless asked for).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from typing import Any
 
@@ -21,8 +23,11 @@ __all__ = [
     "ENV_MODEL_SOURCE",
     "ENV_SNAPSHOT",
     "ENV_TOKEN",
+    "InsecureBind",
     "api_token",
+    "check_exposure",
     "exposures_path",
+    "is_loopback",
     "model_source",
     "service_config",
 ]
@@ -61,3 +66,34 @@ def exposures_path() -> str | None:
 def api_token() -> str:
     """The bearer token ``/score`` and ``/explain`` require; empty when auth is off."""
     return os.environ.get(ENV_TOKEN, "")
+
+
+class InsecureBind(ValueError):
+    """A bind address beyond loopback with no API token, and no explicit ``--insecure``."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this machine (``localhost``, 127.0.0.0/8, ::1).
+
+    A name other than ``localhost`` counts as not loopback: what it resolves to can change.
+    """
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(host: str, token: str, *, insecure: bool = False) -> None:
+    """Refuse to open ``/score`` and ``/explain`` without a token on a non-loopback address.
+
+    Raises :class:`InsecureBind` unless ``host`` is loopback, ``token`` is set or ``insecure``.
+    """
+    if is_loopback(host) or token or insecure:
+        return
+    raise InsecureBind(
+        f"refusing to bind {host or 'all addresses'} without {ENV_TOKEN}: anyone who can reach it could "
+        f"score and read reasons. Set {ENV_TOKEN} (clients then send 'Authorization: Bearer <token>'), "
+        "bind 127.0.0.1, or pass --insecure to serve without auth anyway."
+    )
