@@ -117,6 +117,19 @@ class ServeConfig(_Frozen):
     max_request_bytes: int = Field(4 * 1024 * 1024, gt=0)
     """Largest ``/score`` or ``/explain`` body (413 beyond), checked at the HTTP edge before parsing:
     4 MiB holds the user cap with ids only, or about 25,000 inline events."""
+    max_inline_events: int = Field(20_000, gt=0)
+    """Inline events over all users of one request (413 beyond), checked before any feature work: a
+    request at the cap costs about 0.3 s and 90 MB on a 2-core host, 20 users x 10,000 cost 1.7 s and
+    400 MB."""
+    max_future_minutes: float = Field(5.0, ge=0)
+    """How far a request's ``as_of`` (and a logged decision time) may lie ahead of the server's clock:
+    clock skew between hosts, not scheduling. 5 minutes is the usual skew tolerance (Kerberos'
+    default) and tiny next to any cooldown (days), so a future-dated decision moves a cooldown by at
+    most that much; contacts dated further ahead are ignored."""
+    max_past_days: int = Field(3_650, gt=0)
+    """How far back a request's ``as_of`` may lie (replays and back-tests of past decisions)."""
+    stop_seconds: float = Field(30.0, gt=0)
+    """``engage serve``: how long the server may take to stop after SIGTERM/SIGINT before SIGKILL."""
     feature_snapshot_path: str = "models/feature_snapshot.parquet"
     decision_log_dir: str = "models/decisions"
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from engage.scoring.decision_log import DecisionWriter, read_decisions
+from engage.scoring.decision_log import DecisionWriter, LogTail, read_decisions
 
 WHEN = datetime(2024, 6, 1, 12, tzinfo=UTC)
 
@@ -35,7 +36,49 @@ def test_round_trip_and_day_partition(tmp_path: Path) -> None:
     frame, skipped = read_decisions(tmp_path)
     assert skipped == 0
     assert frame["decision_id"].tolist() == ["d1", "d2", "d3"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["date=2024-06-01", "date=2024-06-02"]
+    assert frame["decided_at"].tolist() == [WHEN.isoformat()] * 2 + [WHEN.replace(day=2).isoformat()]
+
+
+def test_the_day_folder_is_the_writers_clock_not_the_decision_time(tmp_path: Path) -> None:
+    """A client chooses ``as_of`` (the decision time): it must not choose the log's folders."""
+    today = [datetime(2026, 3, 1, 23, 59, tzinfo=UTC)]
+    writer = DecisionWriter(tmp_path, clock=lambda: today[0])
+    with writer:
+        for year in (1999, 2150, 2199):  # decision times far from the clock
+            writer.write([_record(year)], WHEN.replace(year=year))
+        today[0] += timedelta(minutes=2)  # past midnight: the next write opens the next day's file
+        path = writer.write([_record(4)], WHEN)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["date=2026-03-01", "date=2026-03-02"]
+    assert path == tmp_path / "date=2026-03-02" / writer.file_name
+    frame, skipped = read_decisions(tmp_path)
+    assert skipped == 0
+    assert frame["decision_id"].tolist() == ["d1999", "d2150", "d2199", "d4"]
+    assert frame["decided_at"].iloc[2] == WHEN.replace(year=2199).isoformat(), "the record keeps it"
+
+
+def test_lines_that_are_not_decisions_are_skipped_and_counted(tmp_path: Path) -> None:
+    """Well-formed JSON that is not a decision (no user_id, not an object, ...) never breaks a reader."""
+    path = append_decisions([_record(1)], tmp_path, decided_at=WHEN)
+    good = json.loads(path.read_text())
+    bad = [
+        {k: v for k, v in good.items() if k != "user_id"},
+        {**good, "user_id": None},
+        {**good, "message_id": 7},
+        {k: v for k, v in good.items() if k != "decided_at"},
+        [good],
+        "a text",
+        12,
+        None,
+    ]
+    with path.open("a") as fh:
+        fh.writelines(json.dumps(line) + "\n" for line in bad)
+        fh.write("[" * 100_000 + "]" * 100_000 + "\n")  # deeper than the JSON parser recurses
+    append_decisions([_record(2)], tmp_path, decided_at=WHEN)
+    frame, skipped = read_decisions(tmp_path)
+    assert frame["decision_id"].tolist() == ["d1", "d2"]
+    assert skipped == len(bad) + 1
+    tail = LogTail(tmp_path)
+    assert [r["decision_id"] for r in tail.read()] == ["d1", "d2"] and tail.skipped == len(bad) + 1
 
 
 def test_raw_events_and_attributes_are_never_written(tmp_path: Path) -> None:

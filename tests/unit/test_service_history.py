@@ -131,8 +131,7 @@ def test_writer_lines_are_read_back_and_a_torn_line_never_breaks_the_reader(tmp_
         s.PROPENSITY: np.float64(0.95),
         "model_versions": {"churn": "c/1"},
     }
-    writer.write([record], decided)
-    path = tmp_path / f"date={decided:%Y-%m-%d}" / writer.file_name
+    path = writer.write([record], decided)
     writer.close()
     with path.open("ab") as fh:  # a machine crash in the middle of a line
         fh.write(b'{"decision_id":"d2","user_')
@@ -148,3 +147,67 @@ def test_writer_lines_are_read_back_and_a_torn_line_never_breaks_the_reader(tmp_
     assert history.skipped == 1
     assert history.entries("u1") == [(pd.Timestamp(decided).value, MESSAGE.id)]
     writer.close()
+
+
+def _user_line(user_id: str, decided_at: datetime, message_id: str = MESSAGE.id) -> dict[str, object]:
+    return {"decision_id": f"{user_id}-{decided_at:%Y%m%d%H%M}", s.USER_ID: user_id, s.MESSAGE_ID: message_id}
+
+
+def test_a_far_future_contact_is_ignored_and_counted_and_prunes_nothing(tmp_path: Path) -> None:
+    """A decision dated in 2199 (a log written before as_of was bounded) must not lift the cap for good.
+
+    Before, it became the user's newest contact and every real one fell out of the retention window.
+    """
+    now = FEATURE_TIME + timedelta(days=2)
+    cap = min(PolicyConfig().max_per_7d, CAT.max_per_7d)
+    others = [m.id for m in CAT.messages if m.id != MESSAGE.id]
+    sent = [now - timedelta(hours=cap - i) for i in range(cap)]
+    for at, message_id in zip(sent, others, strict=False):
+        append_decisions([_user_line("u1", at, message_id)], tmp_path, decided_at=at)
+    # in its own old-layout date folder, so it is read last
+    old = tmp_path / "date=2199-01-01"
+    old.mkdir()
+    far = datetime(2199, 1, 1, tzinfo=UTC)
+    line = {**_user_line("u1", far), "decided_at": far.isoformat()}
+    (old / "decisions-1.jsonl").write_text(json.dumps(line) + "\n")
+    tolerance = pd.Timedelta(minutes=5)
+    history = ContactHistory(tmp_path, retention=RETENTION, future_tolerance=tolerance, clock=lambda: now)
+    assert history.future == 1
+    assert [stamp for stamp, _ in history.entries("u1")] == [pd.Timestamp(at).value for at in sent]
+    allowed = _allowed(history, ["u1"], now + timedelta(minutes=1))
+    assert not allowed.loc["u1", [m.id for m in CAT.messages]].any(), "the cap still holds"
+    # this process's own decisions obey the same bound; within the tolerance they count
+    history.record("u2", now + timedelta(days=400), MESSAGE.id)
+    history.record("u3", now + tolerance, MESSAGE.id)
+    assert history.future == 2 and history.entries("u2") == []
+    assert history.entries("u3") == [(pd.Timestamp(now + tolerance).value, MESSAGE.id)]
+
+
+def test_a_far_future_exposure_is_ignored_too(tmp_path: Path) -> None:
+    path = tmp_path / "exposures.parquet"
+    pd.DataFrame(
+        {
+            s.USER_ID: ["e1", "e1"],
+            s.TS: [pd.Timestamp(FEATURE_TIME - timedelta(days=1)), pd.Timestamp("2199-01-01", tz="UTC")],
+            s.MESSAGE_ID: [MESSAGE.id, MESSAGE.id],
+        }
+    ).to_parquet(path)
+    history = ContactHistory(
+        tmp_path / "log", retention=RETENTION, exposures=path, clock=lambda: FEATURE_TIME
+    )
+    assert history.future == 1
+    assert history.entries("e1") == [(pd.Timestamp(FEATURE_TIME - timedelta(days=1)).value, MESSAGE.id)]
+
+
+def test_a_log_line_without_user_id_is_skipped_at_start_up(tmp_path: Path) -> None:
+    """A well-formed decision line lacking ``user_id`` once stopped the service from starting."""
+    at = FEATURE_TIME
+    path = DecisionWriter(tmp_path).write([_user_line("u1", at)], at)
+    good = json.loads(path.read_text())
+    with path.open("a") as fh:
+        fh.write(json.dumps({k: v for k, v in good.items() if k != s.USER_ID}) + "\n")
+        fh.write(json.dumps({**good, "decided_at": "not a time"}) + "\n")
+        fh.write(json.dumps({**good, s.USER_ID: "u2"}) + "\n")
+    history = ContactHistory(tmp_path, retention=RETENTION, own_file="decisions-0.jsonl")
+    assert history.skipped == 2
+    assert history.entries("u1") == history.entries("u2") == [(pd.Timestamp(at).value, MESSAGE.id)]

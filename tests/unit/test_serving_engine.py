@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -174,3 +175,137 @@ def test_inline_events_that_give_no_features_are_unprocessable(
     finally:
         engine.close()
     assert "SENTINEL" not in str(caught.value) and caught.value.__cause__ is None
+
+
+# --- hardening: the server's clock, request size, a hostile log -------------------------------
+NOW = AS_OF + timedelta(days=1)  # the server's clock in these tests: a day after the snapshot
+
+
+def _engine(
+    config: EngageConfig, models: ScoringModels, clock: list[datetime] | None = None
+) -> ScoringEngine:
+    now = clock or [NOW]
+    return ScoringEngine(config, models, watch_seconds=None, clock=lambda: now[0])
+
+
+@pytest.mark.parametrize(
+    ("as_of", "accepted"),
+    [
+        (NOW + timedelta(minutes=5), True),
+        (NOW + timedelta(minutes=5, seconds=1), False),
+        (datetime(2199, 12, 31, tzinfo=UTC), False),
+        (NOW - timedelta(days=3650), True),
+        (NOW - timedelta(days=3650, seconds=1), False),
+    ],
+)
+def test_as_of_must_lie_near_the_server_clock(
+    world: tuple[EngageConfig, pd.DataFrame], models: ScoringModels, as_of: datetime, accepted: bool
+) -> None:
+    """``serve.max_future_minutes`` (5) ahead and ``serve.max_past_days`` (3650) behind; 422 beyond."""
+    config, _ = world
+    engine = _engine(config, models)
+    try:
+        if accepted:
+            assert len(engine.score(_request(["u1"], as_of=as_of, explain=False)).users) == 1
+            assert engine.explain(ExplainRequest(user_id="nobody", as_of=as_of)).cold_start
+        else:
+            with pytest.raises(
+                Unprocessable, match=r"^as_of: must lie within 3650 days before and 5 minutes"
+            ):
+                engine.score(_request(["u1"], as_of=as_of, explain=False))
+            with pytest.raises(Unprocessable, match=r"^as_of: "):
+                engine.explain(ExplainRequest(user_id="u1", as_of=as_of))
+    finally:
+        engine.close()
+    log, _ = read_decisions(config.serve.decision_log_dir)
+    assert len(log) == int(accepted)
+
+
+def test_the_log_is_partitioned_by_the_server_clock_and_keeps_the_decision_time(
+    world: tuple[EngageConfig, pd.DataFrame], models: ScoringModels
+) -> None:
+    config, _ = world
+    engine = _engine(config, models)
+    past = NOW - timedelta(days=400)
+    try:
+        engine.score(_request(["u1"], as_of=past, explain=False))
+        engine.score(_request(["u2"], explain=False))
+    finally:
+        engine.close()
+    folders = sorted(p.name for p in Path(config.serve.decision_log_dir).iterdir())
+    assert folders == [f"date={NOW:%Y-%m-%d}"]
+    log, skipped = read_decisions(config.serve.decision_log_dir)
+    assert skipped == 0
+    assert log["decided_at"].tolist() == [past.isoformat(), NOW.isoformat()]
+
+
+def test_too_many_inline_events_is_payload_too_large_before_any_feature_work(
+    world: tuple[EngageConfig, pd.DataFrame], models: ScoringModels, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``serve.max_inline_events`` counts every user's events of one request (413), then nothing runs."""
+    config, _ = world
+    config = config.model_copy(update={"serve": config.serve.model_copy(update={"max_inline_events": 50})})
+
+    def no_feature_work(*_: object) -> None:
+        raise AssertionError("features were computed for a request over the limit")
+
+    monkeypatch.setattr("engage.serving.engine.inline_features", no_feature_work)
+    event = {"ts": AS_OF - timedelta(hours=1), "event_type": "page_view"}
+    over = {
+        "users": [{"user_id": f"i{i}", "events": [event] * 25} for i in range(2)]
+        + [{"user_id": "i2", "events": [event]}]
+    }
+    engine = _engine(config, models)
+    try:
+        with pytest.raises(
+            PayloadTooLarge, match=r"users\[\]\.events: at most 50 inline events per request, got 51"
+        ):
+            engine.score(ScoreRequest.model_validate(over))
+        with pytest.raises(PayloadTooLarge, match="got 51"):
+            engine.explain(ExplainRequest(user_id="i1", events=[event] * 51))
+    finally:
+        engine.close()
+    log, _ = read_decisions(config.serve.decision_log_dir)
+    assert log.empty
+
+
+class RankedGains:
+    """An offers model stand-in: every message gains, in catalog order, so the policy sends."""
+
+    feature_names: tuple[str, ...] = ()
+
+    def expected_gains(self, features: pd.DataFrame, catalog: object) -> pd.DataFrame:
+        arms = [m.id for m in CAT.messages]
+        gains = {arm: [float(len(arms) - i)] * len(features) for i, arm in enumerate(arms)}
+        return pd.DataFrame({s.CONTROL_ARM: 0.0, **gains}, index=features.index)
+
+
+def test_the_contact_cap_holds_with_a_far_future_decision_in_the_log(
+    world: tuple[EngageConfig, pd.DataFrame], models: ScoringModels
+) -> None:
+    """The reported attack: after a decision dated 2199, a user got 4 messages against a cap of 2.
+
+    At start-up that line (in its ``date=2199-...`` folder of the old layout, read last) became the
+    user's newest contact and pruned the real ones.
+    """
+    config, _ = world
+    config = config.model_copy(update={"policy": config.policy.model_copy(update={"exploration": "none"})})
+    sender = ScoringModels(churn=models.churn, catalog=CAT, offers=RankedGains(), versions=models.versions)
+    cap = min(config.policy.max_per_7d, CAT.max_per_7d)
+    clock = [NOW]
+    sent: list[str] = []
+    for _ in range(2):  # a worker, then its replacement that reads everything back from the log
+        engine = _engine(config, sender, clock)
+        try:
+            for _ in range(cap + 1):
+                clock[0] += timedelta(hours=1)
+                sent.append(engine.score(_request(["u1"], explain=False)).users[0].message.message_id)
+        finally:
+            engine.close()
+        far = datetime(2199, 1, 1, tzinfo=UTC)
+        folder = Path(config.serve.decision_log_dir) / f"date={far:%Y-%m-%d}"
+        folder.mkdir(exist_ok=True)
+        line = {"decision_id": "x", s.USER_ID: "u1", s.MESSAGE_ID: CAT.messages[0].id, "decided_at": str(far)}
+        (folder / "decisions-1.jsonl").write_text(json.dumps(line) + "\n")
+    assert sum(m != s.CONTROL_ARM for m in sent) == cap, sent
+    assert engine.history.future == 1, "the far-future line is ignored and counted"

@@ -2,11 +2,16 @@
 
 The one home of the log's layout, its writer and its readers. Day-partitioned JSON Lines:
 ``<dir>/date=YYYY-MM-DD/decisions-<pid>.jsonl``, one file per process so that writers never
-interleave. A write is whole lines in one ``os.write`` on a file opened for appending (once the
-call returns the kernel holds it: a process crash loses nothing). A machine crash can at worst cut
-the last line short: the writer seals such a line with a newline when it opens the file again, and
-the readers skip it and count it instead of failing. Only decision fields are written, never raw
-events or attributes.
+interleave. The day is the writer's clock when it wrote (not a request's ``as_of``, which a client
+chooses: the folders grow by one a day, whatever clients send); each line carries ``decided_at``,
+the policy's decision time, which is what readers use.
+
+A write is whole lines in one ``os.write`` on a file opened for appending (once the call returns
+the kernel holds it: a process crash loses nothing). A machine crash can at worst cut the last
+line short: the writer seals such a line with a newline when it opens the file again. Readers skip
+and count such a line, and any line that is not a decision (not a JSON object, or without a text
+``user_id``, ``message_id`` or ``decided_at``), instead of failing. Only decision fields are
+written, never raw events or attributes.
 """
 
 from __future__ import annotations
@@ -14,8 +19,8 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterable, Mapping
-from datetime import datetime
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +30,23 @@ import polars as pl
 
 __all__ = [
     "DECISION_FIELDS",
+    "REQUIRED_FIELDS",
+    "Clock",
     "DecisionWriter",
     "LogTail",
     "log_files",
     "read_decisions",
+    "utc_now",
 ]
+
+Clock = Callable[[], datetime]
+"""The wall clock, injected so tests control time: returns an aware UTC time."""
+
+
+def utc_now() -> datetime:
+    """The system clock in UTC (the default :data:`Clock`)."""
+    return datetime.now(UTC)
+
 
 DECISION_FIELDS: tuple[str, ...] = (
     "decision_id",
@@ -44,11 +61,17 @@ DECISION_FIELDS: tuple[str, ...] = (
     "churn_probability",
     "model_versions",
 )
+# what every reader needs of a line (texts); a line without them is skipped and counted
+REQUIRED_FIELDS: tuple[str, ...] = ("user_id", "message_id", "decided_at")
 _GLOB = "date=*/decisions-*.jsonl"
 
 
-def _day_folder(log_dir: Path, decided_at: datetime) -> Path:
-    return log_dir / f"date={decided_at:%Y-%m-%d}"
+def _day_folder(log_dir: Path, written_at: datetime) -> Path:
+    return log_dir / f"date={written_at.astimezone(UTC):%Y-%m-%d}"
+
+
+def _is_decision(record: Any) -> bool:
+    return isinstance(record, dict) and all(isinstance(record.get(k), str) for k in REQUIRED_FIELDS)
 
 
 def log_files(log_dir: str | Path) -> list[Path]:
@@ -122,14 +145,15 @@ def _frame_lines(scores: pd.DataFrame, stamp: str) -> bytes:
 class DecisionWriter:
     """Appends this process's decisions to the log (the service per request, a batch run at once).
 
-    The file of the current day stays open for appending; :meth:`sync` fsyncs at most once per
-    call instead of once per request (the service calls it from its watcher), :meth:`close` fsyncs
-    and closes. Thread-safe.
+    Lines go to the folder of the day on ``clock`` when they are written; the file of that day stays
+    open for appending. :meth:`sync` fsyncs at most once per call instead of once per request (the
+    service calls it from its watcher), :meth:`close` fsyncs and closes. Thread-safe.
     """
 
-    def __init__(self, log_dir: str | Path) -> None:
+    def __init__(self, log_dir: str | Path, *, clock: Clock = utc_now) -> None:
         self.log_dir = Path(log_dir)
         self.file_name = f"decisions-{os.getpid()}.jsonl"
+        self.clock = clock
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._day: str | None = None
@@ -141,36 +165,33 @@ class DecisionWriter:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _open(self, decided_at: datetime) -> int:
-        day = f"{decided_at:%Y-%m-%d}"
-        if self._fd is not None and day == self._day:
+    def _open(self, folder: Path) -> int:
+        if self._fd is not None and folder.name == self._day:
             return self._fd
         self._close_fd()
-        folder = _day_folder(self.log_dir, decided_at)
         folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(folder / self.file_name, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":
             os.write(fd, b"\n")  # seal a line cut short by an earlier crash
-        self._fd, self._day = fd, day
+        self._fd, self._day = fd, folder.name
         return fd
 
-    def _append(self, payload: bytes, decided_at: datetime) -> Path:
-        path = _day_folder(self.log_dir, decided_at) / self.file_name
-        if payload:
-            with self._lock:
-                os.write(self._open(decided_at), payload)
+    def _append(self, payload: bytes) -> Path:
+        with self._lock:
+            folder = _day_folder(self.log_dir, self.clock())
+            if payload:
+                os.write(self._open(folder), payload)
                 self._dirty = True
-        return path
+        return folder / self.file_name
 
     def write(self, records: Iterable[Mapping[str, Any]], decided_at: datetime) -> Path:
-        """Append records (their decision fields only); return the file written to."""
-        return self._append(_record_lines(records, decided_at.isoformat()), decided_at)
+        """Append records (their decision fields only, ``decided_at`` set); return the file written to."""
+        return self._append(_record_lines(records, decided_at.isoformat()))
 
     def write_frame(self, scores: pd.DataFrame, decided_at: datetime) -> Path:
         """Append a scores table's decisions, column-wise; return the file written to."""
-        payload = _frame_lines(scores, decided_at.isoformat()) if len(scores) else b""
-        return self._append(payload, decided_at)
+        return self._append(_frame_lines(scores, decided_at.isoformat()) if len(scores) else b"")
 
     def sync(self) -> None:
         """fsync what was written since the last sync."""
@@ -195,9 +216,10 @@ class LogTail:
     """Reads what was appended to the log since the last :meth:`read` (an offset per file).
 
     A line still being written is left for the next call; a line that does not parse (cut short by
-    a crash) is counted in ``skipped``. ``skip_lines_with`` drops lines containing a byte marker
-    before parsing them (the contact history skips `none` decisions so); ``skip_file`` leaves one
-    file name out after the first read (a process's own file, whose decisions it already holds).
+    a crash) or is not a decision (see ``REQUIRED_FIELDS``) is counted in ``skipped``.
+    ``skip_lines_with`` drops lines containing a byte marker before parsing them (the contact
+    history skips `none` decisions so); ``skip_file`` leaves one file name out after the first
+    read (a process's own file, whose decisions it already holds).
     """
 
     def __init__(
@@ -236,15 +258,19 @@ class LogTail:
                 if not raw.strip() or (self.skip_lines_with and self.skip_lines_with in raw):
                     continue
                 try:
-                    records.append(json.loads(raw))
-                except (json.JSONDecodeError, UnicodeDecodeError):
+                    record = json.loads(raw)
+                except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+                    record = None
+                if _is_decision(record):
+                    records.append(record)
+                else:
                     self.skipped += 1
             self._offsets[path] = offset + end
         return records
 
 
 def read_decisions(log_dir: str | Path) -> tuple[pd.DataFrame, int]:
-    """All decisions under ``log_dir`` and the number of unreadable (truncated) lines skipped."""
+    """All decisions under ``log_dir`` and the number of lines skipped (truncated, or not a decision)."""
     tail = LogTail(log_dir)
     rows = tail.read(final=True)
     return pd.DataFrame(rows, columns=list(DECISION_FIELDS)), tail.skipped

@@ -12,7 +12,7 @@ import logging
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from engage.config import EngageConfig
 from engage.hashing import decision_keys
 from engage.schemas import utc_values
 from engage.scoring.core import ScoringModels, score_columns
-from engage.scoring.decision_log import DecisionWriter
+from engage.scoring.decision_log import Clock, DecisionWriter, utc_now
 from engage.serving.history import ContactHistory
 from engage.serving.inline import INLINE, SNAPSHOT, FeatureRows, conform, inline_features
 from engage.serving.schemas import (
@@ -50,11 +50,12 @@ PRIOR_SAMPLE = 20_000
 
 
 class PayloadTooLarge(ValueError):
-    """More users in one request than ``serve.max_users_per_request`` (the service answers 413)."""
+    """More users or inline events in one request than the ``serve`` limits (the service answers 413)."""
 
 
 class Unprocessable(ValueError):
-    """A well-formed request that cannot be scored, e.g. inline events that give no features (422)."""
+    """A well-formed request that cannot be scored (422): an ``as_of`` too far from the server's clock,
+    inline events that give no features."""
 
 
 def _reason(item: dict[str, Any]) -> dict[str, Any]:
@@ -111,7 +112,9 @@ class ScoringEngine:
     """Everything between a validated request and its answer, without HTTP.
 
     Holds the models, the feature snapshot and the decision log location; thread-safe for the
-    worker's thread pool.
+    worker's thread pool. ``clock`` is the server's clock (injected so tests control time): it
+    bounds a request's ``as_of``, dates decisions made without one, names the log's day folder and
+    bounds the contact history.
     """
 
     def __init__(
@@ -121,17 +124,21 @@ class ScoringEngine:
         *,
         exposures: str | Path | None = None,
         watch_seconds: float | None = WATCH_SECONDS,
+        clock: Clock = utc_now,
     ) -> None:
         self.config = config
         self.models = models
+        self.clock = clock
         self.snapshots = SnapshotSource(config.serve.feature_snapshot_path)
         self.log_dir = Path(config.serve.decision_log_dir)
-        self.writer = DecisionWriter(self.log_dir)
+        self.writer = DecisionWriter(self.log_dir, clock=clock)
         self.history = ContactHistory(
             self.log_dir,
             retention=pd.Timedelta(days=models.catalog.history_days),
             exposures=exposures,
             own_file=self.writer.file_name,
+            future_tolerance=pd.Timedelta(minutes=config.serve.max_future_minutes),
+            clock=clock,
         )
         self.prior = self._prior()
         self._busy: set[str] = set()
@@ -179,10 +186,32 @@ class ScoringEngine:
             return 0.5
         return float(base)
 
-    def check_size(self, n_users: int) -> None:
+    def check_size(self, users: Sequence[UserIn]) -> None:
+        """413 for more users or inline events than the ``serve`` limits, before any feature work."""
         limit = self.config.serve.max_users_per_request
-        if n_users > limit:
-            raise PayloadTooLarge(f"users: at most {limit} users per request, got {n_users}")
+        if len(users) > limit:
+            raise PayloadTooLarge(f"users: at most {limit} users per request, got {len(users)}")
+        events = sum(len(u.events) for u in users if u.events)
+        limit = self.config.serve.max_inline_events
+        if events > limit:
+            raise PayloadTooLarge(f"users[].events: at most {limit} inline events per request, got {events}")
+
+    def check_time(self, as_of: datetime | None, now: datetime) -> None:
+        """422 for an ``as_of`` outside [now - ``max_past_days``, now + ``max_future_minutes``].
+
+        A future decision time would count as a contact that later requests cannot see past (the
+        cap and cooldowns) and would let a client date the log; the bounds are the server's clock.
+        """
+        if as_of is None:
+            return
+        serve = self.config.serve
+        earliest = now - timedelta(days=serve.max_past_days)
+        latest = now + timedelta(minutes=serve.max_future_minutes)
+        if not earliest <= as_of <= latest:
+            raise Unprocessable(
+                f"as_of: must lie within {serve.max_past_days} days before and {serve.max_future_minutes:g} "
+                f"minutes after the server's clock ({now:%Y-%m-%dT%H:%M:%SZ})"
+            )
 
     def _features(self, users: Sequence[UserIn], as_of: datetime | None, now: datetime) -> FeatureRows:
         """Feature rows for the users: snapshot rows as stored, inline rows conformed to them."""
@@ -266,7 +295,7 @@ class ScoringEngine:
             cold_start=True,
         )
 
-    def score(self, request: ScoreRequest, now: datetime | None = None) -> ScoreResponse:
+    def score(self, request: ScoreRequest) -> ScoreResponse:
         """Score every user of the request and append one decision per user to the log.
 
         Each user's recent messages (decision log, exposures table, this process's decisions) go
@@ -274,8 +303,9 @@ class ScoringEngine:
         decision time is the request's ``as_of``, else now; a contact counts when it is strictly
         earlier, so repeating a request with the same ``as_of`` repeats its answer.
         """
-        now = now or datetime.now(UTC)
-        self.check_size(len(request.users))
+        now = self.clock()
+        self.check_size(request.users)
+        self.check_time(request.as_of, now)
         decided_at = request.as_of or now
         user_ids = [u.user_id for u in request.users]
         with self._claim(user_ids):
@@ -357,9 +387,11 @@ class ScoringEngine:
         ]
         self.writer.write(records, decided_at)
 
-    def explain(self, request: ExplainRequest, now: datetime | None = None) -> ExplainResponse:
+    def explain(self, request: ExplainRequest) -> ExplainResponse:
         """Every feature's contribution for one user, largest push on the risk first."""
-        now = now or datetime.now(UTC)
+        now = self.clock()
+        self.check_size([request])
+        self.check_time(request.as_of, now)
         rows = self._features([request], request.as_of, now)
         quarantined = rows.quarantined
         if rows.where[0] is None:

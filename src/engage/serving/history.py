@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from engage import schemas as s
-from engage.scoring.decision_log import LogTail
+from engage.scoring.decision_log import Clock, LogTail, utc_now
 
 __all__ = ["NONE_MARK", "ContactHistory"]
 
@@ -30,6 +30,11 @@ class ContactHistory:
     ts, message_id), and the decisions this process made (:meth:`record`). The time of a contact
     is the decision time; ``none`` never counts. Per user, entries older than ``retention`` before
     the user's newest contact are dropped: no cooldown or cap looks further back.
+
+    The server's clock bounds what is kept: a contact dated more than ``future_tolerance`` after
+    ``clock()`` is ignored and counted in ``future`` (a far-future entry would otherwise become the
+    user's newest and prune every real contact, lifting the cap for good), so pruning never runs
+    ahead of the server's clock.
     """
 
     def __init__(
@@ -39,10 +44,15 @@ class ContactHistory:
         retention: pd.Timedelta,
         exposures: str | Path | None = None,
         own_file: str | None = None,
+        future_tolerance: pd.Timedelta = pd.Timedelta(minutes=5),
+        clock: Clock = utc_now,
     ) -> None:
         self.log_dir = Path(log_dir)
         self.exposures = Path(exposures) if exposures else None
         self.retention = int(pd.Timedelta(retention).value)
+        self.tolerance = int(pd.Timedelta(future_tolerance).value)
+        self.clock = clock
+        self.future = 0
         self._lock = threading.Lock()
         self._log: dict[str, list[tuple[int, str]]] = {}
         self._table: dict[str, list[tuple[int, str]]] = {}
@@ -50,9 +60,21 @@ class ContactHistory:
         self._table_mtime: float | None = None
         self.refresh()
 
+    def _latest(self) -> int:
+        """The latest contact time kept (ns): the server's clock plus the tolerance."""
+        return pd.Timestamp(self.clock()).as_unit("ns").value + self.tolerance
+
     def _add(
-        self, store: dict[str, list[tuple[int, str]]], user_id: str, stamp: int, message_id: str
+        self,
+        store: dict[str, list[tuple[int, str]]],
+        user_id: str,
+        stamp: int,
+        message_id: str,
+        latest: int,
     ) -> None:
+        if stamp > latest:
+            self.future += 1
+            return
         entries = store.setdefault(user_id, [])
         entry = (stamp, message_id)
         if entry in entries:
@@ -66,8 +88,9 @@ class ContactHistory:
         """A decision of this process (also appended to its own log file, which is not re-read)."""
         if message_id == s.CONTROL_ARM:
             return
+        stamp = pd.Timestamp(decided_at).as_unit("ns").value
         with self._lock:
-            self._add(self._log, user_id, pd.Timestamp(decided_at).as_unit("ns").value, message_id)
+            self._add(self._log, user_id, stamp, message_id, self._latest())
 
     def refresh(self) -> None:
         """Read what other processes appended to the log since the last call, and a changed table."""
@@ -76,22 +99,22 @@ class ContactHistory:
 
     def _tail_log(self) -> None:
         rows: list[tuple[str, int, str]] = []
-        for record in self._tail.read():
+        for record in self._tail.read():  # decisions only: user_id, message_id, decided_at are texts
             try:
-                message_id = str(record[s.MESSAGE_ID])
                 stamp = pd.Timestamp(record["decided_at"]).as_unit("ns").value
-            except (ValueError, TypeError, KeyError):
-                self._tail.skipped += 1  # a line without a readable decision: skipped, not fatal
+            except (ValueError, TypeError, OverflowError):
+                self._tail.skipped += 1  # a line without a readable decision time: skipped, not fatal
                 continue
-            if message_id != s.CONTROL_ARM:
-                rows.append((str(record[s.USER_ID]), stamp, message_id))
+            if record[s.MESSAGE_ID] != s.CONTROL_ARM:
+                rows.append((record[s.USER_ID], stamp, record[s.MESSAGE_ID]))
+        latest = self._latest()
         with self._lock:
             for user_id, stamp, message_id in rows:
-                self._add(self._log, user_id, stamp, message_id)
+                self._add(self._log, user_id, stamp, message_id, latest)
 
     @property
     def skipped(self) -> int:
-        """Log lines that could not be read (cut short by a crash)."""
+        """Log lines that could not be read (cut short by a crash, or not a decision)."""
         return self._tail.skipped
 
     def _load_table(self) -> None:
@@ -107,10 +130,11 @@ class ContactHistory:
         frame = frame[frame[s.MESSAGE_ID].astype(str) != s.CONTROL_ARM]
         stamps = pd.to_datetime(frame[s.TS], utc=True).dt.as_unit("ns").astype("int64").to_numpy()
         table: dict[str, list[tuple[int, str]]] = {}
+        latest = self._latest()
         for user_id, stamp, message_id in zip(
             frame[s.USER_ID].astype(str), stamps, frame[s.MESSAGE_ID].astype(str), strict=True
         ):
-            self._add(table, user_id, int(stamp), message_id)
+            self._add(table, user_id, int(stamp), message_id, latest)
         with self._lock:
             self._table = table
             self._table_mtime = mtime

@@ -1,25 +1,38 @@
 """``engage serve``: run ``bentoml serve`` as a child process with the config and settings it needs.
 
 No bentoml import here: the child imports the service, so this module stays cheap and the settings
-travel the way the service reads them (environment variables, the config as a YAML file).
+travel the way the service reads them (environment variables, the config as a YAML file). The child
+runs in its own process group under :func:`supervise`, so stopping ``engage serve`` stops the whole
+server (its supervisor and workers), never leaving it bound to the port unsupervised.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import yaml
 
 from engage.config import EngageConfig
 from engage.serving.settings import ENV_CONFIG, ENV_MODEL_SOURCE, ENV_TOKEN
 
-__all__ = ["SERVICE_PATH", "serve"]
+__all__ = ["SERVICE_PATH", "serve", "supervise"]
+
+logger = logging.getLogger(__name__)
 
 SERVICE_PATH = "engage.serving.service:EngageService"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def serve(
@@ -34,6 +47,7 @@ def serve(
     """Run ``bentoml serve`` in the foreground (loopback by default); return its exit code.
 
     ``target`` is the service import path or a built Bento tag. The config travels as a YAML file.
+    SIGTERM or SIGINT stops the server (see :func:`supervise`, ``serve.stop_seconds``).
     """
     with tempfile.TemporaryDirectory(prefix="engage-serve-") as tmp:
         config_path = Path(tmp) / "config.yaml"
@@ -55,4 +69,73 @@ def serve(
             "--port",
             str(port or config.serve.port),
         ]
-        return subprocess.run(command, env=env, check=False).returncode
+        return supervise(command, env, stop_seconds=config.serve.stop_seconds)
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
+
+
+class _Forwarder:
+    """While active, SIGTERM/SIGINT to this process go to the child's group and mark a stop.
+
+    Installed before the child starts, so a signal in between is not lost (it is sent on once the
+    group exists). Signal handlers can only be set from the main thread; elsewhere none are set.
+    """
+
+    def __init__(self) -> None:
+        self.pgid: int | None = None
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, _: FrameType | None) -> None:
+        self.received = signum
+        if self.pgid is not None:
+            _signal_group(self.pgid, signum)
+
+    def __enter__(self) -> _Forwarder:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {signum: signal.signal(signum, self._handle) for signum in STOP_SIGNALS}
+        return self
+
+    def attach(self, pgid: int) -> None:
+        self.pgid = pgid
+        if self.received is not None:
+            _signal_group(pgid, self.received)
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def supervise(command: Sequence[str], env: Mapping[str, str], *, stop_seconds: float) -> int:
+    """Run ``command`` in a new process group until it exits; return its exit code (128 + signal).
+
+    SIGTERM/SIGINT sent to this process are forwarded to the whole group (the server's supervisor
+    and its workers); whatever has not exited ``stop_seconds`` later is killed (SIGKILL), and so is
+    anything left in the group once its leader is gone. Without this, SIGTERM stopped only this
+    wrapper and left the server running, holding the port.
+    """
+    with _Forwarder() as forwarder:
+        child = subprocess.Popen(list(command), env=dict(env), start_new_session=True)
+        forwarder.attach(child.pid)
+        try:
+            deadline: float | None = None
+            while child.poll() is None:
+                if forwarder.received is not None and deadline is None:
+                    deadline = time.monotonic() + stop_seconds
+                if deadline is not None and time.monotonic() >= deadline:
+                    logger.warning("server did not stop within %.0f s: killing it", stop_seconds)
+                    _signal_group(child.pid, signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.wait(timeout=0.2)
+        finally:
+            if child.poll() is None:  # leaving for another reason (an exception): stop it too
+                _signal_group(child.pid, signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.wait(timeout=stop_seconds)
+            _signal_group(child.pid, signal.SIGKILL)  # what is left of the group, if anything
+            child.wait()
+    code = child.returncode
+    return code if code >= 0 else 128 - code

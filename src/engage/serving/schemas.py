@@ -3,16 +3,20 @@
 Plain pydantic, no BentoML import, so batch code and tests can share them. Every model forbids
 unknown fields (a typo is a 4xx naming the field, not a silent default) and hides input values in
 validation errors, so raw events and attributes never reach a log through an error message.
-The per-request user limit is configurable and therefore checked by the service, not here.
+Types are not bent: a time is ISO 8601 text (a number is refused, not read as epoch seconds),
+``explain`` a JSON boolean, every id and text has a maximum length, and a user appears once per
+request. Limits that are configurable or need the server's clock (users and inline events per
+request, how far ``as_of`` may lie from now) are checked by the engine, not here.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, field_validator
 
 from engage import schemas as s
 
@@ -24,6 +28,7 @@ __all__ = [
     "EventIn",
     "ExplainRequest",
     "ExplainResponse",
+    "IsoTime",
     "Reason",
     "ScoreRequest",
     "ScoreResponse",
@@ -41,6 +46,7 @@ TEXT_LENGTH = 4_096
 
 ShortText = Annotated[str, Field(min_length=1, max_length=ID_LENGTH)]
 ATTRIBUTE_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 AttributeName = Annotated[
     str,
     Field(
@@ -78,6 +84,20 @@ def as_utc(value: datetime | None) -> datetime | None:
     return aware
 
 
+_NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
+
+
+def _iso_only(value: Any) -> Any:
+    """Refuse what pydantic would read as epoch seconds: numbers, booleans and numeric text."""
+    if isinstance(value, bool | int | float) or (isinstance(value, str) and _NUMBER.fullmatch(value)):
+        raise ValueError("must be an ISO 8601 time (text), not a number")
+    return value
+
+
+IsoTime = Annotated[datetime, BeforeValidator(_iso_only)]
+"""A request time: ISO 8601 text (or a ``datetime`` in Python); numbers are refused, not coerced."""
+
+
 def signup_time(value: AttributeValue) -> datetime:
     """The ``signup_ts`` attribute (ISO 8601 text) as a UTC time; a ValueError names the attribute."""
     try:
@@ -92,7 +112,7 @@ def signup_time(value: AttributeValue) -> datetime:
 class EventIn(_Strict):
     """One recent raw event of the user it is nested under (the events table contract, minus user_id)."""
 
-    ts: datetime
+    ts: IsoTime
     event_type: ShortText
     session_id: str | None = Field(None, max_length=ID_LENGTH)
     item_id: str | None = Field(None, max_length=ID_LENGTH)
@@ -115,6 +135,19 @@ class UserIn(_Strict):
     events: list[EventIn] | None = Field(None, max_length=MAX_EVENTS_PER_USER)
     attributes: dict[AttributeName, AttributeValue] | None = Field(None, max_length=MAX_ATTRIBUTES)
 
+    @field_validator("attributes", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        """Names checked first, by position: a name is a key, so an error would otherwise echo it."""
+        if isinstance(value, dict):
+            for i, key in enumerate(value):
+                if not (isinstance(key, str) and len(key) <= ID_LENGTH and _NAME.fullmatch(key)):
+                    raise ValueError(
+                        f"attribute {i + 1}: a name is letters, digits and '_', not starting with a "
+                        f"digit, at most {ID_LENGTH} characters"
+                    )
+        return value
+
     @field_validator("attributes")
     @classmethod
     def _finite(cls, value: dict[str, AttributeValue] | None) -> dict[str, AttributeValue] | None:
@@ -129,24 +162,39 @@ class UserIn(_Strict):
 
 
 class ScoreRequest(_Strict):
-    """``POST /score`` body."""
+    """``POST /score`` body: each user at most once (one answer and one logged decision per user)."""
 
     users: list[UserIn] = Field(..., min_length=1)
-    as_of: datetime | None = Field(
+    as_of: IsoTime | None = Field(
         None, description="Decision time (UTC); default: latest snapshot row, or now for inline events"
     )
-    explain: bool = Field(True, description="Include the top reasons (the costly part)")
+    explain: StrictBool = Field(True, description="Include the top reasons (the costly part)")
 
     @field_validator("as_of")
     @classmethod
     def _utc(cls, value: datetime | None) -> datetime | None:
         return as_utc(value)
 
+    @field_validator("users")
+    @classmethod
+    def _distinct(cls, users: list[UserIn]) -> list[UserIn]:
+        """A repeated user is refused, naming both positions (not the id: it may be personal data).
+
+        Scoring it twice would log two decisions for one contact; answering once would break the
+        one-answer-per-entry order a client maps answers by; its entries may also disagree.
+        """
+        first: dict[str, int] = {}
+        for i, user in enumerate(users):
+            j = first.setdefault(user.user_id, i)
+            if j != i:
+                raise ValueError(f"users[{i}].user_id: duplicate of users[{j}].user_id (one entry per user)")
+        return users
+
 
 class ExplainRequest(UserIn):
     """``POST /explain`` body: one user, plus an optional decision time."""
 
-    as_of: datetime | None = None
+    as_of: IsoTime | None = None
 
     @field_validator("as_of")
     @classmethod
