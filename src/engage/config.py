@@ -119,8 +119,8 @@ class ServeConfig(_Frozen):
     4 MiB holds the user cap with ids only, or about 25,000 inline events."""
     max_inline_events: int = Field(20_000, gt=0)
     """Inline events over all users of one request (413 beyond), checked before any feature work: a
-    request at the cap costs about 0.3 s and 90 MB on a 2-core host, 20 users x 10,000 cost 1.7 s and
-    400 MB."""
+    request at the cap costs about 0.4 s and 45 MB (parsing and features, 2-core host); 20 users x
+    10,000 events cost 3.5 s and 400 MB before this limit."""
     max_future_minutes: float = Field(5.0, ge=0)
     """How far a request's ``as_of`` (and a logged decision time) may lie ahead of the server's clock:
     clock skew between hosts, not scheduling. 5 minutes is the usual skew tolerance (Kerberos'

@@ -206,8 +206,9 @@ def test_a_log_line_without_user_id_is_skipped_at_start_up(tmp_path: Path) -> No
     good = json.loads(path.read_text())
     with path.open("a") as fh:
         fh.write(json.dumps({k: v for k, v in good.items() if k != s.USER_ID}) + "\n")
-        fh.write(json.dumps({**good, "decided_at": "not a time"}) + "\n")
+        for when in ("not a time", "now", "", "NaT"):  # pandas reads the last three as times
+            fh.write(json.dumps({**good, "decided_at": when}) + "\n")
         fh.write(json.dumps({**good, s.USER_ID: "u2"}) + "\n")
     history = ContactHistory(tmp_path, retention=RETENTION, own_file="decisions-0.jsonl")
-    assert history.skipped == 2
+    assert history.skipped == 5
     assert history.entries("u1") == history.entries("u2") == [(pd.Timestamp(at).value, MESSAGE.id)]

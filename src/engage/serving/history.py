@@ -100,8 +100,8 @@ class ContactHistory:
     def _tail_log(self) -> None:
         rows: list[tuple[str, int, str]] = []
         for record in self._tail.read():  # decisions only: user_id, message_id, decided_at are texts
-            try:
-                stamp = pd.Timestamp(record["decided_at"]).as_unit("ns").value
+            try:  # ISO 8601 only: pandas would also read "now" or "" (as NaT)
+                stamp = pd.Timestamp(datetime.fromisoformat(record["decided_at"])).as_unit("ns").value
             except (ValueError, TypeError, OverflowError):
                 self._tail.skipped += 1  # a line without a readable decision time: skipped, not fatal
                 continue
