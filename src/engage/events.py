@@ -2,14 +2,21 @@
 
 Validation never drops silently: every input row ends up either accepted (canonical columns and
 dtypes, UTC timestamps) or in the quarantine with a reason and its 1-based row number, so that
-``rows_in == accepted + quarantined`` always holds. A file that cannot be read at all is an
-:class:`EventsFileError` naming the file and, where it applies, the column.
+``rows_in == accepted + quarantined`` always holds. A JSON Lines line that is not one JSON object
+is quarantined too (``malformed_line``, with its text), so one bad line does not reject the file.
+Timestamps are ISO 8601 text, native dates/timestamps (naive means UTC) or epoch numbers (seconds,
+or milliseconds above 1e11), and a number written as text (all a CSV has) reads as that number. A
+file that cannot be read at all is an :class:`EventsFileError` naming the file and, where it applies,
+the column.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import tempfile
+import secrets
+import socket
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,7 +27,9 @@ import polars as pl
 from engage import schemas as s
 
 ROW: str = "row"
-"""Quarantine column: the row's 1-based position in the input."""
+"""Quarantine column: the row's 1-based position in the input (for JSON Lines: among non-blank lines)."""
+LINE: str = "line"
+"""Quarantine column of a malformed JSON Lines line: its text, as read."""
 
 _TS_FORMATS: tuple[str, ...] = (
     "%Y-%m-%dT%H:%M:%S%.f%z",
@@ -135,12 +144,59 @@ def detect_format(path: Path) -> str:
     return fmt
 
 
-def read_raw(path: str | Path, *, column_map: Mapping[str, str] | None = None) -> pl.DataFrame:
+@dataclass(frozen=True)
+class _Malformed:
+    """JSON Lines records that are not one JSON object, and where the readable ones sit."""
+
+    good: list[int]  # the record number of each row of the frame that was read
+    rows: list[int]
+    text: list[str]
+
+
+def _read_jsonl(path: Path) -> tuple[pl.DataFrame, _Malformed | None]:
+    """JSON Lines by polars; when that fails, one pass in Python sets the broken lines apart."""
+    try:
+        return pl.read_ndjson(path, infer_schema_length=None), None
+    except Exception as exc:  # any failure: look for the lines that cause it
+        cause = exc
+    import gzip
+
+    with path.open("rb") as fh:
+        packed = fh.read(2) == b"\x1f\x8b"
+    good_lines: list[bytes] = []
+    bad = _Malformed([], [], [])
+    with gzip.open(path, "rb") if packed else path.open("rb") as fh:
+        record = 0
+        for line in fh:
+            if not line.strip():
+                continue  # polars skips blank lines too: they are not records
+            record += 1
+            try:
+                ok = isinstance(json.loads(line), dict)
+            except ValueError:  # bad JSON or bad UTF-8
+                ok = False
+            if ok:
+                good_lines.append(line if line.endswith(b"\n") else line + b"\n")
+                bad.good.append(record)
+            else:
+                bad.rows.append(record)
+                bad.text.append(line.decode("utf-8", errors="backslashreplace").rstrip("\r\n"))
+    if not good_lines:
+        raise EventsFileError(f"{path}: cannot be read as jsonl: no line is a JSON object ({cause})")
+    try:
+        return pl.read_ndjson(b"".join(good_lines), infer_schema_length=None), bad
+    except Exception as exc:  # well-formed lines that still do not form one table (clashing types)
+        raise EventsFileError(f"{path}: cannot be read as jsonl: {exc}") from exc
+
+
+def _read_raw(path: Path, column_map: Mapping[str, str] | None) -> tuple[pl.DataFrame, _Malformed | None]:
     """Read a file as it is (CSV columns as strings) and rename columns to canonical names."""
-    path = Path(path)
     if not path.exists():
         raise EventsFileError(f"{path}: file not found")
+    if path.is_dir():
+        raise EventsFileError(f"{path}: is a folder; give one events file (CSV, Parquet or JSON Lines)")
     fmt = detect_format(path)
+    malformed = None
     try:
         if fmt == "parquet":
             frame = pl.read_parquet(path)
@@ -148,7 +204,9 @@ def read_raw(path: str | Path, *, column_map: Mapping[str, str] | None = None) -
             sep = "\t" if ".tsv" in path.suffixes else ","
             frame = pl.read_csv(path, infer_schema=False, separator=sep)
         else:
-            frame = pl.read_ndjson(path, infer_schema_length=None)
+            frame, malformed = _read_jsonl(path)
+    except EventsFileError:
+        raise
     except Exception as exc:  # polars raises many types; the user needs the file and the cause
         raise EventsFileError(f"{path}: cannot be read as {fmt}: {exc}") from exc
     if column_map:
@@ -161,7 +219,7 @@ def read_raw(path: str | Path, *, column_map: Mapping[str, str] | None = None) -
             + f"; columns found: {', '.join(frame.columns) or 'none'}"
             + ". Map yours with --map THEIRS=OURS, e.g. --map timestamp=ts."
         )
-    return frame
+    return frame, malformed
 
 
 def read_events(
@@ -171,8 +229,27 @@ def read_events(
     column_map: Mapping[str, str] | None = None,
 ) -> ValidationResult:
     """Read and validate one events file."""
-    raw = read_raw(path, column_map=column_map)
-    return validate_events(raw, source=str(path), reference_time=reference_time)
+    raw, malformed = _read_raw(Path(path), column_map)
+    result = validate_events(raw, source=str(path), reference_time=reference_time)
+    return result if malformed is None else _with_malformed(result, malformed)
+
+
+def _with_malformed(result: ValidationResult, malformed: _Malformed) -> ValidationResult:
+    """Add the malformed lines to the quarantine; rows are numbered as records of the whole file."""
+    records = pl.Series(ROW, malformed.good, dtype=pl.UInt32)
+    validated = result.quarantine.with_columns(records.gather(result.quarantine[ROW] - 1))
+    broken = pl.DataFrame(
+        {ROW: malformed.rows, LINE: malformed.text, s.REASON: s.REASON_MALFORMED_LINE},
+        schema={ROW: pl.UInt32, LINE: pl.String, s.REASON: pl.String},
+    )
+    quarantine = pl.concat([validated, broken], how="diagonal_relaxed").sort(ROW)
+    return ValidationResult(
+        accepted=result.accepted,
+        quarantine=quarantine.select(ROW, pl.exclude(ROW, s.REASON), s.REASON),
+        rows_in=result.rows_in + len(malformed.rows),
+        source=result.source,
+        extra_columns=result.extra_columns,
+    )
 
 
 def _parse_ts(col: pl.Expr, dtype: pl.DataType) -> pl.Expr:
@@ -184,14 +261,43 @@ def _parse_ts(col: pl.Expr, dtype: pl.DataType) -> pl.Expr:
     if isinstance(dtype, pl.Date):
         return col.cast(pl.Datetime("us")).dt.replace_time_zone(s.UTC)
     if dtype.is_numeric():
-        # Epoch numbers: seconds, or milliseconds when too large to be seconds.
-        as_float = col.cast(pl.Float64)
-        micros = pl.when(as_float.abs() > 1e11).then(as_float * 1e3).otherwise(as_float * 1e6)
-        return micros.cast(pl.Int64).cast(pl.Datetime("us")).dt.replace_time_zone(s.UTC)
-    text = col.cast(pl.String).str.strip_chars().str.replace(r"[Zz]$", "+00:00")
+        return _epoch(col.cast(pl.Float64))
+    text = col.cast(pl.String).str.strip_chars()
+    # a number written as text (CSV has nothing else) is the same epoch as that number in JSON or Parquet
+    number = pl.when(text.str.contains(_NUMBER)).then(_epoch(text.cast(pl.Float64, strict=False)))
+    stamp = text.str.replace(r"[Zz]$", "+00:00")
     return pl.coalesce(
-        [text.str.to_datetime(f, strict=False, time_unit="us", time_zone=s.UTC) for f in _TS_FORMATS]
+        [
+            number.otherwise(None),
+            *(stamp.str.to_datetime(f, strict=False, time_unit="us", time_zone=s.UTC) for f in _TS_FORMATS),
+        ]
     )
+
+
+_NUMBER = r"^[+-]?\d+(?:\.\d*)?$"
+
+
+def utc_column(frame: pl.DataFrame, name: str, *, source: str) -> pl.DataFrame:
+    """Column ``name`` as UTC timestamps, read as the events reader reads ``ts`` (naive means UTC).
+
+    A value that is present but cannot be read is an EventsFileError naming the source, the column
+    and its first such row: a table of past messages or users is not quarantined row by row.
+    """
+    parsed = frame.select(_parse_ts(pl.col(name), frame.schema[name]).alias(name)).to_series()
+    bad = frame[name].is_not_null() & parsed.is_null()
+    if bad.any():
+        row = int(bad.arg_true()[0])
+        raise EventsFileError(
+            f"{source}: column '{name}' row {row + 1}: cannot read {frame[name][row]!r} as a timestamp"
+        )
+    return frame.with_columns(parsed)
+
+
+def _epoch(seconds_or_ms: pl.Expr) -> pl.Expr:
+    """Epoch numbers: seconds, or milliseconds when too large to be seconds; out of range is null."""
+    x = seconds_or_ms
+    micros = pl.when(x.abs() > 1e11).then(x * 1e3).otherwise(x * 1e6)
+    return micros.cast(pl.Int64, strict=False).cast(pl.Datetime("us")).dt.replace_time_zone(s.UTC)
 
 
 def _parse_amount(col: pl.Expr, dtype: pl.DataType) -> tuple[pl.Expr, pl.Expr]:
@@ -301,18 +407,65 @@ def _raw_struct(raw: pl.DataFrame) -> pl.Expr:
     return pl.struct([_as_text(c, dt).alias(c) for c, dt in raw.schema.items()]).alias("__raw")
 
 
+_TMP_TAG = ".engage-tmp-"
+_IN_FLIGHT: set[Path] = set()
+_STALE_AFTER_S = 24 * 3600.0
+
+
 def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> Path:
-    """Write next to the target, then rename, so a killed run never leaves a partial file."""
+    """Write next to the target, then rename, so a killed run never leaves a partial file.
+
+    The temporary file is ``.<name>.engage-tmp-<pid>@<host>.<random>``; a killed run's leftovers
+    for the same target are removed by the next write to it (see ``_stale_temporaries``).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    for stale in _stale_temporaries(path):
+        stale.unlink(missing_ok=True)
+    tmp = path.with_name(f".{path.name}{_TMP_TAG}{os.getpid()}@{socket.gethostname()}.{secrets.token_hex(4)}")
+    _IN_FLIGHT.add(tmp)
     try:
         frame.write_parquet(tmp)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    finally:
+        _IN_FLIGHT.discard(tmp)
     return path
+
+
+def _stale_temporaries(path: Path) -> list[Path]:
+    """Temporary files of earlier writes to ``path`` whose writer is gone.
+
+    Gone: a process of this host that no longer runs (or this process, but not writing it now), or
+    a file untouched for a day (a writer on another host).
+    """
+    prefix = f".{path.name}{_TMP_TAG}"
+    host = socket.gethostname()
+    stale = []
+    for candidate in (p for p in path.parent.iterdir() if p.name.startswith(prefix)):
+        writer = candidate.name[len(prefix) :].rsplit(".", 1)[0]
+        pid_text, _, writer_host = writer.partition("@")
+        try:
+            old = time.time() - candidate.stat().st_mtime > _STALE_AFTER_S
+        except OSError:
+            continue
+        if old or (writer_host == host and pid_text.isdigit() and not _running(int(pid_text), candidate)):
+            stale.append(candidate)
+    return stale
+
+
+def _running(pid: int, tmp: Path) -> bool:
+    """Whether process ``pid`` (of this host) may still be writing ``tmp``."""
+    if pid == os.getpid():
+        return tmp in _IN_FLIGHT
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 def write_validation(result: ValidationResult, out_dir: str | Path) -> tuple[Path, Path]:

@@ -73,6 +73,7 @@ REASON_BAD_AMOUNT: Final = "non_numeric_amount"
 REASON_DUPLICATE: Final = "duplicate_row"
 REASON_MISSING_EVENT_TYPE: Final = "missing_event_type"
 REASON_GUEST: Final = "guest"
+REASON_MALFORMED_LINE: Final = "malformed_line"  # a JSON Lines line that is not one JSON object
 QUARANTINE_REASONS: Final[tuple[str, ...]] = (
     REASON_MISSING_USER,
     REASON_MISSING_EVENT_TYPE,
@@ -81,6 +82,7 @@ QUARANTINE_REASONS: Final[tuple[str, ...]] = (
     REASON_BAD_AMOUNT,
     REASON_DUPLICATE,
     REASON_GUEST,
+    REASON_MALFORMED_LINE,
 )
 
 # --- users ------------------------------------------------------------------------------
