@@ -13,8 +13,8 @@ import yaml
 from engage import schemas as s
 from engage.config import DEFAULT_CATALOG_PATH
 from engage.offers.catalog import CatalogError, catalog_from_dict, load_catalog
-from engage.offers.rules import parse_rule
-from engage.offers.templates import FALLBACK_TEXT, render
+from engage.offers.rules import MAX_RULE_CHARS, MAX_RULE_COMPARISONS, MAX_RULE_DEPTH, parse_rule
+from engage.offers.templates import FALLBACK_TEXT, MAX_FORMAT_PRECISION, MAX_FORMAT_WIDTH, fill, render
 
 FEATURE_NAMES = [
     "cart_abandon_count_7d",
@@ -78,6 +78,39 @@ def test_anything_outside_the_language_is_rejected(bad: str) -> None:
         parse_rule(bad)
 
 
+def _chain(n: int, joiner: str = " or ") -> str:
+    return joiner.join(f"a > {i}" for i in range(n))
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        (_chain(3000, " and "), "characters long"),  # the issue's 3,000-term chain
+        (_chain(MAX_RULE_COMPARISONS + 1), f"more than {MAX_RULE_COMPARISONS} comparisons"),
+        ("(" * (MAX_RULE_DEPTH + 1) + "a > 1" + ")" * (MAX_RULE_DEPTH + 1), "nests"),
+        ("(" * 5000 + "a > 1" + ")" * 5000, "characters long"),
+        ("not " * (MAX_RULE_DEPTH + 1) + "a > 1", "nests"),
+        ("a > 1 or " * 2000 + "a > 1", "characters long"),
+    ],
+)
+def test_oversized_or_deeply_nested_rules_are_refused_at_load(rule: str, message: str) -> None:
+    """Before: a 3,000-term chain loaded and raised RecursionError at scoring; 400 '(' at load."""
+    msg = {"id": "big", "channel": "email", "template": "t", "cost": 0, "value": 1, "eligible_if": rule}
+    with pytest.raises(CatalogError, match=rf"message big: field 'eligible_if': .*{message}"):
+        catalog_from_dict({"messages": [msg]})
+
+
+def test_rules_at_the_limits_load_and_evaluate() -> None:
+    frame = _frame()
+    wide = parse_rule(_chain(MAX_RULE_COMPARISONS, " and "))
+    assert len(wide.text) <= MAX_RULE_CHARS
+    assert wide.evaluate(frame).tolist() == (frame["a"] > MAX_RULE_COMPARISONS - 1).tolist()
+    deep = parse_rule("(" * MAX_RULE_DEPTH + "a > 2" + ")" * MAX_RULE_DEPTH)
+    assert deep.evaluate(frame).tolist() == (frame["a"] > 2).tolist()
+    negated = parse_rule("not " * MAX_RULE_DEPTH + "a > 2")  # an even number of nots
+    assert negated.evaluate(frame).tolist() == (frame["a"] > 2).tolist()
+
+
 def test_a_missing_feature_is_named_at_evaluation() -> None:
     with pytest.raises(KeyError, match="nope"):
         parse_rule("nope > 1").evaluate(_frame())
@@ -132,6 +165,49 @@ def test_unknown_features_fail_at_load_when_the_feature_list_is_given(tmp_path: 
         load_catalog(path, feature_names=FEATURE_NAMES)
 
 
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ("{x.__class__}", "plain name"),
+        ("{x.__class__.__init__.__globals__}", "plain name"),
+        ("{x[0]}", "plain name"),
+        ("{0}", "plain name"),
+        ("{}", "plain name"),
+        ("{x:>{w}}", "cannot contain a placeholder"),  # a width taken from user data
+        ("{x:.{p}f}", "cannot contain a placeholder"),
+        ("{x:>300000000}", "width 300000000"),
+        (f"{{x:>{MAX_FORMAT_WIDTH + 1}}}", f"width {MAX_FORMAT_WIDTH + 1}"),
+        ("{x:.300000000f}", "precision 300000000"),
+        (f"{{x:.{MAX_FORMAT_PRECISION + 1}f}}", f"precision {MAX_FORMAT_PRECISION + 1}"),
+        ("{x:%Y-%m-%d}", "not a format spec"),
+    ],
+)
+def test_templates_that_reach_into_objects_or_build_huge_strings_are_refused_at_load(
+    tmp_path: Path, template: str, message: str
+) -> None:
+    """Before: `{x.__class__}` rendered "<class 'int'>" and `{x:>{w}}` with w=3e8 built a 286 MB string."""
+    with pytest.raises(CatalogError, match=rf"m\.yaml: message promo: field 'template': .*{message}"):
+        load_catalog(_write(tmp_path, {"template": template}))
+    assert fill(template, {}, {"x": 1, "w": 300_000_000, "p": 300_000_000}) == template  # never formatted
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{coupon_pct}% off {top_category}",
+        "{share:.0%} of {name!s}",
+        f"{{x:>{MAX_FORMAT_WIDTH}}}|{{y:*^10,.{MAX_FORMAT_PRECISION}f}}|{{z:+08.2e}}|{{n:_d}}|{{{{literal}}}}",
+    ],
+)
+def test_plain_bounded_templates_load_and_render_as_str_format_does(template: str) -> None:
+    values = {"coupon_pct": 10, "top_category": "books", "share": 0.25, "name": "Ann", "x": "a"}
+    values |= {"y": 1234.5, "z": -3.0, "n": 1000000}
+    msg = {"id": "m", "channel": "email", "template": template, "cost": 0, "value": 1}
+    message = catalog_from_dict({"messages": [msg]}).get("m")
+    assert message is not None
+    assert message.render(values) == template.format(**values)
+
+
 def test_default_catalog_covers_the_classic_plays_with_known_features() -> None:
     catalog = load_catalog(DEFAULT_CATALOG_PATH, feature_names=FEATURE_NAMES)
     assert catalog.arms[0] == s.CONTROL_ARM
@@ -156,10 +232,7 @@ def test_render_fills_params_and_features_and_falls_back_readably() -> None:
     fallback = render(catalog, "category_news", {"top_category": np.nan})
     assert FALLBACK_TEXT in fallback and "{" not in fallback
     assert render(catalog, s.CONTROL_ARM, {}) == ""
-    odd = catalog_from_dict(
-        {"messages": [{"id": "m", "channel": "push", "template": "{0} {x.y}", "cost": 0, "value": 1}]}
-    )
-    assert odd.get("m").render({}) == "{0} {x.y}"  # type: ignore[union-attr]
+    assert fill("{0} {x.y}", {}, {"x": 1}) == "{0} {x.y}"  # refused at load; never rendered anyway
 
 
 def test_vectorised_render_equals_the_per_row_render_on_random_features() -> None:
@@ -184,7 +257,7 @@ def test_vectorised_render_equals_the_per_row_render_on_random_features() -> Non
                     "value": 1,
                 },
                 {"id": "c", "channel": "in_app", "template": "plain text", "cost": 0, "value": 1},
-                {"id": "d", "channel": "email", "template": "{mixed} {x.real}", "cost": 0, "value": 1},
+                {"id": "d", "channel": "email", "template": "{mixed} {x:+.2f}", "cost": 0, "value": 1},
             ]
         }
     )

@@ -1,13 +1,12 @@
 """The message catalog marketers edit: the checked YAML, its messages and the contact cap.
 
-Each message's ``eligible_if`` is a rule of the safe language in ``offers.rules``; its template is
-filled by ``offers.templates``. A malformed catalog fails at load naming the file, the message id
-and the field.
+Each message's ``eligible_if`` is a rule of the safe language in ``offers.rules`` (bounded in size and
+nesting); its template is filled by ``offers.templates`` (plain, bounded placeholders). A malformed
+catalog fails at load naming the file, the message id and the field.
 """
 
 from __future__ import annotations
 
-import string
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -20,7 +19,7 @@ import yaml
 
 from engage import schemas as s
 from engage.offers.rules import Rule, parse_rule
-from engage.offers.templates import fill, template_keys
+from engage.offers.templates import check_template, fill, template_keys
 
 __all__ = ["CAP_DAYS", "Catalog", "CatalogError", "Message", "catalog_from_dict", "load_catalog"]
 
@@ -164,7 +163,7 @@ def _message(item: Any, i: int, seen: set[str], path: str, known: set[str] | Non
     if not isinstance(template, str) or not template.strip():
         raise CatalogError(f"{where}: field 'template' must be non-empty text")
     try:
-        list(string.Formatter().parse(template))
+        check_template(template)
     except ValueError as exc:
         raise CatalogError(f"{where}: field 'template': {exc}") from exc
     params = item.get("params") or {}

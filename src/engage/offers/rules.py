@@ -3,7 +3,9 @@
 A rule reads feature names, numbers, quoted strings, true/false, comparisons (< <= > >= == !=),
 and/or/not and parentheses (``and`` binds tighter than ``or``). It is evaluated vectorized over a
 features DataFrame; a missing value (NaN/None) or a type mismatch (text vs number) compares false.
-Bad syntax is a ValueError saying where; a feature the frame lacks is a KeyError naming it.
+Bad syntax is a ValueError saying where; a feature the frame lacks is a KeyError naming it. A rule is
+also bounded in size (``MAX_RULE_CHARS``, ``MAX_RULE_COMPARISONS``) and nesting (``MAX_RULE_DEPTH``),
+checked while parsing, so that no rule can exhaust the stack when it is read or evaluated.
 """
 
 from __future__ import annotations
@@ -15,7 +17,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["Node", "Rule", "parse_rule", "tokenize"]
+__all__ = [
+    "MAX_RULE_CHARS",
+    "MAX_RULE_COMPARISONS",
+    "MAX_RULE_DEPTH",
+    "Node",
+    "Rule",
+    "parse_rule",
+    "tokenize",
+]
 
 _TOKEN = re.compile(
     r"(?P<num>-?\d+(?:\.\d+)?)"
@@ -32,6 +42,12 @@ _OPS = {
     "!=": np.not_equal,
 }
 _KEYWORDS = frozenset({"and", "or", "not", "true", "false"})
+MAX_RULE_CHARS = 4_000
+"""The longest rule text, in characters."""
+MAX_RULE_COMPARISONS = 100
+"""The most comparisons (and true/false constants) one rule may hold."""
+MAX_RULE_DEPTH = 20
+"""The deepest nesting of parentheses and ``not`` in one rule."""
 # A tree node: ("const", bool) | ("not", node) | ("and"|"or", node, node) | ("cmp", op, term, term);
 # a term: ("name", feature) | ("lit", number | str | bool).
 Node = tuple[Any, ...]
@@ -139,6 +155,19 @@ class _Parser:
     def __init__(self, tokens: list[tuple[str, str]]) -> None:
         self.tokens = tokens
         self.pos = 0
+        self.depth = 0
+        self.comparisons = 0
+
+    def counted(self, node: Node) -> Node:
+        self.comparisons += 1
+        if self.comparisons > MAX_RULE_COMPARISONS:
+            raise ValueError(f"the rule has more than {MAX_RULE_COMPARISONS} comparisons")
+        return node
+
+    def nested(self) -> None:
+        self.depth += 1
+        if self.depth > MAX_RULE_DEPTH:
+            raise ValueError(f"the rule nests parentheses or 'not' deeper than {MAX_RULE_DEPTH} levels")
 
     def peek(self) -> tuple[str | None, str | None]:
         return self.tokens[self.pos] if self.pos < len(self.tokens) else (None, None)
@@ -166,20 +195,25 @@ class _Parser:
         kind, val = self.peek()
         if (kind, val) == ("op", "("):
             self.take()
+            self.nested()
             node = self.disj()
             if self.take() != ("op", ")"):
                 raise ValueError("missing ')'")
+            self.depth -= 1
             return node
         if (kind, val) == ("name", "not"):
             self.take()
-            return ("not", self.atom())
+            self.nested()
+            node = ("not", self.atom())
+            self.depth -= 1
+            return node
         left = self.term()
         kind, val = self.peek()
         if kind == "op" and val in _OPS:
             self.take()
-            return ("cmp", val, left, self.term())
+            return self.counted(("cmp", val, left, self.term()))
         if left[0] == "lit" and isinstance(left[1], bool):
-            return ("const", left[1])
+            return self.counted(("const", left[1]))
         raise ValueError(f"expected a comparison after {left[1]!r}")
 
     def conj(self) -> Node:
@@ -202,6 +236,8 @@ def parse_rule(text: str | None) -> Rule:
     text = (text or "").strip()
     if not text:
         return Rule("", ("const", True))
+    if len(text) > MAX_RULE_CHARS:
+        raise ValueError(f"the rule is {len(text):,} characters long; at most {MAX_RULE_CHARS:,} are allowed")
     parser = _Parser(tokenize(text))
     tree = parser.disj()
     if parser.pos != len(parser.tokens):

@@ -3,6 +3,9 @@
 Templates use ``str.format`` placeholders (``{top_category}``, ``{discount:.0%}``). Params win over
 features of the same name; a placeholder with no value reads as a neutral phrase (``FALLBACK_TEXT``)
 and a template that cannot be formatted comes back as written, so rendering never raises.
+``check_template`` keeps the placeholders plain (a name, no attribute or index access, no
+placeholder inside a format spec, widths and precisions bounded), so that neither the template nor
+user data can reach into objects or build huge strings; the catalog applies it at load.
 ``render_many`` renders a whole batch with one ``fill`` per distinct combination of the values a
 template reads, so its text equals the per-row ``render`` exactly.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,11 +24,72 @@ import pandas as pd
 if TYPE_CHECKING:
     from engage.offers.catalog import Catalog, Message
 
-__all__ = ["FALLBACK_TEXT", "RENDER_ROW_BY_ROW", "fill", "render", "render_many", "template_keys"]
+__all__ = [
+    "FALLBACK_TEXT",
+    "MAX_FORMAT_PRECISION",
+    "MAX_FORMAT_WIDTH",
+    "RENDER_ROW_BY_ROW",
+    "check_template",
+    "fill",
+    "render",
+    "render_many",
+    "template_keys",
+]
 
 
 FALLBACK_TEXT = "our picks"
 """What a placeholder with no value reads as."""
+
+
+MAX_FORMAT_WIDTH = 80
+"""The widest field a format spec may ask for (``{name:>20}``)."""
+MAX_FORMAT_PRECISION = 20
+"""The largest precision a format spec may ask for (``{share:.1%}``)."""
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# [[fill]align][sign][z][#][0][width][grouping][.precision][type] of the format mini-language
+_SPEC = re.compile(
+    r"(?:.?[<>=^])?[-+ ]?z?#?0?(?P<width>\d*)[,_]?(?:\.(?P<precision>\d+))?[bcdeEfFgGnosxX%]?", re.DOTALL
+)
+
+
+def check_template(template: str) -> None:
+    """A ValueError saying what is wrong unless every placeholder is a plain, bounded one.
+
+    Allowed: ``{name}``, ``{name!s}``, ``{name:<spec>}`` with a literal spec of the format
+    mini-language, width at most ``MAX_FORMAT_WIDTH`` and precision at most ``MAX_FORMAT_PRECISION``.
+    Refused: positional ``{}``/``{0}``, attribute or index access (``{x.__class__}``, ``{x[0]}``) and
+    placeholders inside a spec (``{x:>{width}}``, which would let a value set the width).
+    """
+    for _, name, spec, _ in string.Formatter().parse(template):
+        if name is None:
+            continue
+        if not _NAME.fullmatch(name):
+            raise ValueError(
+                f"placeholder {{{name}}} must be a plain name (no position, attribute or index access)"
+            )
+        if not spec:
+            continue
+        if "{" in spec or "}" in spec:
+            raise ValueError(f"placeholder {{{name}}}: a format spec cannot contain a placeholder")
+        match = _SPEC.fullmatch(spec)
+        if match is None:
+            raise ValueError(f"placeholder {{{name}}}: {spec!r} is not a format spec for text or numbers")
+        width, precision = int(match["width"] or 0), int(match["precision"] or 0)
+        if width > MAX_FORMAT_WIDTH or precision > MAX_FORMAT_PRECISION:
+            raise ValueError(
+                f"placeholder {{{name}}}: {spec!r} asks for width {width} / precision {precision}; "
+                f"at most {MAX_FORMAT_WIDTH} / {MAX_FORMAT_PRECISION}"
+            )
+
+
+@lru_cache(maxsize=1024)
+def _safe(template: str) -> bool:
+    try:
+        check_template(template)
+    except ValueError:
+        return False
+    return True
 
 
 class _Fill(dict[str, Any]):
@@ -62,7 +127,12 @@ def template_keys(template: str) -> set[str]:
 
 
 def fill(template: str, params: Mapping[str, Any], features: Mapping[str, Any] | pd.Series) -> str:
-    """The text for one user: params, then the user's features, fill the placeholders. Never raises."""
+    """The text for one user: params, then the user's features, fill the placeholders. Never raises.
+
+    A template ``check_template`` refuses (the catalog refuses it at load) comes back as written.
+    """
+    if not _safe(template):
+        return template
     values = _Fill()
     for key, value in dict(features).items():
         value = _template_value(value)
