@@ -1,19 +1,26 @@
-"""What every command shares: the consoles, config from file and flags, dates, progress, table loaders.
+"""What every command shares: the consoles, config from file and flags, dates, progress, file handling.
 
+Every file a command reads or writes goes through here: ``check_paths`` refuses a missing input, an
+output that is a folder, a folder that is a file or a place that cannot be written before any work
+starts; ``load_events`` and ``read_table`` turn an unreadable file into a message naming it; and
+``file_errors`` ends what slips past (a full disk) the same way: exit code 2, no traceback.
 Heavy libraries are imported inside the functions that need them, so that `engage --help` stays instant.
 """
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar, overload
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -25,20 +32,27 @@ from rich.progress import (
 
 from engage.config import ConfigError, EngageConfig, load_config
 
+if TYPE_CHECKING:
+    import polars as pl
+
 __all__ = [
     "QUIET_ENV",
     "ConfigOpt",
     "SetOpt",
     "build_config",
+    "check_paths",
     "console",
     "fail",
+    "file_errors",
     "load_events",
-    "load_optional_table",
     "out",
     "parse_date",
     "parse_days",
     "progress_bar",
     "quiet_env",
+    "read_exposures",
+    "read_table",
+    "read_users",
 ]
 
 console = Console(stderr=True)
@@ -67,12 +81,91 @@ def quiet_env() -> None:
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}")
+    """Print ``error: message`` (as written: no markup, no wrapping) and return the Exit to raise."""
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
     return typer.Exit(code)
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def file_errors(command: Callable[P, R]) -> Callable[P, R]:
+    """A command whose file-system errors (a full disk, a permission) end as a message naming the file."""
+
+    @functools.wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except OSError as exc:
+            if exc.filename is None:
+                raise
+            raise fail(f"{exc.filename}: {exc.strerror or exc}") from exc
+
+    return run
+
+
+_NO_PATHS: Mapping[str, Path | None] = MappingProxyType({})
+
+
+def check_paths(
+    read: Mapping[str, Path | None] = _NO_PATHS,
+    write: Mapping[str, Path | None] = _NO_PATHS,
+    folders: Mapping[str, Path | None] = _NO_PATHS,
+    sources: Mapping[str, Path | None] = _NO_PATHS,
+) -> None:
+    """Stop the command, naming the option and the path, unless each path can be used as meant.
+
+    ``read``: files that must exist; ``write``: files to create or replace (not a folder, in a place
+    that can be written); ``folders``: folders to create or fill (not a file); ``sources``: inputs
+    that may also be a folder (a Parquet data set, which Spark reads). Keys are option names.
+    """
+    for option, path in {**read, **sources}.items():
+        if path is not None and not path.exists():
+            raise fail(f"{option} {path}: file not found")
+    for option, path in read.items():
+        if path is not None and path.is_dir():
+            raise fail(f"{option} {path}: is a folder; give a file")
+    for option, path in write.items():
+        if path is None:
+            continue
+        if path.is_dir():
+            raise fail(f"{option} {path}: is a folder; give a file name")
+        problem = _cannot_write(path.parent) if path.exists() else _cannot_create(path)
+        if problem:
+            raise fail(f"{option} {path}: {problem}")
+    for option, path in folders.items():
+        if path is None:
+            continue
+        if path.exists() and not path.is_dir():
+            raise fail(f"{option} {path}: is a file; give a folder")
+        problem = _cannot_write(path) if path.exists() else _cannot_create(path)
+        if problem:
+            raise fail(f"{option} {path}: {problem}")
+
+
+def _cannot_create(path: Path) -> str | None:
+    """Why ``path`` (and the folders above it) cannot be created; None when it can."""
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"cannot be created: {ancestor} is a file, not a folder"
+    return _cannot_write(ancestor)
+
+
+def _cannot_write(folder: Path) -> str | None:
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"cannot be written: no permission to write in {folder}"
+    return None
 
 
 def build_config(path: Path | None, sets: list[str] | None, **flags: Any) -> EngageConfig:
     """The one config object: file, then ``--set`` overrides, then explicit command flags."""
+    if path is not None and not path.is_file():
+        raise fail(
+            f"--config {path}: " + ("is a folder; give a YAML file" if path.exists() else "file not found")
+        )
     overrides: dict[str, Any] = {}
     for item in sets or []:
         key, sep, raw = item.partition("=")
@@ -139,17 +232,78 @@ def load_events(path: Path, cfg: EngageConfig) -> Any:
     quarantined = result.quarantine.height
     if quarantined:
         console.print(
-            f"[yellow]{path}: {quarantined:,} of {result.rows_in:,} rows quarantined "
-            f"(run `engage validate {path}` for reasons)[/]"
+            f"[yellow]{escape(str(path))}: {quarantined:,} of {result.rows_in:,} rows quarantined "
+            f"(run `engage validate {escape(str(path))}` for reasons)[/]"
         )
     return result.accepted
 
 
-def load_optional_table(path: Path | None) -> Any:
+@overload
+def read_table(
+    path: Path, option: str, required: Sequence[str] = (), timestamps: Sequence[str] = ()
+) -> pl.DataFrame: ...
+@overload
+def read_table(
+    path: Path | None, option: str, required: Sequence[str] = (), timestamps: Sequence[str] = ()
+) -> pl.DataFrame | None: ...
+def read_table(
+    path: Path | None, option: str, required: Sequence[str] = (), timestamps: Sequence[str] = ()
+) -> pl.DataFrame | None:
+    """A Parquet or CSV table given by ``option`` (None when not given); a file that cannot be read,
+    or lacks a ``required`` column, stops the command with a message naming the option and the file."""
     if path is None:
         return None
     import polars as pl
 
+    from engage.events import EventsFileError, utc_column
+
     if not path.exists():
-        raise fail(f"{path}: file not found")
-    return pl.read_parquet(path) if path.suffix != ".csv" else pl.read_csv(path, try_parse_dates=True)
+        raise fail(f"{option} {path}: file not found")
+    if path.is_dir():
+        raise fail(f"{option} {path}: is a folder; give a .parquet or .csv file")
+    fmt = "CSV" if path.suffix.lower() in (".csv", ".tsv") else "Parquet"
+    try:
+        if fmt == "CSV":
+            separator = "\t" if path.suffix.lower() == ".tsv" else ","
+            frame = pl.read_csv(path, try_parse_dates=True, separator=separator)
+        else:
+            frame = pl.read_parquet(path)
+    except Exception as exc:  # polars raises many types; the user needs the file and the cause
+        cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise fail(
+            f"{option} {path}: cannot be read as {fmt} ({cause}); give a .parquet or .csv table"
+        ) from exc
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise fail(
+            f"{option} {path}: missing required column(s) {', '.join(missing)}; "
+            f"columns found: {', '.join(frame.columns) or 'none'}"
+        )
+    try:
+        for name in (c for c in timestamps if c in frame.columns):
+            frame = utc_column(frame, name, source=f"{option} {path}")
+    except EventsFileError as exc:
+        raise fail(str(exc)) from exc
+    return frame
+
+
+@overload
+def read_users(path: Path) -> pl.DataFrame: ...
+@overload
+def read_users(path: Path | None) -> pl.DataFrame | None: ...
+def read_users(path: Path | None) -> pl.DataFrame | None:
+    """The ``--users`` table (one row per user_id), or None when not given."""
+    from engage import schemas as s
+
+    return read_table(path, "--users", required=(s.USER_ID,), timestamps=(s.SIGNUP_TS,))
+
+
+@overload
+def read_exposures(path: Path) -> pl.DataFrame: ...
+@overload
+def read_exposures(path: Path | None) -> pl.DataFrame | None: ...
+def read_exposures(path: Path | None) -> pl.DataFrame | None:
+    """The ``--exposures`` table (past messages: user_id, ts, message_id), or None when not given."""
+    from engage import schemas as s
+
+    return read_table(path, "--exposures", required=(s.USER_ID, s.TS, s.MESSAGE_ID), timestamps=(s.TS,))

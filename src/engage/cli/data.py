@@ -15,14 +15,17 @@ from engage.cli.common import (
     ConfigOpt,
     SetOpt,
     build_config,
+    check_paths,
     console,
     fail,
+    file_errors,
     load_events,
-    load_optional_table,
     out,
     parse_date,
     parse_days,
     progress_bar,
+    read_exposures,
+    read_users,
 )
 from engage.config import EngageConfig
 
@@ -38,6 +41,7 @@ __all__ = [
 ]
 
 
+@file_errors
 def simulate(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the four parquet files.")] = Path(
         "demo/data"
@@ -52,6 +56,7 @@ def simulate(
     from engage.datasets.simulate import simulate as run_simulation
     from engage.datasets.simulate import write_simulation
 
+    check_paths(folders={"--out": out_dir})
     cfg = build_config(config, set_, **{"simulate.users": users, "simulate.days": days, "seed": seed})
     started = time.perf_counter()
     with console.status(f"simulating {cfg.simulate.users:,} users x {cfg.simulate.days} days"):
@@ -71,6 +76,7 @@ def simulate(
     out.print(table)
 
 
+@file_errors
 def validate(
     path: Annotated[Path, typer.Argument(help="Events file: CSV, Parquet or JSON Lines (.gz ok).")],
     out_dir: Annotated[
@@ -89,6 +95,7 @@ def validate(
     """Check an events file against the contract; print a summary; split accepted / quarantined."""
     from engage.events import EventsFileError, read_events, write_validation
 
+    check_paths(read={"PATH": path}, folders={"--out-dir": out_dir})
     cfg = build_config(config, set_, **{"validation.reference_time": reference_time})
     column_map = dict(item.split("=", 1) for item in map_ or [] if "=" in item)
     when = cfg.validation.reference_time
@@ -107,6 +114,7 @@ def validate(
         out.print(f"wrote {accepted} and {quarantine}")
 
 
+@file_errors
 def import_online_retail_ii(
     path: Annotated[Path, typer.Argument(help="online_retail_II_*.parquet (or .csv)")],
     out_file: Annotated[Path, typer.Option("--out", help="Canonical events parquet.")],
@@ -115,6 +123,7 @@ def import_online_retail_ii(
     _import_events("online-retail-ii", path, out_file)
 
 
+@file_errors
 def import_cdnow(
     path: Annotated[Path, typer.Argument(help="CDNOW_master.txt(.gz) or CDNOW_sample.txt(.gz)")],
     out_file: Annotated[Path, typer.Option("--out", help="Canonical events parquet.")],
@@ -123,6 +132,7 @@ def import_cdnow(
     _import_events("cdnow", path, out_file)
 
 
+@file_errors
 def import_hillstrom(
     path: Annotated[Path, typer.Argument(help="hillstrom.csv(.gz)")],
     out_file: Annotated[Path, typer.Option("--out", help="Campaign table parquet.")],
@@ -131,8 +141,7 @@ def import_hillstrom(
     from engage.datasets.hillstrom import load_hillstrom
     from engage.events import EventsFileError
 
-    if not path.exists():
-        raise fail(f"{path}: file not found")
+    check_paths(read={"PATH": path}, write={"--out": out_file})
     try:
         table = load_hillstrom(path)
     except EventsFileError as exc:
@@ -145,8 +154,7 @@ def _import_events(name: str, path: Path, out_file: Path) -> None:
     from engage.datasets.registry import ADAPTERS
     from engage.events import EventsFileError, write_parquet_atomic
 
-    if not path.exists():
-        raise fail(f"{path}: file not found")
+    check_paths(read={"PATH": path}, write={"--out": out_file})
     try:
         result = ADAPTERS[name](path)
     except EventsFileError as exc:
@@ -161,6 +169,7 @@ def _import_events(name: str, path: Path, out_file: Path) -> None:
     out.print(f"events -> {out_file}")
 
 
+@file_errors
 def features(
     events: Annotated[Path, typer.Option(help="Events file.")],
     as_of: Annotated[list[str], typer.Option("--as-of", help="Snapshot date(s); repeat for several.")],
@@ -173,6 +182,11 @@ def features(
 ) -> None:
     """Point-in-time features per (user, as_of): only events before as_of are read."""
     cfg = build_config(config, set_, **{"features.engine": engine})
+    check_paths(
+        read={"--users": users, "--exposures": exposures},
+        write={"--out": out_file},
+        sources={"--events": events},  # Spark reads a folder too; the polars reader says it needs a file
+    )
     dates = [parse_date(d) for d in as_of]
     table = _compute_features(events, dates, cfg, users, exposures)
     _write_pandas(table, out_file)
@@ -182,7 +196,7 @@ def features(
 def _compute_features(
     events: Path, dates: list[datetime], cfg: EngageConfig, users: Path | None, exposures: Path | None
 ) -> Any:
-    user_table, exposure_table = load_optional_table(users), load_optional_table(exposures)
+    user_table, exposure_table = read_users(users), read_exposures(exposures)
     if cfg.features.engine == "spark":
         from engage.spark import build_features_spark
 
@@ -212,6 +226,7 @@ def _write_pandas(table: Any, path: Path) -> None:
     write_parquet_atomic(pl.from_pandas(table), path)
 
 
+@file_errors
 def dataset(
     events: Annotated[Path, typer.Option(help="Events file.")],
     start: Annotated[str, typer.Option(help="First snapshot date.")],
@@ -228,6 +243,9 @@ def dataset(
     """Stacked snapshots: features as of each date + churn label over the horizon after it."""
     from engage.labels import InsufficientDataError, build_training_table, check_sufficiency
 
+    check_paths(
+        read={"--events": events, "--users": users, "--exposures": exposures}, write={"--out": out_file}
+    )
     cfg = build_config(
         config,
         set_,
@@ -238,6 +256,7 @@ def dataset(
         },
     )
     frame = load_events(events, cfg)
+    user_table, exposure_table = read_users(users), read_exposures(exposures)
     builder: Callable[..., Any] | None = None
     if cfg.features.engine == "spark":
         from engage.spark import build_features_spark
@@ -250,8 +269,8 @@ def dataset(
             parse_date(end, "--end"),
             feature_config=cfg.features,
             label_config=cfg.labels,
-            users=load_optional_table(users),
-            exposures=load_optional_table(exposures),
+            users=user_table,
+            exposures=exposure_table,
             progress=progress,
             feature_builder=builder,
         )
@@ -267,6 +286,7 @@ def dataset(
         console.print(f"[yellow]warning:[/] {exc}")
 
 
+@file_errors
 def report(
     events: Annotated[Path, typer.Option(help="Events file.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for CSV, PNG and report.html.")],
@@ -288,6 +308,7 @@ def report(
 
     from engage.report import build_report
 
+    check_paths(read={"--events": events}, folders={"--out": out_dir})
     frame = load_events(events, build_config(config, set_))
     moment = frame["ts"].max() + timedelta(microseconds=1) if as_of is None else parse_date(as_of)
     extra: dict[str, Any] = {"cohort_period": period, "activity_types": activity, "funnel_segment": segment}

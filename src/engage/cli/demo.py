@@ -8,7 +8,17 @@ from typing import Annotated, Any
 
 import typer
 
-from engage.cli.common import ConfigOpt, SetOpt, build_config, console, fail, out, quiet_env
+from engage.cli.common import (
+    ConfigOpt,
+    SetOpt,
+    build_config,
+    check_paths,
+    console,
+    fail,
+    file_errors,
+    out,
+    quiet_env,
+)
 from engage.cli.data import simulate, validate
 from engage.cli.models import train_churn_command, train_offers_command
 from engage.cli.scoring import backtest, score
@@ -16,6 +26,7 @@ from engage.cli.scoring import backtest, score
 __all__ = ["demo"]
 
 
+@file_errors
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Working folder for the demo.")] = Path("demo"),
     users: Annotated[int | None, typer.Option(help="Simulated users.")] = None,
@@ -30,6 +41,7 @@ def demo(
 
     import polars as pl
 
+    check_paths(folders={"--out": out_dir})
     cfg = build_config(config, set_, **{"simulate.users": users, "simulate.days": days, "seed": seed})
     data = out_dir / "data"
     tracking = f"sqlite:///{(out_dir / 'mlflow.db').resolve()}"

@@ -12,18 +12,23 @@ from engage.cli.common import (
     ConfigOpt,
     SetOpt,
     build_config,
+    check_paths,
     fail,
+    file_errors,
     load_events,
-    load_optional_table,
     out,
     progress_bar,
     quiet_env,
+    read_exposures,
+    read_table,
+    read_users,
 )
 from engage.config import EngageConfig
 
 __all__ = ["evaluate_policy", "train_churn_command", "train_offers_command"]
 
 
+@file_errors
 def train_churn_command(
     events: Annotated[Path, typer.Option(help="Events file.")],
     users: Annotated[Path | None, typer.Option(help="Users table (attributes, consents).")] = None,
@@ -41,17 +46,15 @@ def train_churn_command(
     from engage.labels import InsufficientDataError
     from engage.training.churn import train_churn
 
+    check_paths(read={"--events": events, "--users": users, "--exposures": exposures, "--states": states})
     cfg = build_config(config, set_, **{"tracking.uri": tracking_uri, "tracking.experiment": experiment})
     frame = load_events(events, cfg)
+    user_table, exposure_table = read_users(users), read_exposures(exposures)
+    state_table = read_table(states, "--states")
     try:
         with progress_bar("snapshots") as progress:
             result = train_churn(
-                frame,
-                cfg,
-                users=load_optional_table(users),
-                exposures=load_optional_table(exposures),
-                states=load_optional_table(states),
-                progress=progress,
+                frame, cfg, users=user_table, exposures=exposure_table, states=state_table, progress=progress
             )
     except (InsufficientDataError, ValueError) as exc:
         raise fail(str(exc)) from exc
@@ -87,6 +90,7 @@ def _print_churn_result(result: Any, cfg: EngageConfig) -> None:
     out.print(f"run {result.run_id}; see it with: mlflow ui --backend-store-uri {cfg.tracking.uri}")
 
 
+@file_errors
 def train_offers_command(
     events: Annotated[Path | None, typer.Option(help="Events file (with --exposures).")] = None,
     exposures: Annotated[
@@ -119,9 +123,18 @@ def train_offers_command(
     from engage.offers.training import fit_offers, fit_offers_from_table, offer_table
     from engage.training.offers import train_offers
 
+    check_paths(
+        read={
+            "--events": events,
+            "--exposures": exposures,
+            "--users": users,
+            "--truth": truth,
+            "--table": table,
+        }
+    )
     cfg = build_config(config, set_, **{"tracking.uri": tracking_uri, "tracking.experiment": experiment})
     if table is not None:
-        frame = load_optional_table(table).to_pandas()
+        frame = read_table(table, "--table", required=(arm_col, outcome_col)).to_pandas()
         fit = fit_offers_from_table(
             frame,
             cfg,
@@ -134,10 +147,10 @@ def train_offers_command(
         stamp: dict[str, str | int] = {"rows": len(frame), "source": str(table)}
     elif events is not None and exposures is not None:
         frame = load_events(events, cfg)
-        logged = load_optional_table(exposures)
+        logged, user_table = read_exposures(exposures), read_users(users)
+        truth_table = read_table(truth, "--truth")
         with progress_bar("features at each campaign") as progress:
-            data = offer_table(frame, logged, cfg, users=load_optional_table(users), progress=progress)
-        truth_table = load_optional_table(truth)
+            data = offer_table(frame, logged, cfg, users=user_table, progress=progress)
         fit = fit_offers(
             data,
             cfg,
@@ -179,6 +192,7 @@ def _print_offer_result(result: Any, cfg: EngageConfig) -> None:
     out.print(f"registered {cfg.tracking.offer_model_name} v{result.version}: {status}")
 
 
+@file_errors
 def evaluate_policy(
     logs: Annotated[Path, typer.Option(help="Logged decisions: columns arm, outcome, propensity.")],
     actions: Annotated[Path, typer.Option(help="Target policy: one probability column per arm, same rows.")],
@@ -188,7 +202,8 @@ def evaluate_policy(
     """Off-policy value of a candidate policy from logged data: IPS, SNIPS and DR with 95% CIs."""
     from engage.offers.training import evaluate_logged_policy
 
-    logged, target = load_optional_table(logs).to_pandas(), load_optional_table(actions).to_pandas()
+    check_paths(read={"--logs": logs, "--actions": actions})
+    logged, target = read_table(logs, "--logs").to_pandas(), read_table(actions, "--actions").to_pandas()
     try:
         values = evaluate_logged_policy(logged, target, n_boot=n_boot, seed=seed)
     except (KeyError, ValueError) as exc:

@@ -13,19 +13,24 @@ from engage.cli.common import (
     ConfigOpt,
     SetOpt,
     build_config,
+    check_paths,
     fail,
+    file_errors,
     load_events,
-    load_optional_table,
     out,
     parse_date,
     parse_days,
     progress_bar,
     quiet_env,
+    read_exposures,
+    read_table,
+    read_users,
 )
 
 __all__ = ["backtest", "score"]
 
 
+@file_errors
 def score(
     events: Annotated[Path, typer.Option(help="Events file.")],
     as_of: Annotated[
@@ -52,6 +57,12 @@ def score(
     moment = parse_date(as_of)
     snapshot = snapshot or Path(cfg.serve.feature_snapshot_path)
     decision_log = decision_log or Path(cfg.serve.decision_log_dir)
+    check_paths(
+        read={"--users": users, "--exposures": exposures},
+        sources={"--events": events},  # Spark reads a folder too; the polars reader says it needs a file
+        write={"--out": out_file, "--snapshot": snapshot},
+        folders={"--decision-log": decision_log},
+    )
     from engage.scoring.champions import load_champions
 
     try:
@@ -68,6 +79,7 @@ def score(
         from engage.scoring.job import score_events
 
         frame = load_events(events, cfg)
+        user_table, exposure_table = read_users(users), read_exposures(exposures)
         with progress_bar("scoring users") as progress:
             summary = score_events(
                 frame,
@@ -75,8 +87,8 @@ def score(
                 models,
                 cfg,
                 out_file,
-                users=load_optional_table(users),
-                exposures=load_optional_table(exposures),
+                users=user_table,
+                exposures=exposure_table,
                 explain_share=share,
                 snapshot=snapshot,
                 decision_log=decision_log,
@@ -111,6 +123,7 @@ def _print_score_summary(path: Path) -> None:
     out.print(table)
 
 
+@file_errors
 def backtest(
     scores: Annotated[Path, typer.Option(help="A past `engage score` output.")],
     events: Annotated[Path, typer.Option(help="Events, including those after the scoring date.")],
@@ -128,7 +141,6 @@ def backtest(
     set_: SetOpt = None,
 ) -> None:
     """How the served risk and messages played out: realized churn by decile, AUC, calibration."""
-    import polars as pl
 
     from engage.evaluation.backtest import backtest as run_backtest
 
@@ -140,8 +152,9 @@ def backtest(
             "offers.attribution_days": parse_days(attribution, "--attribution") if attribution else None,
         },
     )
+    check_paths(read={"--scores": scores, "--events": events}, folders={"--out": out_dir})
+    served = read_table(scores, "--scores").to_pandas()
     frame = load_events(events, cfg)
-    served = pl.read_parquet(scores).to_pandas()
     try:
         result = run_backtest(
             served,
