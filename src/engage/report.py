@@ -21,8 +21,12 @@ import pandas as pd
 import polars as pl
 from matplotlib.figure import Figure
 
-from engage import analytics as an
 from engage import schemas as s
+from engage.analytics.cohorts import CohortTable, cohort_retention
+from engage.analytics.engagement import engagement_score, engagement_summary
+from engage.analytics.frames import ALL_SEGMENT, EventsLike, events_before
+from engage.analytics.funnels import DEFAULT_FUNNEL_STEPS, SegmentLike, funnel
+from engage.analytics.segments import LoyaltyTiers, loyalty_tiers, rfm, rfm_segment_summary
 from engage.plots import analytics as plots
 
 Progress = Callable[[str], None]
@@ -38,11 +42,11 @@ class AnalyticsTables:
     as_of: datetime
     overview: pd.DataFrame
     event_types: pd.DataFrame
-    cohort: an.CohortTable
+    cohort: CohortTable
     funnel: pd.DataFrame
     rfm: pd.DataFrame
     rfm_segments: pd.DataFrame
-    loyalty: an.LoyaltyTiers
+    loyalty: LoyaltyTiers
     engagement: pd.DataFrame
     engagement_bands: pd.DataFrame
 
@@ -85,30 +89,30 @@ def overview_tables(events: pl.DataFrame, as_of: datetime) -> tuple[pd.DataFrame
 
 
 def compute_analytics(
-    events: an.EventsLike,
+    events: EventsLike,
     *,
     as_of: datetime,
     cohort_period: Literal["M", "W"] = "M",
     activity_types: Sequence[str] | None = None,
-    funnel_steps: Sequence[str] = an.DEFAULT_FUNNEL_STEPS,
+    funnel_steps: Sequence[str] = DEFAULT_FUNNEL_STEPS,
     funnel_window_days: float = 7.0,
-    funnel_segment: an.SegmentLike = None,
+    funnel_segment: SegmentLike = None,
     engagement_window_days: int = 28,
     purchase_type: str = "purchase",
     progress: Progress | None = None,
 ) -> AnalyticsTables:
     """All report tables from events before ``as_of`` (pure; see ``engage.analytics``)."""
     say = progress or (lambda _msg: None)
-    frame = an.events_before(events, as_of)
+    frame = events_before(events, as_of)
     overview, event_types = overview_tables(frame, as_of)
     say("cohort retention")
-    cohort = an.cohort_retention(frame, as_of=as_of, activity_types=activity_types, period=cohort_period)
+    cohort = cohort_retention(frame, as_of=as_of, activity_types=activity_types, period=cohort_period)
     say("funnel")
-    fun = an.funnel(frame, funnel_steps, as_of=as_of, window_days=funnel_window_days, segment=funnel_segment)
+    fun = funnel(frame, funnel_steps, as_of=as_of, window_days=funnel_window_days, segment=funnel_segment)
     say("RFM and loyalty tiers")
-    rfm_table = an.rfm(frame, as_of=as_of, purchase_type=purchase_type)
+    rfm_table = rfm(frame, as_of=as_of, purchase_type=purchase_type)
     say("engagement score")
-    scores = an.engagement_score(frame, as_of=as_of, window_days=engagement_window_days)
+    scores = engagement_score(frame, as_of=as_of, window_days=engagement_window_days)
     return AnalyticsTables(
         as_of=as_of,
         overview=overview,
@@ -116,10 +120,10 @@ def compute_analytics(
         cohort=cohort,
         funnel=fun,
         rfm=rfm_table,
-        rfm_segments=an.rfm_segment_summary(rfm_table),
-        loyalty=an.loyalty_tiers(rfm_table),
+        rfm_segments=rfm_segment_summary(rfm_table),
+        loyalty=loyalty_tiers(rfm_table),
         engagement=scores,
-        engagement_bands=an.engagement_summary(scores),
+        engagement_bands=engagement_summary(scores),
     )
 
 
@@ -138,9 +142,9 @@ def _captions(t: AnalyticsTables) -> dict[str, str]:
     """Plain-words captions with the headline figure of each plot."""
     unit = "month" if t.cohort.period == "M" else "week"
     curves = t.cohort.curves()
-    pooled = curves[(curves["cohort"] == an.ALL_SEGMENT) & (curves["periods_since"] == 1)]
+    pooled = curves[(curves["cohort"] == ALL_SEGMENT) & (curves["periods_since"] == 1)]
     month1 = _pct(float(pooled["rate"].iloc[0])) if len(pooled) else "n/a"
-    f_all = t.funnel[t.funnel["segment"] == an.ALL_SEGMENT]
+    f_all = t.funnel[t.funnel["segment"] == ALL_SEGMENT]
     starters = int(f_all["users"].iloc[0]) if len(f_all) else 0
     end_conv = _pct(float(f_all["conversion"].iloc[-1])) if len(f_all) else "n/a"
     first_step = str(f_all["step"].iloc[0]) if len(f_all) else ""
@@ -341,16 +345,16 @@ def _csv_tables(t: AnalyticsTables) -> dict[str, pd.DataFrame]:
 
 
 def build_report(
-    events: an.EventsLike,
+    events: EventsLike,
     *,
     as_of: datetime,
     out_dir: str | Path,
     title: str = DEFAULT_TITLE,
     cohort_period: Literal["M", "W"] = "M",
     activity_types: Sequence[str] | None = None,
-    funnel_steps: Sequence[str] = an.DEFAULT_FUNNEL_STEPS,
+    funnel_steps: Sequence[str] = DEFAULT_FUNNEL_STEPS,
     funnel_window_days: float = 7.0,
-    funnel_segment: an.SegmentLike = None,
+    funnel_segment: SegmentLike = None,
     engagement_window_days: int = 28,
     purchase_type: str = "purchase",
     progress: Progress | None = None,

@@ -14,7 +14,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from engage.analytics import ALL_SEGMENT, SEGMENT_ORDER, TIER_ORDER, CohortTable
+from engage.analytics.cohorts import CohortTable
+from engage.analytics.frames import ALL_SEGMENT
+from engage.analytics.segments import SEGMENT_ORDER, TIER_ORDER
 
 _BLUE = "#2b6cb0"
 _GREY = "#a0aec0"
