@@ -329,17 +329,3 @@ def test_plots_return_figures_and_handle_empty_input() -> None:
     centers = [patch.get_x() + patch.get_width() / 2 for patch in pyramid_ax.patches]
     assert sum(widths) == pytest.approx(len(rfm_table))
     assert np.allclose(centers, 0.0)
-
-
-def test_package_names_stay_functions_after_every_submodule_is_imported() -> None:
-    """A submodule named like a function it exports (``funnel``) would replace that function on the
-    package once imported; the package's lazy names must still be the functions and constants."""
-    import importlib
-    import pkgutil
-    import types
-
-    for info in pkgutil.iter_modules(an.__path__):
-        importlib.import_module(f"{an.__name__}.{info.name}")
-    shadowed = [name for name in an.__all__ if isinstance(getattr(an, name), types.ModuleType)]
-    assert not shadowed
-    assert callable(an.funnel) and callable(an.rfm) and an.ALL_SEGMENT == "All"

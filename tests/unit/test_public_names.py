@@ -29,3 +29,18 @@ def test_an_undeclared_name_is_an_attribute_error() -> None:
     scoring = importlib.import_module("engage.scoring")
     with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
         scoring.nothing_here  # noqa: B018
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_package_names_stay_what_they_are_after_every_submodule_is_imported(package: str) -> None:
+    """A submodule named like a function its package exports (``analytics.funnel``) replaces that
+    function on the package once imported; each lazily exported name must stay the function."""
+    import pkgutil
+    import types
+
+    module = importlib.import_module(package)
+    exports = getattr(module, "_EXPORTS", {})
+    for info in pkgutil.iter_modules(module.__path__):
+        importlib.import_module(f"{package}.{info.name}")
+    shadowed = [name for name in exports if isinstance(getattr(module, name), types.ModuleType)]
+    assert not shadowed, f"{package}: {shadowed} name submodules as well as exported objects"

@@ -9,7 +9,6 @@ _EXPORTS = {
     "load_hillstrom": "hillstrom",
     "load_online_retail_ii": "online_retail_ii",
     "SimulatedData": "simulate",
-    "simulate": "simulate",
     "write_simulation": "simulate",
 }
 __all__ = sorted(_EXPORTS)

@@ -16,7 +16,6 @@ _EXPORTS = {
     "uplift_at_k": "uplift",
     "uplift_by_arm": "uplift",
     "Backtest": "backtest",
-    "backtest": "backtest",
     "realized": "backtest",
 }
 __all__ = sorted(_EXPORTS)
