@@ -131,13 +131,16 @@ def _user_text(user_ids: Any) -> Any:
 
 
 def decision_keys(
-    user_ids: Any, as_of: Any, versions: Mapping[str, str], seed: int
+    user_ids: Any, as_of: Any, versions: Mapping[str, str], seed: int, *, nonce: str | None = None
 ) -> tuple[npt.NDArray[np.float64], list[str]]:
     """Per row, the exploration draw in [0, 1) and the decision id (24 hex digits).
 
     The draw is fixed by (user, as_of, seed), so a user's draw ignores the rest of the batch and
-    the service, a batch run and Spark agree; the id adds the model versions. ``as_of`` is one
-    moment or one per row; the user ids are read once for all three hashes.
+    the service, a batch run and Spark agree; the id adds the model versions and ``nonce``. The
+    service passes a nonce per request (a process token and a counter), so two ``/score`` calls for
+    one user and day are two decisions with two ids; a batch run passes its run key, or nothing,
+    so re-running the same job gives the same ids (``nonce=None`` keeps the ids every earlier run
+    logged). ``as_of`` is one moment or one per row; the user ids are read once for all hashes.
     """
     users = _user_text(user_ids)
     hashes = stable_hashes(users, (DRAW_SALT, *DECISION_SALTS))
@@ -145,8 +148,10 @@ def decision_keys(
     seeds = np.full(len(users), seed, dtype=np.int64)
     draws = unit_interval(mix_int(mix_int(hashes[0], micros), seeds))
     tag = json.dumps(dict(versions), sort_keys=True) + f"|{seed}"
+    tag_hash = _run_tag_hash if nonce is None else _tag_hash
+    tag = tag if nonce is None else f"{tag}|{nonce}"
     lanes = [
-        mix_int(mix_int(user_hash, micros), np.full(len(micros), _tag_hash(tag, salt), dtype=np.int64))
+        mix_int(mix_int(user_hash, micros), np.full(len(micros), tag_hash(tag, salt), dtype=np.int64))
         for salt, user_hash in zip(DECISION_SALTS, hashes[1:], strict=True)
     ]
     shifts = np.arange(60, -4, -4, dtype=np.uint64)
@@ -159,6 +164,11 @@ def decision_keys(
 
 
 @lru_cache(maxsize=64)
+def _run_tag_hash(tag: str, salt: int) -> int:
+    """The hash of a run's decision tag (model versions and seed): cached, every call repeats it."""
+    return _tag_hash(tag, salt)
+
+
 def _tag_hash(tag: str, salt: int) -> int:
-    """The hash of a decision tag (model versions and seed): the same for every row of a run."""
+    """The hash of a decision tag: the same for every row of a call."""
     return int(stable_hash64([tag], salt).astype(np.int64)[0])

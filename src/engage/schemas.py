@@ -99,6 +99,9 @@ def consent_column(channel: str) -> str:
 MESSAGE_ID: Final = "message_id"
 CHANNEL: Final = "channel"
 PROPENSITY: Final = "propensity"
+INTENDED_MESSAGE_ID: Final = "intended_message_id"
+"""The message the policy picks before the holdout: a holdout row's counterfactual message, else
+``message_id`` itself (every decision carries it, so lift per message groups on one column)."""
 CONTROL_ARM: Final = "none"
 EXPOSURE_COLUMNS: Final[tuple[str, ...]] = (USER_ID, TS, MESSAGE_ID, CHANNEL, PROPENSITY)
 CONVERTED: Final = "converted"
@@ -120,6 +123,7 @@ SCORE_TYPES: Final[dict[str, str]] = {
     EXPECTED_GAIN: "double",
     PROPENSITY: "double",
     "holdout": "boolean",
+    INTENDED_MESSAGE_ID: "string",
     "cold_start": "boolean",
     "model_versions": "string",  # JSON text in files; a mapping in memory and in the API
     "decision_id": "string",

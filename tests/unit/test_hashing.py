@@ -92,3 +92,18 @@ def test_draws_are_uniform() -> None:
     counts = np.histogram(draws, bins=10, range=(0, 1))[0]
     assert ((draws >= 0) & (draws < 1)).all()
     assert counts.min() > 1_800 and counts.max() < 2_200
+
+
+def test_a_nonce_makes_new_ids_and_keeps_the_draws() -> None:
+    """The service's per-request nonce: same draws (same answer), different decision ids."""
+    draws, ids = decision_keys(USERS, AS_OF, VERSIONS, 7)
+    seen = set(ids)
+    for nonce in ("a1b2-0", "a1b2-1", "other-0", ""):
+        nonce_draws, nonce_ids = decision_keys(USERS, AS_OF, VERSIONS, 7, nonce=nonce)
+        np.testing.assert_array_equal(nonce_draws, draws)
+        assert seen.isdisjoint(nonce_ids) and len(set(nonce_ids)) == len(USERS)
+        seen.update(nonce_ids)
+    assert (
+        decision_keys(USERS, AS_OF, VERSIONS, 7, nonce="a1b2-0")[1]
+        == decision_keys(USERS, AS_OF, VERSIONS, 7, nonce="a1b2-0")[1]
+    )

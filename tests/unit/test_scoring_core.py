@@ -96,3 +96,33 @@ def test_scores_carry_exactly_the_score_fields(models: ScoringModels) -> None:
     assert tuple(scored.columns) == s.SCORE_FIELDS
     empty = score_features(_features(0), models, policy=PolicyConfig(), seed=0)
     assert tuple(empty.columns) == s.SCORE_FIELDS and empty.empty
+
+
+def test_a_holdout_decision_records_the_message_the_policy_would_have_sent(models: ScoringModels) -> None:
+    """``intended_message_id`` is the pick without the holdout (same draw): the treated twin's message."""
+    features = _features(3000)
+    policy = PolicyConfig(epsilon=0.3, holdout_pct=0.2)
+    scored = score_features(features, models, policy=policy, seed=7, reasons_top_k=None)
+    unheld = score_features(
+        features, models, policy=policy.model_copy(update={"holdout_pct": 0.0}), seed=7, reasons_top_k=None
+    )
+    held = scored["holdout"].to_numpy()
+    assert held.sum() > 400
+    assert scored[s.INTENDED_MESSAGE_ID].tolist() == unheld[s.MESSAGE_ID].tolist()
+    assert (scored.loc[~held, s.INTENDED_MESSAGE_ID] == scored.loc[~held, s.MESSAGE_ID]).all()
+    assert (scored.loc[held, s.MESSAGE_ID] == s.CONTROL_ARM).all()
+    assert (scored.loc[held, s.INTENDED_MESSAGE_ID] != s.CONTROL_ARM).mean() > 0.5
+
+
+def test_a_decision_nonce_changes_the_ids_and_nothing_else(models: ScoringModels) -> None:
+    features = _features(300)
+    policy = PolicyConfig(epsilon=0.3)
+    plain = score_features(features, models, policy=policy, seed=7, reasons_top_k=None)
+    runs = [
+        score_features(features, models, policy=policy, seed=7, reasons_top_k=None, decision_nonce=n)
+        for n in ("request-1", "request-2", "request-1")
+    ]
+    for run in runs:
+        pd.testing.assert_frame_equal(run.drop(columns=["decision_id"]), plain.drop(columns=["decision_id"]))
+    ids = [set(run["decision_id"]) for run in [plain, *runs]]
+    assert ids[0].isdisjoint(ids[1]) and ids[1].isdisjoint(ids[2]) and ids[1] == ids[3]

@@ -135,11 +135,39 @@ def test_a_snapshot_user_gets_the_batch_answer_and_it_is_logged(
         assert answer.churn_probability == pytest.approx(float(expected["churn_probability"]), abs=1e-12)
         assert answer.message.message_id == expected[s.MESSAGE_ID]
         assert answer.message.propensity == pytest.approx(float(expected[s.PROPENSITY]))
-        assert answer.decision_id == expected["decision_id"]
+        assert answer.message.intended_message_id == expected[s.INTENDED_MESSAGE_ID]
+        assert answer.decision_id != expected["decision_id"], "a /score decision is not the batch's"
         assert answer.model_versions == models.versions
     log, skipped = read_decisions(config.serve.decision_log_dir)
     assert skipped == 0
     assert sorted(log["decision_id"]) == sorted(a.decision_id for a in answers)
+    by_id = log.set_index("decision_id")
+    for answer in answers:
+        assert by_id.loc[answer.decision_id, s.INTENDED_MESSAGE_ID] == answer.message.intended_message_id
+
+
+def test_repeated_calls_for_one_user_and_day_are_distinct_decisions(
+    world: tuple[EngageConfig, pd.DataFrame], models: ScoringModels
+) -> None:
+    """The same request twice gives the same answer (same draws) but two decision ids, snapshot
+    users and cold starts alike, and across engines (processes)."""
+    config, _ = world
+    users = ["u1", "u2", "nobody"]
+    answers = []
+    for _ in range(2):
+        engine = ScoringEngine(config, models, watch_seconds=None)
+        try:
+            for _ in range(25):
+                answers += engine.score(_request(users, as_of=AS_OF, explain=False)).users
+        finally:
+            engine.close()
+    ids = [a.decision_id for a in answers]
+    assert len(set(ids)) == len(ids) == 150
+    for user in users:
+        mine = [a for a in answers if a.user_id == user]
+        assert len({(a.message.message_id, a.message.propensity) for a in mine}) == 1
+    log, _ = read_decisions(config.serve.decision_log_dir)
+    assert log["decision_id"].is_unique and len(log) == 150
 
 
 def test_an_unknown_user_is_a_cold_start_at_the_population_prior(

@@ -48,6 +48,7 @@ class ScoreOptions(TypedDict, total=False):
     reasons_top_k: int | None
     explain_rows: np.ndarray | None
     churn_probability: np.ndarray | None
+    decision_nonce: str | None
 
 
 def score_features(
@@ -72,13 +73,20 @@ def score_columns(
     reasons_top_k: int | None = 3,
     explain_rows: np.ndarray | None = None,
     churn_probability: np.ndarray | None = None,
+    decision_nonce: str | None = None,
 ) -> dict[str, Any]:
     """Scores of a feature table (at least one row) as columns: ``SCORE_FIELDS`` in order.
 
     Reasons for ``explain_rows`` (default all); ``reasons_top_k=None`` skips reasons entirely (the
     cheapest path). ``churn_probability``, when the caller already has it (batch jobs rank users by
-    it first), saves predicting it twice. :func:`score_features` makes these columns a frame; the
-    HTTP service reads its few rows straight from them.
+    it first), saves predicting it twice. ``decision_nonce`` goes into the decision ids
+    (``engage.hashing.decision_keys``: the service's per request, a batch run's key), never into the
+    draws. :func:`score_features` makes these columns a frame; the HTTP service reads its few rows
+    straight from them.
+
+    ``intended_message_id`` is the message the policy picks without the holdout: for a holdout row
+    the message it would have sent (the same draw over the probabilities it would have had), for
+    every other row its ``message_id``; lift per message compares the two groups on it.
     """
     features = features.reset_index(drop=True)
     if not _is_utc(features[s.AS_OF]):
@@ -116,9 +124,23 @@ def score_columns(
         as_of=decision_time,
         users=user_ids.to_numpy(),
     )
-    draws, ids = decision_keys(user_ids, as_of, models.versions, seed)
+    draws, ids = decision_keys(user_ids, as_of, models.versions, seed, nonce=decision_nonce)
     chosen, propensity = draw_arms(probabilities, draws)
-    arms = np.asarray(catalog.arms, dtype=object)[chosen]
+    all_arms = np.asarray(catalog.arms, dtype=object)
+    arms = all_arms[chosen]
+    intended = arms.copy()
+    held = np.flatnonzero(holdout)
+    if len(held):  # the policy once more for the held-out rows only, without the holdout
+        unheld, _ = probability_matrix(
+            features.iloc[held],
+            arm_gains[held],
+            catalog,
+            config=policy.model_copy(update={"holdout_pct": 0.0}),
+            history=history,
+            as_of=decision_time,
+            users=user_ids.to_numpy()[held],
+        )
+        intended[held] = all_arms[draw_arms(unheld, draws[held])[0]]
     out[s.MESSAGE_ID] = arms
     out[s.CHANNEL] = catalog.arm_channels[chosen]
     out["message_text"] = render_many(catalog, arms, features)
@@ -127,6 +149,7 @@ def score_columns(
     out[s.EXPECTED_GAIN] = np.where(modelled[chosen], picked, 0.0)
     out[s.PROPENSITY] = propensity
     out["holdout"] = np.asarray(holdout, dtype=bool)
+    out[s.INTENDED_MESSAGE_ID] = intended
     out["cold_start"] = np.zeros(len(features), dtype=bool)
     versions = dict(models.versions)
     out["model_versions"] = [versions] * len(features)  # one shared dict: to_storable dumps it once

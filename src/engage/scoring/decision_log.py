@@ -1,25 +1,33 @@
 """The decision log: every message choice, with the probability it was chosen, for off-policy evaluation.
 
 The one home of the log's layout, its writer and its readers. Day-partitioned JSON Lines:
-``<dir>/date=YYYY-MM-DD/decisions-<pid>.jsonl``, one file per process so that writers never
-interleave. The day is the writer's clock when it wrote (not a request's ``as_of``, which a client
-chooses: the folders grow by one a day, whatever clients send); each line carries ``decided_at``,
-the policy's decision time, which is what readers use.
+``<dir>/date=YYYY-MM-DD/decisions-<pid>.jsonl``, one file per serving process so that writers never
+interleave, and ``batch-<key>.jsonl``, one file per batch run. The day is the writer's clock when it
+wrote (not a request's ``as_of``, which a client chooses: the folders grow by one a day, whatever
+clients send); each line carries ``decided_at``, the policy's decision time, which is what readers
+use.
 
-A write is whole lines in one ``os.write`` on a file opened for appending (once the call returns
-the kernel holds it: a process crash loses nothing). A machine crash can at worst cut the last
-line short: the writer seals such a line with a newline when it opens the file again. Readers skip
-and count such a line, and any line that is not a decision (not a JSON object, or without a text
-``user_id``, ``message_id`` or ``decided_at``), instead of failing. Only decision fields are
-written, never raw events or attributes.
+A service write is whole lines in one ``os.write`` on a file opened for appending (once the call
+returns the kernel holds it: a process crash loses nothing). A machine crash can at worst cut the
+last line short: the writer seals such a line with a newline when it opens the file again. A batch
+is all or nothing: written to a hidden temporary file, fsynced, then published under its key (a
+digest of its decision ids) with a hard link that fails if the key exists, so a killed run leaves
+no partial batch and a re-run of the same job (same ids) appends nothing. Readers skip and count a
+cut line, and any line that is not a decision (not a JSON object, or without a text ``user_id``,
+``message_id`` or ``decided_at``), instead of failing; they never read temporary files. Only
+decision fields are written, never raw events or attributes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import secrets
+import socket
 import threading
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,12 +36,18 @@ import numpy as np
 import pandas as pd
 import polars as pl
 
+from engage import schemas as s
+from engage.events import _TMP_TAG, _stale_temporaries
+from engage.hashing import stable_hash64
+
 __all__ = [
     "DECISION_FIELDS",
     "REQUIRED_FIELDS",
+    "BatchWrite",
     "Clock",
     "DecisionWriter",
     "LogTail",
+    "batch_key",
     "log_files",
     "read_decisions",
     "utc_now",
@@ -58,12 +72,18 @@ DECISION_FIELDS: tuple[str, ...] = (
     "propensity",
     "expected_gain",
     "holdout",
+    "intended_message_id",
     "churn_probability",
     "model_versions",
 )
+"""What a log line holds. ``intended_message_id``: the message the policy picks before the holdout
+(a holdout decision's counterfactual, else ``message_id``); lines written before it existed read
+back with ``message_id`` there unless they are holdouts (then it is unknown: null)."""
 # what every reader needs of a line (texts); a line without them is skipped and counted
 REQUIRED_FIELDS: tuple[str, ...] = ("user_id", "message_id", "decided_at")
-_GLOB = "date=*/decisions-*.jsonl"
+_GLOBS = ("date=*/decisions-*.jsonl", "date=*/batch-*.jsonl")  # never the hidden temporaries
+_BATCH_KEY_SALT = 0x6261746368  # "batch"
+_CHUNK = 1 << 20
 
 
 def _day_folder(log_dir: Path, written_at: datetime) -> Path:
@@ -75,8 +95,30 @@ def _is_decision(record: Any) -> bool:
 
 
 def log_files(log_dir: str | Path) -> list[Path]:
-    """Every log file under ``log_dir``, in date-folder then name order."""
-    return sorted(Path(log_dir).glob(_GLOB))
+    """Every published log file under ``log_dir``, in date-folder then name order."""
+    root = Path(log_dir)
+    return sorted({path for pattern in _GLOBS for path in root.glob(pattern)})
+
+
+def batch_key(decision_ids: Iterable[str]) -> str:
+    """The key of a batch: a digest of its decision ids, whatever their order (32 hex digits).
+
+    A batch run's ids are fixed by its job (users, as_of, models, seed, run key), so re-running
+    the job gives the same key and the log takes it once.
+    """
+    ids = list(decision_ids)
+    hashes = np.sort(stable_hash64(ids, _BATCH_KEY_SALT)) if ids else np.zeros(0, np.uint64)
+    return hashlib.sha256(hashes.tobytes()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class BatchWrite:
+    """What :meth:`DecisionWriter.write_frame` did: the batch's file, and whether it was already there."""
+
+    path: Path
+    key: str
+    rows: int
+    already_logged: bool
 
 
 def _jsonable(value: Any) -> Any:
@@ -189,9 +231,27 @@ class DecisionWriter:
         """Append records (their decision fields only, ``decided_at`` set); return the file written to."""
         return self._append(_record_lines(records, decided_at.isoformat()))
 
-    def write_frame(self, scores: pd.DataFrame, decided_at: datetime) -> Path:
-        """Append a scores table's decisions, column-wise; return the file written to."""
-        return self._append(_frame_lines(scores, decided_at.isoformat()) if len(scores) else b"")
+    def write_frame(self, scores: pd.DataFrame, decided_at: datetime) -> BatchWrite:
+        """Publish a scores table's decisions as one batch file, all or nothing, at most once.
+
+        The batch's key is :func:`batch_key` of its decision ids: when a file of that key is in the
+        log already (any day), nothing is written and ``already_logged`` says so. Otherwise the
+        lines go, column-wise, to a hidden temporary file in today's folder, are fsynced, and are
+        published as ``batch-<key>.jsonl`` by a hard link that fails when another run published
+        the key first. A kill before the link leaves only the temporary file, which readers never
+        read and the next batch write removes once its writer is gone.
+        """
+        key = batch_key(scores["decision_id"].astype(str) if "decision_id" in scores else [])
+        name = f"batch-{key}.jsonl"
+        if not len(scores):
+            return BatchWrite(_day_folder(self.log_dir, self.clock()) / name, key, 0, already_logged=False)
+        existing = sorted(self.log_dir.glob(f"date=*/{name}"))
+        if existing:
+            return BatchWrite(existing[0], key, 0, already_logged=True)
+        target = _day_folder(self.log_dir, self.clock()) / name
+        payload = _frame_lines(scores, decided_at.isoformat()) if len(scores) else b""
+        published = _publish(payload, target)
+        return BatchWrite(target, key, len(scores) if published else 0, already_logged=not published)
 
     def sync(self) -> None:
         """fsync what was written since the last sync."""
@@ -210,6 +270,41 @@ class DecisionWriter:
         """fsync and close the open file (the writer reopens on the next write)."""
         with self._lock:
             self._close_fd()
+
+
+def _publish(payload: bytes, target: Path) -> bool:
+    """Write ``payload`` to a temporary file next to ``target``, fsync, then hard-link it as
+    ``target`` unless that exists (False then). The folder is fsynced so the link survives a crash."""
+    folder = target.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in _stale_temporaries(target):
+        stale.unlink(missing_ok=True)
+    tmp = folder / f".{target.name}{_TMP_TAG}{os.getpid()}@{socket.gethostname()}.{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        try:
+            view = memoryview(payload)
+            for start in range(0, len(view), _CHUNK):
+                os.write(fd, view[start : start + _CHUNK])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            return False
+        _fsync_folder(folder)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class LogTail:
@@ -270,7 +365,15 @@ class LogTail:
 
 
 def read_decisions(log_dir: str | Path) -> tuple[pd.DataFrame, int]:
-    """All decisions under ``log_dir`` and the number of lines skipped (truncated, or not a decision)."""
+    """All decisions under ``log_dir`` and the number of lines skipped (truncated, or not a decision).
+
+    A line written before ``intended_message_id`` existed gets its ``message_id`` there unless it is
+    a holdout (whose intended message was not recorded: null).
+    """
     tail = LogTail(log_dir)
     rows = tail.read(final=True)
-    return pd.DataFrame(rows, columns=list(DECISION_FIELDS)), tail.skipped
+    frame = pd.DataFrame(rows, columns=list(DECISION_FIELDS))
+    unknown = frame[s.INTENDED_MESSAGE_ID].isna() & ~frame["holdout"].eq(True)
+    if unknown.any():
+        frame[s.INTENDED_MESSAGE_ID] = frame[s.INTENDED_MESSAGE_ID].where(~unknown, frame[s.MESSAGE_ID])
+    return frame, tail.skipped

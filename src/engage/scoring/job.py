@@ -9,6 +9,7 @@ snapshot the service reads, and appends its decisions to the decision log.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,9 +25,11 @@ from engage.config import EngageConfig
 from engage.events import write_parquet_atomic
 from engage.features import INPUT_COLUMNS, build_features
 from engage.scoring.core import ScoringModels, score_features, to_storable
-from engage.scoring.decision_log import DecisionWriter
+from engage.scoring.decision_log import BatchWrite, DecisionWriter
 
 Progress = Callable[[int, int], None]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,8 @@ class ScoreRunSummary:
     out: Path
     snapshot: Path | None
     stages: dict[str, float] = field(default_factory=dict)
+    decisions: BatchWrite | None = None
+    """The run's batch in the decision log (``already_logged``: a re-run, nothing appended)."""
 
     @property
     def users_per_second(self) -> float:
@@ -93,12 +98,17 @@ def score_events(
     users_per_chunk: int = 250_000,
     snapshot: Path | None = None,
     decision_log: Path | None = None,
+    run_key: str | None = None,
     progress: Progress | None = None,
 ) -> ScoreRunSummary:
     """Score every user with events before ``as_of`` and write ``out`` atomically.
 
     ``explain_share`` is the share of riskiest users that get reasons (1.0 = everyone, 0 or None =
-    nobody). Re-running with the same inputs gives the identical file.
+    nobody). Re-running with the same inputs gives the identical file. The decisions go to
+    ``decision_log`` as one batch, all or nothing; their ids are fixed by the job (users, as_of,
+    models, seed and ``run_key``), so a re-run appends nothing (``summary.decisions.already_logged``).
+    ``run_key`` (e.g. a scheduler's run id) makes a deliberate second run of the same job new
+    decisions; None keeps the ids earlier runs logged.
     """
     started = time.perf_counter()
     stages = dict.fromkeys(("features", "predict", "score", "write"), 0.0)
@@ -157,6 +167,7 @@ def score_events(
                 reasons_top_k=None if threshold is None else config.churn.reasons_top_k,
                 explain_rows=rows,
                 churn_probability=p,
+                decision_nonce=run_key,
             )
         )
         stages["score"] += time.perf_counter() - tick
@@ -179,10 +190,13 @@ def score_events(
             pl.from_pandas(pd.concat(features, ignore_index=True).sort_values(s.USER_ID, ignore_index=True)),
             snapshot,
         )
+    logged = None
     if decision_log is not None and len(scores):
         scores = scores.iloc[order].reset_index(drop=True)
         with DecisionWriter(decision_log) as log:
-            log.write_frame(scores, as_of)
+            logged = log.write_frame(scores, as_of)
+        if logged.already_logged:
+            logger.warning("decision log: batch %s already in %s, nothing appended", logged.key, logged.path)
     stages["write"] = time.perf_counter() - tick
     return ScoreRunSummary(
         users=len(scores),
@@ -191,6 +205,7 @@ def score_events(
         out=out,
         snapshot=snapshot_path,
         stages=stages,
+        decisions=logged,
     )
 
 

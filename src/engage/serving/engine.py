@@ -8,7 +8,9 @@ scoring path (``engage.scoring.core``). No HTTP and no bentoml: the Bento servic
 
 from __future__ import annotations
 
+import itertools
 import logging
+import secrets
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -98,6 +100,7 @@ def _user_score(user_id: str, row: dict[str, Any]) -> UserScore:
                 "expected_gain": float(row[s.EXPECTED_GAIN]),
                 "propensity": float(row[s.PROPENSITY]),
                 "holdout": bool(row["holdout"]),
+                "intended_message_id": str(row[s.INTENDED_MESSAGE_ID]),
             },
             "feature_as_of": pd.Timestamp(row[s.AS_OF]).to_pydatetime(),
             "model_versions": {str(k): str(v) for k, v in row["model_versions"].items()},
@@ -141,6 +144,8 @@ class ScoringEngine:
             clock=clock,
         )
         self.prior = self._prior()
+        self._token = secrets.token_hex(8)  # this engine's part of every decision id
+        self._requests = itertools.count()
         self._busy: set[str] = set()
         self._busy_cond = threading.Condition()
         self._stop = threading.Event()
@@ -272,10 +277,18 @@ class ScoringEngine:
         categorical = set(getattr(self.models.churn.model, "categorical_features_", []))
         return {n: np.dtype(object) if n in categorical else np.dtype(float) for n in names}
 
-    def _cold(self, user: UserIn, as_of: datetime) -> UserScore:
+    def _nonce(self) -> str:
+        """A request's part of its decision ids: this engine's random token and a request counter.
+
+        Two calls for the same user and ``as_of`` are two decisions: their draws agree (the policy
+        repeats its answer) but their ids differ, so feedback names exactly one of them.
+        """
+        return f"{self._token}-{next(self._requests)}"
+
+    def _cold(self, user: UserIn, as_of: datetime, nonce: str) -> UserScore:
         """Population prior and no message (``none``: nothing known to choose on), marked ``cold_start``."""
         arm = s.CONTROL_ARM
-        _, ids = decision_keys([user.user_id], [as_of], self.models.versions, self.config.seed)
+        _, ids = decision_keys([user.user_id], [as_of], self.models.versions, self.config.seed, nonce=nonce)
         return UserScore(
             user_id=user.user_id,
             churn_probability=self.prior,
@@ -288,6 +301,7 @@ class ScoringEngine:
                 expected_gain=0.0,
                 propensity=1.0,
                 holdout=False,
+                intended_message_id=arm,
             ),
             feature_as_of=None,
             model_versions=dict(self.models.versions),
@@ -336,6 +350,7 @@ class ScoringEngine:
                 self._busy_cond.notify_all()
 
     def _answers(self, request: ScoreRequest, rows: FeatureRows, decided_at: datetime) -> list[UserScore]:
+        nonce = self._nonce()
         columns: dict[str, dict[str, list[Any]]] = {}
         for source, frame in rows.frames.items():
             if len(frame):
@@ -349,12 +364,13 @@ class ScoringEngine:
                     seed=self.config.seed,
                     history=history,
                     reasons_top_k=REASONS_TOP_K if request.explain else None,
+                    decision_nonce=nonce,
                 )
                 columns[source] = {name: _as_list(values) for name, values in scored.items()}
         answers: list[UserScore] = []
         for user, where in zip(request.users, rows.where, strict=True):
             if where is None:
-                answer = self._cold(user, decided_at)
+                answer = self._cold(user, decided_at, nonce)
             else:
                 source, pos = where
                 answer = _user_score(
@@ -380,6 +396,7 @@ class ScoringEngine:
                 "propensity": a.message.propensity,
                 "expected_gain": a.message.expected_gain,
                 "holdout": a.message.holdout,
+                s.INTENDED_MESSAGE_ID: a.message.intended_message_id,
                 "churn_probability": a.churn_probability,
                 "model_versions": a.model_versions,
             }

@@ -224,6 +224,10 @@ class ChosenMessage(BaseModel):
     expected_gain: float
     propensity: float
     holdout: bool
+    intended_message_id: str = Field(
+        description="The message the policy picks before the holdout: for a holdout user the one it "
+        "would have sent, otherwise message_id"
+    )
 
 
 class UserScore(BaseModel):
