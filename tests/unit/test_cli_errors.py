@@ -27,6 +27,22 @@ SPAN = ["--start", "2024-01-02", "--end", "2024-01-03"]
 # (command line with {placeholders}, the placeholder naming the bad path the message must show)
 CASES: dict[str, tuple[list[str], str]] = {
     "simulate --out is a file": (["simulate", "--out", "{file}", "--users", "5", "--days", "5"], "file"),
+    "simulate --resume missing": (
+        ["simulate", "--resume", "{missing}", "--decisions", "{folder}", "--days", "5"],
+        "missing",
+    ),
+    "simulate --resume is a file": (
+        ["simulate", "--resume", "{file}", "--decisions", "{folder}", "--days", "5"],
+        "file",
+    ),
+    "simulate --resume is not a world": (
+        ["simulate", "--resume", "{folder}", "--decisions", "{folder}", "--days", "5"],
+        "folder",
+    ),
+    "simulate --decisions missing": (
+        ["simulate", "--resume", "{folder}", "--decisions", "{missing}", "--days", "5"],
+        "missing",
+    ),
     "validate PATH missing": (["validate", "{missing}"], "missing"),
     "validate PATH is a folder": (["validate", "{folder}"], "folder"),
     "validate --out-dir is a file": (["validate", "{events}", "--out-dir", "{file}"], "file"),

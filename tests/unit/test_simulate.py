@@ -60,7 +60,8 @@ def snapshots(sim: SimulatedData) -> pl.DataFrame:
 def test_same_seed_gives_identical_files(tmp_path: Path) -> None:
     first = write_simulation(simulate(300, 60, seed=11), tmp_path / "a")
     second = write_simulation(simulate(300, 60, seed=11), tmp_path / "b")
-    assert set(first) == {"events", "users", "exposures", "truth", "states"}
+    assert set(first) == {"events", "users", "exposures", "truth", "states", "world"}
+    assert (tmp_path / "a" / "world.json").read_bytes() == (tmp_path / "b" / "world.json").read_bytes()
     for name, path in first.items():
         assert path.read_bytes() == second[name].read_bytes(), name
 

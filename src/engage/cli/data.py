@@ -43,19 +43,32 @@ __all__ = [
 
 @file_errors
 def simulate(
-    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the four parquet files.")] = Path(
-        "demo/data"
-    ),
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", help="Folder for the parquet files (default demo/data; with --resume: WORLD)."),
+    ] = None,
     users: Annotated[int | None, typer.Option(help="Number of users.")] = None,
-    days: Annotated[int | None, typer.Option(help="Days of history.")] = None,
+    days: Annotated[int | None, typer.Option(help="Days of history (with --resume: days to add).")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (same seed, same files).")] = None,
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="Carry this simulated world on (a folder simulate wrote).")
+    ] = None,
+    decisions: Annotated[
+        Path | None, typer.Option(help="--resume: the decision log the world's users answer.")
+    ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Simulate users, events and randomized campaigns with ground truth."""
+    """Simulate users, events and randomized campaigns with ground truth, or carry a world on."""
     from engage.datasets.simulate import simulate as run_simulation
     from engage.datasets.simulate import write_simulation
 
+    if resume is not None:
+        _resume_world(resume, decisions, days, out_dir)
+        return
+    if decisions is not None:
+        raise fail("--decisions goes with --resume WORLD")
+    out_dir = out_dir or Path("demo/data")
     check_paths(folders={"--out": out_dir})
     cfg = build_config(config, set_, **{"simulate.users": users, "simulate.days": days, "seed": seed})
     started = time.perf_counter()
@@ -69,11 +82,57 @@ def simulate(
             oracle_horizon_days=cfg.labels.horizon_days,
         )
         paths = write_simulation(data, out_dir)
-    elapsed = time.perf_counter() - started
-    table = Table("table", "rows", "file", title=f"simulated in {elapsed:.1f} s (seed {cfg.seed})")
+    _print_tables(paths, f"simulated in {time.perf_counter() - started:.1f} s (seed {cfg.seed})")
+
+
+def _print_tables(paths: dict[str, Path], title: str) -> None:
+    import polars as pl
+
+    table = Table("table", "rows", "file", title=title)
     for name, path in paths.items():
-        table.add_row(name, f"{getattr(data, name).height:,}", str(path))
+        table.add_row(name, f"{pl.scan_parquet(path).select(pl.len()).collect().item():,}", str(path))
     out.print(table)
+
+
+def _resume_world(world: Path, decisions: Path | None, days: int | None, out_dir: Path | None) -> None:
+    """engage simulate --resume: the world answers the logged decisions for `days` more days."""
+    from engage.datasets.resume import resume as run_resume
+    from engage.datasets.simulate import read_simulation, write_simulation
+    from engage.scoring.decision_log import read_decisions
+
+    if decisions is None or days is None:
+        raise fail("--resume needs --decisions DIR (the decision log) and --days N")
+    check_paths(sources={"--resume": world, "--decisions": decisions}, folders={"--out": out_dir})
+    if not world.is_dir():
+        raise fail(f"--resume {world}: is a file; give the folder simulate wrote")
+    if not decisions.is_dir():
+        raise fail(f"--decisions {decisions}: is a file; give the decision log folder")
+    started = time.perf_counter()
+    try:
+        data = read_simulation(world)
+        logged, skipped = read_decisions(decisions)
+        resumed, counts = run_resume(data, logged, days)
+    except (FileNotFoundError, KeyError, ValueError) as exc:
+        raise fail(f"--resume {world}: {exc}") from exc
+    paths = write_simulation(resumed, out_dir or world)
+    assert resumed.world is not None
+    elapsed = time.perf_counter() - started
+    _print_tables(paths, f"resumed {days} days in {elapsed:.1f} s (now day {resumed.world.day})")
+    left_out = {
+        "lines that are not decisions": skipped,
+        "repeated decision_id": counts.duplicate_id,
+        "dated before the world's end": counts.before_start,
+        "dated after the new end": counts.after_end,
+        "unknown or not yet signed-up user": counts.unknown_user,
+        "unreadable decided_at": counts.bad_time,
+    }
+    out.print(
+        f"decisions: {counts.rows:,} read, {counts.answered:,} answered "
+        f"({counts.treated:,} sent a message, {counts.control:,} holdout or none)"
+    )
+    for reason, count in left_out.items():
+        if count:
+            out.print(f"  left out: {count:,} {reason}")
 
 
 @file_errors

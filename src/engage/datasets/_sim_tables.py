@@ -100,8 +100,14 @@ def events_frame(
     arms: list[tuple[str, str]],
     pref_cum: NDArray[np.float64],
     spend: NDArray[np.float64],
+    *,
+    session_prefix: str = "s",
 ) -> pl.DataFrame:
-    """Expand session summaries into ordered events, add campaign opens, sort by (ts, user)."""
+    """Expand session summaries into ordered events, add campaign opens, sort by (ts, user).
+
+    Session ids are `session_prefix` and the session's number in `sessions` (a resumed day gives
+    its own prefix, so ids stay unique across a world's days).
+    """
     s_user = sessions.get("user", np.int64)
     t0 = sessions.get("t0", np.int64)
     bounce = sessions.get("bounce", np.bool_)
@@ -189,7 +195,7 @@ def events_frame(
         return table.gather(idx).alias(name)
 
     sess_sorted = pl.Series(all_sess[order], dtype=pl.Int64)
-    session_id = ("s" + sess_sorted.cast(pl.String).str.zfill(9)).set(sess_sorted < 0, None)
+    session_id = (session_prefix + sess_sorted.cast(pl.String).str.zfill(9)).set(sess_sorted < 0, None)
     amount_s = pl.Series("amount", all_amount[order], dtype=pl.Float64, nan_to_null=True)
     frame = pl.DataFrame(
         [
