@@ -134,6 +134,24 @@ class ServeConfig(_Frozen):
     decision_log_dir: str = "models/decisions"
 
 
+class MonitorConfig(_Frozen):
+    """``engage monitor``: when drift and miscalibration warn or alert (alert = exit code 1)."""
+
+    psi_warn: float = Field(0.1, ge=0)
+    psi_alert: float = Field(0.25, ge=0)
+    """The usual PSI conventions: below 0.1 no real shift, 0.1-0.25 moderate, 0.25 and up a shift."""
+    bins: int = Field(10, gt=1)
+    """Quantile bins of a numeric feature, cut on the reference (deciles)."""
+    epsilon: float = Field(1e-4, gt=0, lt=1)
+    """Share given to an empty bin, so a bin empty on one side adds a finite term."""
+    ece_warn: float = Field(0.05, ge=0)
+    ece_alert: float = Field(0.10, ge=0)
+    """Expected calibration error of a week's served risk against its realized churn."""
+    min_week_rows: int = Field(1_000, gt=0)
+    """A week is judged on calibration only with this many labelled rows (ECE of fewer is noise: a
+    perfectly calibrated model shows about 0.03 on 1,000 rows)."""
+
+
 class EngageConfig(_Frozen):
     seed: int = 42
     simulate: SimulateConfig = SimulateConfig()
@@ -145,6 +163,7 @@ class EngageConfig(_Frozen):
     policy: PolicyConfig = PolicyConfig()
     tracking: TrackingConfig = TrackingConfig()
     serve: ServeConfig = ServeConfig()
+    monitor: MonitorConfig = MonitorConfig()
 
 
 class ConfigError(ValueError):

@@ -18,10 +18,10 @@ LAYERS: dict[str, int] = {
     "engage.exports": 0,
     "engage.events": 1,
     "engage.datasets": 1,
-    "engage.offers.catalog": 1,
     "engage.offers.rules": 1,
-    "engage.offers.templates": 1,
     "engage.features": 2,
+    "engage.offers.catalog": 2,  # reads the standard feature names (features.spec) to check templates
+    "engage.offers.templates": 2,
     "engage.labels": 2,
     "engage.analytics": 2,
     "engage.offers.outcomes": 2,

@@ -1,16 +1,21 @@
 """The message catalog marketers edit: the checked YAML, its messages and the contact cap.
 
 Each message's ``eligible_if`` is a rule of the safe language in ``offers.rules`` (bounded in size and
-nesting); its template is filled by ``offers.templates`` (plain, bounded placeholders). A malformed
-catalog fails at load naming the file, the message id and the field.
+nesting); its template is a sandboxed Jinja2 subset checked by ``offers.templates``. At load every
+placeholder must resolve to a known feature, a user attribute, a name declared under ``placeholders``
+or a param of its message, and every value a user may lack must have a default (the catalog's, or
+the template's ``default`` filter). A malformed catalog fails at load naming the file, the message id
+and the field.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -18,13 +23,33 @@ import pandas as pd
 import yaml
 
 from engage import schemas as s
+from engage.config import FeatureConfig
+from engage.features.spec import feature_defs
 from engage.offers.rules import Rule, parse_rule
-from engage.offers.templates import check_template, fill, template_keys
+from engage.offers.templates import (
+    HTML_CHANNELS,
+    Placeholder,
+    check_format_spec,
+    compile_template,
+    fill,
+    template_keys,
+)
 
-__all__ = ["CAP_DAYS", "Catalog", "CatalogError", "Message", "catalog_from_dict", "load_catalog"]
+__all__ = [
+    "CAP_DAYS",
+    "USER_ATTRIBUTES",
+    "Catalog",
+    "CatalogError",
+    "Message",
+    "catalog_from_dict",
+    "is_standard_feature",
+    "load_catalog",
+]
 
 CAP_DAYS = 7
 """The contact cap counts the messages a user got over this many days (``max_per_7d``)."""
+USER_ATTRIBUTES: tuple[str, ...] = ("region", "plan", *(s.consent_column(c) for c in s.CHANNELS))
+"""User attributes a template may read without declaring them under ``placeholders``."""
 
 
 class CatalogError(ValueError):
@@ -43,14 +68,18 @@ class Message:
     eligible_if: Rule
     cooldown_days: int = 0
     params: dict[str, Any] = field(default_factory=dict)
+    html: bool = False
+    """Values are HTML-escaped (the channel renders HTML)."""
+    placeholders: Mapping[str, Placeholder] = field(default_factory=dict)
+    """The catalog's defaults and number formats, by placeholder name."""
 
     def template_keys(self) -> set[str]:
-        """The value names the template looks up (``{a.b}`` reads ``a``; nested specs included)."""
+        """The value names the template reads."""
         return template_keys(self.template)
 
     def render(self, features: Mapping[str, Any] | pd.Series) -> str:
         """The text for one user (``templates.fill`` with this message's params); never raises."""
-        return fill(self.template, self.params, features)
+        return fill(self.template, self.params, features, self.placeholders, html=self.html)
 
 
 @dataclass(frozen=True)
@@ -60,6 +89,8 @@ class Catalog:
     messages: tuple[Message, ...]
     max_per_7d: int = 2
     source: str = ""
+    placeholders: Mapping[str, Placeholder] = field(default_factory=dict)
+    html_channels: tuple[str, ...] = HTML_CHANNELS
 
     @property
     def history_days(self) -> int:
@@ -116,12 +147,29 @@ class Catalog:
 _MESSAGE_FIELDS = frozenset(
     {"id", "channel", "template", "params", "cost", "value", "eligible_if", "cooldown_days"}
 )
+_CATALOG_FIELDS = frozenset({"messages", "caps", "placeholders", "html_channels"})
+_PLACEHOLDER_FIELDS = frozenset({"default", "format"})
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+
+@cache
+def _standard_features() -> re.Pattern[str]:
+    """The names of the standard features for any windows (``purchase_count_<n>d``)."""
+    sentinel = 987_654_321
+    defs = feature_defs(FeatureConfig(windows=(sentinel,)))
+    return re.compile("|".join(re.escape(f.name).replace(str(sentinel), r"\d+") for f in defs))
+
+
+def is_standard_feature(name: str) -> bool:
+    """Whether ``name`` is a standard feature for some choice of windows (``amount_sum_14d``)."""
+    return _standard_features().fullmatch(name) is not None
 
 
 def load_catalog(path: str | Path, *, feature_names: Iterable[str] | None = None) -> Catalog:
     """Read and check a catalog file; any problem is a CatalogError naming file, message and field.
 
-    With ``feature_names``, rules reading a feature outside that list fail here instead of at scoring.
+    With ``feature_names``, rules and templates reading a feature outside that list fail here instead
+    of at scoring; without, templates may read any standard feature (for any windows).
     """
     path = Path(path)
     try:
@@ -140,7 +188,97 @@ def _number(item: dict[str, Any], key: str, where: str) -> float:
     return float(value)
 
 
-def _message(item: Any, i: int, seen: set[str], path: str, known: set[str] | None) -> Message:
+def _shown(value: Any) -> bool:
+    """Whether ``value`` may be shown in a message: text or a finite number."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return False
+    return isinstance(value, str) or bool(np.isfinite(value))
+
+
+def _placeholders(raw: Any, path: str) -> dict[str, Placeholder]:
+    """The catalog's ``placeholders`` section: name -> default and number format."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise CatalogError(
+            f"{path}: placeholders: expected a mapping such as {{top_category: {{default: ...}}}}"
+        )
+    out: dict[str, Placeholder] = {}
+    for name, spec in raw.items():
+        where = f"{path}: placeholders: {name}"
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise CatalogError(
+                f"{where}: a placeholder name is letters, digits and _ (a feature or attribute)"
+            )
+        if not isinstance(spec, dict) or set(spec) - _PLACEHOLDER_FIELDS:
+            raise CatalogError(f"{where}: expected a mapping with 'default' and/or 'format'")
+        default, fmt = spec.get("default"), spec.get("format")
+        if default is not None and (not _shown(default) or default == ""):
+            raise CatalogError(
+                f"{where}: field 'default' must be non-empty text or a number, got {default!r}"
+            )
+        if fmt is not None:
+            try:
+                if not isinstance(fmt, str):
+                    raise ValueError(f"{fmt!r} is not text")
+                check_format_spec(fmt)
+            except ValueError as exc:
+                raise CatalogError(f"{where}: field 'format': {exc}") from exc
+        out[name] = Placeholder(default, fmt)
+    return out
+
+
+def _html_channels(raw: Any, path: str) -> tuple[str, ...]:
+    if raw is None:
+        return HTML_CHANNELS
+    if not isinstance(raw, list) or not set(raw) <= set(s.CHANNELS):
+        raise CatalogError(f"{path}: html_channels: expected a list of channels ({', '.join(s.CHANNELS)})")
+    return tuple(raw)
+
+
+@dataclass(frozen=True)
+class _Known:
+    """What a placeholder may read, beyond its message's params."""
+
+    features: frozenset[str] | None  # None: any standard feature
+    placeholders: Mapping[str, Placeholder]
+    html_channels: tuple[str, ...]
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        if name in USER_ATTRIBUTES or name in self.placeholders:
+            return True
+        return is_standard_feature(name) if self.features is None else name in self.features
+
+
+def _template(template: Any, channel: str, params: dict[str, Any], known: _Known, where: str) -> None:
+    """The template checks: the allowed subset, names that resolve, a default for every missing value."""
+    if not isinstance(template, str) or not template.strip():
+        raise CatalogError(f"{where}: field 'template' must be non-empty text")
+    try:
+        compiled = compile_template(template, channel in known.html_channels)
+    except ValueError as exc:
+        raise CatalogError(f"{where}: field 'template': {exc}") from exc
+    for piece in compiled.pieces:
+        if isinstance(piece, str) or piece.name in params:
+            continue
+        name = piece.name
+        if name not in known:
+            raise CatalogError(
+                f"{where}: field 'template': placeholder {{{{ {name} }}}} is not a known feature, user "
+                "attribute or param of this message (declare other user attributes under 'placeholders')"
+            )
+        setting = known.placeholders.get(name)
+        if not piece.has_default and (setting is None or setting.default is None):
+            raise CatalogError(
+                f"{where}: field 'template': placeholder {{{{ {name} }}}} has no default for users "
+                f"without a value: add placeholders: {{{name}: {{default: ...}}}} to the catalog "
+                f"or write {{{{ {name} | default('...') }}}}"
+            )
+
+
+def _message(item: Any, i: int, seen: set[str], path: str, known: _Known) -> Message:
     mid = item.get("id") if isinstance(item, dict) else None
     where = f"{path}: message {mid if mid else f'#{i}'}"
     if not isinstance(item, dict):
@@ -154,21 +292,19 @@ def _message(item: Any, i: int, seen: set[str], path: str, known: set[str] | Non
         raise CatalogError(
             f"{where}: field '{unknown[0]}' is not known (fields: {', '.join(sorted(_MESSAGE_FIELDS))})"
         )
-    if item.get("channel") not in s.CHANNELS:
+    channel = item.get("channel")
+    if channel not in s.CHANNELS:
         raise CatalogError(
-            f"{where}: field 'channel' must be one of {', '.join(s.CHANNELS)}, got {item.get('channel')!r}"
+            f"{where}: field 'channel' must be one of {', '.join(s.CHANNELS)}, got {channel!r}"
         )
     cost, value = _number(item, "cost", where), _number(item, "value", where)
-    template = item.get("template")
-    if not isinstance(template, str) or not template.strip():
-        raise CatalogError(f"{where}: field 'template' must be non-empty text")
-    try:
-        check_template(template)
-    except ValueError as exc:
-        raise CatalogError(f"{where}: field 'template': {exc}") from exc
     params = item.get("params") or {}
     if not isinstance(params, dict):
         raise CatalogError(f"{where}: field 'params' must be a mapping of placeholder values")
+    for key, param in params.items():
+        if not isinstance(key, str) or not _shown(param):
+            raise CatalogError(f"{where}: field 'params': {key} must be text or a number, got {param!r}")
+    _template(item.get("template"), channel, params, known, where)
     rule_text = item.get("eligible_if")
     if rule_text is not None and not isinstance(rule_text, str):
         raise CatalogError(f"{where}: field 'eligible_if' must be text (a rule), got {rule_text!r}")
@@ -176,13 +312,16 @@ def _message(item: Any, i: int, seen: set[str], path: str, known: set[str] | Non
         rule = parse_rule(rule_text)
     except ValueError as exc:
         raise CatalogError(f"{where}: field 'eligible_if': {exc}") from exc
-    if known is not None and rule.features() - known:
-        bad = sorted(rule.features() - known)
+    if known.features is not None and rule.features() - known.features:
+        bad = sorted(rule.features() - known.features)
         raise CatalogError(f"{where}: field 'eligible_if': unknown feature(s) {', '.join(bad)}")
     cooldown = item.get("cooldown_days", 0)
     if isinstance(cooldown, bool) or not isinstance(cooldown, int) or cooldown < 0:
         raise CatalogError(f"{where}: field 'cooldown_days' must be a non-negative integer, got {cooldown!r}")
-    return Message(mid, item["channel"], template, cost, value, rule, cooldown, dict(params))
+    html = channel in known.html_channels
+    return Message(
+        mid, channel, item["template"], cost, value, rule, cooldown, dict(params), html, known.placeholders
+    )
 
 
 def catalog_from_dict(
@@ -192,7 +331,16 @@ def catalog_from_dict(
     path = source
     if not isinstance(raw, dict) or not isinstance(raw.get("messages"), list):
         raise CatalogError(f"{path}: expected a mapping with a 'messages' list")
-    known = set(feature_names) if feature_names is not None else None
+    unknown = sorted(str(k) for k in set(raw) - _CATALOG_FIELDS)
+    if unknown:
+        raise CatalogError(
+            f"{path}: '{unknown[0]}' is not known (top level: {', '.join(sorted(_CATALOG_FIELDS))})"
+        )
+    known = _Known(
+        frozenset(feature_names) if feature_names is not None else None,
+        MappingProxyType(_placeholders(raw.get("placeholders"), path)),
+        _html_channels(raw.get("html_channels"), path),
+    )
     messages: list[Message] = []
     seen: set[str] = set()
     for i, item in enumerate(raw["messages"], start=1):
@@ -205,4 +353,4 @@ def catalog_from_dict(
     cap = caps.get("max_per_7d", 2)
     if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
         raise CatalogError(f"{path}: caps: field 'max_per_7d' must be a non-negative integer, got {cap!r}")
-    return Catalog(tuple(messages), cap, source)
+    return Catalog(tuple(messages), cap, source, known.placeholders, known.html_channels)
