@@ -101,6 +101,10 @@ class PolicyConfig(_Frozen):
     temperature: float = Field(0.1, gt=0)
     holdout_pct: float = Field(0.05, ge=0, lt=1)
     max_per_7d: int = Field(2, ge=0)
+    cap_counts: Literal["decisions", "sent"] = "decisions"
+    """What the service's contact cap and cooldowns count: every decision it answered
+    (``decisions``) or only those reported ``sent`` through ``/feedback`` or ``engage feedback
+    import`` (``sent``: for callers that report what they send)."""
 
 
 class TrackingConfig(_Frozen):
@@ -132,6 +136,11 @@ class ServeConfig(_Frozen):
     """``engage serve``: how long the server may take to stop after SIGTERM/SIGINT before SIGKILL."""
     feature_snapshot_path: str = "models/feature_snapshot.parquet"
     decision_log_dir: str = "models/decisions"
+    feedback_log_dir: str = "models/feedback"
+    """Where ``/feedback`` and ``engage feedback import`` append what happened to decisions."""
+    feedback_max_age_days: int = Field(30, gt=0)
+    """How far back a feedback ``ts`` may lie (422 beyond): also how long reports are remembered for
+    idempotency and decisions for matching."""
 
 
 class MonitorConfig(_Frozen):

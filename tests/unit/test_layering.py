@@ -45,6 +45,7 @@ LAYERS: dict[str, int] = {
     "engage.serving.snapshot": 6,
     "engage.serving.history": 6,
     "engage.serving.inline": 6,
+    "engage.serving.feedback": 6,
     "engage.serving.engine": 6,
     "engage.serving.auth": 6,
     "engage.serving.service": 6,

@@ -1,8 +1,9 @@
 """Scoring: features and models in, one decision per user out, logged with its probability.
 
 ``core`` is the one scoring path (batch, service and Spark run it); ``champions`` the one place
-models are loaded; ``decision_log`` the log's one layout, writer and reader; ``job`` batch scoring
-on one machine. Names are imported from their module on first use.
+models are loaded; ``decision_log`` the log's one layout, writer and reader; ``feedback`` the
+feedback log (what happened to each decision, each report once); ``job`` batch scoring on one
+machine. Names are imported from their module on first use.
 """
 
 from engage.exports import lazy_exports
@@ -19,6 +20,8 @@ _EXPORTS = {
     "DecisionWriter": "decision_log",
     "LogTail": "decision_log",
     "read_decisions": "decision_log",
+    "FeedbackBook": "feedback",
+    "read_feedback": "feedback",
     "ScoreRunSummary": "job",
     "score_events": "job",
 }

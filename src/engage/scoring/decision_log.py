@@ -41,11 +41,13 @@ from engage.events import _TMP_TAG, _stale_temporaries
 from engage.hashing import stable_hash64
 
 __all__ = [
+    "DECISIONS",
     "DECISION_FIELDS",
     "REQUIRED_FIELDS",
     "BatchWrite",
     "Clock",
     "DecisionWriter",
+    "LogLayout",
     "LogTail",
     "batch_key",
     "log_files",
@@ -81,23 +83,46 @@ DECISION_FIELDS: tuple[str, ...] = (
 back with ``message_id`` there unless they are holdouts (then it is unknown: null)."""
 # what every reader needs of a line (texts); a line without them is skipped and counted
 REQUIRED_FIELDS: tuple[str, ...] = ("user_id", "message_id", "decided_at")
-_GLOBS = ("date=*/decisions-*.jsonl", "date=*/batch-*.jsonl")  # never the hidden temporaries
 _BATCH_KEY_SALT = 0x6261746368  # "batch"
 _CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class LogLayout:
+    """One day-partitioned JSON Lines log: its files, the fields a line holds and those it needs.
+
+    The decision log is :data:`DECISIONS`; the feedback log (``engage.scoring.feedback``) is another
+    layout with the same writer and reader. ``stamp``: the field set to a write's time, if any.
+    """
+
+    prefix: str
+    fields: tuple[str, ...]
+    required: tuple[str, ...]
+    stamp: str | None = None
+    batch_prefix: str | None = None
+
+    @property
+    def globs(self) -> tuple[str, ...]:
+        """Published files only: never the hidden temporaries of a batch."""
+        prefixes = (self.prefix,) if self.batch_prefix is None else (self.prefix, self.batch_prefix)
+        return tuple(f"date=*/{p}-*.jsonl" for p in prefixes)
+
+    def accepts(self, record: Any) -> bool:
+        """A JSON object whose required fields are texts."""
+        return isinstance(record, dict) and all(isinstance(record.get(k), str) for k in self.required)
+
+
+DECISIONS = LogLayout("decisions", DECISION_FIELDS, REQUIRED_FIELDS, stamp="decided_at", batch_prefix="batch")
 
 
 def _day_folder(log_dir: Path, written_at: datetime) -> Path:
     return log_dir / f"date={written_at.astimezone(UTC):%Y-%m-%d}"
 
 
-def _is_decision(record: Any) -> bool:
-    return isinstance(record, dict) and all(isinstance(record.get(k), str) for k in REQUIRED_FIELDS)
-
-
-def log_files(log_dir: str | Path) -> list[Path]:
+def log_files(log_dir: str | Path, layout: LogLayout = DECISIONS) -> list[Path]:
     """Every published log file under ``log_dir``, in date-folder then name order."""
     root = Path(log_dir)
-    return sorted({path for pattern in _GLOBS for path in root.glob(pattern)})
+    return sorted({path for pattern in layout.globs for path in root.glob(pattern)})
 
 
 def batch_key(decision_ids: Iterable[str]) -> str:
@@ -134,12 +159,15 @@ def _json_default(value: Any) -> Any:
     return value if isinstance(value, str | int | float | bool) else str(value)
 
 
-def _record_lines(records: Iterable[Mapping[str, Any]], stamp: str) -> bytes:
-    """One JSON line per record: the decision fields only, ``decided_at`` set to ``stamp``."""
+def _record_lines(
+    records: Iterable[Mapping[str, Any]], stamp: str | None, layout: LogLayout = DECISIONS
+) -> bytes:
+    """One JSON line per record: the layout's fields only, its stamp field (``decided_at``) set."""
     lines = []
     for record in records:
-        row = {key: _jsonable(record.get(key)) for key in DECISION_FIELDS}
-        row["decided_at"] = stamp
+        row = {key: _jsonable(record.get(key)) for key in layout.fields}
+        if layout.stamp is not None:
+            row[layout.stamp] = stamp
         lines.append(json.dumps(row, separators=(",", ":"), default=_json_default))
     return ("\n".join(lines) + "\n").encode() if lines else b""
 
@@ -189,12 +217,14 @@ class DecisionWriter:
 
     Lines go to the folder of the day on ``clock`` when they are written; the file of that day stays
     open for appending. :meth:`sync` fsyncs at most once per call instead of once per request (the
-    service calls it from its watcher), :meth:`close` fsyncs and closes. Thread-safe.
+    service calls it from its watcher), :meth:`close` fsyncs and closes. Thread-safe. ``layout``
+    names another log written the same way (the feedback log).
     """
 
-    def __init__(self, log_dir: str | Path, *, clock: Clock = utc_now) -> None:
+    def __init__(self, log_dir: str | Path, *, clock: Clock = utc_now, layout: LogLayout = DECISIONS) -> None:
         self.log_dir = Path(log_dir)
-        self.file_name = f"decisions-{os.getpid()}.jsonl"
+        self.layout = layout
+        self.file_name = f"{layout.prefix}-{os.getpid()}.jsonl"
         self.clock = clock
         self._lock = threading.Lock()
         self._fd: int | None = None
@@ -227,9 +257,11 @@ class DecisionWriter:
                 self._dirty = True
         return folder / self.file_name
 
-    def write(self, records: Iterable[Mapping[str, Any]], decided_at: datetime) -> Path:
-        """Append records (their decision fields only, ``decided_at`` set); return the file written to."""
-        return self._append(_record_lines(records, decided_at.isoformat()))
+    def write(self, records: Iterable[Mapping[str, Any]], decided_at: datetime | None = None) -> Path:
+        """Append records (the layout's fields only, ``decided_at`` set); return the file written to."""
+        return self._append(
+            _record_lines(records, None if decided_at is None else decided_at.isoformat(), self.layout)
+        )
 
     def write_frame(self, scores: pd.DataFrame, decided_at: datetime) -> BatchWrite:
         """Publish a scores table's decisions as one batch file, all or nothing, at most once.
@@ -311,16 +343,23 @@ class LogTail:
     """Reads what was appended to the log since the last :meth:`read` (an offset per file).
 
     A line still being written is left for the next call; a line that does not parse (cut short by
-    a crash) or is not a decision (see ``REQUIRED_FIELDS``) is counted in ``skipped``.
+    a crash) or is not a decision (see ``REQUIRED_FIELDS``; another ``layout``'s required fields)
+    is counted in ``skipped``.
     ``skip_lines_with`` drops lines containing a byte marker before parsing them (the contact
     history skips `none` decisions so); ``skip_file`` leaves one file name out after the first
     read (a process's own file, whose decisions it already holds).
     """
 
     def __init__(
-        self, log_dir: str | Path, *, skip_file: str | None = None, skip_lines_with: bytes | None = None
+        self,
+        log_dir: str | Path,
+        *,
+        skip_file: str | None = None,
+        skip_lines_with: bytes | None = None,
+        layout: LogLayout = DECISIONS,
     ) -> None:
         self.log_dir = Path(log_dir)
+        self.layout = layout
         self.skip_file = skip_file
         self.skip_lines_with = skip_lines_with
         self.skipped = 0
@@ -335,7 +374,7 @@ class LogTail:
         """
         records: list[dict[str, Any]] = []
         first, self._first = self._first, False
-        for path in log_files(self.log_dir):
+        for path in log_files(self.log_dir, self.layout):
             if not first and path.name == self.skip_file:
                 continue
             offset = self._offsets.get(path, 0)
@@ -356,7 +395,7 @@ class LogTail:
                     record = json.loads(raw)
                 except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
                     record = None
-                if _is_decision(record):
+                if self.layout.accepts(record):
                     records.append(record)
                 else:
                     self.skipped += 1

@@ -1,11 +1,12 @@
-"""Serving: the HTTP ``/score`` and ``/explain`` API over the one scoring path.
+"""Serving: the HTTP ``/score``, ``/explain`` and ``/feedback`` API over the one scoring path.
 
 ``schemas`` (request and response models), ``settings`` (environment variables), ``snapshot`` (the
 feature snapshot), ``history`` (recent contacts), ``inline`` (features from raw events in a
-request) and ``engine`` (:class:`ScoringEngine`: answers requests in plain Python); ``auth`` (ASGI
-bearer-token guard); ``service`` (the Bento class, ``engage build``: the only bentoml module) and
-``process`` (``engage serve``: ``bentoml serve`` as a child process). Names are imported from their
-module on first use, so importing the engine never imports bentoml.
+request), ``feedback`` (``/feedback``: reports matched to decisions) and ``engine``
+(:class:`ScoringEngine`: answers requests in plain Python); ``auth`` (ASGI bearer-token guard);
+``service`` (the Bento class, ``engage build``: the only bentoml module) and ``process``
+(``engage serve``: ``bentoml serve`` as a child process). Names are imported from their module on
+first use, so importing the engine never imports bentoml.
 """
 
 from engage.exports import lazy_exports
@@ -14,6 +15,9 @@ _EXPORTS = {
     "ChosenMessage": "schemas",
     "ExplainRequest": "schemas",
     "ExplainResponse": "schemas",
+    "FeedbackRequest": "schemas",
+    "FeedbackResponse": "schemas",
+    "FeedbackDesk": "feedback",
     "ScoreRequest": "schemas",
     "ScoreResponse": "schemas",
     "UserIn": "schemas",

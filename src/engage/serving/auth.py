@@ -23,7 +23,7 @@ __all__ = ["DEFAULT_MAX_BODY_BYTES", "DOCS_PATH", "PROTECTED_PATHS", "UNKNOWN_RO
 
 logger = logging.getLogger(__name__)
 
-PROTECTED_PATHS = frozenset({"/score", "/explain"})
+PROTECTED_PATHS = frozenset({"/score", "/explain", "/feedback"})
 DOCS_PATH = "/"
 UNKNOWN_ROUTE = "<unknown>"
 """How a path outside the declared routes is named in logs and metrics (never the path itself)."""
@@ -75,10 +75,10 @@ class ApiGuard:
     - A path outside ``paths`` is a 404 here (``paths`` None: every path passes).
     - ``GET /`` is :data:`DOCS_HTML`, with a Content-Security-Policy that keeps the browser on this
       server.
-    - With a token (``ENGAGE_API_TOKEN`` unless given), ``/score`` and ``/explain`` need
+    - With a token (``ENGAGE_API_TOKEN`` unless given), ``/score``, ``/explain`` and ``/feedback`` need
       ``Authorization: Bearer <token>`` (401); health, readiness, metrics and the OpenAPI document
       stay open for probes.
-    - On those two routes a non-JSON content type is a 415, and a body over ``max_body_bytes`` a
+    - On those routes a non-JSON content type is a 415, and a body over ``max_body_bytes`` a
       413: from its Content-Length before anything is read, else while it streams in; the body is
       read here, whole, before the app sees it, so no parser ever meets an oversized one.
 

@@ -28,12 +28,15 @@ from engage.hashing import decision_keys
 from engage.schemas import utc_values
 from engage.scoring.core import ScoringModels, score_columns
 from engage.scoring.decision_log import Clock, DecisionWriter, utc_now
+from engage.serving.feedback import FeedbackDesk, FeedbackRefused
 from engage.serving.history import ContactHistory
 from engage.serving.inline import INLINE, SNAPSHOT, FeatureRows, conform, inline_features
 from engage.serving.schemas import (
     ChosenMessage,
     ExplainRequest,
     ExplainResponse,
+    FeedbackRequest,
+    FeedbackResponse,
     Reason,
     ScoreRequest,
     ScoreResponse,
@@ -142,7 +145,9 @@ class ScoringEngine:
             own_file=self.writer.file_name,
             future_tolerance=pd.Timedelta(minutes=config.serve.max_future_minutes),
             clock=clock,
+            count=config.policy.cap_counts,
         )
+        self.feedback_desk = FeedbackDesk(config, self.history, own_file=self.writer.file_name, clock=clock)
         self.prior = self._prior()
         self._token = secrets.token_hex(8)  # this engine's part of every decision id
         self._requests = itertools.count()
@@ -162,7 +167,14 @@ class ScoringEngine:
             self.refresh()
 
     def refresh(self) -> None:
-        for step in (self.writer.sync, self._reload_snapshot, self.history.refresh):
+        steps = (
+            self.writer.sync,
+            self.feedback_desk.sync,
+            self._reload_snapshot,
+            self.history.refresh,
+            self.feedback_desk.refresh,
+        )
+        for step in steps:
             try:
                 step()
             except Exception as exc:  # keep serving the last good state; the next tick retries
@@ -178,6 +190,7 @@ class ScoringEngine:
         if self._watcher is not None:
             self._watcher.join(timeout=5)
         self.writer.close()
+        self.feedback_desk.close()
 
     def _prior(self) -> float:
         """Population churn prior for cold starts: mean model output over the latest snapshot."""
@@ -326,8 +339,9 @@ class ScoringEngine:
             rows = self._features(request.users, request.as_of, now)
             answers = self._answers(request, rows, decided_at)
             self.log(answers, decided_at)
+            self.feedback_desk.decided([a.decision_id for a in answers], decided_at)
             for answer in answers:
-                self.history.record(answer.user_id, decided_at, answer.message.message_id)
+                self.history.record(answer.user_id, decided_at, answer.message.message_id, answer.decision_id)
         return ScoreResponse.model_construct(users=answers)
 
     @contextmanager
@@ -403,6 +417,18 @@ class ScoringEngine:
             for a in answers
         ]
         self.writer.write(records, decided_at)
+
+    def feedback(self, request: FeedbackRequest) -> FeedbackResponse:
+        """Record what happened to a decision: ``accepted``, ``duplicate`` or ``aside`` (kept, with why).
+
+        422 for a ``ts`` outside [now - ``serve.feedback_max_age_days``, now +
+        ``serve.max_future_minutes``]. An accepted ``sent`` counts towards the user's cap and
+        cooldowns at once when ``policy.cap_counts`` is ``sent``.
+        """
+        try:
+            return self.feedback_desk.submit(request)
+        except FeedbackRefused as exc:
+            raise Unprocessable(str(exc)) from None
 
     def explain(self, request: ExplainRequest) -> ExplainResponse:
         """Every feature's contribution for one user, largest push on the risk first."""

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -35,6 +37,12 @@ class ContactHistory:
     ``clock()`` is ignored and counted in ``future`` (a far-future entry would otherwise become the
     user's newest and prune every real contact, lifting the cap for good), so pruning never runs
     ahead of the server's clock.
+
+    ``count="sent"`` (``policy.cap_counts``): a decision of the log or of this process counts only
+    once a ``sent`` report names it (:meth:`mark_sent`, from ``/feedback`` or the feedback log),
+    still at its decision time; until then it waits, for ``retention``, among the pending ones.
+    A report read before its decision is kept (as long) and applied when the decision arrives.
+    The exposures table counts in both modes: it lists messages that went out.
     """
 
     def __init__(
@@ -46,6 +54,7 @@ class ContactHistory:
         own_file: str | None = None,
         future_tolerance: pd.Timedelta = pd.Timedelta(minutes=5),
         clock: Clock = utc_now,
+        count: Literal["decisions", "sent"] = "decisions",
     ) -> None:
         self.log_dir = Path(log_dir)
         self.exposures = Path(exposures) if exposures else None
@@ -56,6 +65,10 @@ class ContactHistory:
         self._lock = threading.Lock()
         self._log: dict[str, list[tuple[int, str]]] = {}
         self._table: dict[str, list[tuple[int, str]]] = {}
+        self.count_sent = count == "sent"
+        self._pending: dict[str, tuple[str, int, str]] = {}  # decision_id -> (user, time, message)
+        self._sent_early: dict[str, int] = {}  # sent reports whose decision is not read yet -> report time
+        self._pruned = time.monotonic()
         self._tail = LogTail(self.log_dir, skip_file=own_file, skip_lines_with=NONE_MARK.encode())
         self._table_mtime: float | None = None
         self.refresh()
@@ -84,21 +97,61 @@ class ContactHistory:
         if entries[0][0] < newest - self.retention:
             entries[:] = [e for e in entries if e[0] >= newest - self.retention]
 
-    def record(self, user_id: str, decided_at: datetime, message_id: str) -> None:
+    def _decided(
+        self, decision_id: str | None, user_id: str, stamp: int, message_id: str, latest: int
+    ) -> None:
+        """A decision read or made (lock held): a contact now, or pending until reported sent."""
+        reported = decision_id is not None and self._sent_early.pop(decision_id, None) is not None
+        if not self.count_sent or reported:
+            self._add(self._log, user_id, stamp, message_id, latest)
+        elif decision_id is not None:
+            self._pending[decision_id] = (user_id, stamp, message_id)
+
+    def record(
+        self, user_id: str, decided_at: datetime, message_id: str, decision_id: str | None = None
+    ) -> None:
         """A decision of this process (also appended to its own log file, which is not re-read)."""
         if message_id == s.CONTROL_ARM:
             return
         stamp = pd.Timestamp(decided_at).as_unit("ns").value
         with self._lock:
-            self._add(self._log, user_id, stamp, message_id, self._latest())
+            self._decided(decision_id, user_id, stamp, message_id, self._latest())
+
+    def mark_sent(self, decision_id: str, sent_at: datetime | str) -> None:
+        """A ``sent`` report: with ``count="sent"`` the decision becomes a contact (no-op otherwise)."""
+        if not self.count_sent:
+            return
+        with self._lock:
+            pending = self._pending.pop(decision_id, None)
+            if pending is not None:
+                self._add(self._log, *pending, self._latest())
+            else:
+                when = datetime.fromisoformat(sent_at) if isinstance(sent_at, str) else sent_at
+                self._sent_early[decision_id] = pd.Timestamp(when).as_unit("ns").value
+
+    @property
+    def pending(self) -> int:
+        """Decisions waiting for a ``sent`` report (``count="sent"``)."""
+        return len(self._pending)
+
+    def _prune_pending(self) -> None:
+        """Drop waiting decisions and early reports older than ``retention`` (every few minutes)."""
+        if not self.count_sent or time.monotonic() - self._pruned < 300:
+            return
+        oldest = pd.Timestamp(self.clock()).as_unit("ns").value - self.retention
+        with self._lock:
+            self._pending = {k: v for k, v in self._pending.items() if v[1] >= oldest}
+            self._sent_early = {k: v for k, v in self._sent_early.items() if v >= oldest}
+            self._pruned = time.monotonic()
 
     def refresh(self) -> None:
         """Read what other processes appended to the log since the last call, and a changed table."""
         self._tail_log()
         self._load_table()
+        self._prune_pending()
 
     def _tail_log(self) -> None:
-        rows: list[tuple[str, int, str]] = []
+        rows: list[tuple[str | None, str, int, str]] = []
         for record in self._tail.read():  # decisions only: user_id, message_id, decided_at are texts
             try:  # ISO 8601 only: pandas would also read "now" or "" (as NaT)
                 stamp = pd.Timestamp(datetime.fromisoformat(record["decided_at"])).as_unit("ns").value
@@ -106,11 +159,13 @@ class ContactHistory:
                 self._tail.skipped += 1  # a line without a readable decision time: skipped, not fatal
                 continue
             if record[s.MESSAGE_ID] != s.CONTROL_ARM:
-                rows.append((record[s.USER_ID], stamp, record[s.MESSAGE_ID]))
+                decision_id = record.get("decision_id")
+                decision_id = decision_id if isinstance(decision_id, str) else None
+                rows.append((decision_id, record[s.USER_ID], stamp, record[s.MESSAGE_ID]))
         latest = self._latest()
         with self._lock:
-            for user_id, stamp, message_id in rows:
-                self._add(self._log, user_id, stamp, message_id, latest)
+            for decision_id, user_id, stamp, message_id in rows:
+                self._decided(decision_id, user_id, stamp, message_id, latest)
 
     @property
     def skipped(self) -> int:

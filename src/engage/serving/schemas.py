@@ -14,9 +14,17 @@ from __future__ import annotations
 import math
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    field_validator,
+    model_validator,
+)
 
 from engage import schemas as s
 
@@ -28,6 +36,9 @@ __all__ = [
     "EventIn",
     "ExplainRequest",
     "ExplainResponse",
+    "FeedbackEvent",
+    "FeedbackRequest",
+    "FeedbackResponse",
     "IsoTime",
     "Reason",
     "ScoreRequest",
@@ -264,6 +275,44 @@ class ExplainResponse(BaseModel):
     model_versions: dict[str, str]
     cold_start: bool
     quarantined_events: dict[str, int] = Field(default_factory=dict)
+
+
+FeedbackEvent = Literal["sent", "delivered", "opened", "clicked", "converted", "unsubscribed"]
+"""``engage.offers.outcomes.FEEDBACK_EVENTS`` as a type (a test keeps the two equal)."""
+
+
+class FeedbackRequest(_Strict):
+    """``POST /feedback`` body (and one row of ``engage feedback import``): what happened to a decision.
+
+    The same report twice counts once: its key is ``idempotency_key`` when given, else
+    (decision_id, event, ts). How far ``ts`` may lie from the server's clock is checked by the engine.
+    """
+
+    decision_id: ShortText
+    event: FeedbackEvent
+    ts: IsoTime = Field(description="When it happened (ISO 8601; naive = UTC)")
+    revenue: float | None = Field(None, ge=0, allow_inf_nan=False, description="Only with 'converted'")
+    idempotency_key: str | None = Field(None, min_length=1, max_length=ID_LENGTH)
+
+    @field_validator("ts")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        return as_utc(value)  # type: ignore[return-value]
+
+    @model_validator(mode="after")
+    def _revenue_only_when_converted(self) -> FeedbackRequest:
+        if self.revenue is not None and self.event != "converted":
+            raise ValueError("revenue: only a 'converted' report carries revenue")
+        return self
+
+
+class FeedbackResponse(BaseModel):
+    """``POST /feedback`` answer: ``accepted``, ``duplicate`` (already reported) or ``aside`` (kept, with
+    the reason: ``unknown_decision_id``, ``before_decision``)."""
+
+    feedback_id: str
+    status: Literal["accepted", "duplicate", "aside"]
+    reason: str | None = None
 
 
 def events_records(user: UserIn) -> list[dict[str, Any]]:

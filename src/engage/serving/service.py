@@ -1,4 +1,4 @@
-"""The HTTP scoring service (BentoML): ``POST /score`` and ``POST /explain``; the only bentoml module.
+"""The HTTP service (BentoML): ``POST /score``, ``/explain`` and ``/feedback``; the only bentoml module.
 
 Thin on purpose: the Bento class loads the config (:mod:`engage.serving.settings`), the models and
 a :class:`~engage.serving.engine.ScoringEngine` once, maps the engine's client errors to HTTP
@@ -42,6 +42,9 @@ from engage.serving.schemas import (
     EventIn,
     ExplainRequest,
     ExplainResponse,
+    FeedbackEvent,
+    FeedbackRequest,
+    FeedbackResponse,
     ScoreRequest,
     ScoreResponse,
     UserIn,
@@ -256,6 +259,7 @@ class EngageService:
             "engage_decisions", "Decisions returned by /score", ["cold_start", "message_id"]
         )
         self.quarantined = Counter("engage_inline_events_quarantined", "Inline events set aside")
+        self.feedback_reports = Counter("engage_feedback", "Reports to /feedback", ["event", "status"])
 
     @bentoml.on_shutdown
     def shutdown(self) -> None:
@@ -300,6 +304,26 @@ class EngageService:
         )
         with _http_errors():
             return self.engine.explain(request)
+
+    @bentoml.api(input_spec=FeedbackRequest)
+    def feedback(
+        self,
+        decision_id: str,
+        event: FeedbackEvent,
+        ts: datetime,
+        revenue: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> FeedbackResponse:
+        """What happened to a decision (sent, delivered, opened, clicked, converted with revenue,
+        unsubscribed): ``accepted``, ``duplicate`` (reported before) or ``aside`` (an unknown decision,
+        kept with the reason); 422 for a ``ts`` too far from the server's clock."""
+        request = FeedbackRequest.model_construct(
+            decision_id=decision_id, event=event, ts=ts, revenue=revenue, idempotency_key=idempotency_key
+        )
+        with _http_errors():
+            response = self.engine.feedback(request)
+        self.feedback_reports.labels(event=event, status=response.status).inc()
+        return response
 
 
 # --- build (called by the CLI) -------------------------------------------------------------

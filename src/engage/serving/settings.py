@@ -1,9 +1,10 @@
 """The service's settings: environment variables read once, when the service starts (never at import).
 
-``ENGAGE_CONFIG`` (YAML, else the packaged defaults), ``ENGAGE_FEATURE_SNAPSHOT`` and
-``ENGAGE_DECISION_LOG`` (override the config's ``serve`` paths), ``ENGAGE_MODEL_SOURCE`` (``bento``
-or ``mlflow``), ``ENGAGE_API_TOKEN`` (bearer token; unset = no auth) and ``ENGAGE_EXPOSURES`` (an
-optional campaign exposures table: past messages for cooldowns and caps). ``engage serve`` sets them
+``ENGAGE_CONFIG`` (YAML, else the packaged defaults), ``ENGAGE_FEATURE_SNAPSHOT``,
+``ENGAGE_DECISION_LOG`` and ``ENGAGE_FEEDBACK_LOG`` (override the config's ``serve`` paths),
+``ENGAGE_MODEL_SOURCE`` (``bento`` or ``mlflow``), ``ENGAGE_API_TOKEN`` (bearer token; unset = no
+auth) and ``ENGAGE_EXPOSURES`` (an optional campaign exposures table: past messages for cooldowns
+and caps). ``engage serve`` sets them
 for the ``bentoml serve`` process it starts, after :func:`check_exposure` (no open API beyond
 loopback unless asked for).
 """
@@ -20,6 +21,7 @@ __all__ = [
     "ENV_CONFIG",
     "ENV_DECISION_LOG",
     "ENV_EXPOSURES",
+    "ENV_FEEDBACK_LOG",
     "ENV_MODEL_SOURCE",
     "ENV_SNAPSHOT",
     "ENV_TOKEN",
@@ -35,6 +37,7 @@ __all__ = [
 ENV_CONFIG = "ENGAGE_CONFIG"
 ENV_SNAPSHOT = "ENGAGE_FEATURE_SNAPSHOT"
 ENV_DECISION_LOG = "ENGAGE_DECISION_LOG"
+ENV_FEEDBACK_LOG = "ENGAGE_FEEDBACK_LOG"
 ENV_MODEL_SOURCE = "ENGAGE_MODEL_SOURCE"
 ENV_TOKEN = "ENGAGE_API_TOKEN"
 ENV_EXPOSURES = "ENGAGE_EXPOSURES"
@@ -48,6 +51,8 @@ def service_config() -> EngageConfig:
         overrides["feature_snapshot_path"] = os.environ[ENV_SNAPSHOT]
     if os.environ.get(ENV_DECISION_LOG):
         overrides["decision_log_dir"] = os.environ[ENV_DECISION_LOG]
+    if os.environ.get(ENV_FEEDBACK_LOG):
+        overrides["feedback_log_dir"] = os.environ[ENV_FEEDBACK_LOG]
     if overrides:
         config = config.model_copy(update={"serve": config.serve.model_copy(update=overrides)})
     return config
