@@ -204,6 +204,26 @@ CASES: dict[str, tuple[list[str], str]] = {
         "missing",
     ),
     "demo --out is a file": (["demo", "--out", "{file}", "--users", "5", "--days", "5"], "file"),
+    "feedback import PATH missing": (
+        ["feedback", "import", "{missing}", "--feedback-log", "{new}"],
+        "missing",
+    ),
+    "feedback import PATH is a folder": (
+        ["feedback", "import", "{folder}", "--feedback-log", "{new}"],
+        "folder",
+    ),
+    "feedback import PATH not a table": (
+        ["feedback", "import", "{garbage}", "--feedback-log", "{new}"],
+        "garbage",
+    ),
+    "feedback import --decisions is a file": (
+        ["feedback", "import", "{events}", "--decisions", "{file}", "--feedback-log", "{new}"],
+        "file",
+    ),
+    "feedback import --feedback-log is a file": (
+        ["feedback", "import", "{events}", "--feedback-log", "{file}"],
+        "file",
+    ),
 }
 
 
@@ -288,7 +308,7 @@ def test_every_path_option_has_a_case() -> None:
     """A new path option needs its bad-path case here; --config goes through build_config for all."""
     covered = set()
     for args, bad in CASES.values():
-        command = " ".join(args[:2]) if args[0] in {"import", "train", "evaluate"} else args[0]
+        command = " ".join(args[:2]) if args[0] in {"import", "train", "evaluate", "feedback"} else args[0]
         at = args.index(f"{{{bad}}}") if f"{{{bad}}}" in args else args.index("{under_file}")
         covered.add(f"{command} {args[at - 1] if args[at - 1].startswith('--') else 'PATH'}")
     options = _path_options()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import typer
 
 from engage.cli import data, models, scoring, serving
+from engage.cli import feedback as feedback_cmd
 from engage.cli.demo import demo
 
 __all__ = ["app", "main"]
@@ -27,6 +28,8 @@ evaluate_app = typer.Typer(help="Judge models and policies offline.", no_args_is
 app.add_typer(import_app, name="import")
 app.add_typer(train_app, name="train")
 app.add_typer(evaluate_app, name="evaluate")
+feedback_app = typer.Typer(help="Report what happened to logged decisions.", no_args_is_help=True)
+app.add_typer(feedback_app, name="feedback")
 
 app.command()(data.simulate)
 app.command()(data.validate)
@@ -44,6 +47,7 @@ import_app.command("hillstrom")(data.import_hillstrom)
 train_app.command("churn")(models.train_churn_command)
 train_app.command("offers")(models.train_offers_command)
 evaluate_app.command("policy")(models.evaluate_policy)
+feedback_app.command("import")(feedback_cmd.import_feedback)
 
 
 def main() -> None:  # pragma: no cover - console entry point convenience
