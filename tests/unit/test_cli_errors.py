@@ -203,6 +203,30 @@ CASES: dict[str, tuple[list[str], str]] = {
         ["evaluate", "policy", "--logs", "{scores}", "--actions", "{missing}"],
         "missing",
     ),
+    "monitor --reference not a table": (
+        ["monitor", "--reference", "{garbage}", "--current", "{events}", "--out", "{new}"],
+        "garbage",
+    ),
+    "monitor --reference lacks user_id": (
+        ["monitor", "--reference", "{no_columns}", "--current", "{events}", "--out", "{new}"],
+        "no_columns",
+    ),
+    "monitor --current missing": (
+        ["monitor", "--reference", "{events}", "--current", "{missing}", "--out", "{new}"],
+        "missing",
+    ),
+    "monitor --scores is a folder": (
+        ["monitor", "--reference", "{events}", "--current", "{events}", "--scores", "{folder}"],
+        "folder",
+    ),
+    "monitor --events missing": (
+        ["monitor", "--reference", "{events}", "--current", "{events}", "--events", "{missing}"],
+        "missing",
+    ),
+    "monitor --out is a file": (
+        ["monitor", "--reference", "{events}", "--current", "{events}", "--out", "{file}"],
+        "file",
+    ),
     "demo --out is a file": (["demo", "--out", "{file}", "--users", "5", "--days", "5"], "file"),
     "feedback import PATH missing": (
         ["feedback", "import", "{missing}", "--feedback-log", "{new}"],

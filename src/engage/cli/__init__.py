@@ -1,7 +1,7 @@
 """The `engage` command line: the edge where files, flags and config meet the pure layers.
 
 This module builds the Typer app and registers every command, in the order `engage --help` lists them;
-the commands live in `data`, `models`, `scoring`, `serving` and `demo`, their shared helpers in
+the commands live in `data`, `models`, `scoring`, `monitor`, `serving` and `demo`, their shared helpers in
 `common`. Heavy libraries are imported inside each command so that `engage --help` stays instant.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import typer
 
 from engage.cli import data, models, scoring, serving
+from engage.cli import monitor as monitor_cmd
 from engage.cli import feedback as feedback_cmd
 from engage.cli.demo import demo
 
@@ -38,6 +39,7 @@ app.command()(data.dataset)
 app.command()(data.report)
 app.command()(scoring.score)
 app.command()(scoring.backtest)
+app.command()(monitor_cmd.monitor)
 app.command()(serving.build)
 app.command()(serving.serve)
 app.command()(demo)

@@ -70,6 +70,8 @@ def calibration_weeks_figure(weeks: pd.DataFrame) -> Figure:
     ax.plot(at, done["mean_predicted"], "ko-", label="mean served risk")
     ax.plot(at, done["realized_rate"], "s-", color="tab:red", label="realized churn")
     ax.set_ylabel("churn rate")
+    top = np.nanmax(done[["mean_predicted", "realized_rate"]].to_numpy(dtype=float), initial=0.0)
+    ax.set_ylim(0, max(1.15 * top, 0.05))  # from zero: a gap reads at its true size
     ax.set_xticks(x, weeks["week"].astype(str), rotation=45, ha="right", fontsize=8)
     ax.set_xlabel("week of the scoring date (open weeks: label window not closed yet)")
     counts = ax.twinx()
