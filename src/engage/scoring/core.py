@@ -131,14 +131,16 @@ def score_columns(
     intended = arms.copy()
     held = np.flatnonzero(holdout)
     if len(held):  # the policy once more for the held-out rows only, without the holdout
+        held_users = user_ids.to_numpy()[held]
+        held_history = None if history is None else history[history[s.USER_ID].isin(held_users)]
         unheld, _ = probability_matrix(
             features.iloc[held],
             arm_gains[held],
             catalog,
             config=policy.model_copy(update={"holdout_pct": 0.0}),
-            history=history,
+            history=held_history,
             as_of=decision_time,
-            users=user_ids.to_numpy()[held],
+            users=held_users,
         )
         intended[held] = all_arms[draw_arms(unheld, draws[held])[0]]
     out[s.MESSAGE_ID] = arms
