@@ -177,6 +177,14 @@ CASES: dict[str, tuple[list[str], str]] = {
         "garbage",
     ),
     "train offers --table not parquet": (["train", "offers", "--table", "{garbage}"], "garbage"),
+    "train offers --decisions missing": (
+        ["train", "offers", "--decisions", "{missing}", "--events", "{events}"],
+        "missing",
+    ),
+    "train offers --decisions is a file": (
+        ["train", "offers", "--decisions", "{file}", "--events", "{events}"],
+        "file",
+    ),
     "train offers --table is a folder": (["train", "offers", "--table", "{folder}"], "folder"),
     "train offers --table lacks the arm": (["train", "offers", "--table", "{no_columns}"], "no_columns"),
     "train offers --events is a folder": (

@@ -103,6 +103,10 @@ def train_offers_command(
     table: Annotated[
         Path | None, typer.Option(help="Or: a randomized campaign table with covariates (e.g. Hillstrom).")
     ] = None,
+    decisions: Annotated[
+        Path | None,
+        typer.Option(help="Or: a served decision log (with --events; --exposures then adds past messages)."),
+    ] = None,
     arm_col: Annotated[str, typer.Option(help="--table: the column holding the arm.")] = "arm",
     outcome_col: Annotated[str, typer.Option(help="--table: the 0/1 outcome column.")] = "converted",
     control: Annotated[str, typer.Option(help="--table: the control arm's value.")] = "none",
@@ -130,7 +134,8 @@ def train_offers_command(
             "--users": users,
             "--truth": truth,
             "--table": table,
-        }
+        },
+        sources={"--decisions": decisions},
     )
     cfg = build_config(config, set_, **{"tracking.uri": tracking_uri, "tracking.experiment": experiment})
     if table is not None:
@@ -145,6 +150,8 @@ def train_offers_command(
             feature_cols=feature_cols,
         )
         stamp: dict[str, str | int] = {"rows": len(frame), "source": str(table)}
+    elif decisions is not None and events is not None:
+        fit, stamp = _fit_from_decisions(decisions, events, exposures, users, truth, cfg)
     elif events is not None and exposures is not None:
         frame = load_events(events, cfg)
         logged, user_table = read_exposures(exposures), read_users(users)
@@ -159,9 +166,71 @@ def train_offers_command(
         )
         stamp = fingerprint(frame)
     else:
-        raise fail("give --events with --exposures, or --table")
-    result = train_offers(fit, cfg, fingerprint=stamp)
+        raise fail("give --events with --exposures, --events with --decisions, or --table")
+    result = train_offers(
+        fit, cfg, fingerprint=stamp, run_name="offers-from-decisions" if decisions else "offers"
+    )
     _print_offer_result(result, cfg)
+
+
+def _fit_from_decisions(
+    decisions: Path,
+    events: Path,
+    exposures: Path | None,
+    users: Path | None,
+    truth: Path | None,
+    cfg: EngageConfig,
+) -> tuple[Any, dict[str, str | int]]:
+    """The offers fit from a served decision log: the log becomes a campaign log, then one fit path.
+
+    Holdout rows (and `none` decisions) are the control arm; later decisions are held out when the
+    log spans two decision times or more. The fatigue features count the messages the log delivered
+    and, with --exposures, the campaign messages before them.
+    """
+    import polars as pl
+
+    from engage import schemas
+    from engage.events import fingerprint
+    from engage.offers.catalog import load_catalog
+    from engage.offers.training import decision_exposures, fit_offers, offer_table
+    from engage.scoring.decision_log import read_decisions
+
+    if not decisions.is_dir():
+        raise fail(f"--decisions {decisions}: is a file; give the decision log folder")
+    frame = load_events(events, cfg)
+    logged, skipped = read_decisions(decisions)
+    if logged.empty:
+        raise fail(f"--decisions {decisions}: no decisions in the log ({skipped} lines skipped)")
+    try:
+        served = decision_exposures(logged, frame, cfg)
+    except (KeyError, ValueError) as exc:
+        raise fail(f"--decisions {decisions}: {exc}") from exc
+    columns = [schemas.USER_ID, schemas.TS, schemas.MESSAGE_ID, schemas.CHANNEL]
+    past = read_exposures(exposures)
+    history = pl.concat(
+        [t.select([c for c in columns if c in t.columns]) for t in (past, served) if t is not None],
+        how="diagonal_relaxed",
+    )
+    truth_table = read_table(truth, "--truth")
+    with progress_bar("features at each decision") as progress:
+        data = offer_table(frame, served, cfg, users=read_users(users), history=history, progress=progress)
+    try:
+        fit = fit_offers(
+            data,
+            cfg,
+            load_catalog(cfg.offers.catalog_path),
+            truth=truth_table.to_pandas() if truth_table is not None else None,
+            min_split_dates=2,
+        )
+    except ValueError as exc:
+        raise fail(f"--decisions {decisions}: {exc}") from exc
+    held = int(served["holdout"].sum())
+    out.print(
+        f"decisions: {len(logged):,} ({held:,} holdout, "
+        f"{int((served[schemas.MESSAGE_ID] == schemas.CONTROL_ARM).sum()) - held:,} none), "
+        f"{skipped:,} lines skipped"
+    )
+    return fit, {**fingerprint(frame), "decisions": len(logged), "decisions_skipped": skipped}
 
 
 def _print_offer_result(result: Any, cfg: EngageConfig) -> None:

@@ -1,7 +1,8 @@
 """Next-best-offer training: campaign logs -> point-in-time table -> uplift model -> policy values.
 
-Two entry points: ``fit_offers_from_events`` (exposures joined with features as of each exposure and
-outcomes in the attribution window) and ``fit_offers_from_table`` (any randomized campaign table with
+Two entry points: ``fit_offers`` over ``offer_table`` (exposures joined with features as of each
+exposure and outcomes in the attribution window; a served decision log enters the same way through
+``decision_exposures``) and ``fit_offers_from_table`` (any randomized campaign table with
 precomputed covariates, e.g. Hillstrom). Both split out of time (or by a seeded 50/50 split for a
 single-date table), fit a multi-arm uplift model, and judge the learned policy off-policy (IPS,
 SNIPS, DR with bootstrap CIs) next to the logging policy, `none` for all and every single arm. With
@@ -35,13 +36,15 @@ from engage.offers.evaluation import (
     true_value,
     uniform_policy,
 )
-from engage.offers.outcomes import attach_outcomes
+from engage.offers.outcomes import attach_outcomes, decision_outcomes
 from engage.offers.policy import action_probabilities, allowed_arms
 
 __all__ = [
     "ARM",
+    "HOLDOUT",
     "REWARD",
     "OfferFit",
+    "decision_exposures",
     "evaluate_logged_policy",
     "fit_offers",
     "fit_offers_from_table",
@@ -58,6 +61,8 @@ __all__ = [
 Progress = Callable[[int, int], None]
 REWARD = "reward"
 ARM = "arm"
+HOLDOUT = "holdout"
+"""Rows the logging policy did not choose (the hash holdout): fit as control, left out of OPE."""
 
 
 def rewards(arms: pd.Series, converted: pd.Series, catalog: Catalog) -> np.ndarray:
@@ -93,19 +98,68 @@ def offer_table(
     config: EngageConfig,
     *,
     users: pl.DataFrame | None = None,
+    history: pl.DataFrame | None = None,
     progress: Progress | None = None,
 ) -> pd.DataFrame:
-    """Exposures with outcomes and the user's features as of each exposure time (point in time)."""
+    """Exposures with outcomes and the user's features as of each exposure time (point in time).
+
+    ``history``: the messages users received, for the fatigue features (default: ``exposures``).
+    """
     logged = attach_outcomes(exposures, events, attribution_days=config.offers.attribution_days)
     dates = sorted(logged[s.TS].unique().to_list())
     features = build_features(
-        events, dates, config=config.features, users=users, exposures=exposures, progress=progress
+        events,
+        dates,
+        config=config.features,
+        users=users,
+        exposures=exposures if history is None else history,
+        progress=progress,
     )
     table = logged.to_pandas().rename(columns={s.TS: s.AS_OF, s.MESSAGE_ID: ARM})
     table[s.AS_OF] = pd.to_datetime(table[s.AS_OF], utc=True)
     features[s.AS_OF] = pd.to_datetime(features[s.AS_OF], utc=True)
     features = features.drop(columns=[c for c in (s.CHANNEL,) if c in features.columns])
     return table.merge(features, on=[s.USER_ID, s.AS_OF], how="left")
+
+
+def decision_exposures(
+    decisions: pd.DataFrame | pl.DataFrame, events: pl.DataFrame, config: EngageConfig
+) -> pl.DataFrame:
+    """A served decision log as a campaign log, so it trains through ``offer_table`` and ``fit_offers``.
+
+    One row per decision: ``ts`` = ``decided_at``, the arm the user got (``none`` for a holdout row,
+    whatever the policy meant to send), its channel, the logged ``propensity``, ``converted`` and
+    ``revenue`` from ``decision_outcomes`` (events strictly after the decision, inside
+    ``offers.attribution_days``) and ``holdout``. A holdout row's propensity is the 1.0 the log holds:
+    the holdout is a hash of the user, not a draw of the policy, so such rows are fit as control
+    (each arm's model is weighted to the population) but left out of off-policy evaluation, whose
+    rows must carry the probability the policy gave their arm.
+    """
+    logged = decision_outcomes(decisions, events, window_days=config.offers.attribution_days)
+    for column in (s.MESSAGE_ID, s.PROPENSITY):
+        if column not in logged.columns:
+            raise KeyError(f"decisions: missing column {column!r} (has {', '.join(logged.columns)})")
+    held = pl.col(HOLDOUT).cast(pl.Boolean).fill_null(False) if HOLDOUT in logged.columns else pl.lit(False)
+    channel = pl.col(s.CHANNEL) if s.CHANNEL in logged.columns else pl.lit(None, dtype=pl.String)
+    table = logged.select(
+        pl.col(s.USER_ID),
+        pl.col("decided_at").alias(s.TS),
+        pl.when(held).then(pl.lit(s.CONTROL_ARM)).otherwise(pl.col(s.MESSAGE_ID)).alias(s.MESSAGE_ID),
+        pl.when(held).then(pl.lit(s.CONTROL_ARM)).otherwise(channel).alias(s.CHANNEL),
+        pl.col(s.PROPENSITY).cast(pl.Float64, strict=False),
+        pl.col(s.CONVERTED),
+        pl.col(s.REVENUE),
+        held.alias(HOLDOUT),
+    )
+    p = table[s.PROPENSITY]
+    bad = (p.is_null() | p.is_nan() | (p <= 0) | (p > 1)).arg_true()
+    if len(bad):
+        row = int(bad[0])
+        raise ValueError(
+            f"decisions: row {row + 1} (user {table[s.USER_ID][row]}) has propensity {p[row]!r}, "
+            "not a probability in (0, 1]: the log cannot be re-weighted"
+        )
+    return table
 
 
 @dataclass
@@ -123,9 +177,12 @@ class OfferFit:
     catalog: Catalog | None = None
 
 
-def _split(table: pd.DataFrame, *, test_share: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _split(
+    table: pd.DataFrame, *, test_share: float, seed: int, min_dates: int = 3
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Out of time when the rows span `min_dates` dates (the later ones held out), else a seeded split."""
     dates = np.sort(table[s.AS_OF].unique()) if s.AS_OF in table else np.array([])
-    if len(dates) >= 3:
+    if len(dates) >= min_dates:
         cut = dates[int(np.floor(len(dates) * (1 - test_share)))]
         return table[table[s.AS_OF] < cut].copy(), table[table[s.AS_OF] >= cut].copy()
     rng = np.random.default_rng(seed)
@@ -158,14 +215,21 @@ def fit_offers(
     feature_cols: Sequence[str] | None = None,
     truth: pd.DataFrame | None = None,
     n_boot: int = 300,
+    min_split_dates: int = 3,
 ) -> OfferFit:
-    """Fit the uplift model and judge the learned policy against the alternatives on held-out rows."""
+    """Fit the uplift model and judge the learned policy against the alternatives on held-out rows.
+
+    Rows span `min_split_dates` dates or more: the later dates are held out, else a seeded 30%.
+    Rows flagged ``holdout`` are fit as control but not judged on (see ``decision_exposures``).
+    """
     table = table.reset_index(drop=True)
     table[REWARD] = rewards(table[ARM].astype(str), table[s.CONVERTED], catalog)
     if feature_cols is None:
-        skip = {s.USER_ID, s.AS_OF, ARM, s.CHANNEL, s.PROPENSITY, s.CONVERTED, s.REVENUE, REWARD}
+        skip = {s.USER_ID, s.AS_OF, ARM, s.CHANNEL, s.PROPENSITY, s.CONVERTED, s.REVENUE, REWARD, HOLDOUT}
         feature_cols = [c for c in table.columns if c not in skip and not c.startswith("p_")]
-    train, test = _split(table, test_share=0.3, seed=config.seed)
+    train, test = _split(table, test_share=0.3, seed=config.seed, min_dates=min_split_dates)
+    if HOLDOUT in test:
+        test = test[~test[HOLDOUT].astype(bool)]
     oc = config.offers
     model = MultiArmUplift(
         learner=oc.learner,
