@@ -140,6 +140,14 @@ def log_frame(frame: pd.DataFrame, artifact_file: str) -> None:
         mlflow.log_artifact(str(path), artifact_path=None if folder == "." else folder)
 
 
+def log_file(path: str | Path, folder: str | None = None) -> None:
+    """A file (an HTML page, a JSON summary) as an artifact of the active run."""
+    _telemetry_off()
+    import mlflow
+
+    mlflow.log_artifact(str(path), artifact_path=folder)
+
+
 def set_tags(tags: Mapping[str, str]) -> None:
     _telemetry_off()
     import mlflow

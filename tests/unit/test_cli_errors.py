@@ -211,6 +211,68 @@ CASES: dict[str, tuple[list[str], str]] = {
         ["evaluate", "policy", "--logs", "{scores}", "--actions", "{missing}"],
         "missing",
     ),
+    "outcomes --decisions missing": (
+        ["outcomes", "--decisions", "{missing}", "--events", "{events}", "--out", "{new}"],
+        "missing",
+    ),
+    "outcomes --decisions is a file": (
+        ["outcomes", "--decisions", "{file}", "--events", "{events}", "--out", "{new}"],
+        "file",
+    ),
+    "outcomes --events missing": (
+        ["outcomes", "--decisions", "{folder}", "--events", "{missing}", "--out", "{new}"],
+        "missing",
+    ),
+    "outcomes --feedback missing": (
+        ["outcomes", "--decisions", "{folder}", "--feedback", "{missing}", "--out", "{new}"],
+        "missing",
+    ),
+    "outcomes --out under a file": (
+        ["outcomes", "--decisions", "{folder}", "--events", "{events}", "--out", "{under_file}"],
+        "file",
+    ),
+    "evaluate decisions --decisions not a log": (
+        ["evaluate", "decisions", "--decisions", "{folder}", "--events", "{events}", "--out", "{new}"],
+        "folder",
+    ),
+    "evaluate decisions --events missing": (
+        ["evaluate", "decisions", "--decisions", "{folder}", "--events", "{missing}", "--out", "{new}"],
+        "missing",
+    ),
+    "evaluate decisions --feedback missing": (
+        [
+            "evaluate",
+            "decisions",
+            "--decisions",
+            "{folder}",
+            "--events",
+            "{events}",
+            "--feedback",
+            "{missing}",
+            "--out",
+            "{new}",
+        ],
+        "missing",
+    ),
+    "evaluate decisions --users missing": (
+        [
+            "evaluate",
+            "decisions",
+            "--decisions",
+            "{folder}",
+            "--events",
+            "{events}",
+            "--users",
+            "{missing}",
+            "--out",
+            "{new}",
+        ],
+        "missing",
+    ),
+    "evaluate decisions --out is a file": (
+        ["evaluate", "decisions", "--decisions", "{folder}", "--events", "{events}", "--out", "{file}"],
+        "file",
+    ),
     "monitor --reference not a table": (
         ["monitor", "--reference", "{garbage}", "--current", "{events}", "--out", "{new}"],
         "garbage",

@@ -32,6 +32,7 @@ LAYERS: dict[str, int] = {
     "engage.evaluation": 4,
     "engage.plots": 4,
     "engage.report": 4,
+    "engage.loop_report": 4,
     "engage.offers.training": 4,
     "engage.offers": 4,
     "engage.tracking": 5,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from engage.cli import data, models, scoring, serving
+from engage.cli import data, loop, models, scoring, serving
 from engage.cli import monitor as monitor_cmd
 from engage.cli import feedback as feedback_cmd
 from engage.cli.demo import demo
@@ -39,6 +39,7 @@ app.command()(data.dataset)
 app.command()(data.report)
 app.command()(scoring.score)
 app.command()(scoring.backtest)
+app.command("outcomes")(loop.outcomes)
 app.command()(monitor_cmd.monitor)
 app.command()(serving.build)
 app.command()(serving.serve)
@@ -49,6 +50,7 @@ import_app.command("hillstrom")(data.import_hillstrom)
 train_app.command("churn")(models.train_churn_command)
 train_app.command("offers")(models.train_offers_command)
 evaluate_app.command("policy")(models.evaluate_policy)
+evaluate_app.command("decisions")(loop.evaluate_decisions)
 feedback_app.command("import")(feedback_cmd.import_feedback)
 
 

@@ -1,5 +1,6 @@
 """Metrics that judge models: classification (AUC, calibration, lift), uplift (Qini, AUUC), backtests,
-and drift (PSI per feature and of the scores, calibration by week) for monitoring.
+drift (PSI per feature and of the scores, calibration by week) for monitoring, and the judgement of
+the decision log (lift vs holdout per message and risk band; off-policy values with their overlap).
 
 Off-policy evaluation of message policies lives with the policies, in ``engage.offers.evaluation``.
 """
@@ -25,6 +26,11 @@ _EXPORTS = {
     "monitor": "drift",
     "psi": "drift",
     "psi_bins": "drift",
+    "lift_vs_holdout": "lift",
+    "with_risk_band": "lift",
+    "Judgement": "judge",
+    "candidate_policy": "judge",
+    "judge_decisions": "judge",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

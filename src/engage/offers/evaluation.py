@@ -21,16 +21,23 @@ import pandas as pd
 from engage import schemas as s
 
 __all__ = [
+    "MAX_WEIGHT",
+    "MIN_ESS_SHARE",
     "VALUE_COLUMNS",
     "Estimate",
+    "WeightDiagnostics",
+    "bootstrap_difference",
+    "bootstrap_mean",
     "compare_policies",
     "doubly_robust",
     "ips",
     "oracle_value",
+    "overlap_warning",
     "single_arm_policy",
     "snips",
     "true_value",
     "uniform_policy",
+    "weight_diagnostics",
 ]
 
 ArrayLike: TypeAlias = Sequence[Any] | np.ndarray | pd.Series
@@ -46,6 +53,13 @@ class Estimate:
     ci_high: float
 
 
+_COMPACT_FROM = 50_000
+"""Above this many rows the bootstrap resamples counts of distinct values (or of the rows off the
+most common value) instead of row indices: the same distribution, far less work when the terms
+repeat (rewards, weights and conversions take few values). Smaller inputs keep the row draws."""
+_BLOCK = 4_000_000  # random draws per block of replicates (bounds memory)
+
+
 def _boot(
     per_row: np.ndarray, n_boot: int, seed: int, ratio_den: np.ndarray | None = None, alpha: float = 0.05
 ) -> Estimate:
@@ -55,21 +69,100 @@ def _boot(
     rng = np.random.default_rng(seed)
     n = len(per_row)
     stats = np.empty(n_boot)
-    chunk = max(1, 2_000_000 // max(n, 1))  # bound memory: resample in blocks of replicates
-    for start in range(0, n_boot, chunk):
-        size = min(chunk, n_boot - start)
-        idx = rng.integers(0, n, size=(size, n))
-        if ratio_den is None:
-            stats[start : start + size] = per_row[idx].mean(axis=1)
-        else:
-            den = ratio_den[idx].sum(axis=1)
-            stats[start : start + size] = per_row[idx].sum(axis=1) / np.where(den > 0, den, np.nan)
+    if n > _COMPACT_FROM:  # same bootstrap distribution, at the cost of the distinct values
+        num, den = _replicate_sums(per_row, ratio_den, n_boot, rng)
+        stats = num / n if ratio_den is None else num / np.where(den > 0, den, np.nan)
+    else:
+        chunk = max(1, 2_000_000 // max(n, 1))  # bound memory: resample in blocks of replicates
+        for start in range(0, n_boot, chunk):
+            size = min(chunk, n_boot - start)
+            idx = rng.integers(0, n, size=(size, n))
+            if ratio_den is None:
+                stats[start : start + size] = per_row[idx].mean(axis=1)
+            else:
+                den_ = ratio_den[idx].sum(axis=1)
+                stats[start : start + size] = per_row[idx].sum(axis=1) / np.where(den_ > 0, den_, np.nan)
     if ratio_den is None:
         value = float(per_row.mean())
     else:
         value = float(per_row.sum() / ratio_den.sum()) if ratio_den.sum() > 0 else float("nan")
     lo, hi = np.nanquantile(stats, [alpha / 2, 1 - alpha / 2])
     return Estimate(value, float(lo), float(hi))
+
+
+def _replicate_sums(
+    num: np.ndarray, den: np.ndarray | None, n_boot: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sums of ``num`` (and ``den``) over ``n_boot`` resamples of all rows with replacement.
+
+    Few distinct (num, den) values: each replicate is a multinomial draw of their counts. Otherwise
+    the rows off the most common value are resampled: how many of them a replicate holds is
+    binomial, which of them uniform; the rest contribute the common value. Both are exact.
+    """
+    n = len(num)
+    codes, u_num = pd.factorize(num)  # hashing, not sorting: linear in the rows
+    if den is None:
+        u_den = np.zeros(len(u_num))
+    else:
+        den_codes, den_values = pd.factorize(den)
+        codes, pairs = pd.factorize(codes.astype(np.int64) * len(den_values) + den_codes)
+        u_num, u_den = u_num[pairs // len(den_values)], den_values[pairs % len(den_values)]
+    counts = np.bincount(codes, minlength=len(u_num))
+    values = u_num
+    sums_num, sums_den = np.empty(n_boot), np.empty(n_boot)
+    if len(values) <= 2_000:
+        block = max(1, _BLOCK // len(values))
+        for start in range(0, n_boot, block):
+            draws = rng.multinomial(n, counts / n, size=min(block, n_boot - start)).astype(float)
+            sums_num[start : start + len(draws)] = draws @ u_num
+            sums_den[start : start + len(draws)] = draws @ u_den
+        return sums_num, sums_den
+    common = int(np.argmax(counts))
+    rest = np.flatnonzero(codes != common)
+    rest_num, rest_den = u_num[codes[rest]], u_den[codes[rest]]
+    taken = rng.binomial(n, len(rest) / n, size=n_boot)
+    start = 0
+    while start < n_boot:
+        stop = start + 1 + int(np.searchsorted(np.cumsum(taken[start + 1 :]), _BLOCK - taken[start]))
+        stop = min(stop, n_boot)
+        m = taken[start:stop]
+        idx = rng.integers(0, len(rest), size=int(m.sum()))
+        ends = np.concatenate([[0], np.cumsum(m)])
+        for total, part in ((sums_num, rest_num), (sums_den, rest_den)):
+            running = np.concatenate([[0.0], np.cumsum(part[idx])])
+            total[start:stop] = running[ends[1:]] - running[ends[:-1]]
+        start = stop
+    sums_num += (n - taken) * u_num[common]
+    sums_den += (n - taken) * u_den[common]
+    return sums_num, sums_den
+
+
+def bootstrap_mean(values: ArrayLike, *, n_boot: int = 500, seed: int = 0) -> Estimate:
+    """The mean of ``values`` with the same percentile bootstrap interval as the estimators."""
+    v = np.asarray(values, dtype=float)
+    if len(v) == 0:
+        return Estimate(float("nan"), float("nan"), float("nan"))
+    return _boot(v, n_boot, seed)
+
+
+def bootstrap_difference(
+    treated: ArrayLike, control: ArrayLike, *, n_boot: int = 500, seed: int = 0, alpha: float = 0.05
+) -> Estimate:
+    """mean(treated) - mean(control) with a percentile bootstrap interval (each group resampled).
+
+    NaN (value and interval) when either group is empty.
+    """
+    if n_boot < 1:
+        raise ValueError("n_boot must be at least 1")
+    t, c = np.asarray(treated, dtype=float), np.asarray(control, dtype=float)
+    if len(t) == 0 or len(c) == 0:
+        return Estimate(float("nan"), float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    diff = _replicate_sums(t, None, n_boot, rng)[0] / len(t) - _replicate_sums(c, None, n_boot, rng)[0] / len(
+        c
+    )
+    lo, hi = np.quantile(diff, [alpha / 2, 1 - alpha / 2])
+    return Estimate(float(t.mean() - c.mean()), float(lo), float(hi))
 
 
 def _check(
@@ -184,6 +277,56 @@ def compare_policies(
         est = doubly_robust(arm, reward, propensity, target, q_hat, n_boot=n_boot, seed=seed)
         rows.append((name, "dr", est.value, est.ci_low, est.ci_high))
     return pd.DataFrame(rows, columns=list(VALUE_COLUMNS))
+
+
+MIN_ESS_SHARE = 0.05
+"""An estimate whose effective sample size is below this share of the logged rows is flagged."""
+MAX_WEIGHT = 100.0
+"""An estimate whose largest importance weight exceeds this is flagged (a logged probability under
+1% for an arm the target plays for sure: one row can swing the value)."""
+
+
+@dataclass(frozen=True)
+class WeightDiagnostics:
+    """How well the logged rows cover a target policy: Kish's effective sample size of the weights
+    (sum w)^2 / sum w^2, the largest weight, the logged rows, and the rows with a non-zero weight."""
+
+    rows: int
+    ess: float
+    max_weight: float
+    matched: int
+
+
+def weight_diagnostics(arm: ArrayLike, propensity: ArrayLike, target: pd.DataFrame) -> WeightDiagnostics:
+    """Importance-weight diagnostics of ``target`` on logged (arm, propensity) rows."""
+    a, _, p = _check(arm, np.zeros(len(target)), propensity, target)
+    w = _weights(a, p, target)
+    square = float((w**2).sum())
+    ess = float(w.sum() ** 2 / square) if square > 0 else 0.0
+    return WeightDiagnostics(rows=len(w), ess=ess, max_weight=float(w.max()), matched=int((w > 0).sum()))
+
+
+def overlap_warning(
+    policy: str,
+    diag: WeightDiagnostics,
+    *,
+    min_ess_share: float = MIN_ESS_SHARE,
+    max_weight: float = MAX_WEIGHT,
+) -> str | None:
+    """A plain-words warning when the logged rows cover ``policy`` too thinly to trust its estimate."""
+    problems = []
+    if diag.ess < min_ess_share * diag.rows:
+        problems.append(
+            f"effective sample size {diag.ess:,.0f} is under {min_ess_share:.0%} of {diag.rows:,} rows"
+        )
+    if diag.max_weight > max_weight:
+        problems.append(f"largest importance weight {diag.max_weight:,.1f} exceeds {max_weight:,.0f}")
+    if not problems:
+        return None
+    return (
+        f"{policy}: overlap too thin to trust the off-policy estimate ({'; '.join(problems)}); "
+        "the logging policy rarely chose what this policy would"
+    )
 
 
 def single_arm_policy(allowed: pd.DataFrame, arm: str) -> pd.DataFrame:
