@@ -60,11 +60,19 @@ def monitor(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for monitor.html and monitor.json.")] = Path(
         "monitor"
     ),
-    top: Annotated[int, typer.Option(min=1, help="Features in the printed table and the histograms.")] = 10,
+    top: Annotated[
+        int, typer.Option(min=1, help="Features in the printed table (histograms: the 6 worst at most).")
+    ] = 10,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Drift (PSI) of features and scores, calibration by week; exit code 1 on an alert, 0 otherwise."""
+    """Drift (PSI) of features and scores, calibration by week; exit code 1 on an alert, 0 otherwise.
+
+    Exit codes: 0 no alert threshold crossed (warnings are printed), 1 an alert (a feature or the
+    score at PSI >= monitor.psi_alert, a feature missing from the current snapshot, the latest judged
+    week's ECE >= monitor.ece_alert), 2 a file or setting that cannot be used. The scores' reference
+    is those dated like the reference snapshot, else the earliest scored date.
+    """
     cfg = build_config(config, set_)
     check_paths(
         read={"--reference": reference, "--current": current, "--scores": scores, "--events": events},
