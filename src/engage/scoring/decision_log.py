@@ -373,6 +373,21 @@ class LogTail:
         cut short by a crash is then counted in ``skipped``.
         """
         records: list[dict[str, Any]] = []
+        for raw in self.lines(final=final):
+            try:
+                record = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+                record = None
+            if self.layout.accepts(record):
+                records.append(record)
+            else:
+                self.skipped += 1
+        return records
+
+    def lines(self, *, final: bool = False) -> list[bytes]:
+        """The raw lines appended since the last call (blank and ``skip_lines_with`` lines left out),
+        unparsed: for a reader that needs two fields of millions of lines (``read`` parses them)."""
+        lines: list[bytes] = []
         first, self._first = self._first, False
         for path in log_files(self.log_dir, self.layout):
             if not first and path.name == self.skip_file:
@@ -388,19 +403,13 @@ class LogTail:
             except OSError:
                 continue
             end = len(chunk) if final else chunk.rfind(b"\n") + 1
-            for raw in chunk[:end].splitlines():
-                if not raw.strip() or (self.skip_lines_with and self.skip_lines_with in raw):
-                    continue
-                try:
-                    record = json.loads(raw)
-                except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-                    record = None
-                if self.layout.accepts(record):
-                    records.append(record)
-                else:
-                    self.skipped += 1
+            lines += [
+                raw
+                for raw in chunk[:end].splitlines()
+                if raw.strip() and not (self.skip_lines_with and self.skip_lines_with in raw)
+            ]
             self._offsets[path] = offset + end
-        return records
+        return lines
 
 
 def read_decisions(log_dir: str | Path) -> tuple[pd.DataFrame, int]:

@@ -15,11 +15,12 @@ server's clock is refused (``rejected``). Same layout as the decision log, its o
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -82,9 +83,17 @@ def feedback_key(item: FeedbackItem) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def _ns(value: datetime | str) -> int:
-    stamp = pd.Timestamp(datetime.fromisoformat(value) if isinstance(value, str) else value)
-    return int((stamp if stamp.tzinfo else stamp.tz_localize("UTC")).as_unit("ns").value)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICRO = timedelta(microseconds=1)
+# a decision line's id and time, as the writers put them (JSON text without escapes)
+_DECISION_ID = re.compile(rb'"decision_id":"([^"\\]+)"')
+_DECIDED_AT = re.compile(rb'"decided_at":"([^"\\]+)"')
+
+
+def _micros(value: datetime | str) -> int:
+    """Microseconds since the epoch of an ISO 8601 text or a datetime (naive = UTC)."""
+    when = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return ((when if when.tzinfo else when.replace(tzinfo=UTC)) - _EPOCH) // _MICRO
 
 
 class DecisionIndex:
@@ -97,7 +106,7 @@ class DecisionIndex:
     def __init__(
         self, log_dir: str | Path, *, max_age: timedelta, own_file: str | None = None, clock: Clock = utc_now
     ) -> None:
-        self.max_age = int(pd.Timedelta(max_age).value)
+        self.max_age = max_age // _MICRO
         self.clock = clock
         self._tail = LogTail(log_dir, skip_file=own_file)
         self._known: dict[str, int] = {}
@@ -106,29 +115,34 @@ class DecisionIndex:
         self.refresh()
 
     def add(self, decision_ids: Iterable[str], decided_at: datetime) -> None:
-        stamp = _ns(decided_at)
+        stamp = _micros(decided_at)
         with self._lock:
             self._known.update(dict.fromkeys(decision_ids, stamp))
 
     def refresh(self) -> None:
-        """Read the decisions appended to the log since the last call; prune old ones now and then."""
+        """Read the decisions appended to the log since the last call; prune old ones now and then.
+
+        Two fields of each line, found without parsing it (the log holds millions); a line
+        without a readable id and time is counted in ``skipped``.
+        """
         rows = []
-        for record in self._tail.read():
-            decision_id = record.get("decision_id")
+        for raw in self._tail.lines():
+            found_id, found_at = _DECISION_ID.search(raw), _DECIDED_AT.search(raw)
             try:
-                if isinstance(decision_id, str):
-                    rows.append((decision_id, _ns(record["decided_at"])))
-            except (ValueError, TypeError, OverflowError):
+                if found_id is None or found_at is None:
+                    raise ValueError("not a decision")
+                rows.append((found_id[1].decode(), _micros(found_at[1].decode())))
+            except (ValueError, UnicodeDecodeError, OverflowError):
                 self._tail.skipped += 1
         with self._lock:
             self._known.update(rows)
             if time.monotonic() - self._pruned > PRUNE_EVERY_S:
-                oldest = _ns(self.clock()) - self.max_age
+                oldest = _micros(self.clock()) - self.max_age
                 self._known = {k: v for k, v in self._known.items() if v >= oldest}
                 self._pruned = time.monotonic()
 
     def decided_at(self, decision_id: str) -> int | None:
-        """The decision's time (ns since the epoch, UTC), or None when the index does not hold it."""
+        """The decision's time (microseconds since the epoch, UTC), or None when the index lacks it."""
         with self._lock:
             return self._known.get(decision_id)
 
@@ -203,7 +217,7 @@ class FeedbackBook:
                 reason = None
                 if decided is None:
                     reason = UNKNOWN_DECISION
-                elif _ns(item.ts) < decided - int(pd.Timedelta(self.max_future).value):
+                elif _micros(item.ts) < decided - self.max_future // _MICRO:
                     reason = BEFORE_DECISION
                 record = {
                     "feedback_id": fid,
@@ -215,7 +229,7 @@ class FeedbackBook:
                     "reason": reason,
                 }
                 lines[ASIDE.prefix if reason else FEEDBACK.prefix].append(record)
-                self._seen[fid] = _ns(item.ts)
+                self._seen[fid] = _micros(item.ts)
                 verdicts.append(Verdict(fid, "aside" if reason else "accepted", reason))
             for prefix, records in lines.items():
                 if records:
@@ -229,11 +243,11 @@ class FeedbackBook:
         with self._lock:
             for record in (*accepted, *aside):
                 try:
-                    self._seen[record["feedback_id"]] = _ns(record["ts"])
+                    self._seen[record["feedback_id"]] = _micros(record["ts"])
                 except (ValueError, TypeError, OverflowError):
                     continue
             if time.monotonic() - self._pruned > PRUNE_EVERY_S:
-                oldest = _ns(self.clock() - self.max_age)
+                oldest = _micros(self.clock() - self.max_age)
                 self._seen = {k: v for k, v in self._seen.items() if v >= oldest}
                 self._pruned = time.monotonic()
         return [r for r in accepted if r.get("event") in FEEDBACK_EVENTS]
