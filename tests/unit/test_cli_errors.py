@@ -298,6 +298,18 @@ CASES: dict[str, tuple[list[str], str]] = {
         "file",
     ),
     "demo --out is a file": (["demo", "--out", "{file}", "--users", "5", "--days", "5"], "file"),
+    "catalog check --catalog missing": (["catalog", "check", "--catalog", "{missing}"], "missing"),
+    "catalog check --catalog not YAML": (["catalog", "check", "--catalog", "{garbage}"], "garbage"),
+    "catalog preview --snapshot is a folder": (["catalog", "preview", "--snapshot", "{folder}"], "folder"),
+    "catalog preview --snapshot not a table": (["catalog", "preview", "--snapshot", "{garbage}"], "garbage"),
+    "catalog preview --catalog is a folder": (
+        ["catalog", "preview", "--snapshot", "{scores}", "--catalog", "{folder}"],
+        "folder",
+    ),
+    "catalog preview --exposures missing": (
+        ["catalog", "preview", "--snapshot", "{scores}", "--exposures", "{missing}"],
+        "missing",
+    ),
     "feedback import PATH missing": (
         ["feedback", "import", "{missing}", "--feedback-log", "{new}"],
         "missing",
@@ -402,7 +414,11 @@ def test_every_path_option_has_a_case() -> None:
     """A new path option needs its bad-path case here; --config goes through build_config for all."""
     covered = set()
     for args, bad in CASES.values():
-        command = " ".join(args[:2]) if args[0] in {"import", "train", "evaluate", "feedback"} else args[0]
+        command = (
+            " ".join(args[:2])
+            if args[0] in {"import", "train", "evaluate", "feedback", "catalog"}
+            else args[0]
+        )
         at = args.index(f"{{{bad}}}") if f"{{{bad}}}" in args else args.index("{under_file}")
         covered.add(f"{command} {args[at - 1] if args[at - 1].startswith('--') else 'PATH'}")
     options = _path_options()

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import typer
 
+from engage.cli import catalog as catalog_cmd
 from engage.cli import data, loop, models, scoring, serving
-from engage.cli import monitor as monitor_cmd
 from engage.cli import feedback as feedback_cmd
+from engage.cli import monitor as monitor_cmd
+from engage.cli.common import root
 from engage.cli.demo import demo
 
 __all__ = ["app", "main"]
@@ -29,6 +31,11 @@ evaluate_app = typer.Typer(help="Judge models and policies offline.", no_args_is
 app.add_typer(import_app, name="import")
 app.add_typer(train_app, name="train")
 app.add_typer(evaluate_app, name="evaluate")
+app.callback()(root)  # engage --version
+catalog_app = typer.Typer(
+    help="Check and preview the message catalog before it goes live.", no_args_is_help=True
+)
+app.add_typer(catalog_app, name="catalog")
 feedback_app = typer.Typer(help="Report what happened to logged decisions.", no_args_is_help=True)
 app.add_typer(feedback_app, name="feedback")
 
@@ -50,6 +57,8 @@ import_app.command("hillstrom")(data.import_hillstrom)
 train_app.command("churn")(models.train_churn_command)
 train_app.command("offers")(models.train_offers_command)
 evaluate_app.command("policy")(models.evaluate_policy)
+catalog_app.command("check")(catalog_cmd.check)
+catalog_app.command("preview")(catalog_cmd.preview)
 evaluate_app.command("decisions")(loop.evaluate_decisions)
 feedback_app.command("import")(feedback_cmd.import_feedback)
 

@@ -4,6 +4,9 @@ Every file a command reads or writes goes through here: ``check_paths`` refuses 
 output that is a folder, a folder that is a file or a place that cannot be written before any work
 starts; ``load_events`` and ``read_table`` turn an unreadable file into a message naming it; and
 ``file_errors`` ends what slips past (a full disk) the same way: exit code 2, no traceback.
+A remote URI (``s3://``, ``gs://``, ``abfss://``, ``hdfs://``) is kept as text, never through
+``pathlib.Path`` (which would make ``s3://b/k`` into ``s3:/b/k``): options that Spark may read take
+``source()``; the embedded engine and every local-only option refuse a URI naming the option.
 Heavy libraries are imported inside the functions that need them, so that `engage --help` stays instant.
 """
 
@@ -11,12 +14,13 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Annotated, Any, Literal, ParamSpec, TypeVar, overload
 
 import typer
 from rich.console import Console
@@ -37,8 +41,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "QUIET_ENV",
+    "REMOTE_SCHEMES",
     "ConfigOpt",
+    "Engine",
+    "EngineOpt",
     "SetOpt",
+    "Source",
     "build_config",
     "check_paths",
     "console",
@@ -53,6 +61,10 @@ __all__ = [
     "read_exposures",
     "read_table",
     "read_users",
+    "remote_uri",
+    "root",
+    "source",
+    "version_callback",
 ]
 
 console = Console(stderr=True)
@@ -65,6 +77,59 @@ SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override one config value, e.g. --set labels.horizon_days=14."),
 ]
+
+Engine = Literal["polars", "spark"]
+"""The feature engines (``features.engine``); a flag typed with it refuses anything else, listing these."""
+EngineOpt = Annotated[
+    Engine | None,
+    typer.Option(help="polars (default) or spark (which also reads s3://, gs://, abfss://, hdfs:// inputs)."),
+]
+REMOTE_SCHEMES = ("s3", "s3a", "s3n", "gs", "gcs", "abfs", "abfss", "wasb", "wasbs", "adl", "hdfs", "dbfs")
+"""URI schemes of remote storage: read by Spark, kept as written, refused by the embedded engine."""
+_REMOTE = re.compile(rf"^({'|'.join(REMOTE_SCHEMES)})://", re.IGNORECASE)
+_MANGLED = re.compile(rf"^({'|'.join(REMOTE_SCHEMES)}):/(?!/)", re.IGNORECASE)  # Path("s3://b") == "s3:/b"
+Source = Path | str
+"""An input Spark may read: a local path, or a remote URI kept as text (see ``source``)."""
+
+
+def source(value: str) -> Source:
+    """A command-line input: a remote URI stays the text given; anything else is a local Path."""
+    return value if _REMOTE.match(value) else Path(value)
+
+
+def remote_uri(path: Source | None) -> str | None:
+    """The remote URI ``path`` is (or was, before ``pathlib.Path`` collapsed its ``//``); else None."""
+    if path is None:
+        return None
+    text = str(path)
+    if isinstance(path, str):
+        return text if _REMOTE.match(text) else None
+    return _MANGLED.sub(r"\1://", text, count=1) if _MANGLED.match(text) else None
+
+
+def version_callback(value: bool) -> None:
+    """``engage --version``: the installed package's version (importlib.metadata), then exit."""
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        out.print(f"engage {version('engage')}", highlight=False)
+    except PackageNotFoundError:
+        out.print("engage (not installed: no version metadata)", highlight=False)
+    raise typer.Exit()
+
+
+def root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=version_callback, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Churn risk, reasons and the next-best message from raw customer event logs."""
+
 
 QUIET_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -109,39 +174,59 @@ _NO_PATHS: Mapping[str, Path | None] = MappingProxyType({})
 
 
 def check_paths(
-    read: Mapping[str, Path | None] = _NO_PATHS,
+    read: Mapping[str, Source | None] = _NO_PATHS,
     write: Mapping[str, Path | None] = _NO_PATHS,
     folders: Mapping[str, Path | None] = _NO_PATHS,
-    sources: Mapping[str, Path | None] = _NO_PATHS,
+    sources: Mapping[str, Source | None] = _NO_PATHS,
+    *,
+    remote_ok: bool = False,
 ) -> None:
     """Stop the command, naming the option and the path, unless each path can be used as meant.
 
     ``read``: files that must exist; ``write``: files to create or replace (not a folder, in a place
     that can be written); ``folders``: folders to create or fill (not a file); ``sources``: inputs
     that may also be a folder (a Parquet data set, which Spark reads). Keys are option names.
+    A remote URI among ``read`` and ``sources`` passes when ``remote_ok`` (the engine reading it is
+    Spark) and is refused otherwise; among ``write`` and ``folders`` it is always refused.
     """
     for option, path in {**read, **sources}.items():
-        if path is not None and not path.exists():
-            raise fail(f"{option} {path}: file not found")
-    for option, path in read.items():
-        if path is not None and path.is_dir():
-            raise fail(f"{option} {path}: is a folder; give a file")
-    for option, path in write.items():
-        if path is None:
+        uri = remote_uri(path)
+        if uri is None:
             continue
-        if path.is_dir():
-            raise fail(f"{option} {path}: is a folder; give a file name")
-        problem = _cannot_write(path.parent) if path.exists() else _cannot_create(path)
-        if problem:
-            raise fail(f"{option} {path}: {problem}")
-    for option, path in folders.items():
-        if path is None:
+        if not isinstance(path, str):  # an option typed as a local Path
+            raise fail(f"{option} {uri}: this option takes a local path, not a remote URI; copy it locally")
+        if not remote_ok:
+            raise fail(
+                f"{option} {uri}: only --engine spark reads remote URIs; use it or copy the file locally"
+            )
+    for option, path in {**write, **folders}.items():
+        uri = remote_uri(path)
+        if uri is not None:
+            raise fail(
+                f"{option} {uri}: engage writes local files only, not remote URIs; write locally, then copy"
+            )
+    for option, local in {**read, **sources}.items():
+        if local is not None and not isinstance(local, str) and not local.exists():
+            raise fail(f"{option} {local}: file not found")
+    for option, local in read.items():
+        if local is not None and not isinstance(local, str) and local.is_dir():
+            raise fail(f"{option} {local}: is a folder; give a file")
+    for option, target in write.items():
+        if target is None:
             continue
-        if path.exists() and not path.is_dir():
-            raise fail(f"{option} {path}: is a file; give a folder")
-        problem = _cannot_write(path) if path.exists() else _cannot_create(path)
+        if target.is_dir():
+            raise fail(f"{option} {target}: is a folder; give a file name")
+        problem = _cannot_write(target.parent) if target.exists() else _cannot_create(target)
         if problem:
-            raise fail(f"{option} {path}: {problem}")
+            raise fail(f"{option} {target}: {problem}")
+    for option, folder in folders.items():
+        if folder is None:
+            continue
+        if folder.exists() and not folder.is_dir():
+            raise fail(f"{option} {folder}: is a file; give a folder")
+        problem = _cannot_write(folder) if folder.exists() else _cannot_create(folder)
+        if problem:
+            raise fail(f"{option} {folder}: {problem}")
 
 
 def _cannot_create(path: Path) -> str | None:
@@ -220,9 +305,19 @@ def progress_bar(label: str) -> Iterator[Callable[[int, int], None]]:
         yield update
 
 
-def load_events(path: Path, cfg: EngageConfig) -> Any:
-    """Accepted events of a file; a file that can't be read stops the command with its message."""
+def load_events(path: Source, cfg: EngageConfig, option: str = "--events") -> Any:
+    """Accepted events of a file; a file that can't be read stops the command with its message.
+
+    The embedded reader reads local files: a remote URI stops the command (``--engine spark`` reads it).
+    """
     from engage.events import EventsFileError, read_events
+
+    uri = remote_uri(path)
+    if uri is not None:
+        raise fail(
+            f"{option} {uri}: the embedded engine reads local files; use --engine spark for remote URIs"
+        )
+    path = Path(path)
 
     reference = parse_date(cfg.validation.reference_time) if cfg.validation.reference_time else None
     try:
@@ -240,14 +335,14 @@ def load_events(path: Path, cfg: EngageConfig) -> Any:
 
 @overload
 def read_table(
-    path: Path, option: str, required: Sequence[str] = (), timestamps: Sequence[str] = ()
+    path: Source, option: str, required: Sequence[str] = (), timestamps: Sequence[str] = ()
 ) -> pl.DataFrame: ...
 @overload
 def read_table(
-    path: Path | None, option: str, required: Sequence[str] = (), timestamps: Sequence[str] = ()
+    path: Source | None, option: str, required: Sequence[str] = (), timestamps: Sequence[str] = ()
 ) -> pl.DataFrame | None: ...
 def read_table(
-    path: Path | None, option: str, required: Sequence[str] = (), timestamps: Sequence[str] = ()
+    path: Source | None, option: str, required: Sequence[str] = (), timestamps: Sequence[str] = ()
 ) -> pl.DataFrame | None:
     """A Parquet or CSV table given by ``option`` (None when not given); a file that cannot be read,
     or lacks a ``required`` column, stops the command with a message naming the option and the file."""
@@ -257,6 +352,12 @@ def read_table(
 
     from engage.events import EventsFileError, utc_column
 
+    uri = remote_uri(path)
+    if uri is not None:
+        raise fail(
+            f"{option} {uri}: the embedded engine reads local files; use --engine spark for remote URIs"
+        )
+    path = Path(path)
     if not path.exists():
         raise fail(f"{option} {path}: file not found")
     if path.is_dir():
@@ -288,10 +389,10 @@ def read_table(
 
 
 @overload
-def read_users(path: Path) -> pl.DataFrame: ...
+def read_users(path: Source) -> pl.DataFrame: ...
 @overload
-def read_users(path: Path | None) -> pl.DataFrame | None: ...
-def read_users(path: Path | None) -> pl.DataFrame | None:
+def read_users(path: Source | None) -> pl.DataFrame | None: ...
+def read_users(path: Source | None) -> pl.DataFrame | None:
     """The ``--users`` table (one row per user_id), or None when not given."""
     from engage import schemas as s
 
@@ -299,10 +400,10 @@ def read_users(path: Path | None) -> pl.DataFrame | None:
 
 
 @overload
-def read_exposures(path: Path) -> pl.DataFrame: ...
+def read_exposures(path: Source) -> pl.DataFrame: ...
 @overload
-def read_exposures(path: Path | None) -> pl.DataFrame | None: ...
-def read_exposures(path: Path | None) -> pl.DataFrame | None:
+def read_exposures(path: Source | None) -> pl.DataFrame | None: ...
+def read_exposures(path: Source | None) -> pl.DataFrame | None:
     """The ``--exposures`` table (past messages: user_id, ts, message_id), or None when not given."""
     from engage import schemas as s
 

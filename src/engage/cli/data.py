@@ -6,14 +6,16 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.table import Table
 
 from engage.cli.common import (
     ConfigOpt,
+    EngineOpt,
     SetOpt,
+    Source,
     build_config,
     check_paths,
     console,
@@ -26,6 +28,7 @@ from engage.cli.common import (
     progress_bar,
     read_exposures,
     read_users,
+    source,
 )
 from engage.config import EngageConfig
 
@@ -230,30 +233,32 @@ def _import_events(name: str, path: Path, out_file: Path) -> None:
 
 @file_errors
 def features(
-    events: Annotated[Path, typer.Option(help="Events file.")],
+    events: Annotated[str, typer.Option(help="Events file (a folder or s3://... URI with --engine spark).")],
     as_of: Annotated[list[str], typer.Option("--as-of", help="Snapshot date(s); repeat for several.")],
     out_file: Annotated[Path, typer.Option("--out", help="Features parquet.")],
     users: Annotated[Path | None, typer.Option(help="Users table (attributes, consents).")] = None,
     exposures: Annotated[Path | None, typer.Option(help="Campaign exposures (message fatigue).")] = None,
-    engine: Annotated[str | None, typer.Option(help="polars (default) or spark.")] = None,
+    engine: EngineOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """Point-in-time features per (user, as_of): only events before as_of are read."""
     cfg = build_config(config, set_, **{"features.engine": engine})
+    events_in = source(events)  # a remote URI stays text: Spark reads it, the embedded engine refuses it
     check_paths(
         read={"--users": users, "--exposures": exposures},
         write={"--out": out_file},
-        sources={"--events": events},  # Spark reads a folder too; the polars reader says it needs a file
+        sources={"--events": events_in},  # Spark reads a folder too; the polars reader says it needs a file
+        remote_ok=cfg.features.engine == "spark",
     )
     dates = [parse_date(d) for d in as_of]
-    table = _compute_features(events, dates, cfg, users, exposures)
+    table = _compute_features(events_in, dates, cfg, users, exposures)
     _write_pandas(table, out_file)
     out.print(f"{len(table):,} rows x {table.shape[1] - 2} features -> {out_file}")
 
 
 def _compute_features(
-    events: Path, dates: list[datetime], cfg: EngageConfig, users: Path | None, exposures: Path | None
+    events: Source, dates: list[datetime], cfg: EngageConfig, users: Path | None, exposures: Path | None
 ) -> Any:
     user_table, exposure_table = read_users(users), read_exposures(exposures)
     if cfg.features.engine == "spark":
@@ -295,7 +300,7 @@ def dataset(
     horizon: Annotated[str, typer.Option(help="Churn horizon, e.g. 30d.")] = "30d",
     users: Annotated[Path | None, typer.Option(help="Users table.")] = None,
     exposures: Annotated[Path | None, typer.Option(help="Campaign exposures.")] = None,
-    engine: Annotated[str | None, typer.Option(help="polars (default) or spark.")] = None,
+    engine: EngineOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -352,7 +357,7 @@ def report(
     as_of: Annotated[
         str | None, typer.Option(help="Report as of this date (default: just after the last event).")
     ] = None,
-    period: Annotated[str, typer.Option(help="Cohort period: M (months) or W (weeks).")] = "M",
+    period: Annotated[Literal["M", "W"], typer.Option(help="Cohort period: M (months) or W (weeks).")] = "M",
     activity: Annotated[
         list[str] | None,
         typer.Option(help="Event types that count as activity for cohorts (repeat; default: all)."),

@@ -11,6 +11,7 @@ from rich.table import Table
 from engage import schemas as s
 from engage.cli.common import (
     ConfigOpt,
+    EngineOpt,
     SetOpt,
     build_config,
     check_paths,
@@ -25,6 +26,7 @@ from engage.cli.common import (
     read_exposures,
     read_table,
     read_users,
+    source,
 )
 
 __all__ = ["backtest", "score"]
@@ -32,14 +34,14 @@ __all__ = ["backtest", "score"]
 
 @file_errors
 def score(
-    events: Annotated[Path, typer.Option(help="Events file.")],
+    events: Annotated[str, typer.Option(help="Events file (a folder or s3://... URI with --engine spark).")],
     as_of: Annotated[
         str, typer.Option("--as-of", help="Score as of this instant (features read before it).")
     ],
     out_file: Annotated[Path, typer.Option("--out", help="Scores parquet (written atomically).")],
-    users: Annotated[Path | None, typer.Option(help="Users table (consents, attributes).")] = None,
-    exposures: Annotated[Path | None, typer.Option(help="Past exposures (caps, cooldowns, fatigue).")] = None,
-    engine: Annotated[str | None, typer.Option(help="polars (default) or spark.")] = None,
+    users: Annotated[str | None, typer.Option(help="Users table (consents, attributes).")] = None,
+    exposures: Annotated[str | None, typer.Option(help="Past exposures (caps, cooldowns, fatigue).")] = None,
+    engine: EngineOpt = None,
     explain: Annotated[bool, typer.Option("--explain", help="Reasons for every user.")] = False,
     explain_top: Annotated[
         float | None, typer.Option(help="Reasons only for the riskiest share, e.g. 0.1 (default).")
@@ -57,11 +59,15 @@ def score(
     moment = parse_date(as_of)
     snapshot = snapshot or Path(cfg.serve.feature_snapshot_path)
     decision_log = decision_log or Path(cfg.serve.decision_log_dir)
+    events_in = source(events)  # a remote URI stays text: Spark reads it, the embedded engine refuses it
+    users_in = source(users) if users is not None else None
+    exposures_in = source(exposures) if exposures is not None else None
     check_paths(
-        read={"--users": users, "--exposures": exposures},
-        sources={"--events": events},  # Spark reads a folder too; the polars reader says it needs a file
+        read={"--users": users_in, "--exposures": exposures_in},
+        sources={"--events": events_in},  # Spark reads a folder too; the polars reader says it needs a file
         write={"--out": out_file, "--snapshot": snapshot},
         folders={"--decision-log": decision_log},
+        remote_ok=cfg.features.engine == "spark",
     )
     from engage.scoring.champions import load_champions
 
@@ -73,13 +79,20 @@ def score(
         from engage.spark import score_spark
 
         summary = score_spark(
-            events, moment, models, cfg, out_file, users=users, exposures=exposures, explain_share=share
+            events_in,
+            moment,
+            models,
+            cfg,
+            out_file,
+            users=users_in,
+            exposures=exposures_in,
+            explain_share=share,
         )
     else:
         from engage.scoring.job import score_events
 
-        frame = load_events(events, cfg)
-        user_table, exposure_table = read_users(users), read_exposures(exposures)
+        frame = load_events(events_in, cfg)
+        user_table, exposure_table = read_users(users_in), read_exposures(exposures_in)
         with progress_bar("scoring users") as progress:
             summary = score_events(
                 frame,

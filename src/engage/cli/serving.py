@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -34,7 +34,9 @@ def serve(
     target: Annotated[
         str, typer.Option(help="Service path or a built Bento tag.")
     ] = "engage.serving.service:EngageService",
-    model_source: Annotated[str, typer.Option(help="bento (store) or mlflow (registry).")] = "bento",
+    model_source: Annotated[
+        Literal["bento", "mlflow"], typer.Option(help="bento (store) or mlflow (registry).")
+    ] = "bento",
     insecure: Annotated[
         bool, typer.Option(help="Serve beyond loopback without ENGAGE_API_TOKEN (no auth).")
     ] = False,
