@@ -7,8 +7,10 @@ params) and a high-cardinality template reading a money amount (about 40k distin
 count and the category, so that nearly every row is a distinct combination. Prints the best of
 ``--repeat`` runs per catalog, rows/s and the ratio to a bare per-row ``str`` join over the same
 columns (the floor any renderer pays to build one string per row), with ``os.getloadavg()`` (the
-cores are shared). Target: batch rendering within 1.5x of the str.format renderer it replaced
-(0.31 s packaged / 6.94 s high-cardinality at 1M rows on the 2-core machine, same script).
+cores are shared). Target: batch rendering within 1.5x of the str.format renderer it replaced.
+Measured at 1M rows on the shared 2-core machine: str.format renderer (one render per distinct
+combination of values) 0.31 s packaged / 6.94 s high-cardinality (load 1.3); the sandboxed Jinja2
+renderer (one render per distinct value of each placeholder, joined) 0.28 s / 1.23 s (load 5.4).
 """
 
 from __future__ import annotations
