@@ -256,3 +256,14 @@ def test_the_yaml_catalog_documents_its_html_channels(tmp_path: Path) -> None:
     raw = yaml.safe_load(DEFAULT_CATALOG_PATH.read_text())
     assert tuple(raw["html_channels"]) == HTML_CHANNELS
     assert load_catalog(DEFAULT_CATALOG_PATH).html_channels == HTML_CHANNELS
+
+
+def test_a_catalog_pickles_and_renders_alike_after() -> None:
+    """Spark ships the catalog to its executors pickled; the compiled templates are rebuilt there."""
+    import pickle
+
+    catalog = load_catalog(DEFAULT_CATALOG_PATH)
+    copy = pickle.loads(pickle.dumps(catalog))
+    features = pd.DataFrame({"top_category": ["<i>x</i>", None, "books"] * 7})
+    arms = np.array([m.id for m in catalog.messages] * 5, dtype=object)[: len(features)]
+    assert render_many(copy, arms, features).tolist() == render_many(catalog, arms, features).tolist()

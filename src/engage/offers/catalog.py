@@ -15,7 +15,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cache, cached_property
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -338,7 +337,7 @@ def catalog_from_dict(
         )
     known = _Known(
         frozenset(feature_names) if feature_names is not None else None,
-        MappingProxyType(_placeholders(raw.get("placeholders"), path)),
+        _placeholders(raw.get("placeholders"), path),  # a dict: the catalog travels pickled to Spark
         _html_channels(raw.get("html_channels"), path),
     )
     messages: list[Message] = []
