@@ -32,6 +32,13 @@ def demo(
     users: Annotated[int | None, typer.Option(help="Simulated users.")] = None,
     days: Annotated[int | None, typer.Option(help="Simulated days.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    rounds: Annotated[
+        int | None,
+        typer.Option(
+            help="Run the closed loop for this many served rounds after round 0; writes DIR/loop.json."
+        ),
+    ] = None,
+    round_days: Annotated[int, typer.Option(help="--rounds: days the world answers each round.")] = 14,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -45,6 +52,14 @@ def demo(
     cfg = build_config(config, set_, **{"simulate.users": users, "simulate.days": days, "seed": seed})
     data = out_dir / "data"
     tracking = f"sqlite:///{(out_dir / 'mlflow.db').resolve()}"
+    if rounds is not None:
+        _closed_loop(
+            out_dir,
+            cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"uri": tracking})}),
+            rounds,
+            round_days,
+        )
+        return
     common: dict[str, Any] = {"config": config, "set_": [*(set_ or []), f"tracking.uri={tracking}"]}
     console.rule("[bold]1. simulate users, events and randomized campaigns (with ground truth)")
     simulate(
@@ -126,3 +141,16 @@ def demo(
     console.rule("[bold]done")
     out.print(f"everything is under {out_dir}/; see the runs with:")
     out.print(f"  .venv/bin/mlflow ui --backend-store-uri {tracking}")
+
+
+def _closed_loop(out_dir: Path, cfg: Any, rounds: int, round_days: int) -> None:
+    """engage demo --rounds: round 0 randomized, then serve, answer, measure, retrain, gate."""
+    from engage.cli.demo_loop import run_loop
+
+    if rounds < 1 or round_days < 1:
+        raise fail(f"--rounds and --round-days must be at least 1, got {rounds} and {round_days}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_loop(out_dir, cfg, rounds=rounds, round_days=round_days)
+    out.print(
+        f"wrote {out_dir / 'loop.json'}; runs: .venv/bin/mlflow ui --backend-store-uri {cfg.tracking.uri}"
+    )

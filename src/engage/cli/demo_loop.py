@@ -1,0 +1,254 @@
+"""``engage demo --rounds K``: the closed loop on a simulated world, judged against its ground truth.
+
+Round 0 is the world's randomized campaigns: churn and offers are trained on them (outcomes read
+from the events, as a real team would). Each next round: the DR value of the policy about to serve
+is estimated from the previous round's logs; every user is scored (the decision log); the world
+answers for ``round_days`` days (``datasets.resume``); outcomes are joined (``decision_outcomes``);
+the round is measured (realized value, lift vs holdout) and judged by the truth; the offers model is
+retrained on the randomized history plus every served log and gated against the champion.
+
+``DIR/loop.json`` holds one object per round. Two scales, said plainly: ``true_value``,
+``oracle_value`` and ``none_value`` are the simulator's expected reward per decision of what the
+message itself caused (truth, non-holdout decisions of the round); ``realized_value`` and the DR
+estimate read every purchase in the window (organic ones too), so they sit above the truth by the
+organic purchase value, the same for every arm. Lift is in conversion rate: treated users (sent a
+message) minus holdout users whose intended message was one, vs the truth's mean effect on the
+treated (``lift_true``).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import polars as pl
+
+from engage import schemas as s
+from engage.config import EngageConfig
+from engage.datasets.resume import resume
+from engage.datasets.simulate import SimulatedData, simulate, write_simulation
+from engage.models.bundle import OfferBundle
+from engage.models.uplift import expected_gain
+from engage.offers.catalog import Catalog, load_catalog
+from engage.offers.evaluation import bootstrap_difference, doubly_robust
+from engage.offers.outcomes import attach_outcomes
+from engage.offers.training import (
+    HOLDOUT,
+    decision_exposures,
+    fit_offers,
+    offer_table,
+    policy_rules,
+    reward_matrix,
+    rewards,
+    served_policy,
+)
+
+__all__ = ["LOOP_KEYS", "run_loop"]
+
+LOOP_KEYS: tuple[str, ...] = (
+    "round",
+    "true_value",
+    "oracle_value",
+    "none_value",
+    "dr_estimate",
+    "dr_ci_low",
+    "dr_ci_high",
+    "lift_measured",
+    "lift_ci_low",
+    "lift_ci_high",
+    "lift_true",
+)
+_HISTORY = [s.USER_ID, s.TS, s.MESSAGE_ID, s.CHANNEL]
+_N_BOOT = 300
+
+
+def _say(text: str) -> None:
+    from engage.cli.common import console
+
+    console.rule(f"[bold]{text}")
+
+
+def _nan_to_none(value: float | None) -> float | None:
+    return None if value is None or not np.isfinite(value) else float(value)
+
+
+def _true_probabilities(rows: pd.DataFrame, truth: pd.DataFrame, catalog: Catalog) -> pd.DataFrame:
+    """The truth's conversion probability per arm for each row (joined on user_id and as_of)."""
+    keyed = truth.rename(columns={s.TS: s.AS_OF})
+    keyed[s.AS_OF] = pd.to_datetime(keyed[s.AS_OF], utc=True)
+    keyed = keyed.drop_duplicates([s.USER_ID, s.AS_OF], keep="last")
+    joined = rows[[s.USER_ID, s.AS_OF]].merge(keyed, on=[s.USER_ID, s.AS_OF], how="left")
+    return pd.DataFrame({a: joined[f"p_{a}"].to_numpy(float) for a in catalog.arms}, index=rows.index)
+
+
+def _round_figures(
+    rows: pd.DataFrame, truth: pd.DataFrame, catalog: Catalog, cfg: EngageConfig, *, seed: int
+) -> dict[str, Any]:
+    """Truth and measurement of one round's decisions (``rows``: features, arm, converted, holdout)."""
+    held = rows[HOLDOUT].astype(bool).to_numpy() if HOLDOUT in rows else np.zeros(len(rows), bool)
+    p_conv = _true_probabilities(rows, truth, catalog)
+    true_r = reward_matrix(p_conv, catalog)
+    arm = rows["arm"].astype(str).to_numpy()
+    col = true_r.columns.get_indexer(arm)
+    served = true_r.to_numpy()[np.arange(len(rows)), col]
+    allowed = policy_rules(rows, catalog, cfg)
+    on = ~held
+    best = true_r.where(allowed.astype(bool), -np.inf).max(axis=1).to_numpy()
+    treated = on & (arm != s.CONTROL_ARM)
+    intended = rows.get(s.INTENDED_MESSAGE_ID, pd.Series([None] * len(rows), index=rows.index))
+    control = held & intended.notna().to_numpy() & (intended.astype(str).to_numpy() != s.CONTROL_ARM)
+    if not held.any():  # round 0: the randomized control arm is the control group
+        control = arm == s.CONTROL_ARM
+    y = rows[s.CONVERTED].astype(float).to_numpy()
+    lift = bootstrap_difference(y[treated], y[control], n_boot=_N_BOOT, seed=seed)
+    effect = p_conv.to_numpy()[np.arange(len(rows)), col] - p_conv[s.CONTROL_ARM].to_numpy()
+    realized = rewards(pd.Series(arm[on]), pd.Series(y[on]), catalog)
+    value, none, oracle = (
+        float(served[on].mean()),
+        float(true_r[s.CONTROL_ARM].to_numpy()[on].mean()),
+        float(best[on].mean()),
+    )
+    return {
+        "true_value": value,
+        "share_of_oracle": (value - none) / (oracle - none) if oracle > none else float("nan"),
+        "oracle_value": oracle,
+        "none_value": none,
+        "lift_measured": lift.value,
+        "lift_ci_low": lift.ci_low,
+        "lift_ci_high": lift.ci_high,
+        "lift_true": float(effect[treated].mean()) if treated.any() else float("nan"),
+        "realized_value": float(realized.mean()),
+        "decisions": len(rows),
+        "treated": int(treated.sum()),
+        "holdout_control": int(control.sum()),
+    }
+
+
+def _dr_before(
+    bundle: OfferBundle, rows: pd.DataFrame, catalog: Catalog, cfg: EngageConfig
+) -> dict[str, Any]:
+    """DR value of the policy ``bundle`` runs, on the previous round's non-holdout logged rows."""
+    rows = rows[~rows[HOLDOUT].astype(bool)].reset_index(drop=True) if HOLDOUT in rows else rows
+    outcomes = bundle.outcomes(rows)
+    target = served_policy(rows, expected_gain(outcomes, catalog), catalog, cfg)
+    q_hat = reward_matrix(outcomes.reindex(columns=target.columns).fillna(0.0), catalog)
+    arm = rows["arm"].astype(str)
+    est = doubly_robust(
+        arm,
+        rewards(arm, rows[s.CONVERTED], catalog),
+        rows[s.PROPENSITY].to_numpy(float),
+        target,
+        q_hat,
+        n_boot=_N_BOOT,
+        seed=cfg.seed,
+    )
+    return {"dr_estimate": est.value, "dr_ci_low": est.ci_low, "dr_ci_high": est.ci_high}
+
+
+def _delivered(served: pl.DataFrame) -> pl.DataFrame:
+    return served.filter(pl.col(s.MESSAGE_ID) != s.CONTROL_ARM).select(_HISTORY)
+
+
+def run_loop(out_dir: Path, cfg: EngageConfig, *, rounds: int, round_days: int) -> list[dict[str, Any]]:
+    """Run round 0 and `rounds` served rounds; write ``out_dir/loop.json``; return its rounds."""
+    from engage.scoring.champions import load_champions
+    from engage.scoring.decision_log import read_decisions
+    from engage.scoring.job import score_events
+    from engage.training.churn import train_churn
+    from engage.training.offers import train_offers
+
+    catalog = load_catalog(cfg.offers.catalog_path)
+    _say(f"round 0: simulate {cfg.simulate.users:,} users x {cfg.simulate.days} days of randomized campaigns")
+    world: SimulatedData = simulate(
+        cfg.simulate.users,
+        cfg.simulate.days,
+        seed=cfg.seed,
+        start=cfg.simulate.start,
+        campaign_every_days=cfg.simulate.campaign_every_days,
+        oracle_horizon_days=cfg.labels.horizon_days,
+    )
+    assert world.world is not None
+    _say("round 0: train churn and offers on the randomized campaigns (outcomes read from the events)")
+    train_churn(world.events, cfg, users=world.users, exposures=world.exposures)
+    randomized = attach_outcomes(
+        world.exposures.drop(s.CONVERTED, s.REVENUE),
+        world.events,
+        attribution_days=cfg.offers.attribution_days,
+    ).with_columns(pl.lit(False).alias(HOLDOUT))
+    table0 = offer_table(world.events, randomized, cfg, users=world.users)
+    fit = fit_offers(table0, cfg, catalog, n_boot=50)
+    result = train_offers(fit, cfg, run_name="offers-round-0")
+    last = table0[table0[s.AS_OF] == table0[s.AS_OF].max()].reset_index(drop=True)
+    first = {"round": 0, **_round_figures(last, world.truth.to_pandas(), catalog, cfg, seed=cfg.seed)}
+    first |= {"dr_estimate": None, "dr_ci_low": None, "dr_ci_high": None}
+    first |= {"offers_version": result.version, "promoted": result.promoted}
+    loop = [first]
+    previous, served_logs = last, []
+    history = world.exposures.select(_HISTORY)
+    for r in range(1, rounds + 1):
+        state = world.world
+        if state is None:
+            raise ValueError("the simulated world lost its state")
+        as_of = datetime.fromisoformat(state.start).replace(tzinfo=UTC) + timedelta(days=state.day)
+        models = load_champions(cfg)
+        if models.offers is None:
+            raise ValueError("no offers champion to serve with")
+        _say(f"round {r}: DR of the serving policy on round {r - 1}'s logs; score as of {as_of:%Y-%m-%d}")
+        dr = _dr_before(models.offers, previous, catalog, cfg)
+        log_dir = out_dir / "decisions" / f"round-{r}"
+        score_events(
+            world.events,
+            as_of,
+            models,
+            cfg,
+            out_dir / f"scores-round-{r}.parquet",
+            users=world.users,
+            exposures=history,
+            explain_share=0,
+            decision_log=log_dir,
+        )
+        decisions, _ = read_decisions(log_dir)
+        _say(f"round {r}: the world answers {len(decisions):,} decisions over {round_days} days")
+        world, _counts = resume(world, decisions, round_days)
+        assert world.world is not None
+        served = decision_exposures(decisions, world.events, cfg)
+        served_logs.append(served)
+        history = pl.concat([history, _delivered(served)], how="vertical_relaxed")
+        rows = offer_table(world.events, served, cfg, users=world.users, history=history)
+        if s.INTENDED_MESSAGE_ID in decisions:  # rows keep the log's order
+            rows[s.INTENDED_MESSAGE_ID] = decisions[s.INTENDED_MESSAGE_ID].to_numpy()
+        figures = _round_figures(rows, world.truth.to_pandas(), catalog, cfg, seed=cfg.seed + r)
+        _say(f"round {r}: retrain offers on the randomized history and {r} served log(s), then the gate")
+        both = pl.concat([randomized.select(served.columns), *served_logs], how="vertical_relaxed")
+        table = offer_table(world.events, both, cfg, users=world.users, history=history)
+        fit = fit_offers(table, cfg, catalog, n_boot=50)
+        result = train_offers(fit, cfg, run_name=f"offers-round-{r}")
+        loop.append(
+            {"round": r, **figures, **dr, "offers_version": result.version, "promoted": result.promoted}
+        )
+        previous = rows
+        _print_round(loop[-1])
+    write_simulation(world, out_dir / "world")
+    clean = [{k: (_nan_to_none(v) if isinstance(v, float) else v) for k, v in row.items()} for row in loop]
+    path = out_dir / "loop.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(clean, indent=1) + "\n")
+    tmp.replace(path)
+    return clean
+
+
+def _print_round(row: dict[str, Any]) -> None:
+    from engage.cli.common import out
+
+    share = (row["true_value"] - row["none_value"]) / max(row["oracle_value"] - row["none_value"], 1e-12)
+    out.print(
+        f"round {row['round']}: true {row['true_value']:.3f} (oracle {row['oracle_value']:.3f}, none "
+        f"{row['none_value']:.3f}, {share:.0%} of the oracle's gain); realized {row['realized_value']:.3f}, "
+        f"DR before {row['dr_estimate']:.3f} [{row['dr_ci_low']:.3f}, {row['dr_ci_high']:.3f}]; lift "
+        f"{row['lift_measured']:+.4f} [{row['lift_ci_low']:+.4f}, {row['lift_ci_high']:+.4f}] vs true "
+        f"{row['lift_true']:+.4f}"
+    )
