@@ -121,6 +121,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         "serve.max_users_per_request": MAX_USERS,
         "serve.feature_snapshot_path": str(root / "snapshot.parquet"),
         "serve.decision_log_dir": str(root / "decisions"),
+        "serve.feedback_log_dir": str(root / "feedback"),
     }
     config = load_config(overrides=overrides)
     env = {
@@ -235,7 +236,8 @@ def test_known_user_matches_batch_scoring(world: World, secured: Server) -> None
         assert answer["risk_band"] == expected["risk_band"]
         assert answer["message"]["message_id"] == expected[s.MESSAGE_ID]
         assert answer["message"]["propensity"] == pytest.approx(float(expected[s.PROPENSITY]))
-        assert answer["decision_id"] == expected["decision_id"]
+        assert answer["message"]["intended_message_id"] == expected[s.INTENDED_MESSAGE_ID]
+        assert answer["decision_id"] != expected["decision_id"], "a /score call is its own decision"
         assert [r["feature"] for r in answer["reasons"]] == [r["feature"] for r in expected["reasons"]]
         assert 0 < len(answer["reasons"]) <= 3 or float(expected["churn_probability"]) < 0.05
         assert all(r["text"] for r in answer["reasons"])
@@ -347,6 +349,58 @@ def test_explain_lists_every_feature(world: World, secured: Server) -> None:
     assert all(c["text"] for c in body["contributions"])
 
 
+# --- feedback --------------------------------------------------------------------------------
+def test_repeated_calls_are_distinct_decisions_and_feedback_is_kept_once(
+    world: World, secured: Server
+) -> None:
+    from engage.scoring.decision_log import read_decisions
+    from engage.scoring.feedback import read_feedback
+
+    user = known_user(world, 9)
+    ids = []
+    for _ in range(20):
+        status, body = post(f"{secured.url}/score", {"users": [{"user_id": user}], "explain": False}, TOKEN)
+        assert status == 200, body
+        ids.append(body["users"][0]["decision_id"])
+    assert len(set(ids)) == len(ids), "every call is its own decision"
+    now = pd.Timestamp.now(tz="UTC")
+    report = {"decision_id": ids[0], "event": "sent", "ts": now.isoformat()}
+    assert post(f"{secured.url}/feedback", report)[0] == 401
+    assert post(f"{secured.url}/feedback", report, TOKEN)[1]["status"] == "accepted"
+    assert post(f"{secured.url}/feedback", report, TOKEN)[1]["status"] == "duplicate"
+    converted = {**report, "event": "converted", "revenue": 9.5}
+    assert post(f"{secured.url}/feedback", converted, TOKEN)[1]["status"] == "accepted"
+    unknown = post(f"{secured.url}/feedback", {**report, "decision_id": "not-a-decision"}, TOKEN)[1]
+    assert unknown["status"] == "aside" and unknown["reason"] == "unknown_decision_id"
+    status, body = post(f"{secured.url}/feedback", {**report, "event": "opened", "revenue": 1.0}, TOKEN)
+    assert status == 400 and "revenue" in json.dumps(body)
+    status, body = post(f"{secured.url}/feedback", {**report, "ts": "2001-01-01T00:00:00Z"}, TOKEN)
+    assert status == 422 and "ts" in json.dumps(body)
+    kept, _ = read_feedback(world.config.serve.feedback_log_dir)
+    assert kept[kept["decision_id"] == ids[0]]["event"].tolist() == ["sent", "converted"]
+    logged, _ = read_decisions(world.config.serve.decision_log_dir)
+    assert set(ids) <= set(logged["decision_id"])
+
+
+def test_feedback_latency_on_loopback(world: World, secured: Server) -> None:
+    """Sequential reports, one connection each: p50 and p99 printed (``-s``), bounded loosely."""
+    status, body = post(f"{secured.url}/score", {"users": [{"user_id": known_user(world, 11)}]}, TOKEN)
+    decision_id = body["users"][0]["decision_id"]
+    start = pd.Timestamp.now(tz="UTC")
+    seconds = []
+    for i in range(300):
+        ts = (start - pd.Timedelta(milliseconds=i)).isoformat()
+        tick = time.perf_counter()
+        status, body = post(
+            f"{secured.url}/feedback", {"decision_id": decision_id, "event": "opened", "ts": ts}, TOKEN
+        )
+        seconds.append(time.perf_counter() - tick)
+        assert status == 200 and body["status"] == "accepted", body
+    p50, p99 = (float(pd.Series(seconds).quantile(q)) * 1000 for q in (0.5, 0.99))
+    print(f"/feedback over {len(seconds)} sequential calls: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    assert p99 < 1000
+
+
 # --- input and safety ----------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("body", "field"),
@@ -434,7 +488,7 @@ def test_schemathesis_finds_no_server_error(world: World, opened: Server) -> Non
             "--checks",
             "not_a_server_error",
             "--include-path-regex",
-            "^/(score|explain)$",
+            "^/(score|explain|feedback)$",
             "--phases",
             phase,
             "--max-examples",
