@@ -8,10 +8,11 @@ index access (``{{ x.__class__ }}``), no calls, no arithmetic, bounded length an
 that neither the template nor user data can reach into objects or build huge strings. Old-style
 ``{name}`` placeholders are refused with a hint instead of showing up as literal braces.
 
-Values: params win over features of the same name; a missing feature (NaN, None, absent, not a
-scalar) takes the catalog's default for that placeholder (``Placeholder``) or the template's
-``default`` filter; numbers take the catalog's format spec. Channels that render HTML
-(``HTML_CHANNELS``) escape every value; the template's own text is never escaped.
+Values: params win over features of the same name; a missing value (NaN, None, absent, blank text,
+the feature engine's ``"none"``, not a scalar) takes the placeholder's own ``default`` filter when it
+has one, else the catalog's default for that name (``Placeholder``); values take the catalog's format
+spec. Channels that render HTML (``HTML_CHANNELS``) escape every value (defaults included); the
+template's own text is never escaped.
 ``render_many`` renders a batch placeholder by placeholder, once per distinct value of each column,
 and joins the pieces, so its text equals the per-row ``render`` exactly and its cost grows with the
 number of distinct values, not rows.
