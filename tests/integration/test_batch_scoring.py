@@ -101,4 +101,5 @@ def test_spark_and_embedded_scores_agree(world: dict) -> None:
     )
     assert spark["message_id"].to_list() == embedded["message_id"].to_list()
     assert spark["decision_id"].to_list() == embedded["decision_id"].to_list()
+    assert spark["intended_message_id"].to_list() == embedded["intended_message_id"].to_list()
     assert spark["risk_band"].to_list() == embedded["risk_band"].to_list()
