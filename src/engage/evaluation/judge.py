@@ -7,7 +7,10 @@ logged, with the reward ``offers.training`` trains on (conversion value minus me
 serving policy is judged on its own rows (its value is the mean reward of treated decisions, the
 holdout's that of held-out ones); `none` for everyone and any candidate policy (probabilities per
 arm for each logged row, e.g. ``candidate_policy``) off-policy, each with Kish's effective sample
-size, its largest importance weight and a warning when the overlap is too thin. Pure.
+size, its largest importance weight and a warning when the overlap is too thin: an effective sample
+size under ``offers.evaluation.MIN_ESS_SHARE`` (5%) of the rows or a weight over ``MAX_WEIGHT``
+(100). DR's outcome model is the mean reward per logged arm (as ``engage evaluate policy``'s): it
+needs no features, and DR stays unbiased with the logged propensities. Pure.
 """
 
 from __future__ import annotations
