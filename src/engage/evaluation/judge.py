@@ -195,7 +195,10 @@ def _policy_values(
             f"{int((~ok).sum()):,} decision(s) without a logged propensity are left out of the policy values"
         )
     logged = outcomes[ok].reset_index(drop=True)
-    arm = logged[s.MESSAGE_ID].astype(str)
+    codes, names = pd.factorize(logged[s.MESSAGE_ID])  # arms as a numpy text array, built once
+    arm = pd.Series(
+        np.asarray([str(n) for n in names], dtype=str)[codes] if len(codes) else np.array([], dtype=str)
+    )
     reward = rewards(arm, logged[s.CONVERTED].astype(float), catalog)
     propensity = pd.to_numeric(logged[s.PROPENSITY]).to_numpy(dtype=float)
     flag = logged[HOLDOUT].astype("boolean") if HOLDOUT in logged else pd.Series(pd.NA, index=logged.index)
@@ -207,7 +210,7 @@ def _policy_values(
         (HELD_OUT, int(held.sum()), float(held.sum()), 1.0, int(held.sum())),
     ]
     if len(logged):
-        arms = list(dict.fromkeys([*catalog.arms, *sorted(set(arm))]))
+        arms = list(dict.fromkeys([*catalog.arms, *sorted(map(str, names))]))
         allowed = pd.DataFrame(True, index=logged.index, columns=arms)
         targets = {NONE: single_arm_policy(allowed, s.CONTROL_ARM)}
         for name, probs in candidates.items():
@@ -219,12 +222,12 @@ def _policy_values(
             targets[name] = (
                 probs.reset_index(drop=True)[ok].reset_index(drop=True).reindex(columns=arms, fill_value=0.0)
             )
-        means = pd.Series(reward).groupby(arm.to_numpy()).mean()
+        means = pd.Series(reward).groupby(codes).mean().rename(index=dict(enumerate(map(str, names))))
         q_hat = pd.DataFrame({a: np.full(len(logged), means.get(a, reward.mean())) for a in arms})
-        table = compare_policies(arm, reward, propensity, targets, q_hat, n_boot=n_boot, seed=seed)
+        table = compare_policies(arm.to_numpy(), reward, propensity, targets, q_hat, n_boot=n_boot, seed=seed)
         rows += list(table.itertuples(index=False, name=None))
         for name, target in targets.items():
-            diag = weight_diagnostics(arm, propensity, target)
+            diag = weight_diagnostics(arm.to_numpy(), propensity, target)
             overlap.append((name, diag.rows, diag.ess, diag.max_weight, diag.matched))
     return pd.DataFrame(rows, columns=list(VALUE_COLUMNS)), pd.DataFrame(
         overlap, columns=list(OVERLAP_COLUMNS)

@@ -88,16 +88,20 @@ def lift_vs_holdout(
         raise KeyError(f"decisions: missing column(s) {', '.join(missing)}")
     treated, held = _holdout_flags(decisions)
     if by is None:
-        keys = np.full(len(decisions), OVERALL, dtype=object)
-        groups = [OVERALL]
-    else:
-        keys = decisions[by].astype("string").fillna(UNKNOWN_BAND).to_numpy(dtype=object)
-        groups = sorted(set(keys[treated | held]))
+        codes, names, order = np.zeros(len(decisions), dtype=np.int64), [OVERALL], [0]
+    else:  # integer codes: one hashing pass, then cheap masks per group
+        codes, uniques = pd.factorize(decisions[by], use_na_sentinel=True)
+        names = [str(u) for u in uniques]
+        if (codes < 0).any():
+            codes = np.where(codes < 0, len(names), codes)
+            names.append(UNKNOWN_BAND)
+        order = sorted(np.unique(codes[treated | held]).tolist(), key=lambda k: names[k])
+    columns = {m: pd.to_numeric(decisions[m], errors="coerce").to_numpy(dtype=float) for m in metrics}
     rows = []
-    for group in groups:
-        mine = keys == group
+    for code in order:
+        group, mine = names[code], codes == code
         for metric in metrics:
-            values = pd.to_numeric(decisions[metric], errors="coerce").astype(float).to_numpy()
+            values = columns[metric]
             ok = ~np.isnan(values)
             t, c = values[mine & treated & ok], values[mine & held & ok]
             est = bootstrap_difference(t, c, n_boot=n_boot, seed=seed)

@@ -128,12 +128,16 @@ def _replicate_sums(
         m = taken[start:stop]
         idx = rng.integers(0, len(rest), size=int(m.sum()))
         ends = np.concatenate([[0], np.cumsum(m)])
-        for total, part in ((sums_num, rest_num), (sums_den, rest_den)):
+        parts = ((sums_num, rest_num),) if den is None else ((sums_num, rest_num), (sums_den, rest_den))
+        for total, part in parts:
             running = np.concatenate([[0.0], np.cumsum(part[idx])])
             total[start:stop] = running[ends[1:]] - running[ends[:-1]]
         start = stop
     sums_num += (n - taken) * u_num[common]
-    sums_den += (n - taken) * u_den[common]
+    if den is None:
+        sums_den[:] = 0.0
+    else:
+        sums_den += (n - taken) * u_den[common]
     return sums_num, sums_den
 
 
@@ -191,7 +195,8 @@ def _check(
 
 def _weights(arm: np.ndarray, propensity: np.ndarray, target: pd.DataFrame) -> np.ndarray:
     """pi_target(logged arm | x) / pi_logging(logged arm | x); 0 for arms the target never plays."""
-    j = pd.Index(target.columns.astype(str)).get_indexer(arm)
+    codes, names = pd.factorize(arm)  # look up each distinct arm once, not every row
+    j = pd.Index(target.columns.astype(str)).get_indexer(pd.Index(names))[codes]
     t = target.to_numpy(dtype=float)
     pi = np.where(j >= 0, t[np.arange(len(j)), np.maximum(j, 0)], 0.0)
     return pi / propensity
@@ -248,7 +253,8 @@ def doubly_robust(
     if len(q_hat) != len(target):
         raise ValueError(f"q_hat has {len(q_hat)} rows but target has {len(target)}")
     q = q_hat[list(target.columns)].to_numpy(dtype=float)
-    j = pd.Index(target.columns.astype(str)).get_indexer(a)
+    codes, names = pd.factorize(a)
+    j = pd.Index(target.columns.astype(str)).get_indexer(pd.Index(names))[codes]
     q_logged = np.where(j >= 0, q[np.arange(len(j)), np.maximum(j, 0)], 0.0)
     direct = (target.to_numpy(dtype=float) * q).sum(axis=1)
     per_row = direct + _weights(a, p, target) * (r - q_logged)
