@@ -67,6 +67,8 @@ def simulate(
     from engage.datasets.simulate import write_simulation
 
     if resume is not None:
+        if users is not None or seed is not None:
+            raise fail("--users and --seed come from the world itself with --resume")
         _resume_world(resume, decisions, days, out_dir)
         return
     if decisions is not None:
