@@ -175,7 +175,9 @@ def decision_outcomes(
       at or after ``active_days`` count as activity.
 
     Adds ``converted`` (a purchase, or reported conversion), ``revenue`` (purchase amounts, refunds not
-    netted), ``still_active`` and ``unsubscribed`` (an ``unsubscribe`` event or reported one).
+    netted), ``still_active`` and ``unsubscribed`` (an ``unsubscribe`` event or reported one). A
+    purchase counts for every decision of its user whose window holds it (overlapping windows are
+    not de-duplicated: each decision is judged on what followed it).
     """
     if window_days <= 0:
         raise ValueError(f"window_days must be > 0, got {window_days}")
