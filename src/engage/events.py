@@ -416,12 +416,10 @@ def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> Path:
     """Write next to the target, then rename, so a killed run never leaves a partial file.
 
     The temporary file is ``.<name>.engage-tmp-<pid>@<host>.<random>``; a killed run's leftovers
-    for the same target are removed by the next write to it (see ``_stale_temporaries``).
+    for the same target are removed by the next write to it (see :func:`temporary_path`).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in _stale_temporaries(path):
-        stale.unlink(missing_ok=True)
-    tmp = path.with_name(f".{path.name}{_TMP_TAG}{os.getpid()}@{socket.gethostname()}.{secrets.token_hex(4)}")
+    tmp = temporary_path(path)
     _IN_FLIGHT.add(tmp)
     try:
         frame.write_parquet(tmp)
@@ -432,6 +430,16 @@ def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> Path:
     finally:
         _IN_FLIGHT.discard(tmp)
     return path
+
+
+def temporary_path(path: Path) -> Path:
+    """A fresh temporary name next to ``path`` (``.<name>.engage-tmp-<pid>@<host>.<random>``), after
+    removing the leftovers of earlier writers of ``path`` that are gone. Every atomic writer of
+    engage (Parquet files here, decision-log batches) names its temporary files this way."""
+    for stale in _stale_temporaries(path):
+        stale.unlink(missing_ok=True)
+    writer = f"{os.getpid()}@{socket.gethostname()}"
+    return path.with_name(f".{path.name}{_TMP_TAG}{writer}.{secrets.token_hex(4)}")
 
 
 def _stale_temporaries(path: Path) -> list[Path]:

@@ -50,16 +50,17 @@ def test_preview_chooses_what_score_sends_and_a_new_catalog_changes_it(
     flags = [f"--set={item}" for item in sets]
     scores, snapshot = tmp_path / "scores.parquet", tmp_path / "snap.parquet"
     common_inputs = ["--exposures", str(paths["exposures"])]
-    result = runner.invoke(
-        app,
-        [
-            "score",
-            *["--events", str(paths["events"]), "--users", str(paths["users"]), *common_inputs],
-            *["--as-of", as_of.isoformat(), "--out", str(scores), "--snapshot", str(snapshot)],
-            *["--decision-log", str(tmp_path / "decisions"), *flags],
-        ],
-    )
+    score = [
+        "score",
+        *["--events", str(paths["events"]), "--users", str(paths["users"]), *common_inputs],
+        *["--as-of", as_of.isoformat(), "--out", str(scores), "--snapshot", str(snapshot)],
+        *["--decision-log", str(tmp_path / "decisions"), *flags],
+    ]
+    result = runner.invoke(app, score)
     assert result.exit_code == 0, result.output
+    assert f"decision log: {pl.read_parquet(scores).height:,} decisions ->" in result.output
+    rerun = runner.invoke(app, score)  # the same job again: the log says so and keeps one copy
+    assert rerun.exit_code == 0 and "(a re-run): nothing appended" in rerun.output, rerun.output
     sent = pl.read_parquet(scores)[s.MESSAGE_ID].value_counts()
     sent_counts = dict(zip(sent[s.MESSAGE_ID].to_list(), sent["count"].to_list(), strict=True))
 

@@ -126,3 +126,17 @@ def test_a_killed_batch_leaves_nothing_and_the_re_run_logs_it_once(tmp_path: Pat
     assert not rerun.already_logged and again.already_logged
     assert len(frame) == n and frame["decision_id"].is_unique and skipped == 0
     assert [p.name for p in log.rglob("*") if p.is_file()] == [rerun.path.name]
+
+
+def test_log_files_follow_the_users_umask(tmp_path: Path) -> None:
+    """Before: batch files and per-process files were 0644 whatever the umask (a group could not write)."""
+    import stat
+
+    old = os.umask(0o002)
+    try:
+        with DecisionWriter(tmp_path / "log") as writer:
+            batch = writer.write_frame(_scores(5), WHEN).path
+            stream = writer.write(_scores(2, prefix="r").to_dict("records"), WHEN)
+    finally:
+        os.umask(old)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in (batch, stream)} == {0o664}

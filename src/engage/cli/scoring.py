@@ -111,6 +111,11 @@ def score(
         f"{summary.users:,} users scored in {summary.seconds:.1f} s "
         f"({summary.users_per_second:,.0f} users/s), {summary.explained:,} with reasons -> {out_file}"
     )
+    logged = summary.decisions
+    if logged is not None and logged.already_logged:
+        out.print(f"decision log: this batch is already in {logged.path} (a re-run): nothing appended")
+    elif logged is not None:
+        out.print(f"decision log: {logged.rows:,} decisions -> {logged.path}")
     _print_score_summary(out_file)
 
 

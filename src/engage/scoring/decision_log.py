@@ -23,8 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
-import socket
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -37,7 +35,7 @@ import pandas as pd
 import polars as pl
 
 from engage import schemas as s
-from engage.events import _TMP_TAG, _stale_temporaries
+from engage.events import temporary_path
 from engage.hashing import stable_hash64
 
 __all__ = [
@@ -242,7 +240,7 @@ class DecisionWriter:
             return self._fd
         self._close_fd()
         folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder / self.file_name, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = os.open(folder / self.file_name, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":
             os.write(fd, b"\n")  # seal a line cut short by an earlier crash
@@ -309,10 +307,8 @@ def _publish(payload: bytes, target: Path) -> bool:
     ``target`` unless that exists (False then). The folder is fsynced so the link survives a crash."""
     folder = target.parent
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in _stale_temporaries(target):
-        stale.unlink(missing_ok=True)
-    tmp = folder / f".{target.name}{_TMP_TAG}{os.getpid()}@{socket.gethostname()}.{secrets.token_hex(4)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    tmp = temporary_path(target)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the user's umask decides
     try:
         try:
             view = memoryview(payload)
