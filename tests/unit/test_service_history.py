@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engage import schemas as s
 from engage.config import DEFAULT_CATALOG_PATH, PolicyConfig
@@ -212,3 +214,35 @@ def test_a_log_line_without_user_id_is_skipped_at_start_up(tmp_path: Path) -> No
     history = ContactHistory(tmp_path, retention=RETENTION, own_file="decisions-0.jsonl")
     assert history.skipped == 5
     assert history.entries("u1") == history.entries("u2") == [(pd.Timestamp(at).value, MESSAGE.id)]
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    per_day=st.lists(st.integers(1, 200), min_size=20, max_size=40),
+    offsets=st.lists(st.integers(-10_000, 1_000), min_size=1, max_size=50),
+)
+def test_distinct_ids_and_dates_never_grow_the_history_without_bound(
+    per_day: list[int], offsets: list[int]
+) -> None:
+    """Before: every user id ever contacted stayed in memory for the life of the process (a caller
+    sending fresh ids grew it for good). Now what a cap or cooldown can still reach is all that is
+    held: after the prune, only users contacted within ``retention`` of the newest contact, whatever
+    the ids and request dates (far-past replays, near-future skew) callers send."""
+    days = RETENTION.days
+    clock_at = [FEATURE_TIME]
+    history = ContactHistory(
+        Path("/nonexistent"), retention=RETENTION, clock=lambda: clock_at[0], prune_seconds=0
+    )
+    recent: list[set[str]] = []
+    for day, count in enumerate(per_day):
+        now = FEATURE_TIME + timedelta(days=day)
+        clock_at[0] = now
+        users = {f"d{day}-u{k}" for k in range(count)}
+        for k in range(count):
+            history.record(f"d{day}-u{k}", now + timedelta(minutes=offsets[k % len(offsets)]), MESSAGE.id)
+        history.refresh()
+        recent = [*recent, users][-(days + 2) :]
+        assert history.users <= sum(len(u) for u in recent)
+    last = len(per_day) - 1
+    held = [k for k in range(per_day[-1]) if offsets[k % len(offsets)] <= 5]  # the future ones are refused
+    assert history.users >= len(held) and all(history.entries(f"d{last}-u{k}") for k in held[:20])

@@ -55,6 +55,7 @@ class ContactHistory:
         future_tolerance: pd.Timedelta = pd.Timedelta(minutes=5),
         clock: Clock = utc_now,
         count: Literal["decisions", "sent"] = "decisions",
+        prune_seconds: float = 300.0,
     ) -> None:
         self.log_dir = Path(log_dir)
         self.exposures = Path(exposures) if exposures else None
@@ -68,7 +69,9 @@ class ContactHistory:
         self.count_sent = count == "sent"
         self._pending: dict[str, tuple[str, int, str]] = {}  # decision_id -> (user, time, message)
         self._sent_early: dict[str, int] = {}  # sent reports whose decision is not read yet -> report time
-        self._pruned = time.monotonic()
+        self.prune_seconds = prune_seconds
+        self._newest = -(2**63)  # the newest contact time held (ns)
+        self._pruned = -float("inf")  # the first refresh prunes what start-up read from old logs
         self._tail = LogTail(self.log_dir, skip_file=own_file, skip_lines_with=NONE_MARK.encode())
         self._table_mtime: float | None = None
         self.refresh()
@@ -93,6 +96,7 @@ class ContactHistory:
         if entry in entries:
             return
         entries.append(entry)
+        self._newest = max(self._newest, stamp)
         newest = max(e[0] for e in entries)
         if entries[0][0] < newest - self.retention:
             entries[:] = [e for e in entries if e[0] >= newest - self.retention]
@@ -134,21 +138,34 @@ class ContactHistory:
         """Decisions waiting for a ``sent`` report (``count="sent"``)."""
         return len(self._pending)
 
-    def _prune_pending(self) -> None:
-        """Drop waiting decisions and early reports older than ``retention`` (every few minutes)."""
-        if not self.count_sent or time.monotonic() - self._pruned < 300:
+    @property
+    def users(self) -> int:
+        """Users with a contact held from the decision log or this process."""
+        return len(self._log)
+
+    def _prune(self) -> None:
+        """Every ``prune_seconds``, forget what no cooldown or cap can reach any more: users whose
+        newest contact is older than ``retention`` before the newest contact held (never later than
+        the server's clock plus the tolerance, so live serving prunes against now while a replayed
+        world keeps its own dates), and waiting decisions and early ``sent`` reports older than
+        ``retention`` before the clock. Without
+        it every user id ever contacted (a caller can send millions of distinct ones) stays in memory
+        for the life of the process."""
+        if time.monotonic() - self._pruned < self.prune_seconds:
             return
-        oldest = pd.Timestamp(self.clock()).as_unit("ns").value - self.retention
+        oldest = self._newest - self.retention
+        waiting = pd.Timestamp(self.clock()).as_unit("ns").value - self.retention
         with self._lock:
-            self._pending = {k: v for k, v in self._pending.items() if v[1] >= oldest}
-            self._sent_early = {k: v for k, v in self._sent_early.items() if v >= oldest}
+            self._log = {u: e for u, e in self._log.items() if max(x[0] for x in e) >= oldest}
+            self._pending = {k: v for k, v in self._pending.items() if v[1] >= waiting}
+            self._sent_early = {k: v for k, v in self._sent_early.items() if v >= waiting}
             self._pruned = time.monotonic()
 
     def refresh(self) -> None:
         """Read what other processes appended to the log since the last call, and a changed table."""
         self._tail_log()
         self._load_table()
-        self._prune_pending()
+        self._prune()
 
     def _tail_log(self) -> None:
         rows: list[tuple[str | None, str, int, str]] = []
