@@ -7,6 +7,7 @@ nothing below reads files or the environment for settings. Every field has a def
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -141,6 +142,14 @@ class ServeConfig(_Frozen):
     feedback_max_age_days: int = Field(30, gt=0)
     """How far back a feedback ``ts`` may lie (422 beyond): also how long reports are remembered for
     idempotency and decisions for matching."""
+    workers: int = Field(1, gt=0)
+    """Worker processes of the service (``engage serve --workers``): each loads the models and the
+    snapshot (memory x N) and writes its own decision log file; BentoML's own config still wins."""
+    resources: dict[str, str] = {}
+    """BentoML service resources (``cpu``, ``memory``, ``gpu``): what a deployment reserves."""
+    require_snapshot: bool = True
+    """``/readyz`` answers 503 until the feature snapshot is loaded; false for a service that only
+    scores users sent with their events (ids alone are then cold starts)."""
 
 
 class MonitorConfig(_Frozen):
@@ -161,6 +170,27 @@ class MonitorConfig(_Frozen):
     perfectly calibrated model shows about 0.03 on 1,000 rows)."""
 
 
+class WebhookConfig(_Frozen):
+    """``engage export --webhook``: where audiences are posted and how hard to try (README, "Audiences")."""
+
+    url: str | None = None
+    """The receiver (https; plain http only to a loopback address). None = no webhook delivery."""
+    secret_env: str = "ENGAGE_WEBHOOK_SECRET"
+    """Name of the environment variable holding the HMAC secret: the secret itself never sits in YAML."""
+    batch_size: int = Field(500, gt=0)
+    max_retries: int = Field(5, ge=0)
+    """Retries of one batch after a 5xx, 408, 429, timeout or dropped connection (then the run stops;
+    a re-run resumes)."""
+    backoff_seconds: float = Field(0.5, ge=0)
+    """First retry waits about this long, doubling each retry (half fixed, half seeded jitter)."""
+    max_backoff_seconds: float = Field(30.0, gt=0)
+    timeout_seconds: float = Field(10.0, gt=0)
+
+
+class ExportConfig(_Frozen):
+    webhook: WebhookConfig = WebhookConfig()
+
+
 class EngageConfig(_Frozen):
     seed: int = 42
     simulate: SimulateConfig = SimulateConfig()
@@ -173,6 +203,7 @@ class EngageConfig(_Frozen):
     tracking: TrackingConfig = TrackingConfig()
     serve: ServeConfig = ServeConfig()
     monitor: MonitorConfig = MonitorConfig()
+    export: ExportConfig = ExportConfig()
 
 
 class ConfigError(ValueError):
@@ -197,10 +228,28 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+ENVIRONMENT_KEYS = {"tracking.uri": "MLFLOW_TRACKING_URI", "tracking.experiment": "MLFLOW_EXPERIMENT_NAME"}
+"""Config keys MLflow's standard environment variables set (``MLFLOW_REGISTRY_URI``: engage.tracking)."""
+
+
+def _from_environment(file_tree: dict[str, Any]) -> dict[str, str]:
+    """``ENVIRONMENT_KEYS`` whose variable is set and which the user's own config file does not set."""
+    found: dict[str, str] = {}
+    for dotted, variable in ENVIRONMENT_KEYS.items():
+        node: Any = file_tree
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if os.environ.get(variable) and node is None:
+            found[dotted] = os.environ[variable]
+    return found
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> EngageConfig:
     """Read a YAML file (default: the packaged ``default.yaml``) and apply dotted-key overrides.
 
-    ``overrides={"labels.horizon_days": 14}`` sets one field; unknown keys are errors.
+    ``overrides={"labels.horizon_days": 14}`` sets one field; unknown keys are errors. Precedence,
+    highest first: ``overrides`` (command flags, ``--set``), MLflow's environment variables
+    (``ENVIRONMENT_KEYS``), the user's config file, the packaged ``default.yaml``.
     """
     source = Path(path) if path is not None else DEFAULT_CONFIG_PATH
     raw: dict[str, Any] = {}
@@ -214,7 +263,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         if not isinstance(raw, dict):
             raise ConfigError(f"{source}: top level must be a mapping of sections")
     extra: dict[str, Any] = {}
-    for dotted, value in (overrides or {}).items():
+    for dotted, value in {**_from_environment(raw if path is not None else {}), **(overrides or {})}.items():
         _set_dotted(extra, dotted, value)
     try:
         return EngageConfig.model_validate(_deep_merge(raw, extra))

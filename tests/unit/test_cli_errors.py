@@ -163,6 +163,14 @@ CASES: dict[str, tuple[list[str], str]] = {
         ["backtest", "--scores", "{scores}", "--events", "{events}", "--out", "{file}"],
         "file",
     ),
+    "export --scores missing": (["export", "--scores", "{missing}", "--out", "{new}"], "missing"),
+    "export --scores not a table": (["export", "--scores", "{garbage}", "--out", "{new}"], "garbage"),
+    "export --scores lacks the score columns": (
+        ["export", "--scores", "{no_columns}", "--out", "{new}"],
+        "no_columns",
+    ),
+    "export --out is a file": (["export", "--scores", "{scores}", "--out", "{file}"], "file"),
+    "export --out under a file": (["export", "--scores", "{scores}", "--out", "{under_file}"], "file"),
     "train churn --events is a folder": (["train", "churn", "--events", "{folder}"], "folder"),
     "train churn --users not parquet": (
         ["train", "churn", "--events", "{events}", "--users", "{garbage}"],

@@ -24,6 +24,7 @@ LAYERS: dict[str, int] = {
     "engage.offers.templates": 2,
     "engage.labels": 2,
     "engage.analytics": 2,
+    "engage.audiences": 2,  # split (pure) and files; the webhook is the HTTP edge
     "engage.offers.outcomes": 2,
     "engage.models": 3,
     "engage.explain": 3,
@@ -38,6 +39,7 @@ LAYERS: dict[str, int] = {
     "engage.offers.training": 4,
     "engage.offers": 4,
     "engage.tracking": 5,
+    "engage.pyfunc_model": 5,  # the "model from code" file MLflow runs to load a model (beside tracking)
     "engage.training": 5,
     "engage.scoring": 5,
     "engage.serving.schemas": 5,
@@ -53,10 +55,13 @@ LAYERS: dict[str, int] = {
     "engage.serving.auth": 6,
     "engage.serving.service": 6,
     "engage.serving.process": 6,
+    "engage.audiences.webhook": 6,
     "engage.cli": 7,
 }
 EDGE_ONLY = {
-    "mlflow": {"engage.tracking"},
+    # engage.pyfunc_model: MLflow loads a model by running that file, which must subclass PythonModel
+    # and call mlflow.models.set_model; nothing in engage imports it.
+    "mlflow": {"engage.tracking", "engage.pyfunc_model"},
     "bentoml": {"engage.serving.service"},
     "pyspark": {"engage.spark"},
 }

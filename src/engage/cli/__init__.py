@@ -11,6 +11,7 @@ import typer
 
 from engage.cli import catalog as catalog_cmd
 from engage.cli import data, loop, models, scoring, serving
+from engage.cli import export as export_cmd
 from engage.cli import feedback as feedback_cmd
 from engage.cli import monitor as monitor_cmd
 from engage.cli.common import root
@@ -46,6 +47,7 @@ app.command()(data.dataset)
 app.command()(data.report)
 app.command()(scoring.score)
 app.command()(scoring.backtest)
+app.command("export")(export_cmd.export)
 app.command("outcomes")(loop.outcomes)
 app.command()(monitor_cmd.monitor)
 app.command()(serving.build)
