@@ -104,9 +104,10 @@ def _print_manifest(manifest: dict[str, Any], out_dir: Path) -> None:
         f"{manifest['exported']:,} of {manifest['rows_in']:,} decisions exported; not exported: "
         f"{left['holdout']:,} holdout, {left['none']:,} none -> {escape(str(out_dir))}",
         highlight=False,
+        soft_wrap=True,
     )
     if "send_at" not in manifest["columns"]:
-        console.print(f"[yellow]send_at {escape(manifest['send_at'])}[/]", highlight=False)
+        console.print(f"[yellow]send_at {escape(manifest['send_at'])}[/]", highlight=False, soft_wrap=True)
 
 
 def _deliver(audiences: Any, hook: WebhookConfig, secret: bytes, out_dir: Path, seed: int) -> None:
@@ -117,9 +118,13 @@ def _deliver(audiences: Any, hook: WebhookConfig, secret: bytes, out_dir: Path, 
             report = deliver(audiences, hook, secret, out_dir / LEDGER_NAME, seed=seed, progress=progress)
     except DeliveryError as exc:
         raise fail(str(exc), code=1) from exc
-    out.print(
-        f"webhook: {report.decisions:,} decisions in {report.batches:,} batches acknowledged "
-        f"({report.decisions_per_second:,.0f}/s, {report.retries} retries); "
-        f"{report.already_delivered:,} delivered before, skipped",
-        highlight=False,
-    )
+    ledger = escape(str(out_dir / LEDGER_NAME))
+    if not report.batches:
+        message = f"webhook: nothing new to send; {report.already_delivered:,} acknowledged before ({ledger})"
+    else:
+        message = (
+            f"webhook: {report.decisions:,} decisions in {report.batches:,} batches acknowledged "
+            f"({report.decisions_per_second:,.0f}/s, {report.retries} retries); "
+            f"{report.already_delivered:,} acknowledged before ({ledger})"
+        )
+    out.print(message, highlight=False, soft_wrap=True)
