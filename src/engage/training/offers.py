@@ -7,15 +7,18 @@ registry aliases and the champion gate, which re-scores the champion on the chal
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engage import tracking
 from engage.config import EngageConfig
 from engage.models.bundle import OfferBundle
 from engage.offers.training import OfferFit, policy_dr_value
-from engage.training.registry import record_and_promote
+from engage.training.registry import Dataset, record_and_promote
 
-__all__ = ["OfferTrainingResult", "offers_champion_gate", "train_offers"]
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["OfferTrainingResult", "offer_figures", "offers_champion_gate", "train_offers"]
 
 
 @dataclass
@@ -37,8 +40,15 @@ def train_offers(
     run_name: str = "offers",
     figures: dict[str, Any] | None = None,
 ) -> OfferTrainingResult:
-    """Record an offers fit in MLflow, register it and apply the champion gate on DR policy value."""
+    """Record an offers fit in MLflow, register it and apply the champion gate on DR policy value.
+
+    The run always carries the Qini curves and the policy values with their intervals as plots
+    (``figures`` adds to them or replaces them by name), and the held-out rows as its dataset.
+    """
     name = config.tracking.offer_model_name
+    plots = {**offer_figures(fit), **(figures or {})}
+    digest = (fingerprint or {}).get("sha256")
+    source = (fingerprint or {}).get("source")
     done = record_and_promote(
         fit.bundle,
         config,
@@ -50,12 +60,33 @@ def train_offers(
         metrics=fit.metrics,
         gate=lambda model_name: offers_champion_gate(model_name, fit, config),
         fingerprints={"data": fingerprint} if fingerprint else None,
-        figures=figures,
+        figures=plots,
         frames={"policy_values.csv": fit.values},
+        datasets=[
+            Dataset(
+                fit.test,
+                name="offers_held_out",
+                source=str(source) if source else None,
+                digest=str(digest) if digest else None,
+                context="evaluation",
+            )
+        ],
     )
     return OfferTrainingResult(
         run_id=done.run_id, model_uri=done.model_uri, version=done.version, promoted=done.promoted, fit=fit
     )
+
+
+def offer_figures(fit: OfferFit) -> dict[str, Figure]:
+    """The plots every offers run logs: Qini curves per arm and the DR policy values (95% CI)."""
+    from engage.plots.uplift import policy_values_figure, qini_figure
+
+    figures: dict[str, Figure] = {}
+    if fit.qini:
+        figures["qini"] = qini_figure(fit.qini)
+    if not fit.values.empty and (fit.values["estimator"] == "dr").any():
+        figures["policy_values"] = policy_values_figure(fit.values, estimator="dr")
+    return figures
 
 
 def offers_champion_gate(
