@@ -48,7 +48,16 @@ def export(
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Audience files per message or channel for an e-mail or push platform (holdout and none left out)."""
+    """Audience files per message or channel for an e-mail or push platform (holdout and none left out).
+
+    DIR gets <by>-<audience>.csv and .parquet (user_id, message_id, channel, message_text, send_at when
+    the scores have it, decision_id) and manifest.json (rows and SHA-256 per file, rows left out).
+    --webhook posts them to export.webhook.url, signed with the secret in the environment variable
+    export.webhook.secret_env names; DIR/delivered.jsonl records what was acknowledged.
+
+    Exit codes: 0 done; 1 the receiver refused a batch or never acknowledged it (run the same
+    command again to resume); 2 a file or setting that cannot be used.
+    """
     cfg = build_config(config, set_)
     check_paths(read={"--scores": scores}, folders={"--out": out_dir})
     hook = cfg.export.webhook
