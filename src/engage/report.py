@@ -49,6 +49,8 @@ class AnalyticsTables:
     loyalty: LoyaltyTiers
     engagement: pd.DataFrame
     engagement_bands: pd.DataFrame
+    value_segments: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """Predicted revenue by value segment (empty when too few users bought to fit a value model)."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,7 @@ def compute_analytics(
     funnel_segment: SegmentLike = None,
     engagement_window_days: int = 28,
     purchase_type: str = "purchase",
+    value_horizon_days: int = 365,
     progress: Progress | None = None,
 ) -> AnalyticsTables:
     """All report tables from events before ``as_of`` (pure; see ``engage.analytics``)."""
@@ -124,7 +127,27 @@ def compute_analytics(
         loyalty=loyalty_tiers(rfm_table),
         engagement=scores,
         engagement_bands=engagement_summary(scores),
+        value_segments=value_segments(frame, as_of, value_horizon_days),
     )
+
+
+def value_segments(events: pl.DataFrame, as_of: datetime, horizon_days: int) -> pd.DataFrame:
+    """Predicted revenue per value segment: the value model (BTYD + Gamma-Gamma) fitted on the
+    standard features as of ``as_of`` (events before it only); empty with fewer than 50 buyers."""
+    from engage.config import FeatureConfig
+    from engage.features import build_features
+    from engage.models.value import CustomerValue, value_segment_summary
+
+    frame = events.with_columns(
+        pl.lit(None, dtype).alias(name)
+        for name, dtype in s.EVENT_OPTIONAL.items()
+        if name not in events.columns
+    )
+    features = build_features(frame, [as_of], config=FeatureConfig())
+    if int((features["purchase_days_total"] > 0).sum()) < 50:
+        return pd.DataFrame()
+    model = CustomerValue(horizon_days=horizon_days).fit(features)
+    return value_segment_summary(model.predict(features))
 
 
 def figure_png(fig: Figure, *, dpi: int = 110) -> bytes:
@@ -271,6 +294,36 @@ def build_sections(t: AnalyticsTables) -> list[Section]:
             (("Users per band", t.engagement_bands), ("Most engaged users", top_users)),
             ("engagement_scores.csv", "engagement_bands.csv"),
         ),
+        *_value_section(t),
+    ]
+
+
+def _value_section(t: AnalyticsTables) -> list[Section]:
+    """The value segments section, when the log has enough buyers to fit a value model."""
+    if t.value_segments.empty:
+        return []
+    table = t.value_segments
+    fig = Figure(figsize=(7, 3.2))
+    ax = fig.subplots()
+    ax.bar(table["segment"], 100 * table["revenue_share"].fillna(0.0), color="#2b6cb0")
+    ax.set_ylabel("% of predicted revenue")
+    ax.set_title("Predicted revenue by value segment")
+    fig.tight_layout()
+    top = table.iloc[0]
+    caption = (
+        "Users ranked by predicted revenue over the next months (BTYD purchase counts times "
+        f"Gamma-Gamma spend per purchase). The top 10% ({int(top['users']):,} users) hold "
+        f"{_pct(float(top['revenue_share']))} of the predicted revenue: the customers whose loss costs most."
+    )
+    return [
+        Section(
+            "value_segments",
+            "Value segments",
+            caption,
+            figure_png(fig),
+            (("Predicted revenue per segment", table),),
+            ("value_segments.csv",),
+        )
     ]
 
 
@@ -341,6 +394,7 @@ def _csv_tables(t: AnalyticsTables) -> dict[str, pd.DataFrame]:
         "loyalty_pyramid.csv": t.loyalty.pyramid,
         "engagement_scores.csv": t.engagement,
         "engagement_bands.csv": t.engagement_bands,
+        "value_segments.csv": t.value_segments,
     }
 
 

@@ -127,6 +127,10 @@ SCORE_TYPES: Final[dict[str, str]] = {
     "cold_start": "boolean",
     "model_versions": "string",  # JSON text in files; a mapping in memory and in the API
     "decision_id": "string",
+    "predicted_purchases": "double",  # over the next value_horizon_days (BTYD); null: no purchase yet
+    "predicted_revenue": "double",  # predicted_purchases x expected spend per purchase (Gamma-Gamma)
+    "value_horizon_days": "int",
+    "expected_next_order_at": "timestamp",  # null when the user is more likely gone than active
 }
 """The one list of score fields (batch files, ``/score`` answers, Spark), with their stored types."""
 SCORE_FIELDS: Final[tuple[str, ...]] = tuple(SCORE_TYPES)

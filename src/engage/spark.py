@@ -118,6 +118,13 @@ def _one_as_of(
         F.min(F.when(et == "session_start", age)).alias("days_since_last_session"),
         F.min(F.when(et == "email_open", age)).alias("days_since_last_email_open"),
         F.max(age).alias("tenure_days"),
+        F.count_distinct(F.when(et == "purchase", F.col("__d"))).cast("double").alias("purchase_days_total"),
+        F.max(F.when(et == "purchase", age)).alias("days_since_first_purchase"),
+        F.coalesce(
+            F.sum(F.when(et == "purchase", F.col("amount")))
+            / F.count_distinct(F.when(et == "purchase", F.col("__d"))),
+            F.lit(0.0),
+        ).alias("purchase_day_amount_mean"),
         ratio(et == "purchase").alias("purchase_rate_ratio_7d_28d"),
         ratio(et == "session_start").alias("session_rate_ratio_7d_28d"),
         ratio(F.lit(True)).alias("event_rate_ratio_7d_28d"),

@@ -243,6 +243,13 @@ def test_known_user_matches_batch_scoring(world: World, secured: Server) -> None
         assert all(r["text"] for r in answer["reasons"])
         assert pd.Timestamp(answer["feature_as_of"]) == world.as_of
         assert answer["model_versions"] == {"churn": f"{world.config.tracking.churn_model_name}/1"}
+        for name in ("predicted_purchases", "predicted_revenue"):  # value: the same as batch, or both null
+            batch_value = expected[name]
+            assert (answer[name] is None) == pd.isna(batch_value)
+            assert answer[name] is None or answer[name] == pytest.approx(float(batch_value), rel=1e-9)
+        assert answer["value_horizon_days"] == int(expected["value_horizon_days"])
+        next_order = expected["expected_next_order_at"]
+        assert (answer["expected_next_order_at"] is None) == pd.isna(next_order)
 
 
 def test_score_is_logged_for_off_policy_evaluation(world: World, secured: Server) -> None:

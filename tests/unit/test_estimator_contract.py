@@ -17,8 +17,10 @@ from sklearn.exceptions import NotFittedError
 
 from engage.explain import ReasonExplainer
 from engage.models.btyd import BGNBD, GammaGamma, simulate_bgnbd
+from engage.models.btyd_mbg import MBGNBD
 from engage.models.churn import ChurnModel, LogisticBaseline, RecencyBaseline
 from engage.models.uplift import MultiArmUplift
+from engage.models.value import CustomerValue
 
 NOT_PREDICT = {"fit", "from_config"}
 """Own public methods that are not predict-like (they need no fitted check)."""
@@ -43,6 +45,14 @@ X_CALIB, Y_CALIB = _frame(200, 1)
 ARM = np.where(np.arange(400) % 2 == 0, "none", "coupon")
 RFM = simulate_bgnbd(200, 20.0, r=0.5, alpha=5.0, a=0.8, b=2.0, seed=1)
 SPEND = np.random.default_rng(2).gamma(2.0, 10.0, 200)
+VALUE_FEATURES = pd.DataFrame(
+    {
+        "purchase_days_total": RFM["frequency"] + 1,
+        "days_since_first_purchase": RFM["T"] * 7,
+        "days_since_last_purchase": (RFM["T"] - RFM["recency"]) * 7,
+        "purchase_day_amount_mean": SPEND,
+    }
+)
 CONTRIB = pd.DataFrame(np.random.default_rng(3).normal(size=(10, 3)), columns=X_TRAIN.columns).assign(
     bias=0.0
 )
@@ -108,6 +118,27 @@ CASES: dict[str, Case] = {
             "expected_purchases_new": lambda m: m.expected_purchases_new(4.0),
         },
         change={"penalizer": 0.01},
+    ),
+    "MBGNBD": Case(
+        make=lambda: MBGNBD(maxiter=200),
+        fit=lambda m: m.fit(RFM["frequency"], RFM["recency"], RFM["T"]),
+        predicts={
+            "p_alive": lambda m: m.p_alive(RFM["frequency"], RFM["recency"], RFM["T"]),
+            "expected_purchases": lambda m: m.expected_purchases(
+                4.0, RFM["frequency"], RFM["recency"], RFM["T"]
+            ),
+            "expected_purchases_new": lambda m: m.expected_purchases_new(4.0),
+        },
+        change={"penalizer": 0.01},
+    ),
+    "CustomerValue": Case(
+        make=lambda: CustomerValue(horizon_days=90),
+        fit=lambda m: m.fit(VALUE_FEATURES),
+        predicts={
+            "predict": lambda m: m.predict(VALUE_FEATURES),
+            "btyd_features": lambda m: m.btyd_features(VALUE_FEATURES),
+        },
+        change={"horizon_days": 30},
     ),
     "GammaGamma": Case(
         make=lambda: GammaGamma(maxiter=200),

@@ -102,7 +102,8 @@ def _parse(path: Path) -> _Page:
 
 def _check_images(page: _Page) -> None:
     """Every <img> is an inline data: URI whose payload decodes to a PNG."""
-    assert len(page.images) == len(PLOTS)
+    value = any(alt == "Value segments" for _, alt in page.images)  # shown when >= 50 users bought
+    assert len(page.images) == len(PLOTS) + value
     for src, alt in page.images:
         assert src.startswith("data:image/png;base64,"), src[:40]
         payload = base64.b64decode(src.split(",", 1)[1], validate=True)
@@ -191,3 +192,20 @@ def test_report_on_online_retail_ii(shared_data: Path, tmp_path: Path) -> None:
     counts = pd.read_csv(tmp_path / "cohort_counts.csv").set_index("cohort")
     assert counts.index[0] == "2009-12"
     assert counts.iloc[0, 0] > 500
+
+
+def test_report_shows_value_segments_that_add_up(tmp_path: Path) -> None:
+    events = _log(seed=5, users=300, types=("purchase", "session_start"))
+    tables = compute_analytics(events, as_of=AS_OF, value_horizon_days=180)
+    segments = tables.value_segments.set_index("segment")
+    buyers = events.filter((pl.col(s.EVENT_TYPE) == "purchase") & (pl.col(s.TS) < AS_OF))[
+        s.USER_ID
+    ].n_unique()
+    assert segments["users"].drop("no purchase yet").sum() == buyers
+    assert segments["revenue_share"].sum() == pytest.approx(1.0)
+    assert (
+        segments.loc["top 10%", "mean_predicted_revenue"]
+        >= segments.loc["bottom 30%", "mean_predicted_revenue"]
+    )
+    path = build_report(events, as_of=AS_OF, out_dir=tmp_path)
+    assert 'id="value_segments"' in path.read_text() and (tmp_path / "value_segments.png").exists()

@@ -124,6 +124,9 @@ def _one_as_of(
         pl.when(is_type("session_start")).then(us).min().alias("__last_session"),
         pl.when(is_type("email_open")).then(us).min().alias("__last_email_open"),
         us.max().alias("__first"),
+        pl.when(is_type("purchase")).then(us).max().alias("__first_purchase"),
+        d.filter(is_type("purchase")).n_unique().alias("__purchase_days"),
+        pl.when(is_type("purchase")).then(micros).sum().alias("__spend_all"),
         (recent & is_type("purchase")).sum().alias("__r_purchase"),
         (prev & is_type("purchase")).sum().alias("__p_purchase"),
         (recent & is_type("session_start")).sum().alias("__r_session"),
@@ -180,6 +183,12 @@ def _one_as_of(
         days_ago("__last_session").alias("days_since_last_session"),
         days_ago("__last_email_open").alias("days_since_last_email_open"),
         days_ago("__first").alias("__first_age"),
+        pl.col("__purchase_days").cast(pl.Float64).alias("purchase_days_total"),
+        days_ago("__first_purchase").alias("days_since_first_purchase"),
+        pl.when(pl.col("__purchase_days") > 0)
+        .then(pl.col("__spend_all") / pl.col("__purchase_days") / AMOUNT_SCALE)
+        .otherwise(0.0)
+        .alias("purchase_day_amount_mean"),
         smooth("__r_purchase", "__p_purchase").alias("purchase_rate_ratio_7d_28d"),
         smooth("__r_session", "__p_session").alias("session_rate_ratio_7d_28d"),
         smooth("__r_all", "__p_all").alias("event_rate_ratio_7d_28d"),

@@ -62,6 +62,10 @@ def feature_defs(config: FeatureConfig) -> list[FeatureDef]:
         FeatureDef("days_since_last_email_open", "Days since the last email open", "recency", "days"),
         FeatureDef("days_since_last_cart_abandon", "Days since the last abandoned cart", "recency", "days"),
         FeatureDef("tenure_days", "Days since the first activity (or signup)", "count", "days"),
+        # the inputs of the customer-value model (BTYD frequency, recency, T and mean spend)
+        FeatureDef("purchase_days_total", "Days with a purchase, all history", "count", "days"),
+        FeatureDef("days_since_first_purchase", "Days since the first purchase", "count", "days"),
+        FeatureDef("purchase_day_amount_mean", "Average spend per purchase day, all history", "amount", "$"),
         FeatureDef("purchase_rate_ratio_7d_28d", "Purchase rate last 7 days vs the 28 days before", "ratio"),
         FeatureDef("session_rate_ratio_7d_28d", "Session rate last 7 days vs the 28 days before", "ratio"),
         FeatureDef("event_rate_ratio_7d_28d", "Activity rate last 7 days vs the 28 days before", "ratio"),

@@ -15,6 +15,7 @@ import pandas as pd
 if TYPE_CHECKING:
     from engage.explain import ReasonExplainer
     from engage.models.uplift import MultiArmUplift
+    from engage.models.value import CustomerValue
     from engage.offers.catalog import Catalog
 
 RISK_BAND_NAMES = ("low", "medium", "high", "very_high", "extreme")
@@ -51,12 +52,23 @@ class ChurnBundle:
     feature_names: list[str]
     thresholds: tuple[float, ...] = (0.3, 0.6)
     metadata: dict[str, Any] = field(default_factory=dict)
+    value: CustomerValue | None = None
+    """The customer-value model fitted with the churn model (None: scores carry no value)."""
 
     def _features(self, frame: pd.DataFrame) -> pd.DataFrame:
         return self._checked(frame)[self.feature_names]
 
     def _checked(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """The frame itself once every feature is there (the model picks its columns by name)."""
+        """The frame once every feature is there (the model picks its columns by name).
+
+        The BTYD columns (``btyd_*``, ``churn.btyd_features``) are not in feature tables: they come
+        from the bundle's value model here (NaN without one), as training computed them.
+        """
+        btyd = [n for n in self.feature_names if n.startswith("btyd_") and n not in frame.columns]
+        if btyd:
+            value = getattr(self, "value", None)
+            columns = value.btyd_features(frame) if value is not None else pd.DataFrame(index=frame.index)
+            frame = frame.assign(**{n: columns.get(n, np.nan) for n in btyd})
         _require_features(frame, self.feature_names, "churn")
         return frame
 
@@ -81,6 +93,14 @@ class ChurnBundle:
 
     def contributions(self, frame: pd.DataFrame) -> pd.DataFrame:
         return self.model.contributions(self._features(frame))
+
+    def predicted_value(self, frame: pd.DataFrame) -> pd.DataFrame | None:
+        """Value columns per row over the value model's horizon, or None without a value model.
+
+        Bundles pickled before the value model existed have no such attribute: they give None.
+        """
+        value = getattr(self, "value", None)
+        return None if value is None else value.predict(frame)
 
 
 @dataclass

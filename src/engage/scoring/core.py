@@ -156,7 +156,37 @@ def score_columns(
     versions = dict(models.versions)
     out["model_versions"] = [versions] * len(features)  # one shared dict: to_storable dumps it once
     out["decision_id"] = ids
+    out.update(_value_columns(features, models.churn))
     return {name: out[name] for name in s.SCORE_FIELDS}
+
+
+def _value_columns(features: pd.DataFrame, churn: ChurnBundle) -> dict[str, Any]:
+    """Predicted purchases, revenue, their horizon and the next order's date (null without a model).
+
+    The value model travels in the churn bundle (``ChurnBundle.value``), so every surface that
+    loads the churn model gives the same value from the same feature row.
+    """
+    from engage.models.value import EXPECTED_NEXT_ORDER_DAYS, PREDICTED_PURCHASES, PREDICTED_REVENUE
+
+    n = len(features)
+    value = churn.predicted_value(features)
+    if value is None:
+        missing = np.full(n, np.nan)
+        stamps = pd.Series(pd.NaT, index=range(n), dtype="datetime64[us, UTC]")
+        return {
+            PREDICTED_PURCHASES: missing,
+            PREDICTED_REVENUE: missing,
+            "value_horizon_days": pd.array([None] * n, dtype="Int32"),
+            "expected_next_order_at": stamps,
+        }
+    wait = pd.to_timedelta(value[EXPECTED_NEXT_ORDER_DAYS].to_numpy(dtype=float), unit="D")
+    horizon = int(getattr(churn, "value").horizon_days)  # noqa: B009 (old pickles lack the field)
+    return {
+        PREDICTED_PURCHASES: value[PREDICTED_PURCHASES].to_numpy(dtype=float),
+        PREDICTED_REVENUE: value[PREDICTED_REVENUE].to_numpy(dtype=float),
+        "value_horizon_days": np.full(n, horizon, dtype=np.int32),
+        "expected_next_order_at": (features[s.AS_OF] + wait).dt.floor("s").dt.as_unit("us"),
+    }
 
 
 def _is_utc(stamps: pd.Series) -> bool:

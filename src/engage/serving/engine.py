@@ -110,8 +110,24 @@ def _user_score(user_id: str, row: dict[str, Any]) -> UserScore:
             "decision_id": str(row["decision_id"]),
             "cold_start": bool(row["cold_start"]),
             "quarantined_events": {},
+            "predicted_purchases": _finite(row["predicted_purchases"]),
+            "predicted_revenue": _finite(row["predicted_revenue"]),
+            "value_horizon_days": None
+            if pd.isna(row["value_horizon_days"])
+            else int(row["value_horizon_days"]),
+            "expected_next_order_at": (
+                None
+                if pd.isna(row["expected_next_order_at"])
+                else pd.Timestamp(row["expected_next_order_at"])
+            ),
         }
     )
+
+
+def _finite(value: Any) -> float | None:
+    """A number for the answer, None for NaN (no estimate)."""
+    number = float(value)
+    return number if np.isfinite(number) else None
 
 
 class ScoringEngine:

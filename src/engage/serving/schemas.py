@@ -256,6 +256,16 @@ class UserScore(BaseModel):
     quarantined_events: dict[str, int] = Field(
         default_factory=dict, description="Inline events set aside, by reason"
     )
+    predicted_purchases: float | None = Field(
+        None, description="Expected purchases in the next value_horizon_days (null: no purchase yet)"
+    )
+    predicted_revenue: float | None = Field(
+        None, description="Expected revenue in the next value_horizon_days"
+    )
+    value_horizon_days: int | None = None
+    expected_next_order_at: datetime | None = Field(
+        None, description="Expected date of the next order (null when the user is more likely gone)"
+    )
 
 
 class ScoreResponse(BaseModel):

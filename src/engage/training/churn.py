@@ -19,6 +19,7 @@ from engage import schemas as s
 from engage import tracking
 from engage.config import EngageConfig
 from engage.evaluation.classification import classification_metrics
+from engage.evaluation.delong import auc_differences
 from engage.events import fingerprint
 from engage.explain import ReasonExplainer, global_drivers
 from engage.features import feature_descriptions
@@ -26,7 +27,8 @@ from engage.labels import build_training_table, check_sufficiency
 from engage.models.bundle import ChurnBundle
 from engage.models.churn import ChurnModel, LogisticBaseline, RecencyBaseline, out_of_time_split
 from engage.plots import churn as churn_plots
-from engage.training.registry import record_and_promote
+from engage.training.registry import Dataset, record_and_promote
+from engage.training.value import add_btyd_features, fit_value
 
 __all__ = [
     "ChurnFit",
@@ -123,10 +125,11 @@ def fit_churn(
         "best_iteration": float(model.best_iteration_),
     }
     if events is not None:
-        btyd = btyd_scores(events, test)
+        btyd = btyd_scores(events, test, kind=config.value.model, horizon_days=config.labels.horizon_days)
         if btyd is not None:
             scores["btyd"] = btyd
             metrics |= classification_metrics(y_test, btyd, suffix="_btyd")
+    metrics |= auc_differences(y_test, scores)
     oracle = oracle_scores(test, states, config.labels.horizon_days)
     if oracle is not None:
         from sklearn.metrics import roc_auc_score
@@ -144,6 +147,7 @@ def fit_churn(
         feature_names=columns,
         thresholds=cc.risk_bands,
         metadata={"trained_through": str(test[s.AS_OF].max())},
+        value=None if events is None else fit_value(events, table, config),
     )
     top = [f for f in drivers["feature"].head(3) if f in columns]
     figures = {
@@ -186,26 +190,28 @@ def oracle_scores(test: pd.DataFrame, states: pl.DataFrame | None, horizon_days:
     return None if np.isnan(values).all() else values
 
 
-def btyd_scores(events: pl.DataFrame, test: pd.DataFrame) -> np.ndarray | None:
-    """BG/NBD churn baseline per test row: 1 - P(alive) from purchases before that row's as_of.
+def btyd_scores(
+    events: pl.DataFrame,
+    test: pd.DataFrame,
+    *,
+    kind: str = "mbgnbd",
+    horizon_days: float = 30.0,
+    score: str = "no_purchase",
+) -> np.ndarray | None:
+    """BTYD churn baseline per test row from a ``kind`` model (``mbgnbd``/``bgnbd``) fitted on
+    purchases before that row's as_of: P(no purchase in ``horizon_days``) (``score="no_purchase"``)
+    or 1 - P(alive) (``score="p_alive"``, which ranks slow live buyers as safe).
 
-    Users with no purchase before as_of are outside the BG/NBD population; they get the highest
+    Users with no purchase before as_of are outside the BTYD population; they get the highest
     churn score seen (a user who never bought is the likeliest to be gone). None when too few buyers.
     """
-    from engage.models.btyd import BGNBD, CHURN_BASELINE, btyd_features, rfm_summary
+    from engage.models.btyd import P_ALIVE
+    from engage.models.btyd_snapshots import NO_PURCHASE, snapshot_btyd
 
     purchases = events.filter(pl.col(s.EVENT_TYPE) == "purchase").select(s.USER_ID, s.TS).to_pandas()
-    out = np.full(len(test), np.nan)
-    for as_of_value in test[s.AS_OF].unique():
-        cutoff = pd.Timestamp(as_of_value)
-        before = purchases[purchases[s.TS] < cutoff]
-        if before[s.USER_ID].nunique() < 50:
-            return None
-        summary = rfm_summary(before, s.USER_ID, s.TS, cutoff, unit="W")
-        model = BGNBD().fit(summary["frequency"], summary["recency"], summary["T"])
-        churn = btyd_features(purchases, s.USER_ID, s.TS, cutoff, model).set_index(s.USER_ID)[CHURN_BASELINE]
-        rows = (test[s.AS_OF] == as_of_value).to_numpy()
-        out[rows] = test.loc[rows, s.USER_ID].map(churn).to_numpy(dtype=float)
+    found = snapshot_btyd(purchases, test[[s.USER_ID, s.AS_OF]], kind=kind, horizon_days=horizon_days)
+    alive = found[P_ALIVE].to_numpy(dtype=float)
+    out = found[NO_PURCHASE].to_numpy(dtype=float) if score == "no_purchase" else 1.0 - alive
     if np.isnan(out).all():
         return None
     return np.where(np.isnan(out), np.nanmax(out), out)
@@ -246,7 +252,7 @@ def build_churn_table(
         progress=progress,
     )
     check_sufficiency(table, config.labels)
-    return table
+    return add_btyd_features(table, events, config) if config.churn.btyd_features else table
 
 
 def train_churn(
@@ -271,6 +277,7 @@ def train_churn(
         "snapshots": table[s.AS_OF].nunique(),
         **{f"{k}_dates": ",".join(v) for k, v in fit.split_dates.items()},
     }
+    data_stamp = fingerprint(events)
     done = record_and_promote(
         fit.bundle,
         config,
@@ -282,9 +289,10 @@ def train_churn(
         gate=lambda name: champion_gate(
             name, fit.test, fit.test_probability, margin=config.churn.promote_margin
         ),
-        fingerprints={"data": fingerprint(events), "table": table_stamp},
+        fingerprints={"data": data_stamp, "table": table_stamp},
         figures=fit.figures,
         frames={"drivers.csv": fit.drivers},
+        datasets=[Dataset(table, name="churn_table", source=None, digest=str(data_stamp["sha256"]))],
     )
     return ChurnTrainingResult(
         run_id=done.run_id,
@@ -312,8 +320,10 @@ def champion_gate(
     if tracking.alias_version(model_name, tracking.CHAMPION) is None:
         return True, {"gate_challenger_auc": challenger_auc, "gate_promoted": 1.0, "gate_no_champion": 1.0}
     try:
-        champion = tracking.load_model(f"models:/{model_name}@{tracking.CHAMPION}")
-        champion_auc = float(roc_auc_score(y, np.asarray(champion.predict(test), dtype=float)))
+        champion = tracking.load_estimator(f"models:/{model_name}@{tracking.CHAMPION}")
+        if not isinstance(champion, ChurnBundle):
+            raise TypeError(f"the {model_name} champion holds a {type(champion).__name__}")
+        champion_auc = float(roc_auc_score(y, champion.churn_probability(test)))
     except Exception:  # an incompatible champion must not crash training
         return False, {
             "gate_challenger_auc": challenger_auc,

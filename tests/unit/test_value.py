@@ -1,0 +1,132 @@
+"""Customer value: the feature engine's purchase-history columns are the BTYD inputs, the value model
+predicts from them, and every score carries the value fields (null without a value model)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+import polars as pl
+import pytest
+
+from engage import schemas as s
+from engage.config import DEFAULT_CATALOG_PATH, FeatureConfig, PolicyConfig
+from engage.events import validate_events
+from engage.features import build_features
+from engage.models.btyd import FREQUENCY, RECENCY, T_COL, rfm_summary
+from engage.models.bundle import ChurnBundle
+from engage.models.churn import RecencyBaseline
+from engage.models.value import (
+    EXPECTED_NEXT_ORDER_DAYS,
+    PREDICTED_PURCHASES,
+    PREDICTED_REVENUE,
+    CustomerValue,
+    btyd_feature_names,
+    value_inputs,
+)
+from engage.offers.catalog import load_catalog
+from engage.scoring.core import ScoringModels, score_features
+
+AS_OF = datetime(2024, 7, 1, tzinfo=UTC)
+
+
+def _events(n_users: int, seed: int) -> pl.DataFrame:
+    """Purchases (several a day for some users) and page views of users who buy at different rates."""
+    rng = np.random.default_rng(seed)
+    start = pd.Timestamp("2024-01-01", tz="UTC")
+    rows = []
+    for u in range(n_users):
+        rate = rng.gamma(0.8, 1 / 20)  # purchases per day
+        first = rng.uniform(0, 170)
+        t, alive = first, True
+        while alive and t < 200:
+            rows.append((f"u{u}", start + pd.Timedelta(days=t), "purchase", float(rng.gamma(2, 15))))
+            if rng.random() < 0.2:  # a second line the same day
+                rows.append((f"u{u}", start + pd.Timedelta(days=t, hours=1), "purchase", 5.0))
+            alive = rng.random() > 0.15
+            t += rng.exponential(1 / rate)
+        rows.append((f"v{u}", start + pd.Timedelta(days=rng.uniform(0, 180)), "page_view", None))
+    frame = pl.DataFrame(rows, schema=[s.USER_ID, s.TS, s.EVENT_TYPE, "amount"], orient="row")
+    return validate_events(frame, source="test").accepted
+
+
+@pytest.fixture(scope="module")
+def features() -> pd.DataFrame:
+    return build_features(_events(600, seed=4), [AS_OF], config=FeatureConfig())
+
+
+def test_feature_history_columns_are_the_btyd_summary(features: pd.DataFrame) -> None:
+    events = _events(600, seed=4).filter(pl.col(s.EVENT_TYPE) == "purchase").to_pandas()
+    summary = rfm_summary(
+        events[events[s.TS] < AS_OF], s.USER_ID, s.TS, AS_OF, unit="W", amount_col="amount"
+    ).set_index(s.USER_ID)
+    buyer, x, t_x, big_t, _ = value_inputs(features)
+    mine = features[s.USER_ID].to_numpy()[buyer]
+    assert sorted(mine) == sorted(summary.index)  # page-view-only users are not buyers
+    ref = summary.loc[mine]
+    np.testing.assert_allclose(x[buyer], ref[FREQUENCY], atol=1e-9)
+    np.testing.assert_allclose(big_t[buyer], ref[T_COL], atol=1 / 7)  # day floor vs 24 h periods
+    np.testing.assert_allclose(t_x[buyer], ref[RECENCY], atol=2 / 7)
+
+
+def test_value_predictions(features: pd.DataFrame) -> None:
+    model = CustomerValue(horizon_days=180).fit(features)
+    value = model.predict(features)
+    buyer = value_inputs(features)[0]
+    assert value.loc[~buyer].isna().all().all()
+    assert (value.loc[buyer, PREDICTED_PURCHASES] >= 0).all()
+    longer = CustomerValue(horizon_days=365).fit(features).predict(features)
+    assert (longer.loc[buyer, PREDICTED_PURCHASES] >= value.loc[buyer, PREDICTED_PURCHASES] - 1e-12).all()
+    per_purchase = value[PREDICTED_REVENUE] / value[PREDICTED_PURCHASES]
+    assert per_purchase[buyer & (value[PREDICTED_PURCHASES] > 0)].between(1, 200).all()
+    # the next order is promised only to users more likely alive than not
+    _, x, t_x, big_t, _ = value_inputs(features)
+    alive = model.counts_.p_alive(x[buyer], t_x[buyer], big_t[buyer])
+    assert np.array_equal(value.loc[buyer, EXPECTED_NEXT_ORDER_DAYS].notna().to_numpy(), alive >= 0.5)
+    with pytest.raises(ValueError, match="features missing for the value model"):
+        model.predict(features.drop(columns=["purchase_days_total"]))
+
+
+def test_every_score_carries_value(features: pd.DataFrame) -> None:
+    churn = RecencyBaseline(feature="days_since_last_event").fit(
+        features, (features["days_since_last_event"] > 30).astype(int)
+    )
+    value = CustomerValue(horizon_days=90, feature_horizon_days=30).fit(features)
+    names = ["days_since_last_event", *btyd_feature_names(30)]
+    bundle = ChurnBundle(model=churn, explainer=None, feature_names=names, value=value)
+    models = ScoringModels(churn=bundle, catalog=load_catalog(DEFAULT_CATALOG_PATH))
+    scores = score_features(features, models, policy=PolicyConfig(), seed=1, reasons_top_k=None)
+    assert list(scores.columns) == list(s.SCORE_FIELDS)
+    expected = value.predict(features)
+    np.testing.assert_allclose(scores["predicted_revenue"], expected[PREDICTED_REVENUE])
+    assert (scores["value_horizon_days"] == 90).all()
+    wait = scores["expected_next_order_at"] - scores[s.AS_OF]
+    np.testing.assert_allclose(
+        wait.dt.total_seconds() / 86_400, expected[EXPECTED_NEXT_ORDER_DAYS], atol=1 / 86_400
+    )
+    bare = ChurnBundle(model=churn, explainer=None, feature_names=["days_since_last_event"])
+    none = score_features(
+        features,
+        ScoringModels(churn=bare, catalog=models.catalog),
+        policy=PolicyConfig(),
+        seed=1,
+        reasons_top_k=None,
+    )
+    assert none["predicted_revenue"].isna().all() and none["expected_next_order_at"].isna().all()
+
+
+def test_value_model_travels_in_the_churn_bundle_files(features: pd.DataFrame) -> None:
+    from engage.models.persist import from_parts, to_parts
+
+    churn = RecencyBaseline(feature="days_since_last_event").fit(
+        features, (features["days_since_last_event"] > 30).astype(int)
+    )
+    bundle = ChurnBundle(
+        model=churn,
+        explainer=None,
+        feature_names=["days_since_last_event"],
+        value=CustomerValue().fit(features),
+    )
+    loaded = from_parts(to_parts(bundle))
+    pd.testing.assert_frame_equal(loaded.predicted_value(features), bundle.predicted_value(features))
