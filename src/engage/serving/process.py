@@ -1,7 +1,9 @@
 """``engage serve``: run ``bentoml serve`` as a child process with the config and settings it needs.
 
-No bentoml import here: the child imports the service, so this module stays cheap and the settings
-travel the way the service reads them (environment variables, the config as a YAML file). The child
+No bentoml import at module level: the child imports the service, so this module stays cheap and
+the settings travel the way the service reads them (environment variables, the config as a YAML
+file). Before starting it, :func:`serve` asks :func:`engage.serving.service.check_servable` whether
+the models are there: without them the workers would fail and be restarted forever. The child
 runs in its own process group under :func:`supervise`, so stopping ``engage serve`` stops the whole
 server (its supervisor and workers), never leaving it bound to the port unsupervised.
 """
@@ -46,9 +48,15 @@ def serve(
 ) -> int:
     """Run ``bentoml serve`` in the foreground (loopback by default); return its exit code.
 
-    ``target`` is the service import path or a built Bento tag. The config travels as a YAML file.
-    SIGTERM or SIGINT stops the server (see :func:`supervise`, ``serve.stop_seconds``).
+    ``target`` is the service import path or a built Bento tag. The config travels as a YAML file
+    (``serve.workers`` with it). SIGTERM or SIGINT stops the server (see :func:`supervise`,
+    ``serve.stop_seconds``). Raises :class:`~engage.serving.service.NotServable` (saying to run
+    ``engage build`` first) when the models are missing, before anything starts.
     """
+    from engage.serving.service import check_servable
+
+    serving = check_servable(config, target, model_source)
+    logger.info("serving %s with %d worker(s)", serving, config.serve.workers)
     with tempfile.TemporaryDirectory(prefix="engage-serve-") as tmp:
         config_path = Path(tmp) / "config.yaml"
         config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

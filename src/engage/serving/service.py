@@ -4,16 +4,27 @@ Thin on purpose: the Bento class loads the config (:mod:`engage.serving.settings
 a :class:`~engage.serving.engine.ScoringEngine` once, maps the engine's client errors to HTTP
 statuses (413, 422) and counts decisions for ``/metrics``. :class:`~engage.serving.auth.ApiGuard`
 wraps the whole ASGI app (outside BentoML's metrics middleware, see :class:`GuardedService`), and a
-log filter turns BentoML's traceback for each client error into one line. ``engage build`` runs
-:func:`build_bento` (champions copied from the MLflow registry into the Bento store, then packed);
-``engage serve`` starts this service through :mod:`engage.serving.process`.
+log filter turns BentoML's traceback for each client error into one line.
+
+The models are declared on the service (``bentoml.models.BentoModel``, tags from the Bento arguments
+:class:`BentoArgs`), so a plain ``bentoml build`` packs them, pinned to the versions it resolved, and
+a served Bento loads them from its own model store. ``engage build`` runs :func:`build_bento`
+(champions copied from the MLflow registry into the Bento store, then ``bentoml build --arg`` with
+their exact tags); ``engage serve`` checks :func:`check_servable`, then starts this service through
+:mod:`engage.serving.process`. Build options and packages: ``[tool.bentoml.build]`` and
+``[project] dependencies`` of ``pyproject.toml`` (one list), locked by BentoML (uv) at build.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import logging
-from collections.abc import Iterator, Sequence
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from http import HTTPStatus
@@ -21,10 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import bentoml
-import yaml
-from bentoml.exceptions import BentoMLException
+from bentoml.exceptions import BentoMLException, NotFound
+from pydantic import BaseModel
 
-from engage.config import EngageConfig
+from engage.config import EngageConfig, TrackingConfig
 from engage.scoring.champions import (
     CHURN,
     OFFERS,
@@ -36,6 +47,7 @@ from engage.scoring.champions import (
 )
 from engage.scoring.core import ScoringModels
 from engage.serving.auth import PROTECTED_PATHS, ApiGuard
+from engage.serving.edge import ReadyGate, declared_paths, short_reason
 from engage.serving.engine import PayloadTooLarge, ScoringEngine, Unprocessable
 from engage.serving.schemas import (
     AttributeValue,
@@ -50,15 +62,27 @@ from engage.serving.schemas import (
     UserIn,
     UserScore,
 )
-from engage.serving.settings import ENV_MODEL_SOURCE, exposures_path, model_source, service_config
+from engage.serving.settings import (
+    ENV_MODEL_SOURCE,
+    exposures_path,
+    model_source,
+    readiness_problem,
+    service_config,
+)
 from engage.tracking import CHAMPION
 
 __all__ = [
+    "BentoArgs",
     "EngageService",
     "GuardedService",
+    "NotServable",
     "OneLineClientErrors",
+    "ReadyGate",
+    "as_built",
     "bento_refs",
     "build_bento",
+    "check_servable",
+    "declared_models",
     "declared_paths",
     "import_champions",
     "service_models",
@@ -70,35 +94,119 @@ SERVICE_NAME = "engage-scoring"
 
 
 # --- models (the edge) ----------------------------------------------------------------------
-def bento_refs(config: EngageConfig) -> list[ModelRef]:
-    """The latest copy of each role's model in the Bento store (inside a served Bento: its own).
+_NAMES = TrackingConfig()
+BUILD_HINT = "run `engage build` first"
 
-    Each is an MLflow model folder that :func:`engage.scoring.champions.load_scoring_models` loads
-    like a registry URI; the version is the registered one it was imported from.
+
+class BentoArgs(BaseModel):
+    """Bento arguments (``bentoml build|serve --arg key=value``): the stored models the service declares.
+
+    A tag without a version (or ``:latest``) is resolved and pinned by ``bentoml build``; ``engage
+    build`` passes the champions' exact tags. ``offer_model`` is optional: its default is declared
+    only when the store holds one; an empty value declares none. A built Bento keeps its arguments.
     """
-    from bentoml.exceptions import NotFound
 
+    churn_model: str = f"{_NAMES.churn_model_name}:latest"
+    offer_model: str = f"{_NAMES.offer_model_name}:latest"
+
+
+def _pinned(tag: str) -> bool:
+    return ":" in tag and not tag.endswith(":latest")
+
+
+def _in_store(tag: str) -> bool:
+    try:
+        bentoml.models.get(tag)
+    except NotFound:
+        return False
+    return True
+
+
+def declared_models(args: BentoArgs, source: str) -> dict[str, bentoml.models.BentoModel]:
+    """Role -> the model the service declares: BentoML packs these at build and resolves them at start
+    (from the Bento's own store when serving a Bento). None when the models come from MLflow."""
+    if source == "mlflow":
+        return {}
+    declared = {CHURN: bentoml.models.BentoModel(args.churn_model)}
+    if args.offer_model and (_pinned(args.offer_model) or _in_store(args.offer_model)):
+        declared[OFFERS] = bentoml.models.BentoModel(args.offer_model)
+    return declared
+
+
+def as_built(
+    declared: Mapping[str, bentoml.models.BentoModel], bento: Any
+) -> dict[str, bentoml.models.BentoModel]:
+    """In a served Bento, each declared model at the version its build pinned (a ``:latest`` the store
+    moved on since is not followed); a role the Bento does not pack is left out. Else as declared."""
+    if bento is None:
+        return dict(declared)
+    packed = {info.tag.name: info.tag for info in bento.info.all_models}
+    return {
+        role: bentoml.models.BentoModel(packed[model.tag.name])
+        for role, model in declared.items()
+        if model.tag.name in packed
+    }
+
+
+def bento_refs(declared: Mapping[str, bentoml.models.BentoModel]) -> list[ModelRef]:
+    """The declared models as references :func:`engage.scoring.champions.load_scoring_models` loads.
+
+    Each is an MLflow model folder in the Bento store; the version is the registered one it was
+    imported from.
+    """
     refs: list[ModelRef] = []
-    for role, name in roles(config).items():
-        try:
-            stored = bentoml.models.get(f"{name}:latest")
-        except NotFound:
-            if role == CHURN:
-                raise
-            continue
+    for role, model in declared.items():
+        stored = model.resolve()
         version = str(stored.info.metadata.get("registered_version", stored.tag.version))
         folder = stored.path_of(bentoml.mlflow.MLFLOW_MODEL_FOLDER)
-        refs.append(ModelRef(role=role, name=name, version=version, uri=folder))
+        refs.append(ModelRef(role=role, name=stored.tag.name, version=version, uri=folder))
     return refs
 
 
-def service_models(config: EngageConfig, source: str = "bento") -> ScoringModels:
-    """The models to serve: from the Bento store (``bento``) or the registry's champions (``mlflow``)."""
+def service_models(
+    config: EngageConfig, source: str, declared: Mapping[str, bentoml.models.BentoModel]
+) -> ScoringModels:
+    """The models to serve: the declared Bento models (``bento``) or the registry's champions (``mlflow``)."""
     if source == "bento":
-        return load_scoring_models(config, bento_refs(config))
+        if CHURN not in declared:
+            raise LookupError(f"the service declares no {roles(config)[CHURN]} model: {BUILD_HINT}")
+        return load_scoring_models(config, bento_refs(declared))
     if source == "mlflow":
         return load_champions(config)
     raise ValueError(f"{ENV_MODEL_SOURCE}: unknown model source '{source}' (bento or mlflow)")
+
+
+class NotServable(LookupError):
+    """``engage serve`` would start a server that cannot load its models (it would restart forever)."""
+
+
+def check_servable(config: EngageConfig, target: str, source: str) -> str:
+    """Say what ``bentoml serve target`` would serve, or raise :class:`NotServable` naming what to run.
+
+    ``target`` is a built Bento's tag or the service's import path; with the import path the models
+    come from the Bento store (``bento``: the declared churn model must be there) or the registry.
+    """
+    home = os.environ.get("BENTOML_HOME", "~/bentoml")
+    try:
+        bento = bentoml.bentos.get(target)
+    except (NotFound, BentoMLException, ValueError):
+        bento = None
+    if bento is not None:
+        if not bento.info.all_models:
+            raise NotServable(f"Bento {bento.tag} packs no model: {BUILD_HINT}")
+        return f"Bento {bento.tag} ({', '.join(str(m.tag) for m in bento.info.all_models)})"
+    if ":" not in target or "." not in target.split(":")[0]:
+        raise NotServable(f"no Bento '{target}' in the BentoML store ({home}): {BUILD_HINT}")
+    if source == "mlflow":
+        try:
+            refs = registry_refs(config)
+        except LookupError as exc:
+            raise NotServable(str(exc)) from exc
+        return f"{target} with {', '.join(ref.label for ref in refs)} from {config.tracking.uri}"
+    churn = BentoArgs().churn_model
+    if not _in_store(churn):
+        raise NotServable(f"no model {churn} in the BentoML store ({home}): {BUILD_HINT}")
+    return f"{target} with {bentoml.models.get(churn).tag}"
 
 
 # --- errors a client can meet -------------------------------------------------------------
@@ -135,7 +243,7 @@ class OneLineClientErrors(logging.Filter):
             return True
         args = record.args if isinstance(record.args, tuple) and len(record.args) == 2 else ("?", "?")
         record.msg = "client error %d on %s [%s]: %s"
-        record.args = (status, *args, _short_reason(exc))
+        record.args = (status, *args, short_reason(exc))
         record.exc_info, record.exc_text, record.stack_info = None, None, None
         record.levelno, record.levelname = logging.INFO, "INFO"
         return True
@@ -150,54 +258,6 @@ def _client_status(exc: BaseException) -> int | None:
     if isinstance(exc, BentoMLException) and int(exc.error_code) < 500:
         return int(exc.error_code)
     return None
-
-
-def _short_reason(exc: BaseException, shown: int = 3) -> str:
-    from pydantic import ValidationError
-
-    if isinstance(exc, ValidationError):
-        errors = exc.errors(include_url=False, include_context=False, include_input=False)
-        fields = ", ".join(f"{_location(e['loc'])} ({e['type']})" for e in errors[:shown])
-        more = f" and {len(errors) - shown} more" if len(errors) > shown else ""
-        return f"{len(errors)} validation error(s): {fields}{more}"
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
-
-
-def _location(loc: Sequence[int | str]) -> str:
-    """A field location with only schema field names and positions: other parts (a client's
-    attribute names, unknown keys) are request content and become ``*``."""
-    names = _field_names()
-    return ".".join(str(p) if isinstance(p, int) or p in names else "*" for p in loc) or "body"
-
-
-@functools.cache
-def _field_names() -> frozenset[str]:
-    from pydantic import BaseModel
-
-    from engage.serving import schemas
-
-    models = [m for m in vars(schemas).values() if isinstance(m, type) and issubclass(m, BaseModel)]
-    return frozenset(name for model in models for name in model.model_fields)
-
-
-def declared_paths(app: Any) -> frozenset[str]:
-    """Every path the BentoML app answers: its routes without parameters and its static files.
-
-    A parametrized route or a mount other than static files would make the set unbounded, so they
-    are refused: the guard's 404 list would no longer keep ``/metrics`` bounded.
-    """
-    paths: set[str] = set()
-    for route in app.routes:  # Starlette routes: a Route has an endpoint, a Mount an app
-        directory = None if hasattr(route, "endpoint") else getattr(route.app, "directory", None)
-        if directory is not None:
-            files = [f for f in Path(directory).rglob("*") if f.is_file()]
-            paths |= {f"{route.path}/{f.relative_to(directory).as_posix()}" for f in files}
-        elif hasattr(route, "endpoint") and not route.param_convertors:
-            paths.add(route.path)
-        else:
-            path = getattr(route, "path", route)
-            raise ValueError(f"route {path!r}: its paths cannot be listed for the HTTP guard")
-    return frozenset(paths)
 
 
 @functools.cache
@@ -239,18 +299,49 @@ class GuardedService(bentoml.Service[Any]):
             raise RuntimeError(f"the service declares no route for {sorted(missing)}")
         config = service_config()
         return ApiGuard(
-            app, paths=paths, max_body_bytes=config.serve.max_request_bytes, on_reject=_count_rejection
+            ReadyGate(app, _worker_problem),
+            paths=paths,
+            max_body_bytes=config.serve.max_request_bytes,
+            on_reject=_count_rejection,
         )
+
+    def inject_config(self) -> None:
+        """``serve.workers`` and ``serve.resources`` of the engage config as this service's defaults.
+
+        Read when BentoML applies the service's config (build, serve, each worker), never at import;
+        BentoML's own configuration (``BENTOML_CONFIG``, ``BENTOML_CONFIG_OVERRIDES``) still wins.
+        """
+        config = service_config()
+        self.config["workers"] = config.serve.workers
+        if config.serve.resources:
+            self.config["resources"] = dict(config.serve.resources)
+        super().inject_config()
+
+
+_WORKER: dict[str, Any] = {}
+"""The service instance of this worker process (BentoML creates one per worker, at start-up)."""
+
+
+def _worker_problem() -> str | None:
+    service = _WORKER.get("service")
+    return "starting: the models are loading" if service is None else service.not_ready()
 
 
 # --- the Bento service ----------------------------------------------------------------------
+_DECLARED = declared_models(bentoml.use_arguments(BentoArgs), model_source())
+"""Decided at import, as BentoML needs (its arguments and ``ENGAGE_MODEL_SOURCE`` shape the class)."""
+
+
 @bentoml.service(name=SERVICE_NAME, workers=1, traffic={"timeout": 60}, service_class=GuardedService)
 class EngageService:
     """Churn risk, reasons and next-best message per user; models and snapshot loaded once."""
 
+    churn_model = _DECLARED.get(CHURN)
+    offer_model = _DECLARED.get(OFFERS)
+
     def __init__(self) -> None:
         config = service_config()
-        models = service_models(config, model_source())
+        models = service_models(config, model_source(), as_built(_DECLARED, EngageService.bento))
         self.engine = ScoringEngine(config, models, exposures=exposures_path())
         # created here, not at import: the worker sets PROMETHEUS_MULTIPROC_DIR after importing us
         from prometheus_client import Counter
@@ -260,6 +351,15 @@ class EngageService:
         )
         self.quarantined = Counter("engage_inline_events_quarantined", "Inline events set aside")
         self.feedback_reports = Counter("engage_feedback", "Reports to /feedback", ["event", "status"])
+        _WORKER["service"] = self
+
+    def not_ready(self) -> str | None:
+        """Why this worker is not ready (no feature snapshot loaded yet), or None."""
+        return readiness_problem(self.engine.config, len(self.engine.snapshots.current().spans))
+
+    def __is_ready__(self) -> bool:
+        """BentoML's readiness hook (``/readyz``): the models are loaded, and the snapshot unless optional."""
+        return self.not_ready() is None
 
     @bentoml.on_shutdown
     def shutdown(self) -> None:
@@ -328,20 +428,18 @@ class EngageService:
 
 # --- build (called by the CLI) -------------------------------------------------------------
 def _stored_models(name: str) -> list[Any]:
-    from bentoml.exceptions import NotFound
-
     try:
         return list(bentoml.models.list(name))
     except NotFound:
         return []
 
 
-def import_champions(config: EngageConfig) -> list[str]:
-    """Copy the ``champion`` models of the MLflow registry into the Bento store; return their tags.
+def import_champions(config: EngageConfig) -> dict[str, str]:
+    """Copy the ``champion`` models of the MLflow registry into the Bento store; return role -> tag.
 
     A registered version already imported is reused, so re-building does not duplicate models.
     """
-    tags: list[str] = []
+    tags: dict[str, str] = {}
     refs = registry_refs(config)
     if OFFERS not in {ref.role for ref in refs}:
         logger.warning("no champion for %s: the Bento scores without an offer model", roles(config)[OFFERS])
@@ -353,7 +451,7 @@ def import_champions(config: EngageConfig) -> list[str]:
             and m.info.metadata.get("tracking_uri") == config.tracking.uri
         ]
         if existing:
-            tags.append(str(existing[0].tag))
+            tags[ref.role] = str(existing[0].tag)
             continue
         model = bentoml.mlflow.import_model(
             ref.name,
@@ -361,19 +459,50 @@ def import_champions(config: EngageConfig) -> list[str]:
             labels={"alias": CHAMPION},
             metadata={"registered_version": ref.version, "tracking_uri": config.tracking.uri},
         )
-        tags.append(str(model.tag))
+        tags[ref.role] = str(model.tag)
     return tags
 
 
-def build_bento(config: EngageConfig, build_ctx: str | Path = ".", bentofile: str = "bentofile.yaml") -> str:
-    """Import the champion models, then build a Bento that packs them (no MLflow needed to serve).
+def _installed_versions() -> str:
+    """``name==version`` of every distribution installed here, as uv constraints: the Bento's lock then
+    holds the versions this environment trained and tested with (where pyproject's ranges allow)."""
+    pins = {
+        f"{dist.metadata['Name']}=={dist.version}"
+        for dist in importlib.metadata.distributions()
+        if dist.metadata["Name"] and dist.metadata["Name"].lower() != "engage"
+    }
+    return "\n".join(sorted(pins)) + "\n"
 
-    Build options come from ``bentofile.yaml``; the imported model tags are added to its models.
+
+def build_bento(config: EngageConfig, build_ctx: str | Path = ".", *, offline: bool = False) -> str:
+    """Import the champion models, then ``bentoml build --arg`` with their exact tags; return the Bento tag.
+
+    The build is ``bentoml build`` itself, in its own process: it imports the service afresh with
+    those arguments. Options come from ``[tool.bentoml.build]`` in ``pyproject.toml``, the packages
+    from its ``[project] dependencies``, locked by uv with this environment's versions as
+    constraints (``offline``: from uv's cache alone, no index). The Bento must pack exactly the
+    champions, else RuntimeError.
     """
     ctx = Path(build_ctx).resolve()
-    options = yaml.safe_load((ctx / bentofile).read_text()) or {}
     tags = import_champions(config)
-    service = options.pop("service")
-    options.pop("models", None)
-    bento = bentoml.bentos.build(service, models=[*tags], build_ctx=str(ctx), **options)
-    return str(bento.tag)
+    arguments = [f"churn_model={tags[CHURN]}", f"offer_model={tags.get(OFFERS, '')}"]
+    with tempfile.TemporaryDirectory(prefix="engage-build-") as tmp:
+        constraints = Path(tmp) / "constraints.txt"
+        constraints.write_text(_installed_versions())
+        env = {**os.environ, "UV_CONSTRAINT": str(constraints), "BENTOML_DO_NOT_TRACK": "true"}
+        if offline:
+            env["UV_OFFLINE"] = "1"
+        command = [sys.executable, "-m", "bentoml", "build", str(ctx), "--output", "tag"]
+        for argument in arguments:
+            command += ["--arg", argument]
+        run = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if run.returncode != 0:
+        raise RuntimeError(f"`bentoml build` failed (exit {run.returncode}):\n{run.stderr[-3000:]}")
+    lines = [line for line in run.stdout.splitlines() if line.startswith("__tag__:")]
+    if not lines:
+        raise RuntimeError(f"`bentoml build` printed no tag:\n{run.stdout[-2000:]}")
+    tag = lines[-1].removeprefix("__tag__:").strip()
+    packed = {str(m.tag) for m in bentoml.bentos.get(tag).info.all_models}
+    if packed != set(tags.values()):
+        raise RuntimeError(f"Bento {tag} packs {sorted(packed)}, not the champions {sorted(tags.values())}")
+    return tag

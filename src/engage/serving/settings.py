@@ -31,6 +31,7 @@ __all__ = [
     "exposures_path",
     "is_loopback",
     "model_source",
+    "readiness_problem",
     "service_config",
 ]
 
@@ -61,6 +62,21 @@ def service_config() -> EngageConfig:
 def model_source() -> str:
     """Where the served models come from: ``bento`` (the Bento store, default) or ``mlflow``."""
     return os.environ.get(ENV_MODEL_SOURCE, "bento")
+
+
+def readiness_problem(config: EngageConfig, snapshot_users: int) -> str | None:
+    """Why the service is not ready to answer yet, or None when it is (what ``/readyz`` says).
+
+    The models are loaded before the service answers at all; the snapshot may come later (the
+    engine's watcher loads it when the file appears). Without one every id-only request would be a
+    cold start, so readiness waits for it unless ``serve.require_snapshot`` is false.
+    """
+    if snapshot_users > 0 or not config.serve.require_snapshot:
+        return None
+    return (
+        f"no feature snapshot loaded from {config.serve.feature_snapshot_path} (missing or empty; "
+        f"write it with `engage features`, or set serve.require_snapshot: false to serve without one)"
+    )
 
 
 def exposures_path() -> str | None:
