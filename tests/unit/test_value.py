@@ -130,3 +130,19 @@ def test_value_model_travels_in_the_churn_bundle_files(features: pd.DataFrame) -
     )
     loaded = from_parts(to_parts(bundle))
     pd.testing.assert_frame_equal(loaded.predicted_value(features), bundle.predicted_value(features))
+
+
+def test_expected_purchases_stay_finite_when_nobody_drops_out() -> None:
+    from engage.models.btyd_mbg import MBGNBD
+    from engage.models.value import expected_purchases
+
+    model = MBGNBD()
+    model.params_ = {"r": 0.86, "alpha": 9.6, "a": 2e-4, "b": 7e10}  # the Online Retail II half-year fit
+    x, t_x, big_t = np.array([0.0, 3.0, 40.0]), np.array([0.0, 10.0, 20.0]), np.array([5.0, 20.0, 21.0])
+    got = expected_purchases(model, 27.0, x, t_x, big_t)
+    no_dropout = (0.86 + x) / (9.6 + big_t) * 27.0  # the NBD limit
+    np.testing.assert_allclose(got, no_dropout, rtol=1e-3)
+    sane = MBGNBD()
+    sane.params_ = {"r": 0.7, "alpha": 3.0, "a": 1.6, "b": 3.5}
+    closed = sane.expected_purchases(27.0, x, t_x, big_t)
+    np.testing.assert_allclose(expected_purchases(sane, 27.0, x, t_x, big_t), closed)  # untouched

@@ -7,6 +7,8 @@ components (placement values) of each score, computed with the fast rank form of
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import stats
@@ -53,7 +55,7 @@ def delong_difference(
 
 
 def auc_differences(
-    y: ArrayLike, scores: dict[str, ArrayLike], reference: str = "lightgbm"
+    y: ArrayLike, scores: Mapping[str, ArrayLike], reference: str = "lightgbm"
 ) -> dict[str, float]:
     """``oot_auc_diff_<name>`` = AUC(reference) - AUC(name) with its DeLong 95% interval
     (``..._lo``/``..._hi``) for every other score: the MLflow metrics of a model comparison."""

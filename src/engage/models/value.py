@@ -33,6 +33,7 @@ __all__ = [
     "CustomerValue",
     "btyd_columns",
     "btyd_feature_names",
+    "expected_purchases",
     "value_inputs",
     "value_segment_summary",
 ]
@@ -73,6 +74,24 @@ def btyd_feature_names(horizon_days: float) -> list[str]:
     return [P_ALIVE, expected_purchases_column(horizon_days / _WEEK, "W")]
 
 
+def expected_purchases(
+    counts: BGNBD | MBGNBD, t: float, x: FloatArray, t_x: FloatArray, big_t: FloatArray
+) -> FloatArray:
+    """The count model's expected purchases in (T, T + t], kept within [0, the no-dropout bound].
+
+    With dropout, a customer buys at most what a never-dropping one would: P(alive) times
+    (r + x) / (alpha + T) * t. The closed form's hypergeometric term fails numerically when the fit
+    says nobody drops out (a -> 0, b -> inf, as on Online Retail II's half year); then the bound is
+    also the limit, and it replaces the non-finite or out-of-range values.
+    """
+    params = counts.params_
+    bound = counts.p_alive(x, t_x, big_t) * (params["r"] + x) / (params["alpha"] + big_t) * t
+    with np.errstate(all="ignore"):
+        closed = counts.expected_purchases(t, x, t_x, big_t)
+    ok = np.isfinite(closed) & (closed >= 0) & (closed <= bound * (1 + 1e-9))
+    return np.where(ok, closed, bound)
+
+
 def btyd_columns(features: pd.DataFrame, counts: BGNBD | MBGNBD, horizon_days: float) -> pd.DataFrame:
     """P(alive) and expected purchases in ``horizon_days`` from a fitted count model (NaN: no purchase)."""
     buyer, x, t_x, big_t, _ = value_inputs(features)
@@ -80,7 +99,7 @@ def btyd_columns(features: pd.DataFrame, counts: BGNBD | MBGNBD, horizon_days: f
     expected = np.full(len(features), np.nan)
     if buyer.any():
         alive[buyer] = counts.p_alive(x[buyer], t_x[buyer], big_t[buyer])
-        expected[buyer] = counts.expected_purchases(horizon_days / _WEEK, x[buyer], t_x[buyer], big_t[buyer])
+        expected[buyer] = expected_purchases(counts, horizon_days / _WEEK, x[buyer], t_x[buyer], big_t[buyer])
     names = btyd_feature_names(horizon_days)
     return pd.DataFrame({names[0]: alive, names[1]: expected}, index=features.index)
 
@@ -142,7 +161,7 @@ class CustomerValue(BaseEstimator):
         wait = np.full(n, np.nan)
         if buyer.any():
             xb, tb, bigb, sb = x[buyer], t_x[buyer], big_t[buyer], spend[buyer]
-            expected = np.maximum(self.counts_.expected_purchases(horizon_days / _WEEK, xb, tb, bigb), 0.0)
+            expected = expected_purchases(self.counts_, horizon_days / _WEEK, xb, tb, bigb)
             per_purchase = (
                 self.spend_.conditional_expected_spend(xb + 1, np.maximum(sb, 0.0))
                 if self.spend_ is not None
