@@ -162,7 +162,7 @@ def servers(world: World) -> Iterator[tuple[Server, Server]]:
     """(auth on, from MLflow; auth off, from the built Bento), started side by side."""
     from engage.serving.service import build_bento
 
-    tag = build_bento(world.config, build_ctx=REPO)
+    tag = build_bento(world.config, build_ctx=REPO, offline=True)
     secured = start_server(
         "engage.serving.service:EngageService",
         {**world.env, "ENGAGE_MODEL_SOURCE": "mlflow", "ENGAGE_API_TOKEN": TOKEN},

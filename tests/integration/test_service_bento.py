@@ -134,6 +134,22 @@ def test_a_plain_build_packs_the_declared_model_pinned_and_locked_packages(bento
     assert not (REPO / "bentofile.yaml").exists(), "one package list: pyproject.toml"
 
 
+def test_engage_build_pins_the_champion_and_the_tested_versions(world: World, bento: Built) -> None:
+    """``engage build``: the champion's exact tag as the Bento argument, the lock at installed versions."""
+    import importlib.metadata
+
+    import bentoml
+
+    from engage.serving.service import build_bento
+
+    built = bentoml.bentos.get(build_bento(world.config, build_ctx=REPO, offline=True))
+    assert built.info.args["churn_model"] == bento.champion
+    assert [str(m.tag) for m in built.info.all_models] == [bento.champion]
+    lock = (Path(built.path) / "env" / "python" / "requirements.txt").read_text().splitlines()
+    for name in ("lightgbm", "scikit-learn", "polars", "mlflow"):
+        assert f"{name}=={importlib.metadata.version(name)}" in lock
+
+
 def test_the_served_bento_is_ready_only_with_its_snapshot_and_scores(world: World, served: Server) -> None:
     status, body = get(f"{served.url}/readyz")
     assert status == 503 and "snapshot" in body, body

@@ -315,6 +315,8 @@ class GuardedService(bentoml.Service[Any]):
         self.config["workers"] = config.serve.workers
         if config.serve.resources:
             self.config["resources"] = dict(config.serve.resources)
+        else:  # the decorator declares none: nothing left from an earlier config
+            self.config.pop("resources", None)
         super().inject_config()
 
 
