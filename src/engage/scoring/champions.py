@@ -4,7 +4,9 @@ A model reference names a role (``churn`` required, ``offers`` optional), the re
 version it came from, and a URI MLflow loads it from: ``models:/name/version`` for the registry, or
 the local MLflow model folder inside the Bento store (the Bento module resolves those). Batch jobs,
 the service and ``engage build`` all go through :func:`registry_refs` and :func:`load_scoring_models`,
-so ``model_versions`` (and with it every decision id) is spelled the same way everywhere.
+so ``model_versions`` (and with it every decision id) is spelled the same way everywhere. Loading
+reads each model's files (``state.json`` and LightGBM's boosters, ``engage.tracking.load_estimator``),
+the same ones its MLflow pyfunc reads, without running the model's code.
 """
 
 from __future__ import annotations
