@@ -100,13 +100,18 @@ class OfferConfig(_Frozen):
     catalog_path: str = str(DEFAULT_CATALOG_PATH)
     attribution_days: int = Field(7, gt=0)
     learner: Literal["t", "x", "s"] = "x"
-    n_estimators: int = Field(100, gt=0)
-    learning_rate: float = Field(0.05, gt=0)
-    num_leaves: int = Field(3, gt=1)
+    n_estimators: int = Field(150, gt=0)
+    learning_rate: float = Field(0.02, gt=0)
+    num_leaves: int = Field(2, gt=1)
+    """2 = stumps: each arm's effect an additive function of the features, the most sample-efficient
+    shape on the simulator (benchmarks/offers.py)."""
     min_child_samples: int | None = Field(None, gt=0)
     """None = sized to the data (an eighth of the smallest arm's training rows, within [50, 5000]).
 
     Uplift is a small difference of two noisy rates: shallow, well-populated leaves win here."""
+    shrink_folds: int = Field(2, ge=0)
+    """Cross-fitted shrinkage of each arm's uplift toward its doubly robust average (0 = off, else
+    the number of folds, at least 2): an arm whose heterogeneity is noise is served at its average."""
     promote_margin: float = 0.0
 
 
@@ -116,6 +121,9 @@ class PolicyConfig(_Frozen):
     temperature: float = Field(0.1, gt=0)
     holdout_pct: float = Field(0.05, ge=0, lt=1)
     max_per_7d: int = Field(2, ge=0)
+    value_weighting: bool = False
+    """Scale each message's expected benefit (not its cost) by the user's predicted revenue over
+    the mean buyer's (``engage.offers.policy.value_weighted_gains``): coupons go to valuable users."""
     cap_counts: Literal["decisions", "sent"] = "decisions"
     """What the service's contact cap and cooldowns count: every decision it answered
     (``decisions``) or only those reported ``sent`` through ``/feedback`` or ``engage feedback

@@ -146,3 +146,53 @@ def test_expected_purchases_stay_finite_when_nobody_drops_out() -> None:
     sane.params_ = {"r": 0.7, "alpha": 3.0, "a": 1.6, "b": 3.5}
     closed = sane.expected_purchases(27.0, x, t_x, big_t)
     np.testing.assert_allclose(expected_purchases(sane, 27.0, x, t_x, big_t), closed)  # untouched
+
+
+def test_value_weights_and_weighted_gains() -> None:
+    from engage.offers.policy import MAX_VALUE_WEIGHT, value_weighted_gains, value_weights
+
+    w = value_weights(np.array([np.nan, 0.0, 50.0, 1e9]), reference=100.0)
+    np.testing.assert_allclose(w, [1.0, 0.0, 0.5, MAX_VALUE_WEIGHT])
+    assert (value_weights(np.array([5.0]), reference=float("nan")) == 1).all()
+    catalog = load_catalog(DEFAULT_CATALOG_PATH)
+    costs = np.array([catalog.get(a).cost if catalog.get(a) else 0.0 for a in catalog.arms])
+    gains = np.tile(np.linspace(-1, 3, len(catalog.arms)), (3, 1))
+    weighted = value_weighted_gains(gains, catalog, np.array([1.0, 0.0, 2.0]))
+    np.testing.assert_allclose(weighted[0], gains[0])  # weight 1: unchanged
+    np.testing.assert_allclose(weighted[1], -costs)  # no value: only the cost is left
+    np.testing.assert_allclose(weighted[2], 2 * (gains[2] + costs) - costs)
+
+
+class _SameUplift:
+    """Every user answers every message alike: only the value weighting can tell users apart."""
+
+    def __init__(self, arms: list[str]) -> None:
+        self.arms = arms
+
+    def predict_outcomes(self, X: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame({a: 0.1 if a == s.CONTROL_ARM else 0.102 for a in self.arms}, index=X.index)
+
+
+def test_value_weighting_sends_messages_to_valuable_users(features: pd.DataFrame) -> None:
+    from engage.models.bundle import OfferBundle
+
+    catalog = load_catalog(DEFAULT_CATALOG_PATH)
+    churn = RecencyBaseline(feature="days_since_last_event").fit(
+        features, (features["days_since_last_event"] > 30).astype(int)
+    )
+    value = CustomerValue(horizon_days=365).fit(features)
+    models = ScoringModels(
+        churn=ChurnBundle(model=churn, explainer=None, feature_names=["days_since_last_event"], value=value),
+        catalog=catalog,
+        offers=OfferBundle(model=_SameUplift(catalog.arms), feature_names=[]),  # type: ignore[arg-type]
+    )
+    sent = {}
+    for weighting in (False, True):
+        policy = PolicyConfig(value_weighting=weighting, exploration="none", holdout_pct=0.0)
+        scores = score_features(features, models, policy=policy, seed=1, reasons_top_k=None)
+        sent[weighting] = (scores[s.MESSAGE_ID] != s.CONTROL_ARM).to_numpy()
+    revenue = value.predict(features)[PREDICTED_REVENUE].to_numpy()
+    rich = revenue > np.nanquantile(revenue, 0.8)
+    poor = revenue < np.nanquantile(revenue, 0.2)
+    assert sent[False][rich].mean() == pytest.approx(sent[False][poor].mean(), abs=0.15)  # alike unweighted
+    assert sent[True][rich].mean() > sent[True][poor].mean() + 0.3

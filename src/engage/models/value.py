@@ -143,6 +143,7 @@ class CustomerValue(BaseEstimator):
             if spend_model.params_["q"] > 1:
                 self.spend_ = spend_model
         self.n_buyers_ = int(buyer.sum())
+        self.reference_revenue_ = float(np.nanmean(self.predict(features)[PREDICTED_REVENUE].to_numpy()))
         return self
 
     def btyd_features(self, features: pd.DataFrame) -> pd.DataFrame:

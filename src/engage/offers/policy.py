@@ -162,6 +162,32 @@ def gain_matrix(gains: pd.DataFrame, arms: Sequence[str], fill: float = np.nan) 
     return out
 
 
+MAX_VALUE_WEIGHT = 10.0
+"""A user's value weight is capped so one extrapolated big spender does not outweigh the rest."""
+
+
+def value_weights(predicted_revenue: np.ndarray, reference: float) -> np.ndarray:
+    """Predicted revenue relative to ``reference`` (the mean buyer's), in [0, MAX_VALUE_WEIGHT];
+    1 where unknown (users without a purchase) or when there is no positive reference."""
+    revenue = np.asarray(predicted_revenue, dtype=float)
+    if not (np.isfinite(reference) and reference > 0):
+        return np.ones(len(revenue))
+    return np.where(np.isfinite(revenue), np.clip(revenue / reference, 0.0, MAX_VALUE_WEIGHT), 1.0)
+
+
+def value_weighted_gains(arm_gains: np.ndarray, catalog: Catalog, weights: np.ndarray) -> np.ndarray:
+    """Each arm's benefit scaled by the user's value weight, its cost not: (gain + cost) * w - cost.
+
+    With ``policy.value_weighting`` a coupon's expected benefit counts more for a valuable user and
+    less for a low-value one, while it costs the same: win-back offers go to valuable at-risk users.
+    """
+    costs = np.zeros(len(catalog.arms))
+    for j, arm in enumerate(catalog.arms):
+        message = catalog.get(arm)
+        costs[j] = 0.0 if message is None else message.cost
+    return (arm_gains + costs) * np.asarray(weights, dtype=float)[:, None] - costs
+
+
 def action_probabilities(
     features: pd.DataFrame,
     gains: pd.DataFrame,

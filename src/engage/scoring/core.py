@@ -22,7 +22,13 @@ from engage.config import PolicyConfig
 from engage.hashing import decision_keys
 from engage.models.bundle import ChurnBundle, OfferBundle
 from engage.offers.catalog import Catalog
-from engage.offers.policy import draw_arms, gain_matrix, probability_matrix
+from engage.offers.policy import (
+    draw_arms,
+    gain_matrix,
+    probability_matrix,
+    value_weighted_gains,
+    value_weights,
+)
 from engage.offers.templates import render_many
 
 NO_REASONS: tuple[()] = ()
@@ -115,6 +121,11 @@ def score_columns(
         else pd.DataFrame({s.CONTROL_ARM: np.zeros(len(features))})
     )
     arm_gains = gain_matrix(gains, catalog.arms)  # NaN for arms the offers model lacks
+    value = _value_columns(features, models.churn)
+    if policy.value_weighting:
+        reference = getattr(getattr(models.churn, "value", None), "reference_revenue_", float("nan"))
+        weights = value_weights(value["predicted_revenue"], reference)
+        arm_gains = value_weighted_gains(arm_gains, catalog, weights)
     probabilities, holdout = probability_matrix(
         features,
         arm_gains,
@@ -156,7 +167,7 @@ def score_columns(
     versions = dict(models.versions)
     out["model_versions"] = [versions] * len(features)  # one shared dict: to_storable dumps it once
     out["decision_id"] = ids
-    out.update(_value_columns(features, models.churn))
+    out.update(value)
     return {name: out[name] for name in s.SCORE_FIELDS}
 
 
