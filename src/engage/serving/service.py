@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import bentoml
 from bentoml.exceptions import BentoMLException, NotFound
@@ -343,7 +343,7 @@ class EngageService:
 
     def __init__(self) -> None:
         config = service_config()
-        models = service_models(config, model_source(), as_built(_DECLARED, EngageService.bento))
+        models = service_models(config, model_source(), as_built(_DECLARED, cast(Any, EngageService).bento))
         self.engine = ScoringEngine(config, models, exposures=exposures_path())
         # created here, not at import: the worker sets PROMETHEUS_MULTIPROC_DIR after importing us
         from prometheus_client import Counter
