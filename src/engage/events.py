@@ -13,10 +13,6 @@ the column.
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import socket
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,6 +21,7 @@ from pathlib import Path
 import polars as pl
 
 from engage import schemas as s
+from engage.atomic import write_parquet_atomic
 
 ROW: str = "row"
 """Quarantine column: the row's 1-based position in the input (for JSON Lines: among non-blank lines)."""
@@ -405,75 +402,6 @@ def _as_text(name: str, dtype: pl.DataType) -> pl.Expr:
 def _raw_struct(raw: pl.DataFrame) -> pl.Expr:
     """The input row as strings, kept for the quarantine file so nothing is lost."""
     return pl.struct([_as_text(c, dt).alias(c) for c, dt in raw.schema.items()]).alias("__raw")
-
-
-_TMP_TAG = ".engage-tmp-"
-_IN_FLIGHT: set[Path] = set()
-_STALE_AFTER_S = 24 * 3600.0
-
-
-def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> Path:
-    """Write next to the target, then rename, so a killed run never leaves a partial file.
-
-    The temporary file is ``.<name>.engage-tmp-<pid>@<host>.<random>``; a killed run's leftovers
-    for the same target are removed by the next write to it (see :func:`temporary_path`).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(path)
-    _IN_FLIGHT.add(tmp)
-    try:
-        frame.write_parquet(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    finally:
-        _IN_FLIGHT.discard(tmp)
-    return path
-
-
-def temporary_path(path: Path) -> Path:
-    """A fresh temporary name next to ``path`` (``.<name>.engage-tmp-<pid>@<host>.<random>``), after
-    removing the leftovers of earlier writers of ``path`` that are gone. Every atomic writer of
-    engage (Parquet files here, decision-log batches) names its temporary files this way."""
-    for stale in _stale_temporaries(path):
-        stale.unlink(missing_ok=True)
-    writer = f"{os.getpid()}@{socket.gethostname()}"
-    return path.with_name(f".{path.name}{_TMP_TAG}{writer}.{secrets.token_hex(4)}")
-
-
-def _stale_temporaries(path: Path) -> list[Path]:
-    """Temporary files of earlier writes to ``path`` whose writer is gone.
-
-    Gone: a process of this host that no longer runs (or this process, but not writing it now), or
-    a file untouched for a day (a writer on another host).
-    """
-    prefix = f".{path.name}{_TMP_TAG}"
-    host = socket.gethostname()
-    stale = []
-    for candidate in (p for p in path.parent.iterdir() if p.name.startswith(prefix)):
-        writer = candidate.name[len(prefix) :].rsplit(".", 1)[0]
-        pid_text, _, writer_host = writer.partition("@")
-        try:
-            old = time.time() - candidate.stat().st_mtime > _STALE_AFTER_S
-        except OSError:
-            continue
-        if old or (writer_host == host and pid_text.isdigit() and not _running(int(pid_text), candidate)):
-            stale.append(candidate)
-    return stale
-
-
-def _running(pid: int, tmp: Path) -> bool:
-    """Whether process ``pid`` (of this host) may still be writing ``tmp``."""
-    if pid == os.getpid():
-        return tmp in _IN_FLIGHT
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
 
 
 def write_validation(result: ValidationResult, out_dir: str | Path) -> tuple[Path, Path]:

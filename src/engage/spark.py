@@ -337,7 +337,7 @@ def score_spark(
 
     import numpy as np
 
-    from engage.events import write_parquet_atomic
+    from engage.atomic import write_parquet_atomic
     from engage.scoring.core import score_features, to_storable
     from engage.scoring.job import ScoreRunSummary, exposure_history
 

@@ -444,7 +444,7 @@ def test_a_write_that_fails_midway_names_the_file(
     def full_disk(frame: Any, path: Path) -> Path:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr("engage.events.write_parquet_atomic", full_disk)
+    monkeypatch.setattr("engage.atomic.write_parquet_atomic", full_disk)
     result = _invoke(["features", "--events", "{events}", *AS_OF, "--out", "{new}"], paths)
     assert isinstance(result.exception, SystemExit) and result.exit_code == 2, result.output
     assert f"{paths['new']}: No space left on device" in result.output

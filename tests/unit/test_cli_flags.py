@@ -232,7 +232,7 @@ def test_files_engage_writes_follow_the_users_umask(
     tmp_path: Path, umask: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Before: scores, snapshot and validated files came out 0600 whatever the umask."""
-    from engage.events import write_parquet_atomic
+    from engage.atomic import write_parquet_atomic
 
     expected = 0o666 & ~umask
     assert _mode(write_parquet_atomic(pl.DataFrame({"a": [1]}), tmp_path / "w" / "x.parquet")) == expected

@@ -319,7 +319,7 @@ _KILLED_WRITE = """
 import os, sys
 from pathlib import Path
 import polars as pl
-from engage import events
+from engage import atomic
 
 def write_then_die(self, target, *args, **kwargs):
     with open(target, "wb") as fh:
@@ -327,7 +327,7 @@ def write_then_die(self, target, *args, **kwargs):
     os._exit(9)  # killed between writing the temporary file and renaming it
 
 pl.DataFrame.write_parquet = write_then_die
-events.write_parquet_atomic(pl.DataFrame({"a": [1]}), Path(sys.argv[1]))
+atomic.write_parquet_atomic(pl.DataFrame({"a": [1]}), Path(sys.argv[1]))
 """
 
 
@@ -336,7 +336,7 @@ def test_a_killed_writes_temporary_file_is_removed_by_the_next_write(tmp_path: P
     import subprocess
     import sys
 
-    from engage.events import write_parquet_atomic
+    from engage.atomic import write_parquet_atomic
 
     target = tmp_path / "out" / "x.parquet"
     for _ in range(2):  # the second killed write removes the first one's leftover
@@ -358,7 +358,7 @@ def test_a_live_writers_temporary_file_is_left_alone(tmp_path: Path) -> None:
     import sys
     import time
 
-    from engage.events import write_parquet_atomic
+    from engage.atomic import write_parquet_atomic
 
     target = tmp_path / "x.parquet"
     host = socket.gethostname()

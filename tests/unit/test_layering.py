@@ -16,6 +16,7 @@ LAYERS: dict[str, int] = {
     "engage.config": 0,
     "engage.hashing": 0,
     "engage.exports": 0,
+    "engage.atomic": 0,
     "engage.events": 1,
     "engage.datasets": 1,
     "engage.offers.rules": 1,

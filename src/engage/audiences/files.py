@@ -14,7 +14,6 @@ import fcntl
 import hashlib
 import json
 import os
-import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,14 +21,13 @@ from typing import Any, Final
 
 import polars as pl
 
+from engage.atomic import TMP_TAG, write_atomic, write_parquet_atomic, write_text_atomic
 from engage.audiences.split import SEND_AT, Audiences, audience_stem
-from engage.events import write_parquet_atomic
 
 __all__ = ["LOCK_NAME", "MANIFEST_NAME", "ExportLockedError", "export_lock", "sha256_file", "write_audiences"]
 
 MANIFEST_NAME: Final = "manifest.json"
 LOCK_NAME: Final = ".engage-export.lock"
-_TMP_TAG: Final = ".engage-tmp-"
 Progress = Callable[[int, int], None]
 
 
@@ -56,7 +54,7 @@ def export_lock(folder: Path) -> Iterator[None]:
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
         handle.flush()
-        for stale in folder.glob(f".*{_TMP_TAG}*"):  # nobody else writes here while we hold the lock
+        for stale in folder.glob(f".*{TMP_TAG}*"):  # nobody else writes here while we hold the lock
             stale.unlink(missing_ok=True)
         try:
             yield
@@ -71,18 +69,6 @@ def sha256_file(path: Path) -> str:
         while block := handle.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _replace(path: Path, write: Callable[[Path], object]) -> Path:
-    """Write through a temporary file next to ``path``, then rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}{_TMP_TAG}{os.getpid()}.{secrets.token_hex(4)}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _csv_frame(frame: pl.DataFrame) -> pl.DataFrame:
@@ -112,7 +98,7 @@ def write_audiences(
     done = 0
     for name, frame in audiences.frames.items():
         stem = audience_stem(audiences.by, name)
-        csv = _replace(out_dir / f"{stem}.csv", _csv_frame(frame).write_csv)
+        csv = write_atomic(out_dir / f"{stem}.csv", _csv_frame(frame).write_csv)
         parquet = write_parquet_atomic(frame, out_dir / f"{stem}.parquet")
         files.append(
             {
@@ -143,7 +129,7 @@ def write_audiences(
     }
     _remove_dropped(out_dir, {f for entry in files for f in (entry["csv"], entry["parquet"])})
     text = json.dumps(manifest, indent=2, sort_keys=False) + "\n"
-    _replace(out_dir / MANIFEST_NAME, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    write_text_atomic(out_dir / MANIFEST_NAME, text)
     return manifest
 
 

@@ -215,8 +215,9 @@ def import_hillstrom(
 
 
 def _import_events(name: str, path: Path, out_file: Path) -> None:
+    from engage.atomic import write_parquet_atomic
     from engage.datasets.registry import ADAPTERS
-    from engage.events import EventsFileError, write_parquet_atomic
+    from engage.events import EventsFileError
 
     check_paths(read={"PATH": path}, write={"--out": out_file})
     try:
@@ -287,7 +288,7 @@ def _compute_features(
 def _write_pandas(table: Any, path: Path) -> None:
     import polars as pl
 
-    from engage.events import write_parquet_atomic
+    from engage.atomic import write_parquet_atomic
 
     write_parquet_atomic(pl.from_pandas(table), path)
 

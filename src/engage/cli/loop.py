@@ -131,14 +131,6 @@ def _outcomes(
     return result, skipped, window_days, frame
 
 
-def _write_parquet(frame: pl.DataFrame, path: Path, metadata: dict[str, str]) -> None:
-    """Atomic: a temporary file next to ``path``, then renamed over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.write_parquet(tmp, metadata=metadata)
-    os.replace(tmp, path)
-
-
 @file_errors
 def outcomes(
     decisions: DecisionsOpt,
@@ -158,9 +150,10 @@ def outcomes(
         result, skipped, window_days, _ = _outcomes(
             decisions, events, feedback, window, active, cfg, progress
         )
-        _write_parquet(
-            result, out_path, {"engage.skipped_lines": str(skipped), "engage.window_days": str(window_days)}
-        )
+        from engage.atomic import write_parquet_atomic
+
+        metadata = {"engage.skipped_lines": str(skipped), "engage.window_days": str(window_days)}
+        write_parquet_atomic(result, out_path, metadata=metadata)
         progress(4, 4)
     converted = float(result["converted"].sum()) / max(result.height, 1)
     out.print(
@@ -298,6 +291,7 @@ def evaluate_decisions(
 def _write_judgement(
     out_dir: Path, summary: dict[str, Any], page: str, figures: dict[str, Any], judgement: Any
 ) -> None:
+    from engage.atomic import write_text_atomic
     from engage.report import figure_png
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -306,9 +300,8 @@ def _write_judgement(
     for name, table in _tables(judgement).items():
         table.to_csv(out_dir / name, index=False)
     (out_dir / "report.html").write_text(page, encoding="utf-8")
-    tmp = out_dir / ".summary.json.tmp"  # written last: its presence means the judgement is complete
-    tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, out_dir / "summary.json")
+    # written last, whole: its presence means the judgement is complete
+    write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
 
 
 def _tables(judgement: Any) -> dict[str, pd.DataFrame]:

@@ -80,6 +80,7 @@ def monitor(
     )
     if events is not None and scores is None:
         raise fail("--events: calibration compares served scores with what followed; give --scores too")
+    from engage.atomic import write_text_atomic
     from engage.evaluation.drift import SCORE_COLUMN
     from engage.evaluation.drift import monitor as run_monitor
 
@@ -100,8 +101,8 @@ def monitor(
     _print(result, top)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = result.summary(cfg.monitor) | {"reference": str(reference), "current": str(current)}
-    _write(out_dir / "monitor.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    _write(out_dir / "monitor.html", _page(result, cfg, cur, top))
+    write_text_atomic(out_dir / "monitor.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    write_text_atomic(out_dir / "monitor.html", _page(result, cfg, cur, top))
     out.print(f"monitor.html and monitor.json -> {out_dir}")
     if result.alerts:
         raise typer.Exit(ALERT_EXIT_CODE)
@@ -127,12 +128,6 @@ def _check_scores(served: pd.DataFrame, path: Path, column: str) -> None:
             f"--scores {path}: row {row + 1}, column {column}: {served[column].iloc[row]!r} is not a "
             f"probability in [0, 1] ({len(bad):,} such rows)"
         )
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def _print(result: Monitor, top: int) -> None:

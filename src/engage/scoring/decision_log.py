@@ -35,7 +35,7 @@ import pandas as pd
 import polars as pl
 
 from engage import schemas as s
-from engage.events import temporary_path
+from engage.atomic import temporary_path
 from engage.hashing import stable_hash64
 
 __all__ = [

@@ -21,8 +21,8 @@ import pandas as pd
 import polars as pl
 
 from engage import schemas as s
+from engage.atomic import write_parquet_atomic
 from engage.config import EngageConfig
-from engage.events import write_parquet_atomic
 from engage.features import INPUT_COLUMNS, build_features
 from engage.scoring.core import ScoringModels, score_features, to_storable
 from engage.scoring.decision_log import BatchWrite, DecisionWriter
