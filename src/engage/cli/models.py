@@ -63,17 +63,35 @@ def train_churn_command(
 
 def _print_churn_result(result: Any, cfg: EngageConfig) -> None:
     metrics = result.metrics
-    table = Table("model", "AUC", "PR AUC", "log loss", "Brier", "ECE", "lift@10%", title="out-of-time test")
+    table = Table(
+        "model",
+        "AUC",
+        "LightGBM AUC minus this [95% CI]",
+        "PR AUC",
+        "log loss",
+        "Brier",
+        "ECE",
+        "lift@10%",
+        title="out-of-time test",
+    )
     for label, suffix in (
         ("LightGBM (calibrated)", ""),
         ("logistic regression", "_logreg"),
         ("recency rule", "_recency"),
+        ("BTYD: P(no purchase in the horizon)", "_btyd"),
     ):
+        if f"oot_auc{suffix}" not in metrics:
+            continue
+        diff = f"oot_auc_diff{suffix}"  # DeLong interval of the paired difference, same rows
         table.add_row(
             label,
+            f"{metrics[f'oot_auc{suffix}']:.4f}",
+            f"{metrics[diff]:+.4f} [{metrics[f'{diff}_lo']:+.4f}, {metrics[f'{diff}_hi']:+.4f}]"
+            if diff in metrics
+            else "",
             *(
                 f"{metrics.get(f'oot_{key}{suffix}', float('nan')):.4f}"
-                for key in ("auc", "pr_auc", "logloss", "brier", "ece", "lift_top_decile")
+                for key in ("pr_auc", "logloss", "brier", "ece", "lift_top_decile")
             ),
         )
     out.print(table)
