@@ -1,13 +1,17 @@
 """Next-best-offer quality against the simulator's truth: learned policy as a share of the oracle.
 
-    .venv/bin/python benchmarks/offers.py [--users 20000] [--days 180] [--seed 42] [--n-boot 50]
-        [--sizes 20000,5000] [--set num_leaves=3 --set learner=t ...]
+    .venv/bin/python benchmarks/offers.py [--sizes 5000,20000,100000] [--days 180] [--seed 42]
+        [--n-boot 50] [--set num_leaves=3 --set learner=t ...]
+        [--compare num_leaves=3,n_estimators=100,learning_rate=0.05,shrink_folds=0]
 
 For each size: simulates ``users`` over ``days`` (``engage.datasets.simulate``, seeded), builds the
 offer table (exposures with point-in-time features and attributed outcomes), fits the multi-arm
 uplift model with the ``EngageConfig`` defaults (``--set key=value`` overrides ``config.offers``
 fields; ``None`` / ``null`` for None) and judges it on the held-out rows with the simulator's true
 conversion probabilities. ``--seed`` seeds the simulation and ``config.seed`` (split, trees, bootstrap).
+``--compare`` fits a second configuration (comma-separated overrides) on the same table and split,
+so two settings are judged side by side on identical data (``--compare ""`` turns it off; the
+default compares with the settings before shrinkage: 3-leaf trees, 100 x 0.05, no shrinkage).
 
 Prints per size: seconds for simulate / table / fit, training rows, the true increment over sending
 nothing (``none``) of the learned policy, the greedy policy and the best single arm, each as a share
@@ -42,6 +46,7 @@ class Result:
     """The figures of one size."""
 
     users: int
+    label: str
     sim_s: float
     table_s: float
     fit_s: float
@@ -89,8 +94,9 @@ def make_config(seed: int, overrides: dict[str, Any]) -> EngageConfig:
     return base.model_copy(update={"seed": seed, "offers": offers})
 
 
-def run_size(users: int, days: int, seed: int, config: EngageConfig, n_boot: int) -> Result:
-    """Simulate, build the offer table, fit with the truth; the figures of one size."""
+def run_size(users: int, days: int, seed: int, configs: dict[str, EngageConfig], n_boot: int) -> list[Result]:
+    """Simulate, build the offer table, fit each configuration with the truth; the figures of one size."""
+    config = next(iter(configs.values()))
     tick = time.perf_counter()
     data = simulate(users, days, seed=seed)
     sim_s = time.perf_counter() - tick
@@ -100,14 +106,33 @@ def run_size(users: int, days: int, seed: int, config: EngageConfig, n_boot: int
     truth = data.truth.to_pandas()
     catalog = load_catalog(config.offers.catalog_path)
     del data
+    return [
+        _judge(users, label, cfg, table, truth, catalog, n_boot, sim_s, table_s)
+        for label, cfg in configs.items()
+    ]
+
+
+def _judge(
+    users: int,
+    label: str,
+    config: EngageConfig,
+    table: Any,
+    truth: Any,
+    catalog: Any,
+    n_boot: int,
+    sim_s: float,
+    table_s: float,
+) -> Result:
+    """Fit one configuration on the table and turn its metrics into a ``Result``."""
     tick = time.perf_counter()
-    fit = fit_offers(table, config, catalog, truth=truth, n_boot=n_boot)
+    fit = fit_offers(table.copy(), config, catalog, truth=truth, n_boot=n_boot)
     fit_s = time.perf_counter() - tick
     m = fit.metrics
     none = m["true_none_value"]
     oracle_inc = m["oracle_policy_value"] - none
     return Result(
         users=users,
+        label=label,
         sim_s=sim_s,
         table_s=table_s,
         fit_s=fit_s,
@@ -127,18 +152,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--users", type=int, default=20_000)
-    parser.add_argument("--sizes", default=None, help="comma-separated user counts (overrides --users)")
+    parser.add_argument("--users", type=int, default=None, help="one size (same as --sizes N)")
+    parser.add_argument("--sizes", default="5000,20000,100000", help="comma-separated user counts")
     parser.add_argument("--days", type=int, default=180)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--n-boot", type=int, default=50, help="bootstrap draws for the DR CI")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="config.offers override"
     )
+    parser.add_argument(
+        "--compare",
+        default="num_leaves=3,n_estimators=100,learning_rate=0.05,shrink_folds=0",
+        help="comma-separated config.offers overrides of a second fit on the same data ('' = none)",
+    )
     args = parser.parse_args()
-    sizes = [int(v) for v in args.sizes.split(",")] if args.sizes else [args.users]
+    sizes = [args.users] if args.users else [int(v) for v in args.sizes.split(",")]
     overrides = parse_overrides(args.set)
     config = make_config(args.seed, overrides)
+    configs = {"current": config}
+    if args.compare:
+        compare = overrides | parse_overrides([v for v in args.compare.split(",") if v])
+        configs["compare"] = make_config(args.seed, compare)
+        print(f"compare: {compare}")
     offers = config.offers.model_dump(exclude={"catalog_path"})
     print(
         f"offers benchmark: sizes {', '.join(f'{n:,}' for n in sizes)} users x {args.days} days, "
@@ -146,10 +181,9 @@ def main() -> None:
         + (f" (overrides: {', '.join(overrides)})" if overrides else "")
     )
     results = []
-    for users in sizes:
-        r = run_size(users, args.days, args.seed, config, args.n_boot)
+    for r in (r for users in sizes for r in run_size(users, args.days, args.seed, configs, args.n_boot)):
         results.append(r)
-        print(f"{users:,} users:")
+        print(f"{r.users:,} users, {r.label}:")
         print(
             f"  time: simulate {r.sim_s:.1f} s, table {r.table_s:.1f} s, fit {r.fit_s:.1f} s; "
             f"rows_train {r.rows_train:,}; {_load()}"
@@ -165,12 +199,13 @@ def main() -> None:
         print(f"  bar learned >= {BAR:.2f} of oracle: {'met' if r.met else 'MISSED'}")
     print()
     print(
-        f"{'users':>8} {'rows':>8} {'learned':>8} {'greedy':>7} {'best1':>6} {'orc_inc':>8} "
+        f"{'users':>8} {'config':>8} {'rows':>8} {'learned':>8} {'greedy':>7} {'best1':>6} {'orc_inc':>8} "
         f"{'dr':>7} {'dr_ci':>17} {'best1_dr':>8} {'fit_s':>6}  bar"
     )
     for r in results:
         print(
-            f"{r.users:>8,} {r.rows_train:>8,} {r.learned:>8.3f} {r.greedy:>7.3f} {r.best_single:>6.3f} "
+            f"{r.users:>8,} {r.label:>8} {r.rows_train:>8,} {r.learned:>8.3f} {r.greedy:>7.3f} "
+            f"{r.best_single:>6.3f} "
             f"{r.oracle_inc:>8.4f} {r.dr:>7.4f} [{r.dr_low:.4f},{r.dr_high:.4f}] {r.best_single_dr:>8.4f} "
             f"{r.fit_s:>6.1f}  {'met' if r.met else 'MISSED'}"
         )

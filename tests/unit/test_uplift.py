@@ -197,3 +197,34 @@ def test_expected_gain_is_lift_times_value_minus_cost_and_skips_arms_the_model_l
     np.testing.assert_allclose(gains["none"], [0.0, 0.0])
     np.testing.assert_allclose(gains["coupon"], [0.1 * 10 - 0.5, -0.05 * 10 - 0.5])
     np.testing.assert_allclose(gains["news"], [0.0 * 10 - 0.1, 0.2 * 10 - 0.1])
+
+
+def _noisy_arm_campaign(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
+    """`coupon` helps x > 0 only; `letter` has the same small effect everywhere (no heterogeneity)."""
+    rng = np.random.default_rng(seed)
+    X = pd.DataFrame({"x": rng.normal(size=n), "z": rng.normal(size=n), "w": rng.normal(size=n)})
+    arm = rng.choice(["none", "coupon", "letter"], n, p=[0.4, 0.3, 0.3])
+    prop = pd.Series(arm).map({"none": 0.4, "coupon": 0.3, "letter": 0.3}).to_numpy()
+    p = 0.08 + 0.12 * ((arm == "coupon") & (X["x"].to_numpy() > 0)) + 0.01 * (arm == "letter")
+    return X, arm, (rng.random(n) < p).astype(int), prop
+
+
+def test_shrinkage_flattens_a_noisy_arm_and_keeps_an_informative_one() -> None:
+    X, arm, y, prop = _noisy_arm_campaign(12_000, seed=4)
+    params = {"learner": "x", "n_estimators": 80, "num_leaves": 2, "min_child_samples": 200}
+    plain = MultiArmUplift(**params).fit(X, arm, y, propensity=prop)
+    shrunk = MultiArmUplift(**params, shrink_folds=2).fit(X, arm, y, propensity=prop)
+    beta = shrunk.shrinkage_["letter"][1]
+    assert 0.0 <= beta <= 1.0 and shrunk.shrinkage_["coupon"][1] > beta
+    X_new, *_ = _noisy_arm_campaign(4_000, seed=5)
+    u_plain, u_shrunk = plain.predict_uplift(X_new), shrunk.predict_uplift(X_new)
+    spread = (u_plain["letter"].std(), u_shrunk["letter"].std())
+    print(f"shrinkage {shrunk.shrinkage_}; letter uplift sd {spread[0]:.4f} -> {spread[1]:.4f}")
+    assert spread[1] < 0.8 * spread[0]  # its spread was noise: pulled toward the arm's average
+    assert abs(u_shrunk["letter"].mean() - 0.01) < abs(u_plain["letter"].mean() - 0.01) + 0.005
+    hi, lo = X_new["x"] > 0.5, X_new["x"] < -0.5
+    assert u_shrunk.loc[hi, "coupon"].mean() > u_shrunk.loc[lo, "coupon"].mean() + 0.06  # kept
+    again = MultiArmUplift(**params, shrink_folds=2).fit(X, arm, y, propensity=prop)
+    assert again.shrinkage_ == shrunk.shrinkage_  # seeded folds
+    with pytest.raises(ValueError, match="shrink_folds"):
+        MultiArmUplift(shrink_folds=1).fit(X, arm, y)

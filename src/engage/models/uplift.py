@@ -9,8 +9,15 @@ Three meta-learners:
 - ``"s"``: one classifier with the arm as a categorical feature, scored once per arm.
 
 When assignment was not uniform, rows are weighted by 1/propensity so each arm's model sees the
-whole population rather than the one its logging policy favoured. ``expected_gain`` turns outcome
-probabilities into money per arm.
+whole population rather than the one its logging policy favoured.
+
+``shrink_folds`` >= 2 adds a cross-fitted calibration of each arm's uplift toward the arm's average
+effect: the learner is refitted on ``shrink_folds`` folds, each arm's out-of-fold uplift is regressed
+on its doubly robust score (the "best linear predictor" of the effect), and the served uplift is
+``ate + beta * (tau(x) - mean tau)`` with ``beta`` in [0, 1] and ``ate`` the DR average effect. An
+arm whose estimated heterogeneity is noise (beta near 0) is served at its average effect, so a noisy
+arm no longer wins the argmax by its noise; a well-estimated arm keeps its ranking (beta near 1).
+``expected_gain`` turns outcome probabilities into money per arm.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, clone
 from sklearn.utils.validation import check_is_fitted
 
 from engage import schemas as s
@@ -55,6 +62,7 @@ class MultiArmUplift(BaseEstimator):
         learning_rate: float = 0.05,
         num_leaves: int = 15,
         min_child_samples: int | None = 100,
+        shrink_folds: int = 0,
         random_state: int = 0,
     ) -> None:
         self.learner = learner
@@ -63,6 +71,7 @@ class MultiArmUplift(BaseEstimator):
         self.learning_rate = learning_rate
         self.num_leaves = num_leaves
         self.min_child_samples = min_child_samples
+        self.shrink_folds = shrink_folds
         self.random_state = random_state
 
     def _params(self) -> dict[str, Any]:
@@ -100,6 +109,8 @@ class MultiArmUplift(BaseEstimator):
         """Fit on logged rows (features, arm given, binary outcome, optional logging propensity)."""
         if self.learner not in ("t", "x", "s"):
             raise ValueError(f"learner must be 't', 'x' or 's', got {self.learner!r}")
+        if self.shrink_folds < 0 or self.shrink_folds == 1:
+            raise ValueError(f"shrink_folds must be 0 (off) or at least 2, got {self.shrink_folds}")
         if not isinstance(X, pd.DataFrame):
             raise TypeError("X must be a pandas DataFrame of features")
         arm = np.asarray(arm).astype(str)
@@ -132,16 +143,52 @@ class MultiArmUplift(BaseEstimator):
         Xp = self._prepare(X)
         self.models_: dict[str, Any] = {}
         self.effect_models_: dict[str, tuple[Any, Any, float]] = {}
+        self.shrinkage_: dict[str, tuple[float, float, float]] = {}
         if self.learner == "s":
             self.models_["s"] = self._classifier().fit(self._with_arm(Xp, arm), y, sample_weight=w / w.mean())
-            return self
-        for a in self.arms_:
-            rows = arm == a
-            weight = w[rows] / w[rows].mean()
-            self.models_[a] = self._classifier().fit(Xp[rows], y[rows], sample_weight=weight)
-        if self.learner == "x":
-            self._fit_x(Xp, arm, y, w)
+        else:
+            for a in self.arms_:
+                rows = arm == a
+                weight = w[rows] / w[rows].mean()
+                self.models_[a] = self._classifier().fit(Xp[rows], y[rows], sample_weight=weight)
+            if self.learner == "x":
+                self._fit_x(Xp, arm, y, w)
+        if self.shrink_folds >= 2:
+            self._fit_shrinkage(X, arm, y, w)
         return self
+
+    def _fit_shrinkage(self, X: pd.DataFrame, arm: np.ndarray, y: np.ndarray, w: np.ndarray) -> None:
+        """Per arm (ate, beta, center) from out-of-fold uplift and doubly robust scores.
+
+        Folds are seeded row draws; each fold's learner is this one without shrinkage. The DR score
+        of arm a vs control is mu_a - mu_0 + 1[a] w (y - mu_a) - 1[control] w (y - mu_0) with the
+        out-of-fold mu and w = 1/propensity; beta is the slope of that score on the centred
+        out-of-fold uplift, clipped to [0, 1].
+        """
+        folds = np.random.default_rng(self.random_state).integers(0, self.shrink_folds, len(y))
+        oof = np.zeros((len(y), len(self.arms_)))
+        X = X.reset_index(drop=True)
+        for k in range(self.shrink_folds):
+            train, held = folds != k, folds == k
+            if not held.any() or any(len(np.unique(y[train & (arm == a)])) < 2 for a in self.arms_):
+                raise ValueError(
+                    f"shrink_folds={self.shrink_folds}: fold {k} leaves an arm without both outcomes; "
+                    "use fewer folds or shrink_folds=0"
+                )
+            part = clone(self).set_params(shrink_folds=0, random_state=self.random_state + k + 1)
+            part.fit(X[train], arm[train], y[train], propensity=1.0 / w[train])
+            oof[held] = part.predict_outcomes(X[held]).reindex(columns=self.arms_).to_numpy()
+        raw = self._raw_outcomes(X)
+        mu0, control = oof[:, 0], arm == self.control
+        for j, a in enumerate(self.arms_[1:], start=1):
+            mua, treated = oof[:, j], arm == a
+            score = mua - mu0 + treated * w * (y - mua) - control * w * (y - mu0)
+            tau = mua - mu0
+            centred = tau - tau.mean()
+            spread = float(np.dot(centred, centred))
+            beta = float(np.dot(centred, score - score.mean()) / spread) if spread > 0 else 0.0
+            center = float((raw[a] - raw[self.control]).mean())
+            self.shrinkage_[a] = (float(score.mean()), float(np.clip(beta, 0.0, 1.0)), center)
 
     def _with_arm(self, Xp: pd.DataFrame, arm: np.ndarray | str) -> pd.DataFrame:
         values = np.full(len(Xp), arm) if isinstance(arm, str) else arm
@@ -170,6 +217,17 @@ class MultiArmUplift(BaseEstimator):
         fitted estimators on the prepared frame, without LightGBM's per-call pandas conversion.
         """
         check_is_fitted(self, "models_")
+        out = self._raw_outcomes(X)
+        shrinkage = getattr(self, "shrinkage_", {})  # models pickled before shrinkage existed have none
+        if not shrinkage:
+            return out
+        base = out[self.control]
+        for a, (ate, beta, center) in shrinkage.items():
+            out[a] = np.clip(base + ate + beta * (out[a] - base - center), 0.0, 1.0)
+        return out
+
+    def _raw_outcomes(self, X: pd.DataFrame) -> pd.DataFrame:
+        """The learner's own outcome probabilities, before any shrinkage."""
         matrix = self.frame_.matrix(X)
         threads = {"num_threads": predict_threads(len(matrix))}
         if self.learner == "s":

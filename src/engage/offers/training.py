@@ -238,6 +238,7 @@ def fit_offers(
         learning_rate=oc.learning_rate,
         num_leaves=oc.num_leaves,
         min_child_samples=oc.min_child_samples,
+        shrink_folds=oc.shrink_folds,
         random_state=config.seed,
     ).fit(
         train[list(feature_cols)],
