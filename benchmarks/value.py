@@ -121,12 +121,13 @@ def evaluate(events: pl.DataFrame, cutoff: datetime, days: int) -> tuple[pd.Data
 def timing(n: int, seed: int) -> dict[str, float]:
     """Seconds to fit BG/NBD alone, and to fit and predict the whole value model, on n customers."""
     rfm = simulate_bgnbd(n, 52.0, r=0.25, alpha=4.0, a=0.8, b=2.5, seed=seed)
+    rfm["recency"] = np.floor(rfm["recency"] * 7) / 7  # whole days, as features give them
     rng = np.random.default_rng(seed)
     features = pd.DataFrame(
         {
             "purchase_days_total": rfm["frequency"] + 1,
             "days_since_first_purchase": rfm["T"] * 7,
-            "days_since_last_purchase": (rfm["T"] - rfm["recency"]) * 7,
+            "days_since_last_purchase": np.round((rfm["T"] - rfm["recency"]) * 7),
             "purchase_day_amount_mean": rng.gamma(3.0, 12.0, n),
         }
     )

@@ -66,8 +66,8 @@ def test_feature_history_columns_are_the_btyd_summary(features: pd.DataFrame) ->
     assert sorted(mine) == sorted(summary.index)  # page-view-only users are not buyers
     ref = summary.loc[mine]
     np.testing.assert_allclose(x[buyer], ref[FREQUENCY], atol=1e-9)
-    np.testing.assert_allclose(big_t[buyer], ref[T_COL], atol=1 / 7)  # day floor vs 24 h periods
-    np.testing.assert_allclose(t_x[buyer], ref[RECENCY], atol=2 / 7)
+    np.testing.assert_allclose(big_t[buyer], ref[T_COL], atol=1e-9)  # as_of at midnight: calendar days
+    np.testing.assert_allclose(t_x[buyer], ref[RECENCY], atol=1e-9)
 
 
 def test_value_predictions(features: pd.DataFrame) -> None:

@@ -51,7 +51,7 @@ _WEEK = 7.0
 
 
 def value_inputs(features: pd.DataFrame) -> tuple[np.ndarray, FloatArray, FloatArray, FloatArray, FloatArray]:
-    """(buyer mask, x, t_x, T in weeks, mean spend per purchase day) from a feature table.
+    """(buyer mask, x, t_x, T in weeks of whole days, mean spend per purchase day) from a feature table.
 
     Rows without a purchase (or with a missing input) are not buyers; their entries are 0.
     """
@@ -59,8 +59,10 @@ def value_inputs(features: pd.DataFrame) -> tuple[np.ndarray, FloatArray, FloatA
     if missing:
         raise ValueError(f"features missing for the value model: {', '.join(missing)}")
     days = features["purchase_days_total"].to_numpy(dtype=float)
-    first = features["days_since_first_purchase"].to_numpy(dtype=float)
-    last = features["days_since_last_purchase"].to_numpy(dtype=float)
+    # whole days, rounded up: the calendar-day counts of the BTYD literature (and of rfm_summary)
+    # when as_of is a midnight, and few distinct (x, t_x, T) rows, which the fits collapse
+    first = np.ceil(features["days_since_first_purchase"].to_numpy(dtype=float))
+    last = np.ceil(features["days_since_last_purchase"].to_numpy(dtype=float))
     spend = features["purchase_day_amount_mean"].to_numpy(dtype=float)
     buyer = (days >= 1) & np.isfinite(first) & np.isfinite(last) & np.isfinite(spend)
     x = np.where(buyer, np.maximum(days - 1, 0), 0.0)
