@@ -75,7 +75,7 @@ def _stale_temporaries(path: Path) -> list[Path]:
     """
     prefix = f".{path.name}{TMP_TAG}"
     host = socket.gethostname()
-    stale = []
+    stale: list[Path] = []
     if not path.parent.is_dir():
         return stale
     for candidate in (p for p in path.parent.iterdir() if p.name.startswith(prefix)):
