@@ -118,3 +118,16 @@ def test_engage_serve_says_to_build_first_when_nothing_is_built(
         result = CliRunner().invoke(app, ["serve", *args])
         assert result.exit_code == 2 and "run `engage build` first" in result.output, result.output
     assert started == []
+
+
+def test_a_target_is_the_service_path_or_a_bento_tag() -> None:
+    from engage.serving.process import SERVICE_PATH, installed_versions, is_import_path
+
+    assert is_import_path(SERVICE_PATH)
+    assert not is_import_path("engage:abc123") and not is_import_path("engage_scoring:latest")
+    assert not is_import_path("no.such.module:Service")
+    pins = installed_versions().splitlines()
+    assert pins == sorted(pins) and all("==" in pin for pin in pins)
+    import importlib.metadata
+
+    assert f"lightgbm=={importlib.metadata.version('lightgbm')}" in pins

@@ -11,6 +11,8 @@ server (its supervisor and workers), never leaving it bound to the port unsuperv
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
+import importlib.util
 import logging
 import os
 import signal
@@ -29,7 +31,7 @@ import yaml
 from engage.config import EngageConfig
 from engage.serving.settings import ENV_CONFIG, ENV_MODEL_SOURCE, ENV_TOKEN
 
-__all__ = ["SERVICE_PATH", "serve", "supervise"]
+__all__ = ["SERVICE_PATH", "installed_versions", "is_import_path", "serve", "supervise"]
 
 logger = logging.getLogger(__name__)
 
@@ -147,3 +149,23 @@ def supervise(command: Sequence[str], env: Mapping[str, str], *, stop_seconds: f
             child.wait()
     code = child.returncode
     return code if code >= 0 else 128 - code
+
+
+def is_import_path(target: str) -> bool:
+    """``package.module:Class`` of an importable module (else ``target`` names a Bento)."""
+    module, sep, _ = target.partition(":")
+    try:
+        return bool(sep) and "." in module and importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def installed_versions() -> str:
+    """``name==version`` of every distribution installed here, as uv constraints: the Bento's lock then
+    holds the versions this environment trained and tested with (where pyproject's ranges allow)."""
+    pins = {
+        f"{dist.metadata['Name']}=={dist.version}"
+        for dist in importlib.metadata.distributions()
+        if dist.metadata["Name"] and dist.metadata["Name"].lower() != "engage"
+    }
+    return "\n".join(sorted(pins)) + "\n"

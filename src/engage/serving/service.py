@@ -18,7 +18,6 @@ their exact tags); ``engage serve`` checks :func:`check_servable`, then starts t
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import logging
 import os
 import subprocess
@@ -49,6 +48,7 @@ from engage.scoring.core import ScoringModels
 from engage.serving.auth import PROTECTED_PATHS, ApiGuard
 from engage.serving.edge import ReadyGate, declared_paths, short_reason
 from engage.serving.engine import PayloadTooLarge, ScoringEngine, Unprocessable
+from engage.serving.process import installed_versions, is_import_path
 from engage.serving.schemas import (
     AttributeValue,
     EventIn,
@@ -187,16 +187,14 @@ def check_servable(config: EngageConfig, target: str, source: str) -> str:
     come from the Bento store (``bento``: the declared churn model must be there) or the registry.
     """
     home = os.environ.get("BENTOML_HOME", "~/bentoml")
-    try:
-        bento = bentoml.bentos.get(target)
-    except (NotFound, BentoMLException, ValueError):
-        bento = None
-    if bento is not None:
+    if not is_import_path(target):
+        try:
+            bento = bentoml.bentos.get(target)
+        except (NotFound, BentoMLException, ValueError) as exc:
+            raise NotServable(f"no Bento '{target}' in the BentoML store ({home}): {BUILD_HINT}") from exc
         if not bento.info.all_models:
             raise NotServable(f"Bento {bento.tag} packs no model: {BUILD_HINT}")
         return f"Bento {bento.tag} ({', '.join(str(m.tag) for m in bento.info.all_models)})"
-    if ":" not in target or "." not in target.split(":")[0]:
-        raise NotServable(f"no Bento '{target}' in the BentoML store ({home}): {BUILD_HINT}")
     if source == "mlflow":
         try:
             refs = registry_refs(config)
@@ -465,17 +463,6 @@ def import_champions(config: EngageConfig) -> dict[str, str]:
     return tags
 
 
-def _installed_versions() -> str:
-    """``name==version`` of every distribution installed here, as uv constraints: the Bento's lock then
-    holds the versions this environment trained and tested with (where pyproject's ranges allow)."""
-    pins = {
-        f"{dist.metadata['Name']}=={dist.version}"
-        for dist in importlib.metadata.distributions()
-        if dist.metadata["Name"] and dist.metadata["Name"].lower() != "engage"
-    }
-    return "\n".join(sorted(pins)) + "\n"
-
-
 def build_bento(config: EngageConfig, build_ctx: str | Path = ".", *, offline: bool = False) -> str:
     """Import the champion models, then ``bentoml build --arg`` with their exact tags; return the Bento tag.
 
@@ -490,7 +477,7 @@ def build_bento(config: EngageConfig, build_ctx: str | Path = ".", *, offline: b
     arguments = [f"churn_model={tags[CHURN]}", f"offer_model={tags.get(OFFERS, '')}"]
     with tempfile.TemporaryDirectory(prefix="engage-build-") as tmp:
         constraints = Path(tmp) / "constraints.txt"
-        constraints.write_text(_installed_versions())
+        constraints.write_text(installed_versions())
         env = {**os.environ, "UV_CONSTRAINT": str(constraints), "BENTOML_DO_NOT_TRACK": "true"}
         if offline:
             env["UV_OFFLINE"] = "1"
