@@ -196,3 +196,22 @@ def test_value_weighting_sends_messages_to_valuable_users(features: pd.DataFrame
     poor = revenue < np.nanquantile(revenue, 0.2)
     assert sent[False][rich].mean() == pytest.approx(sent[False][poor].mean(), abs=0.15)  # alike unweighted
     assert sent[True][rich].mean() > sent[True][poor].mean() + 0.3
+
+
+def test_btyd_churn_features_are_point_in_time() -> None:
+    from engage.config import EngageConfig
+    from engage.training.value import add_btyd_features
+
+    events = _events(400, seed=6)
+    dates = [datetime(2024, 5, 1, tzinfo=UTC), AS_OF]
+    table = build_features(events, dates, config=FeatureConfig())
+    config = EngageConfig()
+    with_btyd = add_btyd_features(table, events, config)
+    names = btyd_feature_names(config.labels.horizon_days)
+    assert with_btyd[names[0]].notna().any() and (with_btyd[names[0]].dropna() <= 1).all()
+    later = events.with_columns(  # every event at or after the first as_of moves a year on
+        pl.when(pl.col(s.TS) >= dates[0]).then(pl.col(s.TS) + pd.Timedelta(days=365)).otherwise(pl.col(s.TS))
+    )
+    first = (table[s.AS_OF] == pd.Timestamp(dates[0])).to_numpy()
+    again = add_btyd_features(table, later, config)
+    pd.testing.assert_frame_equal(with_btyd.loc[first, names], again.loc[first, names])
