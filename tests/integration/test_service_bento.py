@@ -131,7 +131,8 @@ def test_a_plain_build_packs_the_declared_model_pinned_and_locked_packages(bento
     wanted = {re.match(r"[A-Za-z0-9_.\-]+", dep).group(0).lower() for dep in project["dependencies"]}  # type: ignore[union-attr]
     assert wanted <= set(pins), f"pyproject dependencies missing from the lock: {wanted - set(pins)}"
     assert "bentoml" in pins and len(pins) > len(wanted), "the lock holds the whole closure"
-    assert not (REPO / "bentofile.yaml").exists(), "one package list: pyproject.toml"
+    bentofile = yaml.safe_load((REPO / "bentofile.yaml").read_text())
+    assert bentofile["python"]["packages"] == project["dependencies"], "one package list: pyproject.toml"
 
 
 def test_engage_build_pins_the_champion_and_the_tested_versions(world: World, bento: Built) -> None:

@@ -80,3 +80,14 @@ def test_a_batch_only_install_imports_everything_but_the_edges(tmp_path: Path) -
         "        importlib.import_module(m.name)\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, timeout=300)
+
+
+def test_the_bento_packs_pyprojects_dependencies() -> None:
+    """bentofile.yaml (the Bento's build config, required at the top level) lists the packages
+    ``pyproject.toml`` declares, in the same order: one list, copied, never edited on its own."""
+    import yaml
+
+    bentofile = yaml.safe_load((ROOT / "bentofile.yaml").read_text())
+    assert bentofile["python"]["packages"] == PROJECT["dependencies"]
+    assert bentofile["service"] == "engage.serving.service:EngageService"
+    assert bentofile["python"]["lock_packages"] is True

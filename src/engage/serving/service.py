@@ -11,8 +11,8 @@ The models are declared on the service (``bentoml.models.BentoModel``, tags from
 a served Bento loads them from its own model store. ``engage build`` runs :func:`build_bento`
 (champions copied from the MLflow registry into the Bento store, then ``bentoml build --arg`` with
 their exact tags); ``engage serve`` checks :func:`check_servable`, then starts this service through
-:mod:`engage.serving.process`. Build options and packages: ``[tool.bentoml.build]`` and
-``[project] dependencies`` of ``pyproject.toml`` (one list), locked by BentoML (uv) at build.
+:mod:`engage.serving.process`. Build options and packages: ``bentofile.yaml``, whose packages are
+``pyproject.toml``'s ``[project] dependencies`` (a test keeps them equal), locked by BentoML (uv) at build.
 """
 
 from __future__ import annotations
@@ -467,8 +467,8 @@ def build_bento(config: EngageConfig, build_ctx: str | Path = ".", *, offline: b
     """Import the champion models, then ``bentoml build --arg`` with their exact tags; return the Bento tag.
 
     The build is ``bentoml build`` itself, in its own process: it imports the service afresh with
-    those arguments. Options come from ``[tool.bentoml.build]`` in ``pyproject.toml``, the packages
-    from its ``[project] dependencies``, locked by uv with this environment's versions as
+    those arguments. Options and packages come from ``bentofile.yaml`` (the packages are
+    ``pyproject.toml``'s ``[project] dependencies``), locked by uv with this environment's versions as
     constraints (``offline``: from uv's cache alone, no index). The Bento must pack exactly the
     champions, else RuntimeError.
     """
