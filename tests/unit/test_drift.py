@@ -91,11 +91,18 @@ def test_constant_columns_compare_and_a_moved_constant_is_seen() -> None:
     assert math.isfinite(psi([np.nan] * 10, [1.0, 2.0, np.nan]))
 
 
-def test_values_outside_the_reference_range_have_their_own_bins() -> None:
+def test_values_beyond_the_reference_range_fall_in_the_open_outer_bins() -> None:
+    """A whole shift beyond the range alerts; a population that ages a little does not (before, a bin
+    of its own above the reference's maximum, with share epsilon there, made every week's ageing of
+    ``days_since_first_purchase`` an alert: PSI 0.47)."""
     ref = np.arange(1_000, dtype=float)
     bins = psi_bins(ref, ref + 5_000).set_index("bin")
-    above = bins[bins.index.str.startswith(">")]
-    assert len(above) == 1 and above["current"].iloc[0] == 1.0 and above["reference"].iloc[0] == 0.0
+    top = bins[bins.index.str.startswith(">=")]
+    assert len(top) == 1 and top["current"].iloc[0] == 1.0
+    assert top["reference"].iloc[0] == pytest.approx(0.1, abs=0.002)
+    assert psi(ref, ref + 5_000) > CFG.psi_alert
+    ages = np.random.default_rng(3).uniform(0, 120, 5_000)
+    assert psi(ages, ages + 7) < CFG.psi_alert < psi(ages, ages + 30)  # a week: at most a warning
 
 
 def test_booleans_and_text_are_per_category_numbers_are_binned() -> None:

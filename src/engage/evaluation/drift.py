@@ -87,15 +87,19 @@ def _numeric_counts(
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
     ref, cur = _as_float(reference), _as_float(current)
     finite = ref[np.isfinite(ref)]
-    if finite.size:
-        inner = np.quantile(finite, np.linspace(0, 1, bins + 1)[1:-1], method="lower")
-        top = float(finite.max())
-        # a cut just above the maximum: values beyond the reference range get a bin of their own
-        cuts = np.unique(np.concatenate([[finite.min()], inner, [np.nextafter(top, np.inf)]]))
+    if finite.size and finite.min() < finite.max():
+        # the reference's quantile bins, the outer two open-ended (the usual PSI): a population that
+        # ages by a week shifts a little mass into the top bin instead of into a bin of its own
+        # whose reference share is epsilon (an age feature would alert every week)
+        cuts = np.unique(np.quantile(finite, np.linspace(0, 1, bins + 1)[1:-1], method="lower"))
+        cuts = cuts[cuts > finite.min()] if cuts.size > 1 else cuts
         labels = [f"< {_fmt(cuts[0])}"]
-        labels += [f"[{_fmt(a)}, {_fmt(b)})" for a, b in pairwise(cuts[:-1])]
-        labels += [f"[{_fmt(cuts[-2])}, {_fmt(top)}]" if cuts[-2] < top else f"= {_fmt(top)}"]
-        labels += [f"> {_fmt(top)}"]
+        labels += [f"[{_fmt(a)}, {_fmt(b)})" for a, b in pairwise(cuts)]
+        labels += [f">= {_fmt(cuts[-1])}"]
+    elif finite.size:  # a constant: below, equal, above, so a moved constant is seen
+        top = float(finite.max())
+        cuts = np.array([top, np.nextafter(top, np.inf)])
+        labels = [f"< {_fmt(top)}", f"= {_fmt(top)}", f"> {_fmt(top)}"]
     else:
         cuts, labels = np.empty(0), ["any value"]
 
