@@ -27,6 +27,7 @@ from engage.analytics.engagement import engagement_score, engagement_summary
 from engage.analytics.frames import ALL_SEGMENT, EventsLike, events_before
 from engage.analytics.funnels import DEFAULT_FUNNEL_STEPS, SegmentLike, funnel
 from engage.analytics.segments import LoyaltyTiers, loyalty_tiers, rfm, rfm_segment_summary
+from engage.atomic import write_text_atomic
 from engage.plots import analytics as plots
 
 Progress = Callable[[str], None]
@@ -443,8 +444,4 @@ def build_report(
             (out / f"{sec.key}.png").write_bytes(sec.png)
     say("writing report.html")
     page = render_html(title, as_of, tables.overview, sections)
-    path = out / "report.html"
-    tmp = out / ".report.html.tmp"
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_text_atomic(out / "report.html", page)
