@@ -228,3 +228,16 @@ def test_shrinkage_flattens_a_noisy_arm_and_keeps_an_informative_one() -> None:
     assert again.shrinkage_ == shrunk.shrinkage_  # seeded folds
     with pytest.raises(ValueError, match="shrink_folds"):
         MultiArmUplift(shrink_folds=1).fit(X, arm, y)
+
+
+def test_the_x_learner_effect_stage_takes_its_own_size() -> None:
+    X, arm, y, prop = _campaign(n=3000)
+    model = MultiArmUplift(
+        learner="x", n_estimators=20, num_leaves=7, effect_num_leaves=2, effect_n_estimators=5
+    ).fit(X, arm, y, propensity=prop)
+    outcome = model.models_[s.CONTROL_ARM].booster_
+    tau_c, tau_t, _ = model.effect_models_["coupon"]
+    assert outcome.num_trees() == 20 and tau_c.booster_.num_trees() == tau_t.booster_.num_trees() == 5
+    dumped = tau_t.booster_.dump_model()["tree_info"]
+    assert max(tree["num_leaves"] for tree in dumped) <= 2
+    assert max(t["num_leaves"] for t in outcome.dump_model()["tree_info"]) > 2

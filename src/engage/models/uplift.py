@@ -62,6 +62,9 @@ class MultiArmUplift(BaseEstimator):
         learning_rate: float = 0.05,
         num_leaves: int = 15,
         min_child_samples: int | None = 100,
+        effect_num_leaves: int | None = None,
+        effect_n_estimators: int | None = None,
+        effect_learning_rate: float | None = None,
         shrink_folds: int = 0,
         random_state: int = 0,
     ) -> None:
@@ -71,6 +74,9 @@ class MultiArmUplift(BaseEstimator):
         self.learning_rate = learning_rate
         self.num_leaves = num_leaves
         self.min_child_samples = min_child_samples
+        self.effect_num_leaves = effect_num_leaves
+        self.effect_n_estimators = effect_n_estimators
+        self.effect_learning_rate = effect_learning_rate
         self.shrink_folds = shrink_folds
         self.random_state = random_state
 
@@ -94,7 +100,13 @@ class MultiArmUplift(BaseEstimator):
         return lgb.LGBMClassifier(**self._params())
 
     def _regressor(self) -> lgb.LGBMRegressor:
-        return lgb.LGBMRegressor(**self._params())
+        """The X-learner's effect regressions: their own (by default the outcome models') size."""
+        effect = {
+            "num_leaves": self.effect_num_leaves,
+            "n_estimators": self.effect_n_estimators,
+            "learning_rate": self.effect_learning_rate,
+        }
+        return lgb.LGBMRegressor(**self._params() | {k: v for k, v in effect.items() if v is not None})
 
     def _prepare(self, X: pd.DataFrame) -> pd.DataFrame:
         return self.frame_.apply(X)

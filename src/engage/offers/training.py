@@ -238,6 +238,9 @@ def fit_offers(
         learning_rate=oc.learning_rate,
         num_leaves=oc.num_leaves,
         min_child_samples=oc.min_child_samples,
+        effect_num_leaves=oc.effect_num_leaves,
+        effect_n_estimators=oc.effect_n_estimators,
+        effect_learning_rate=oc.effect_learning_rate,
         shrink_folds=oc.shrink_folds,
         random_state=config.seed,
     ).fit(
