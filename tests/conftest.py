@@ -26,3 +26,20 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data sets not found at {SHARED_DATA} (set ENGAGE_SHARED_DATA)")
     return SHARED_DATA
+
+
+_MLFLOW_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_NAME")
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_variables_stay_per_test() -> object:
+    """``mlflow.set_tracking_uri`` (MLflow 3) also writes ``MLFLOW_TRACKING_URI`` into os.environ, and the
+    variable outranks a config file: one test pointing MLflow at its store would steer every later
+    test's config there. Each test gets back the variables it started with."""
+    before = {name: os.environ.get(name) for name in _MLFLOW_VARIABLES}
+    yield
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value

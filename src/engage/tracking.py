@@ -55,8 +55,17 @@ def configure(uri: str) -> None:
     _telemetry_off()
     import mlflow
 
+    variables = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    before = {name: os.environ.get(name) for name in variables}
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+    mlflow.set_registry_uri(before["MLFLOW_REGISTRY_URI"] or uri)
+    # MLflow 3 also writes the URIs into os.environ; engage never changes the user's environment
+    # (the variable outranks the config file, so a later load_config would read this run's store)
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def artifact_location(uri: str) -> str | None:

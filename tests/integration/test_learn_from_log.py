@@ -76,7 +76,7 @@ def test_a_model_trained_from_the_served_log_is_registered_and_gated(tmp_path: P
     assert result.exit_code == 0, result.output
     assert "registered engage-offers v2" in result.output
 
-    mlflow.set_tracking_uri(overrides["tracking.uri"])
+    tracking.configure(overrides["tracking.uri"])
     client = mlflow.MlflowClient()
     name = cfg.tracking.offer_model_name
     run = client.get_run(client.get_model_version(name, "2").run_id)

@@ -97,3 +97,19 @@ def test_a_run_in_a_new_experiment_writes_nothing_in_the_working_folder(
         mlflow.log_text("hello", "note.txt")
     assert list(cwd.iterdir()) == []
     assert list((store / "mlartifacts").rglob("note.txt"))
+
+
+def test_configure_leaves_the_users_environment_as_it_was(
+    clean_env: pytest.MonkeyPatch, restore_mlflow: None, tmp_path: Path
+) -> None:
+    """MLflow 3's set_tracking_uri writes MLFLOW_TRACKING_URI; before, training with one config then
+    loading another config file read the first run's store (the variable outranks the file)."""
+    import os
+
+    tracking.configure(f"sqlite:///{tmp_path / 'a.db'}")
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
+    (tmp_path / "b.yaml").write_text(f"tracking:\n  uri: sqlite:///{tmp_path / 'b.db'}\n")
+    assert load_config(tmp_path / "b.yaml").tracking.uri == f"sqlite:///{tmp_path / 'b.db'}"
+    clean_env.setenv("MLFLOW_TRACKING_URI", "sqlite:///mine.db")
+    tracking.configure(f"sqlite:///{tmp_path / 'a.db'}")
+    assert os.environ["MLFLOW_TRACKING_URI"] == "sqlite:///mine.db"
