@@ -74,8 +74,14 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         os.chdir(before[0])
     tracking.configure(uri)
     yield {"root": root, "uri": uri, "store": store, "scores": scores, "left_in_cwd": left_in_cwd}
+    variables = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(before[1])
     mlflow.set_registry_uri(before[2])
+    for name, value in variables.items():  # MLflow 3 writes both into os.environ: keep them from later tests
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def test_the_environment_variables_steer_train_and_score_and_artifacts_stay_beside_the_store(

@@ -230,6 +230,7 @@ def test_from_config_passes_every_model_setting_and_the_seed() -> None:
     assert params["random_state"] == 7
     assert set(type(cc).model_fields) - passed == {
         "validation_snapshots",
+        "btyd_features",  # a training-table switch (training.churn), not an estimator setting
         "promote_margin",
         "reasons_top_k",
         "risk_bands",
