@@ -350,8 +350,12 @@ def test_explain_lists_every_feature(world: World, secured: Server) -> None:
     status, body = post(f"{secured.url}/explain", {"user_id": known_user(world, 1)}, TOKEN)
     assert status == 200, body
     contributions = [c["contribution"] for c in body["contributions"]]
-    feature_names = [c for c in world.snapshot.columns if c not in (s.USER_ID, s.AS_OF)]
-    assert len(contributions) == len(feature_names) >= 3
+    snapshot_features = [c for c in world.snapshot.columns if c not in (s.USER_ID, s.AS_OF)]
+    # every model input: the snapshot's features, and the BTYD columns the bundle computes from them
+    named = [c["feature"] for c in body["contributions"]]
+    assert set(snapshot_features) <= set(named) and len(named) == len(set(named)) >= 3
+    assert all(n.startswith("btyd_") for n in set(named) - set(snapshot_features))
+    assert all(isinstance(c["value"], float | int | str) or c["value"] is None for c in body["contributions"])
     assert contributions == sorted(contributions, reverse=True)
     assert all(c["text"] for c in body["contributions"])
 

@@ -9,6 +9,7 @@ without its snapshot: ``/readyz`` says why until the file appears.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -54,10 +55,24 @@ def get(url: str) -> tuple[int, str]:
 @pytest.fixture(scope="module")
 def bento(world: World) -> Built:
     """The champion in the temp Bento store, then ``bentoml build`` exactly as a user types it."""
-    from engage.serving.service import import_champions
-
-    tags = import_champions(world.config)
     env = {**world.env, "UV_OFFLINE": "1"}
+    # in a fresh process: BentoML fixes its store at first import, and an earlier test of the same
+    # session may have imported it with another BENTOML_HOME
+    code = (
+        "import json, sys; from engage.config import load_config; "
+        "from engage.serving.service import import_champions; "
+        "print(json.dumps(import_champions(load_config(sys.argv[1]))))"
+    )
+    imported = subprocess.run(
+        [sys.executable, "-c", code, str(world.config_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert imported.returncode == 0, imported.stderr[-3000:]
+    tags = json.loads(imported.stdout.strip().splitlines()[-1])
     tick = time.perf_counter()
     run = subprocess.run(
         [sys.executable, "-m", "bentoml", "build", "--output", "tag"],

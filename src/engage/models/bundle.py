@@ -58,6 +58,10 @@ class ChurnBundle:
     def _features(self, frame: pd.DataFrame) -> pd.DataFrame:
         return self._checked(frame)[self.feature_names]
 
+    def inputs(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The model's input columns for ``frame``, BTYD columns included (what contributions explain)."""
+        return self._features(frame)
+
     def _checked(self, frame: pd.DataFrame) -> pd.DataFrame:
         """The frame once every feature is there (the model picks its columns by name).
 

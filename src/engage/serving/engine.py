@@ -469,12 +469,13 @@ class ScoringEngine:
         churn = self.models.churn
         probability = float(churn.churn_probability(row)[0])
         contributions = churn.contributions(row).iloc[0]
+        inputs = churn.inputs(row).iloc[0]  # the BTYD columns come from the bundle, not the snapshot
         texts = {r.get("feature"): r.get("text") for r in churn.reasons(row, top_k=None)[0]}
         descriptions = getattr(churn.explainer, "descriptions", None) or {}
         items = [
             Reason(
                 feature=name,
-                value=_scalar(row.iloc[0][name]),
+                value=_scalar(inputs[name]),
                 contribution=float(contributions[name]),
                 text=str(texts.get(name) or descriptions.get(name) or name),
             )
