@@ -65,7 +65,7 @@ def test_serving_and_spark_are_extras_that_dev_installs() -> None:
     assert {"bentoml", "pyspark"}.isdisjoint(runtime)
     assert {_distribution(r) for r in extras["serve"]} == {"bentoml", "prometheus-client"}
     assert {_distribution(r) for r in extras["spark"]} == {"pyspark"}
-    assert "engage[serve,spark]" in extras["dev"]  # make demo / make test install .[dev]
+    assert "engage[serve,spark,postgres]" in extras["dev"]  # make demo / make test install .[dev]
 
 
 def test_a_batch_only_install_imports_everything_but_the_edges(tmp_path: Path) -> None:
