@@ -53,7 +53,7 @@ def build_features(
 ) -> pd.DataFrame:
     """One row per (user, as_of) for every user with an event before as_of; features in spec order.
 
-    ``engine="polars"`` runs here; Spark runs through ``engage.spark`` (the only pyspark module).
+    ``engine="polars"`` runs here; Spark runs through ``engage.spark`` (the only pyspark package).
     """
     if engine != "polars":
         raise ValueError(f"engine {engine!r} is not embedded: use engage.spark for spark")
