@@ -160,6 +160,51 @@ def _fit_log_params(
     return np.exp(best.x), float(best.fun), bool(best.success or result.success)
 
 
+LogLikelihood = Callable[[ArrayLike, ArrayLike, ArrayLike, ArrayLike], FloatArray]
+
+
+def _fit_counts(
+    log_likelihood: LogLikelihood,
+    frequency: ArrayLike,
+    recency: ArrayLike,
+    T: ArrayLike,
+    weights: ArrayLike | None,
+    penalizer: float,
+    maxiter: int,
+    name: str,
+) -> tuple[dict[str, float], float, int, bool]:
+    """Maximum likelihood (r, alpha, a, b) of a BG/NBD-family model: the fit BG/NBD and MBG/NBD share.
+
+    Identical (x, t_x, T) rows collapse to one weighted row (many (0, 0, T) customers), and
+    ``penalizer * sum(params**2)`` is added to the negative mean log-likelihood. Returns the
+    parameters, the maximised log-likelihood, the number of customers and whether it converged.
+    """
+    if penalizer < 0:
+        raise ValueError(f"penalizer must be >= 0, got {penalizer}")
+    x, t_x, big_t = _check_rft(frequency, recency, T)
+    if len(x) == 0:
+        raise ValueError(f"cannot fit {name} on zero customers")
+    w = np.ones_like(x) if weights is None else _as_float_array("weights", weights)
+    if len(w) != len(x) or np.any(w < 0):
+        raise ValueError("weights must be non-negative and as long as frequency")
+    keys = np.stack([x, t_x, big_t], axis=1)
+    uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
+    uw = np.bincount(inverse.reshape(-1), weights=w, minlength=len(uniq))
+    total = uw.sum()
+
+    def neg_ll(log_params: FloatArray) -> float:
+        params = np.exp(log_params)
+        ll = log_likelihood(params, uniq[:, 0], uniq[:, 1], uniq[:, 2])
+        value = -float(np.dot(uw, ll)) / total + penalizer * float(np.sum(params**2))
+        return value if np.isfinite(value) else 1e300
+
+    scale = max(float(np.mean(big_t)), 1e-9)
+    start = np.log(np.array([1.0, scale, 1.0, 1.0]))
+    params, fun, converged = _fit_log_params(neg_ll, start, maxiter)
+    named = dict(zip(("r", "alpha", "a", "b"), (float(p) for p in params), strict=True))
+    return named, -fun * total, round(total), converged
+
+
 # --- BG/NBD ----------------------------------------------------------------------------------
 
 
@@ -203,33 +248,10 @@ class BGNBD(BaseEstimator):
         weights: ArrayLike | None = None,
     ) -> BGNBD:
         """Fit (r, alpha, a, b); ``weights`` counts customers sharing one (x, t_x, T) row."""
-        if self.penalizer < 0:
-            raise ValueError(f"penalizer must be >= 0, got {self.penalizer}")
-        x, t_x, big_t = _check_rft(frequency, recency, T)
-        if len(x) == 0:
-            raise ValueError("cannot fit BG/NBD on zero customers")
-        w = np.ones_like(x) if weights is None else _as_float_array("weights", weights)
-        if len(w) != len(x) or np.any(w < 0):
-            raise ValueError("weights must be non-negative and as long as frequency")
-        # Collapse identical rows: CDNOW-like data has many (0, 0, T) customers.
-        keys = np.stack([x, t_x, big_t], axis=1)
-        uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
-        uw = np.bincount(inverse.reshape(-1), weights=w, minlength=len(uniq))
-        total = uw.sum()
-
-        def neg_ll(log_params: FloatArray) -> float:
-            params = np.exp(log_params)
-            ll = bgnbd_log_likelihood(params, uniq[:, 0], uniq[:, 1], uniq[:, 2])
-            value = -float(np.dot(uw, ll)) / total + self.penalizer * float(np.sum(params**2))
-            return value if np.isfinite(value) else 1e300
-
-        scale = max(float(np.mean(big_t)), 1e-9)
-        start = np.log(np.array([1.0, scale, 1.0, 1.0]))
-        params, fun, converged = _fit_log_params(neg_ll, start, self.maxiter)
-        self.params_ = dict(zip(("r", "alpha", "a", "b"), (float(p) for p in params), strict=True))
-        self.log_likelihood_ = -fun * total
-        self.n_customers_ = round(total)
-        self.converged_ = converged
+        fit = _fit_counts(
+            bgnbd_log_likelihood, frequency, recency, T, weights, self.penalizer, self.maxiter, "BG/NBD"
+        )
+        self.params_, self.log_likelihood_, self.n_customers_, self.converged_ = fit
         return self
 
     def _params(self) -> tuple[float, float, float, float]:

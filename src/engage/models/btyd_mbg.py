@@ -17,7 +17,7 @@ from scipy import special
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from engage.models.btyd import FloatArray, _as_float_array, _check_rft, _fit_log_params
+from engage.models.btyd import FloatArray, _check_rft, _fit_counts
 
 __all__ = ["MBGNBD", "mbgnbd_log_likelihood"]
 
@@ -61,32 +61,10 @@ class MBGNBD(BaseEstimator):
         weights: ArrayLike | None = None,
     ) -> MBGNBD:
         """Fit (r, alpha, a, b); ``weights`` counts customers sharing one (x, t_x, T) row."""
-        if self.penalizer < 0:
-            raise ValueError(f"penalizer must be >= 0, got {self.penalizer}")
-        x, t_x, big_t = _check_rft(frequency, recency, T)
-        if len(x) == 0:
-            raise ValueError("cannot fit MBG/NBD on zero customers")
-        w = np.ones_like(x) if weights is None else _as_float_array("weights", weights)
-        if len(w) != len(x) or np.any(w < 0):
-            raise ValueError("weights must be non-negative and as long as frequency")
-        keys = np.stack([x, t_x, big_t], axis=1)  # identical rows collapse (many (0, 0, T) customers)
-        uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
-        uw = np.bincount(inverse.reshape(-1), weights=w, minlength=len(uniq))
-        total = uw.sum()
-
-        def neg_ll(log_params: FloatArray) -> float:
-            params = np.exp(log_params)
-            ll = mbgnbd_log_likelihood(params, uniq[:, 0], uniq[:, 1], uniq[:, 2])
-            value = -float(np.dot(uw, ll)) / total + self.penalizer * float(np.sum(params**2))
-            return value if np.isfinite(value) else 1e300
-
-        scale = max(float(np.mean(big_t)), 1e-9)
-        start = np.log(np.array([1.0, scale, 1.0, 1.0]))
-        params, fun, converged = _fit_log_params(neg_ll, start, self.maxiter)
-        self.params_ = dict(zip(("r", "alpha", "a", "b"), (float(p) for p in params), strict=True))
-        self.log_likelihood_ = -fun * total
-        self.n_customers_ = round(total)
-        self.converged_ = converged
+        fit = _fit_counts(
+            mbgnbd_log_likelihood, frequency, recency, T, weights, self.penalizer, self.maxiter, "MBG/NBD"
+        )
+        self.params_, self.log_likelihood_, self.n_customers_, self.converged_ = fit
         return self
 
     def _params(self) -> tuple[float, float, float, float]:
