@@ -28,6 +28,9 @@ class SimulateConfig(_Frozen):
     days: int = Field(180, gt=0)
     start: str = "2024-01-01"
     campaign_every_days: int = Field(7, gt=0)
+    timing: bool = False
+    """Users get time zones, weekly rhythms and channel responsiveness; campaigns randomize the send
+    hour and the channel (``engage.datasets._sim_timing``). Off: the simulator's output as before."""
 
 
 class ValidationConfig(_Frozen):

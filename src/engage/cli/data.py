@@ -85,6 +85,7 @@ def simulate(
             start=cfg.simulate.start,
             campaign_every_days=cfg.simulate.campaign_every_days,
             oracle_horizon_days=cfg.labels.horizon_days,
+            timing=cfg.simulate.timing,
         )
         paths = write_simulation(data, out_dir)
     _print_tables(paths, f"simulated in {time.perf_counter() - started:.1f} s (seed {cfg.seed})")

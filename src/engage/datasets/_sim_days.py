@@ -7,6 +7,7 @@ response model. The model's numbers are in ``_sim_model``; nothing here reads a 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,16 +122,25 @@ def respond(
     opens: Buffer,
     sessions: Buffer,
     flags: DayFlags,
+    channels: NDArray[np.int64] | None = None,
+    open_scale: NDArray[np.float64] | None = None,
+    codes: NDArray[np.int64] | None = None,
 ) -> tuple[NDArray[np.bool_], NDArray[np.float64]]:
     """Users `ex` receive arm `choice` (index into `arms`) on day `t` at `send_hour` (hours after 00:00).
 
     The one response model: a conversion with the arm's true probability (a purchase session within
     `delay_days`), opens and clicks on email/push for alive users, email fatigue, and a level bump
     (or a reactivation) after a conversion. Returns converted and net revenue per exposure.
+
+    With timing, `channels` (index into ``schemas.CHANNELS``, -1 none) is the channel each message
+    went on instead of its arm's, `open_scale` multiplies the chance to open it, and `codes` is what
+    the events' arm code records (a (message, channel) variant) instead of `choice`.
     """
     eng_now = m.ENGAGEMENT[w.level]
-    arm_channels = [ch for _, ch in arms]
-    open_by_arm = [ch if ch in ("email", "push") else "" for ch in arm_channels]
+    if channels is None:
+        by_arm = np.array([schemas.CHANNELS.index(ch) if ch in schemas.CHANNELS else -1 for _, ch in arms])
+        channels = by_arm[choice]
+    recorded = choice if codes is None else codes
     discount = np.array([m.DISCOUNT.get(a, 0.0) for a, _ in arms])
     p_assigned = probs[np.arange(ex.size), choice]
     converted = rng.random(ex.size) < p_assigned
@@ -142,13 +152,14 @@ def respond(
     click_delay = rng.uniform(10.0, 600.0, ex.size)
     u_click = rng.random(ex.size)
     p_open = np.zeros(ex.size)
-    for j, ch in enumerate(open_by_arm):
-        if ch:
-            sel = choice == j
-            p_open[sel] = m.open_probability(ch, eng_now[ex][sel])
+    for ch in ("email", "push"):
+        sel = channels == schemas.CHANNELS.index(ch)
+        p_open[sel] = m.open_probability(ch, eng_now[ex][sel])
+    if open_scale is not None:
+        p_open = np.clip(p_open * open_scale, 0.0, 0.95)
     opened = ex_alive & (u_open < p_open)
     open_ts = (t * DAY_S + (send_hour + open_hours) * 3600.0) * US_PER_S
-    is_email = np.array([ch == "email" for ch in arm_channels])[choice]
+    is_email = channels == schemas.CHANNELS.index("email")
     clicked = opened & is_email & (u_click < m.EMAIL_CLICK_GIVEN_OPEN)
     for mask, etype, extra in (
         (opened & is_email, "email_open", 0.0),
@@ -160,7 +171,7 @@ def respond(
             user=ex[idx],
             ts=(open_ts[idx] + extra * click_delay[idx] * US_PER_S).astype(np.int64),
             etype=np.full(idx.size, EVENT_CODE[etype], dtype=np.int8),
-            arm=choice[idx].astype(np.int16),
+            arm=recorded[idx].astype(np.int16),
         )
     np.add.at(w.fatigue, ex[is_email], 1.0)
     # conversions: a small session with a purchase within the attribution window
@@ -176,7 +187,7 @@ def respond(
         cart=np.ones(ci.size, dtype=bool),
         purchase=np.ones(ci.size, dtype=bool),
         refund=np.zeros(ci.size, dtype=bool),
-        arm=choice[ci].astype(np.int16),
+        arm=recorded[ci].astype(np.int16),
         amount=amount[ci],
         category=w.top_cat[ex[ci]],
     )
@@ -186,15 +197,26 @@ def respond(
 
 
 def organic_sessions(
-    rng: np.random.Generator, w: World, t: int, rate: NDArray[np.float64], sessions: Buffer
+    rng: np.random.Generator,
+    w: World,
+    t: int,
+    rate: NDArray[np.float64],
+    sessions: Buffer,
+    start_seconds: Callable[[NDArray[np.int64]], NDArray[np.int64]] | None = None,
 ) -> None:
-    """Day `t`'s organic sessions (Poisson `rate`, plus one at signup), and the trackers they move."""
+    """Day `t`'s organic sessions (Poisson `rate`, plus one at signup), and the trackers they move.
+
+    `start_seconds` (users -> second of the day), when given, places the sessions in each user's
+    rhythm (``_sim_timing``); the main stream draws the same numbers either way.
+    """
     n = w.n
     eng_now = m.ENGAGEMENT[w.level]
     counts = rng.poisson(rate)
     new_users = np.flatnonzero(w.signup_day == t)
     users_s = np.repeat(np.arange(n), counts)
     secs = session_seconds(rng, users_s.size)
+    if start_seconds is not None:
+        secs = start_seconds(users_s)
     users_s = np.concatenate([new_users, users_s])
     secs = np.concatenate([w.signup_sec[new_users], secs])
     ns = users_s.size

@@ -121,13 +121,32 @@ def churned_conversion(message_id: str, channel: str) -> float:
     return 0.0
 
 
-def arm_probabilities(arms: Sequence[tuple[str, str]], s: UserState) -> NDArray[np.float64]:
-    """True conversion probability under every arm, shape (n_users, n_arms), in [0, 0.95]."""
+def arm_probabilities(
+    arms: Sequence[tuple[str, str]],
+    s: UserState,
+    *,
+    effect_scale: NDArray[np.float64] | None = None,
+    channels: NDArray[np.int64] | None = None,
+) -> NDArray[np.float64]:
+    """True conversion probability under every arm, shape (n_users, n_arms), in [0, 0.95].
+
+    With timing (``_sim_timing``): each message's effect is multiplied by `effect_scale` (channel
+    responsiveness x timing gain of the send) and reaches a churned user on `channels` (index into
+    ``schemas.CHANNELS`` per user, -1 none) instead of the arm's own channel.
+    """
     base = base_conversion(s.engagement, s.activity)
     out = np.empty((base.shape[0], len(arms)), dtype=np.float64)
+    scale = 1.0 if effect_scale is None else effect_scale
     for j, (message_id, channel) in enumerate(arms):
-        alive_p = base if message_id == schemas.CONTROL_ARM else base + message_lift(message_id, s)
-        out[:, j] = np.where(s.alive, alive_p, churned_conversion(message_id, channel))
+        lift = 0.0 if message_id == schemas.CONTROL_ARM else message_lift(message_id, s) * scale
+        if channels is None:
+            churned: float | NDArray[np.float64] = churned_conversion(message_id, channel)
+        else:
+            by_channel = np.array(
+                [churned_conversion(message_id, ch) for ch in (*schemas.CHANNELS, schemas.CONTROL_ARM)]
+            )
+            churned = by_channel[channels]  # -1 picks the last entry: no channel, no conversion
+        out[:, j] = np.where(s.alive, base + lift, churned)
     return np.clip(out, 0.0, 0.95)
 
 

@@ -220,19 +220,30 @@ def exposure_frames(
     expo: Buffer,
     truth_p: list[NDArray[np.float64]],
     arms: list[tuple[str, str]],
+    *,
+    sent_as: list[tuple[str, str]] | None = None,
+    timing: dict[str, NDArray[np.generic]] | None = None,
+    zones: tuple[str, ...] = (),
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The campaign log (given outcomes) and its per-exposure truth, same rows and order."""
+    """The campaign log (given outcomes) and its per-exposure truth, same rows and order.
+
+    Timed campaigns (``_sim_timing``): the ``arm`` codes index `sent_as` (the (message, channel)
+    variants), the buffer's ``hour`` is each send's UTC hour, and `timing` adds the true timing
+    and channel gains to the truth (``zone`` indexes `zones`, ``best_channel`` the channels).
+    """
     user = expo.get("user", np.int64)
     day = expo.get("day", np.int64)
     arm = expo.get("arm", np.int16).astype(np.int64)
     uid = user_ids.gather(user)
-    ts = ts_column(start_us, (day * DAY_S + m.CAMPAIGN_HOUR * 3600) * US_PER_S)
+    hour = expo.get("hour", np.int64) if timing is not None else m.CAMPAIGN_HOUR
+    ts = ts_column(start_us, (day * DAY_S + hour * 3600) * US_PER_S)
+    logged = sent_as if sent_as is not None else arms
     exposures = pl.DataFrame(
         [
             uid,
             ts,
-            pl.Series([a for a, _ in arms]).gather(arm).alias(schemas.MESSAGE_ID),
-            pl.Series([c for _, c in arms]).gather(arm).alias(schemas.CHANNEL),
+            pl.Series([a for a, _ in logged]).gather(arm).alias(schemas.MESSAGE_ID),
+            pl.Series([c for _, c in logged]).gather(arm).alias(schemas.CHANNEL),
             pl.Series(schemas.PROPENSITY, expo.get("propensity")),
             pl.Series(schemas.CONVERTED, expo.get("converted", np.bool_)),
             pl.Series(schemas.REVENUE, expo.get("revenue")),
@@ -249,7 +260,21 @@ def exposure_frames(
             pl.Series("alive", expo.get("alive", np.bool_)),
         ]
     )
+    if timing is not None:
+        truth = truth.with_columns(_timing_truth(timing, zones))
     return exposures, truth
+
+
+def _timing_truth(cols: dict[str, NDArray[np.generic]], zones: tuple[str, ...]) -> list[pl.Series]:
+    """The truth's timing columns: names for the zone and best channel, the gains as they are."""
+    best = pl.Series(cols["best_channel"].astype(np.int64))
+    out = [
+        pl.Series("timezone", zones).gather(pl.Series(cols["zone"].astype(np.int64))),
+        pl.Series("best_channel", schemas.CHANNELS).gather(best.set(best < 0, None)),
+    ]
+    return out + [
+        pl.Series(name, values) for name, values in cols.items() if name not in ("zone", "best_channel")
+    ]
 
 
 def states_frame(user_ids: pl.Series, start_us: int, states: Buffer, horizon: int) -> pl.DataFrame:

@@ -20,6 +20,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,20 @@ from engage.datasets._sim_tables import (
     states_frame,
     users_frame,
 )
+from engage.datasets._sim_timing import (
+    TIMING_STREAM,
+    ZONES,
+    Rhythm,
+    draw_campaign,
+    draw_rhythm,
+    truth_columns,
+    variants,
+    zone_names,
+)
+from engage.datasets._sim_timing import session_seconds as timed_seconds
 
+TIMEZONE = "timezone"
+"""Users-table column: the user's IANA time zone (null: not stated)."""
 CONSENT_RATES = {"email": 0.70, "push": 0.45, "in_app": 0.60, "web_popup": 0.20}
 GRID_EVERY_DAYS = 7
 
@@ -132,6 +146,7 @@ def simulate(
     campaign_every_days: int = 7,
     oracle_horizon_days: int = 30,
     messages: Sequence[tuple[str, str]] | None = None,
+    timing: bool = False,
 ) -> SimulatedData:
     """Simulate `n_users` over `days` days from `start` (00:00 UTC); deterministic by `seed`.
 
@@ -139,6 +154,13 @@ def simulate(
     messages); the control arm ``none`` is always added. Campaigns run every
     `campaign_every_days` days (while their 7-day attribution window fits in the run);
     `oracle_horizon_days` is H in the ``p_inactive_<H>d`` column of ``states``.
+
+    With `timing` (``_sim_timing``) users get a time zone (``users.timezone``, sometimes unstated),
+    a weekly rhythm their sessions follow and a responsiveness per channel; campaigns send each
+    message on a channel drawn among the user's consented ones at a uniformly drawn UTC hour (the
+    propensity is the product), effects scale with the channel and the send hour's timing gain,
+    and the truth carries every user's gains by hour and channel. The states' ``p_inactive`` is
+    then approximate (timed opens are not in its tables). Without, the output is as before.
     """
     if n_users <= 0 or days <= 0:
         raise ValueError(f"n_users and days must be positive, got {n_users} and {days}")
@@ -157,6 +179,15 @@ def simulate(
     w.campaign_every_days, w.horizon = campaign_every_days, oracle_horizon_days
     n = n_users
     consent = {ch: w.consent(ch) for ch in schemas.CHANNELS}
+    rhythm = draw_rhythm(seed, n, start=start, days=days, start_dow=start_dow) if timing else None
+    trng = np.random.default_rng([seed, TIMING_STREAM, 1])
+    reach = np.stack([consent[ch] for ch in schemas.CHANNELS], axis=1)
+    if rhythm is not None:
+        first = np.clip(w.signup_day, 0, days - 1)
+        for day in np.unique(first):
+            sel = np.flatnonzero(first == day)
+            w.signup_sec[sel] = timed_seconds(trng, rhythm, sel, int(day))
+    timed: dict[str, list[NDArray[np.generic]]] = {}
     avail = np.ones((n, len(arms)), dtype=bool)
     for j, (_, ch) in enumerate(arms[1:], start=1):
         avail[:, j] = consent.get(ch, False)
@@ -167,18 +198,24 @@ def simulate(
     horizon = oracle_horizon_days
     tables: dict[tuple[int, tuple[int, ...]], NDArray[np.float64]] = {}
 
-    sessions, opens, expo, truth_p, states = Buffer(), Buffer(), Buffer(), [], Buffer()
+    sessions, opens, expo, states = Buffer(), Buffer(), Buffer(), Buffer()
+    truth_p: list[NDArray[np.float64]] = []
 
     for t in range(days):
         dow = (start_dow + t) % 7
         signed = w.signup_day < t
         # new users get one session at signup today (organic_sessions), organic ones from tomorrow
         rate = np.where(w.alive & signed, m.session_rate(w.level, w.activity, dow), 0.0)
-        ne0 = np.exp(-rate)
+        ne0: NDArray[np.float64] = np.exp(-rate)
         flags = DayFlags.empty(n)
 
         # --- campaign: every signed-up user gets an arm drawn uniformly among those allowed ---
-        if t in campaign_set:
+        if t in campaign_set and rhythm is not None:
+            ex = np.flatnonzero(signed)
+            ne0[ex] *= _timed_campaign(
+                rng, trng, w, rhythm, t, ex, reach, flags, opens, sessions, expo, truth_p, timed
+            )
+        elif t in campaign_set:
             ex = np.flatnonzero(signed)
             probs = m.arm_probabilities(arms, w.state_of(t, ex))
             av = avail[ex]
@@ -220,17 +257,97 @@ def simulate(
         if t % GRID_EVERY_DAYS == 0:
             offsets = tuple(o for o in range(1, horizon) if (t + o) in campaign_set)
             oracle_states(w, t, dow, ne0, offsets, tables, states)
-        organic_sessions(rng, w, t, rate, sessions)
+        start_seconds = None
+        if rhythm is not None:
+            start_seconds = partial(timed_seconds, trng, rhythm, t=t)
+        organic_sessions(rng, w, t, rate, sessions, start_seconds)
         end_of_day(rng, w, t, flags)
 
     user_ids = user_id_series(n)
     users = users_frame(user_ids, start_us, w.signup_day, w.signup_sec, w.region, w.plan, consent)
-    events = events_frame(rng, user_ids, start_us, sessions, opens, arms, w.pref_cum, w.spend)
-    exposures, truth = exposure_frames(user_ids, start_us, expo, truth_p, arms)
+    sent_as = variants(arms) if rhythm is not None else None
+    events = events_frame(rng, user_ids, start_us, sessions, opens, sent_as or arms, w.pref_cum, w.spend)
+    exposures, truth = exposure_frames(
+        user_ids,
+        start_us,
+        expo,
+        truth_p,
+        arms,
+        sent_as=sent_as,
+        timing={k: np.concatenate(v) for k, v in timed.items()} if rhythm is not None else None,
+        zones=ZONES,
+    )
+    if rhythm is not None:
+        users = users.with_columns(pl.Series(TIMEZONE, zone_names(rhythm), dtype=pl.String))
     states_df = states_frame(user_ids, start_us, states, horizon)
     return SimulatedData(
         events=events, users=users, exposures=exposures, truth=truth, states=states_df, world=w
     )
+
+
+def _timed_campaign(
+    rng: np.random.Generator,
+    trng: np.random.Generator,
+    w: World,
+    rhythm: Rhythm,
+    t: int,
+    ex: NDArray[np.int64],
+    reach: NDArray[np.bool_],
+    flags: DayFlags,
+    opens: Buffer,
+    sessions: Buffer,
+    expo: Buffer,
+    truth_p: list[NDArray[np.float64]],
+    timed: dict[str, list[NDArray[np.generic]]],
+) -> NDArray[np.float64]:
+    """A timed campaign day: draw, respond, log; returns each exposed user's P(no campaign event)."""
+    arms = w.arms
+    c = draw_campaign(rng, trng, rhythm, t, ex, len(arms), reach)
+    probs = m.arm_probabilities(arms, w.state_of(t, ex), effect_scale=c.effect_scale, channels=c.channel)
+    ex_alive = w.alive[ex]
+    eng_ex = m.ENGAGEMENT[w.level[ex]]
+    channels = np.where(c.choice > 0, c.channel, -1)
+    converted, revenue = respond(
+        rng,
+        w,
+        t,
+        ex,
+        c.choice,
+        probs,
+        arms,
+        send_hour=c.hour.astype(np.float64),
+        delay_days=w.campaign_every_days,
+        opens=opens,
+        sessions=sessions,
+        flags=flags,
+        channels=channels,
+        open_scale=c.open_scale,
+        codes=c.code,
+    )
+    expo.add(
+        user=ex,
+        day=np.full(ex.size, t, dtype=np.int64),
+        arm=c.code.astype(np.int16),
+        propensity=c.propensity,
+        converted=converted,
+        revenue=revenue,
+        hazard=np.where(ex_alive, m.HAZARD[w.level[ex]], 1.0),
+        engagement=np.where(ex_alive, eng_ex, 0.0),
+        alive=ex_alive,
+        hour=c.hour,
+    )
+    truth_p.append(probs)
+    for name, values in truth_columns(rhythm, ex, c, reach).items():
+        timed.setdefault(name, []).append(values)
+    # approximate day-0 factor for the oracle: the drawn send, not an average over the draw
+    f0 = m.conversion_in_window(w.horizon * 24.0 - float(c.hour.mean()), w.campaign_every_days)
+    p_conv = probs[np.arange(ex.size), c.choice]
+    p_open = np.zeros(ex.size)
+    for ch in ("email", "push"):
+        sel = channels == schemas.CHANNELS.index(ch)
+        p_open[sel] = np.where(ex_alive[sel], m.open_probability(ch, eng_ex[sel]), 0.0)
+    p_open = np.clip(p_open * c.open_scale, 0.0, 0.95)
+    return np.asarray((1.0 - p_open) * (1.0 - p_conv * f0))
 
 
 def user_id_series(n: int) -> pl.Series:
