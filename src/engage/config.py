@@ -179,6 +179,20 @@ class ServeConfig(_Frozen):
     require_snapshot: bool = True
     """``/readyz`` answers 503 until the feature snapshot is loaded; false for a service that only
     scores users sent with their events (ids alone are then cold starts)."""
+    online_store: str = "local"
+    """Where contact history, feedback idempotency keys and (with ``online_features``) feature rows
+    live: ``local`` (this host's decision and feedback logs and the Parquet snapshot; one replica)
+    or ``redis://host:port/db`` (shared by every worker and replica; ``ENGAGE_ONLINE_STORE``)."""
+    online_prefix: str = "engage:"
+    """Prefix of every key engage writes in the Redis store (several deployments can share one)."""
+    online_timeout_ms: float = Field(50.0, gt=0)
+    """Longest wait for the Redis store per call: beyond it (or when unreachable) ``/score`` answers
+    risk and reasons but sends nothing (``contact store unavailable``) rather than risk a cap."""
+    online_features: bool = False
+    """Read feature rows from the Redis store (``engage online load``) instead of the snapshot file;
+    the file, when present, still answers while the store is unreachable."""
+    online_feature_ttl_days: float = Field(14.0, gt=0)
+    """How long a feature row loaded into the Redis store lives (a user not rescored ages out)."""
 
 
 class MonitorConfig(_Frozen):

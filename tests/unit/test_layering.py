@@ -56,6 +56,7 @@ LAYERS: dict[str, int] = {
     "engage.serving.auth": 6,
     "engage.serving.service": 6,
     "engage.serving.process": 6,
+    "engage.online": 6,  # the online store: base and local beside serving.history, redis the edge
     "engage.audiences.webhook": 6,
     "engage.cli": 7,
 }
@@ -65,6 +66,7 @@ EDGE_ONLY = {
     "mlflow": {"engage.tracking", "engage.pyfunc_model"},
     "bentoml": {"engage.serving.service"},
     "pyspark": {"engage.spark"},
+    "redis": {"engage.online.redis"},
 }
 
 

@@ -14,6 +14,7 @@ from engage.cli import data, loop, models, scoring, serving
 from engage.cli import export as export_cmd
 from engage.cli import feedback as feedback_cmd
 from engage.cli import monitor as monitor_cmd
+from engage.cli import online as online_cmd
 from engage.cli.common import root
 from engage.cli.demo import demo
 
@@ -39,6 +40,10 @@ catalog_app = typer.Typer(
 app.add_typer(catalog_app, name="catalog")
 feedback_app = typer.Typer(help="Report what happened to logged decisions.", no_args_is_help=True)
 app.add_typer(feedback_app, name="feedback")
+online_app = typer.Typer(
+    help="The shared online store (Redis) of several service replicas.", no_args_is_help=True
+)
+app.add_typer(online_app, name="online")
 
 app.command()(data.simulate)
 app.command()(data.validate)
@@ -63,6 +68,8 @@ catalog_app.command("check")(catalog_cmd.check)
 catalog_app.command("preview")(catalog_cmd.preview)
 evaluate_app.command("decisions")(loop.evaluate_decisions)
 feedback_app.command("import")(feedback_cmd.import_feedback)
+online_app.command("rebuild")(online_cmd.rebuild)
+online_app.command("load")(online_cmd.load)
 
 
 def main() -> None:  # pragma: no cover - console entry point convenience

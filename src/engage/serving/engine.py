@@ -25,6 +25,16 @@ import polars as pl
 from engage import schemas as s
 from engage.config import EngageConfig
 from engage.hashing import decision_keys
+from engage.online.base import (
+    BUSY,
+    UNAVAILABLE,
+    ContactConflict,
+    Contacts,
+    OnlineStore,
+    StoredRows,
+    StoreUnavailable,
+)
+from engage.online.local import LocalStore
 from engage.schemas import utc_values
 from engage.scoring.core import ScoringModels, score_columns
 from engage.scoring.decision_log import Clock, DecisionWriter, utc_now
@@ -43,15 +53,25 @@ from engage.serving.schemas import (
     UserIn,
     UserScore,
 )
+from engage.serving.settings import readiness_problem
 from engage.serving.snapshot import FeatureSnapshot, SnapshotSource
 
-__all__ = ["PayloadTooLarge", "ScoringEngine", "Unprocessable"]
+__all__ = ["PayloadTooLarge", "ScoringEngine", "Unprocessable", "open_online_store"]
 
 logger = logging.getLogger(__name__)
 
 REASONS_TOP_K = 3
 WATCH_SECONDS = 1.0
 PRIOR_SAMPLE = 20_000
+CONFLICT_TRIES = 8
+"""Decisions retried when other replicas keep recording contacts for the same users (then ``none``)."""
+
+
+def open_online_store(config: EngageConfig, retention: pd.Timedelta) -> OnlineStore:
+    """The Redis store ``serve.online_store`` names (imported here: the local default needs no redis)."""
+    from engage.online.redis import open_store
+
+    return open_store(config, retention=retention)
 
 
 class PayloadTooLarge(ValueError):
@@ -154,16 +174,22 @@ class ScoringEngine:
         self.snapshots = SnapshotSource(config.serve.feature_snapshot_path)
         self.log_dir = Path(config.serve.decision_log_dir)
         self.writer = DecisionWriter(self.log_dir, clock=clock)
-        self.history = ContactHistory(
-            self.log_dir,
-            retention=pd.Timedelta(days=models.catalog.history_days),
-            exposures=exposures,
-            own_file=self.writer.file_name,
-            future_tolerance=pd.Timedelta(minutes=config.serve.max_future_minutes),
-            clock=clock,
-            count=config.policy.cap_counts,
-        )
-        self.feedback_desk = FeedbackDesk(config, self.history, own_file=self.writer.file_name, clock=clock)
+        retention = pd.Timedelta(days=models.catalog.history_days)
+        self.history: ContactHistory | None = None
+        if config.serve.online_store == "local":
+            self.history = ContactHistory(
+                self.log_dir,
+                retention=retention,
+                exposures=exposures,
+                own_file=self.writer.file_name,
+                future_tolerance=pd.Timedelta(minutes=config.serve.max_future_minutes),
+                clock=clock,
+                count=config.policy.cap_counts,
+            )
+            self.store: OnlineStore = LocalStore(self.history)
+        else:
+            self.store = open_online_store(config, retention)
+        self.feedback_desk = FeedbackDesk(config, self.store, own_file=self.writer.file_name, clock=clock)
         self.prior = self._prior()
         self._token = secrets.token_hex(8)  # this engine's part of every decision id
         self._requests = itertools.count()
@@ -187,7 +213,7 @@ class ScoringEngine:
             self.writer.sync,
             self.feedback_desk.sync,
             self._reload_snapshot,
-            self.history.refresh,
+            self.store.refresh,
             self.feedback_desk.refresh,
         )
         for step in steps:
@@ -207,6 +233,7 @@ class ScoringEngine:
             self._watcher.join(timeout=5)
         self.writer.close()
         self.feedback_desk.close()
+        self.store.close()
 
     def _prior(self) -> float:
         """Population churn prior for cold starts: mean model output over the latest snapshot."""
@@ -257,23 +284,41 @@ class ScoringEngine:
         if inline:  # only then: building the inline structures costs a 1-row request ~0.1 ms
             inline_frame, quarantined = self._inline(inline, as_of or now, snapshot)
             inline_pos = {uid: i for i, uid in enumerate(inline_frame.get(s.USER_ID, []))}
+        stored = self._stored([u.user_id for u in users if not u.events], as_of)
+        stored_where = iter(stored.where if stored is not None else ())
         snap_rows: list[int] = []
         where: list[tuple[str, int] | None] = []
         for user in users:
             if user.events:
                 pos = inline_pos.get(user.user_id)
                 where.append((INLINE, pos) if pos is not None else None)
+                continue
+            row = next(stored_where) if stored is not None else snapshot.lookup(user.user_id, as_of)
+            if stored is not None:
+                where.append(None if row is None else (SNAPSHOT, row))
+            elif row is None:
+                where.append(None)
             else:
-                row = snapshot.lookup(user.user_id, as_of)
-                if row is None:
-                    where.append(None)
-                else:
-                    where.append((SNAPSHOT, len(snap_rows)))
-                    snap_rows.append(row)
-        frames = {SNAPSHOT: snapshot.frame.iloc[snap_rows].reset_index(drop=True)}
+                where.append((SNAPSHOT, len(snap_rows)))
+                snap_rows.append(row)
+        frames = {
+            SNAPSHOT: stored.frame
+            if stored is not None
+            else snapshot.frame.iloc[snap_rows].reset_index(drop=True)
+        }
         if inline_frame is not None:
             frames[INLINE] = inline_frame.reset_index(drop=True)
         return FeatureRows(frames, where, quarantined)
+
+    def _stored(self, user_ids: Sequence[str], as_of: datetime | None) -> StoredRows | None:
+        """Feature rows from the online store (``serve.online_features``); None: use the snapshot
+        file (also while the store is unreachable, so risk and reasons are still answered)."""
+        if not (user_ids and self.config.serve.online_features):
+            return None
+        try:
+            return self.store.feature_rows(user_ids, as_of)
+        except StoreUnavailable:
+            return None
 
     def _inline(
         self, users: Sequence[UserIn], as_of: datetime, snapshot: FeatureSnapshot
@@ -344,21 +389,74 @@ class ScoringEngine:
         Each user's recent messages (decision log, exposures table, this process's decisions) go
         to the policy as ``history``, so cooldowns and the contact cap hold across requests. The
         decision time is the request's ``as_of``, else now; a contact counts when it is strictly
-        earlier, so repeating a request with the same ``as_of`` repeats its answer.
+        earlier, so repeating a request with the same ``as_of`` repeats its answer. Without an
+        ``as_of`` "now" is read once the users' contacts are read, and every contact already
+        recorded counts (one recorded a moment "later" by a replica whose clock runs ahead too).
         """
         now = self.clock()
         self.check_size(request.users)
         self.check_time(request.as_of, now)
-        decided_at = request.as_of or now
         user_ids = [u.user_id for u in request.users]
         with self._claim(user_ids):
             rows = self._features(request.users, request.as_of, now)
-            answers = self._answers(request, rows, decided_at)
+            answers, decided_at = self._decide(request, rows)
             self.log(answers, decided_at)
             self.feedback_desk.decided([a.decision_id for a in answers], decided_at)
-            for answer in answers:
-                self.history.record(answer.user_id, decided_at, answer.message.message_id, answer.decision_id)
         return ScoreResponse.model_construct(users=answers)
+
+    def _decide(self, request: ScoreRequest, rows: FeatureRows) -> tuple[list[UserScore], datetime]:
+        """Read the users' contacts, decide with the policy and record the decisions, as one step.
+
+        When other replicas record contacts for the same users meanwhile, decide again on what they
+        recorded. When the store is unreachable or slow, or stays contended, the answers keep risk,
+        reasons and the message the policy would send (``intended_message_id``) but send nothing
+        (``none``, ``withheld`` says why): a cap is never at risk.
+        """
+        user_ids = [u.user_id for u in request.users]
+        reason = BUSY
+        for _ in range(CONFLICT_TRIES):
+            try:
+                with self.store.reserve(user_ids) as contacts:
+                    decided_at = request.as_of or self.clock()
+                    answers = self._answers(request, rows, decided_at, contacts)
+                    for answer in answers:
+                        contacts.record(
+                            answer.user_id, decided_at, answer.message.message_id, answer.decision_id
+                        )
+                return answers, decided_at
+            except ContactConflict:
+                continue
+            except StoreUnavailable:
+                reason = UNAVAILABLE
+                break
+        decided_at = request.as_of or self.clock()
+        answers = self._answers(request, rows, decided_at, None)
+        return [self._withhold(answer, reason) for answer in answers], decided_at
+
+    def _withhold(self, answer: UserScore, reason: str) -> UserScore:
+        """The answer with nothing to send: ``none`` (propensity 1), the policy's pick kept as intended."""
+        chosen = answer.message
+        answer.message = ChosenMessage(
+            message_id=s.CONTROL_ARM,
+            channel=self.models.catalog.channel(s.CONTROL_ARM),
+            text=None,
+            expected_gain=0.0,
+            propensity=1.0,
+            holdout=chosen.holdout,
+            intended_message_id=chosen.intended_message_id,
+            withheld=reason,
+        )
+        return answer
+
+    def not_ready(self) -> str | None:
+        """Why ``/readyz`` should say no (online store down, no feature rows), or None."""
+        problem = self.store.problem()
+        if problem is not None:
+            return problem
+        users = len(self.snapshots.current().spans)
+        if self.config.serve.online_features and self.store.features_loaded:
+            users = max(users, 1)
+        return readiness_problem(self.config, users)
 
     @contextmanager
     def _claim(self, user_ids: Sequence[str]) -> Iterator[None]:
@@ -379,14 +477,19 @@ class ScoringEngine:
                 self._busy -= wanted
                 self._busy_cond.notify_all()
 
-    def _answers(self, request: ScoreRequest, rows: FeatureRows, decided_at: datetime) -> list[UserScore]:
+    def _answers(
+        self, request: ScoreRequest, rows: FeatureRows, decided_at: datetime, contacts: Contacts | None
+    ) -> list[UserScore]:
         nonce = self._nonce()
         columns: dict[str, dict[str, list[Any]]] = {}
         for source, frame in rows.frames.items():
             if len(frame):
                 # scoring judges cooldowns at the latest as_of of the frame: the policy's clock
                 policy_time = pd.Timestamp(utc_values(frame[s.AS_OF]).max(), tz="UTC")
-                history = self.history.frame(frame[s.USER_ID].astype(str).tolist(), decided_at, policy_time)
+                users = frame[s.USER_ID].astype(str).tolist()
+                history = None if contacts is None else contacts.frame(users, decided_at, policy_time)
+                if history is not None and request.as_of is None:
+                    history = _recorded(history, policy_time)
                 scored = score_columns(
                     frame,
                     self.models,
@@ -493,6 +596,16 @@ class ScoringEngine:
             cold_start=False,
             quarantined_events=quarantined.get(request.user_id, {}),
         )
+
+
+def _recorded(history: pd.DataFrame, policy_time: pd.Timestamp) -> pd.DataFrame:
+    """Live decisions count every contact already recorded: one dated after the decision time (a
+    replica whose clock runs ahead, by at most ``serve.max_future_minutes``) is taken as just before."""
+    latest = policy_time - pd.Timedelta(microseconds=1)
+    ts = history[s.TS]
+    if (ts > latest).any():
+        history = history.assign(**{s.TS: ts.where(ts <= latest, latest)})
+    return history
 
 
 def _scalar(value: Any) -> float | str | None:

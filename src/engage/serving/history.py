@@ -10,10 +10,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import pandas as pd
 
 from engage import schemas as s
+from engage.online.base import contacts_frame
 from engage.scoring.decision_log import Clock, LogTail, utc_now
 
 __all__ = ["NONE_MARK", "ContactHistory"]
@@ -220,26 +220,5 @@ class ContactHistory:
     def frame(
         self, user_ids: Sequence[str], decided_at: datetime, policy_time: pd.Timestamp
     ) -> pd.DataFrame | None:
-        """The users' contacts before ``decided_at``, on the policy's clock; None when there are none.
-
-        Scoring judges cooldowns and caps at ``policy_time`` (the feature rows' as_of), while the
-        decision is made at ``decided_at`` (the request's as_of, else now). Each contact is moved
-        by the difference, so its age at ``policy_time`` is its true age at ``decided_at``.
-        """
-        shift = pd.Timestamp(decided_at).as_unit("ns").value - pd.Timestamp(policy_time).as_unit("ns").value
-        rows = [
-            (user_id, stamp - shift, message_id)
-            for user_id in dict.fromkeys(user_ids)
-            for stamp, message_id in self.entries(user_id)
-        ]
-        if not rows:
-            return None
-        users, stamps, messages = zip(*rows, strict=True)
-        ts = pd.DatetimeIndex(np.asarray(stamps, dtype="int64").view("M8[ns]")).tz_localize("UTC")
-        return pd.DataFrame(
-            {
-                s.USER_ID: np.array(users, dtype=object),
-                s.TS: ts,
-                s.MESSAGE_ID: np.array(messages, dtype=object),
-            }
-        )
+        """The users' contacts on the policy's clock (:func:`engage.online.base.contacts_frame`)."""
+        return contacts_frame({u: self.entries(u) for u in dict.fromkeys(user_ids)}, decided_at, policy_time)

@@ -239,6 +239,11 @@ class ChosenMessage(BaseModel):
         description="The message the policy picks before the holdout: for a holdout user the one it "
         "would have sent, otherwise message_id"
     )
+    withheld: str | None = Field(
+        None,
+        description="Why nothing is sent although the policy picked intended_message_id (e.g. "
+        "'contact store unavailable'); null when message_id is the policy's choice",
+    )
 
 
 class UserScore(BaseModel):

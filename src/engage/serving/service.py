@@ -66,7 +66,6 @@ from engage.serving.settings import (
     ENV_MODEL_SOURCE,
     exposures_path,
     model_source,
-    readiness_problem,
     service_config,
 )
 from engage.tracking import CHAMPION
@@ -354,11 +353,11 @@ class EngageService:
         _WORKER["service"] = self
 
     def not_ready(self) -> str | None:
-        """Why this worker is not ready (no feature snapshot loaded yet), or None."""
-        return readiness_problem(self.engine.config, len(self.engine.snapshots.current().spans))
+        """Why this worker is not ready (no feature snapshot loaded yet, online store down), or None."""
+        return self.engine.not_ready()
 
     def __is_ready__(self) -> bool:
-        """BentoML's readiness hook (``/readyz``): the models are loaded, and the snapshot unless optional."""
+        """BentoML's readiness hook (``/readyz``): models loaded, snapshot unless optional, store up."""
         return self.not_ready() is None
 
     @bentoml.on_shutdown

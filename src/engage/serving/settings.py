@@ -1,7 +1,8 @@
 """The service's settings: environment variables read once, when the service starts (never at import).
 
 ``ENGAGE_CONFIG`` (YAML, else the packaged defaults), ``ENGAGE_FEATURE_SNAPSHOT``,
-``ENGAGE_DECISION_LOG`` and ``ENGAGE_FEEDBACK_LOG`` (override the config's ``serve`` paths),
+``ENGAGE_DECISION_LOG``, ``ENGAGE_FEEDBACK_LOG`` and ``ENGAGE_ONLINE_STORE`` (override the config's
+``serve`` paths and its online store: ``local`` or ``redis://...``),
 ``ENGAGE_MODEL_SOURCE`` (``bento`` or ``mlflow``), ``ENGAGE_API_TOKEN`` (bearer token; unset = no
 auth) and ``ENGAGE_EXPOSURES`` (an optional campaign exposures table: past messages for cooldowns
 and caps). ``engage serve`` sets them
@@ -23,6 +24,7 @@ __all__ = [
     "ENV_EXPOSURES",
     "ENV_FEEDBACK_LOG",
     "ENV_MODEL_SOURCE",
+    "ENV_ONLINE_STORE",
     "ENV_SNAPSHOT",
     "ENV_TOKEN",
     "InsecureBind",
@@ -42,6 +44,7 @@ ENV_FEEDBACK_LOG = "ENGAGE_FEEDBACK_LOG"
 ENV_MODEL_SOURCE = "ENGAGE_MODEL_SOURCE"
 ENV_TOKEN = "ENGAGE_API_TOKEN"
 ENV_EXPOSURES = "ENGAGE_EXPOSURES"
+ENV_ONLINE_STORE = "ENGAGE_ONLINE_STORE"
 
 
 def service_config() -> EngageConfig:
@@ -54,6 +57,8 @@ def service_config() -> EngageConfig:
         overrides["decision_log_dir"] = os.environ[ENV_DECISION_LOG]
     if os.environ.get(ENV_FEEDBACK_LOG):
         overrides["feedback_log_dir"] = os.environ[ENV_FEEDBACK_LOG]
+    if os.environ.get(ENV_ONLINE_STORE):
+        overrides["online_store"] = os.environ[ENV_ONLINE_STORE]
     if overrides:
         config = config.model_copy(update={"serve": config.serve.model_copy(update=overrides)})
     return config

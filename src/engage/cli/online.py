@@ -1,0 +1,107 @@
+"""``engage online``: the shared online store (Redis) behind several replicas of the service.
+
+``rebuild`` writes the store's contacts, decisions and feedback keys again from the decision and
+feedback logs (the durable record); ``load`` writes the latest feature row per user of a snapshot
+(pipelined batches, with a TTL) for ``/score`` to read (``serve.online_features``).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from engage.cli.common import ConfigOpt, SetOpt, build_config, check_paths, fail, file_errors, out
+
+__all__ = ["load", "rebuild"]
+
+StoreOpt = Annotated[
+    str | None,
+    typer.Option("--online-store", help="redis://host:port/db (default: serve.online_store)."),
+]
+
+
+def _store_url(store: str | None, configured: str) -> str:
+    url = store or configured
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise fail(f"--online-store: a redis:// URL is needed (serve.online_store is {configured!r})")
+    return url
+
+
+@file_errors
+def rebuild(
+    store: StoreOpt = None,
+    decisions: Annotated[
+        Path | None, typer.Option(help="Decision log folder (default: serve.decision_log_dir).")
+    ] = None,
+    feedback_log: Annotated[
+        Path | None, typer.Option(help="Feedback log folder (default: serve.feedback_log_dir).")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Rebuild the store's contacts, decisions and feedback keys from the logs (features stay)."""
+    cfg = build_config(config, set_)
+    url = _store_url(store, cfg.serve.online_store)
+    decisions = decisions or Path(cfg.serve.decision_log_dir)
+    feedback_log = feedback_log or Path(cfg.serve.feedback_log_dir)
+    check_paths(folders={"--decisions": decisions, "--feedback-log": feedback_log})
+    import pandas as pd
+
+    from engage.offers.catalog import load_catalog
+    from engage.online.base import StoreUnavailable
+    from engage.online.redis import open_store
+    from engage.online.redis import rebuild as rebuild_store
+    from engage.scoring.decision_log import read_decisions, utc_now
+    from engage.scoring.feedback import read_feedback
+
+    catalog = load_catalog(cfg.offers.catalog_path)
+    logged, skipped = read_decisions(decisions)
+    reports, _ = read_feedback(feedback_log)
+    cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"online_store": url})})
+    try:
+        target = open_store(cfg, retention=pd.Timedelta(days=catalog.history_days))
+        if target.problem():
+            raise fail(f"--online-store {url}: {target.problem()}")
+        counts = rebuild_store(target, logged, reports, utc_now())
+    except StoreUnavailable as exc:
+        raise fail(f"--online-store {url}: {exc}") from exc
+    out.print(
+        f"rebuilt {url}: {counts['decisions']:,} decisions ({skipped:,} log lines skipped), "
+        f"{counts['feedback']:,} feedback reports, {counts['removed_keys']:,} old keys removed"
+    )
+
+
+@file_errors
+def load(
+    snapshot: Annotated[Path, typer.Option(help="Feature snapshot (Parquet file or folder).")],
+    store: StoreOpt = None,
+    ttl_days: Annotated[
+        float | None, typer.Option(help="Row lifetime in days (default: serve.online_feature_ttl_days).")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Load each user's latest feature row of a snapshot into the store (pipelined, with a TTL)."""
+    cfg = build_config(config, set_)
+    url = _store_url(store, cfg.serve.online_store)
+    check_paths(read={"--snapshot": snapshot})
+    import pandas as pd
+
+    from engage.online.base import StoreUnavailable
+    from engage.online.redis import load_features
+
+    frame = pd.read_parquet(snapshot)
+    ttl = pd.Timedelta(days=ttl_days if ttl_days is not None else cfg.serve.online_feature_ttl_days)
+    started = time.perf_counter()
+    try:
+        rows = load_features(url, frame, ttl, prefix=cfg.serve.online_prefix)
+    except StoreUnavailable as exc:
+        raise fail(f"--online-store {exc}") from exc
+    seconds = time.perf_counter() - started
+    out.print(
+        f"loaded {rows:,} feature rows into {url} in {seconds:.1f} s "
+        f"({rows / max(seconds, 1e-9):,.0f} rows/s)"
+    )

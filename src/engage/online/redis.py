@@ -1,0 +1,433 @@
+"""The Redis online store: contacts, decisions, feedback keys and feature rows shared by replicas.
+
+Keys (all under ``serve.online_prefix``):
+
+- ``c:<user>``: the user's recent contacts, a sorted set (score: decision time in microseconds;
+  member ``<ns>|<message_id>|<decision_id>``), trimmed to the catalog's history window on each write.
+- ``d:<decision_id>``: a decision feedback may name (JSON: time, user, message, sent), kept for
+  ``serve.feedback_max_age_days``; with ``policy.cap_counts: sent`` a ``sent`` report moves it into
+  ``c:<user>`` (one Lua script, so a report counts once).
+- ``fb:<feedback_id>``: a feedback report already taken (``SET NX``), kept as long.
+- ``f:<user>`` and ``fs:<digest>``: the latest feature row per user (JSON values, with a TTL) and the
+  column names and dtypes of the load that wrote it.
+
+Check-and-record is optimistic: :meth:`RedisStore.reserve` WATCHes the users' contact keys, reads
+them, lets the caller decide with the one policy, and records in MULTI/EXEC; a contact another
+replica recorded in between aborts the EXEC (:class:`ContactConflict`: decide again). Every call has
+``serve.online_timeout_ms``; a failure marks the store down for ``RETRY_SECONDS`` (requests do not
+wait on a dead server) and the watcher's ping brings it back. The only module that imports redis.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import redis
+from redis.exceptions import RedisError, WatchError
+
+from engage import schemas as s
+from engage.config import EngageConfig
+from engage.online.base import ContactConflict, Entry, StoredRows, StoreUnavailable, contacts_frame, ns
+
+__all__ = [
+    "RETRY_SECONDS",
+    "RedisStore",
+    "connect",
+    "latest_rows",
+    "load_features",
+    "open_store",
+    "rebuild",
+]
+
+logger = logging.getLogger(__name__)
+
+RETRY_SECONDS = 1.0
+"""After a failure, requests skip the store this long (the watcher's ping may bring it back sooner)."""
+LOAD_BATCH = 10_000
+_READ = "local out = {} for i, k in ipairs(KEYS) do out[i] = redis.call('ZRANGE', k, 0, -1) end return out"
+# KEYS: d:<id>; ARGV: contact key prefix, contact TTL seconds. 1 when the decision became a contact.
+_MARK_SENT = """
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local d = cjson.decode(v)
+if d.s == 1 then return 0 end
+d.s = 1
+redis.call('SET', KEYS[1], cjson.encode(d), 'KEEPTTL')
+if d.m == 'none' then return 0 end
+local key = ARGV[1] .. d.u
+redis.call('ZADD', key, math.floor(tonumber(d.t) / 1000), d.t .. '|' .. d.m .. '|' .. d.i)
+redis.call('EXPIRE', key, ARGV[2])
+return 1
+"""
+
+
+def connect(url: str, timeout_ms: float) -> redis.Redis:
+    """A client for ``url`` whose every call (connect included) gives up after ``timeout_ms``."""
+    seconds = timeout_ms / 1000.0
+    return redis.Redis.from_url(url, socket_timeout=seconds, socket_connect_timeout=seconds)
+
+
+def _member(stamp: int, message_id: str, decision_id: str) -> str:
+    return f"{stamp}|{message_id}|{decision_id}"
+
+
+def _entry(member: Any) -> Entry:
+    text = member.decode() if isinstance(member, bytes) else str(member)
+    stamp, message_id, _ = text.split("|", 2)
+    return int(stamp), message_id
+
+
+class _Contacts:
+    """The reserved users' contacts as read under WATCH, and the decisions to record at EXEC."""
+
+    def __init__(self, entries: dict[str, list[Entry]]) -> None:
+        self.entries = entries
+        self.decisions: list[tuple[str, int, str, str]] = []
+
+    def frame(
+        self, user_ids: Sequence[str], decided_at: datetime, policy_time: pd.Timestamp
+    ) -> pd.DataFrame | None:
+        wanted = {u: self.entries.get(u, []) for u in dict.fromkeys(user_ids)}
+        return contacts_frame(wanted, decided_at, policy_time)
+
+    def record(self, user_id: str, decided_at: datetime, message_id: str, decision_id: str) -> None:
+        self.decisions.append((user_id, ns(decided_at), message_id, decision_id))
+
+
+class RedisStore:
+    """The online store in Redis (thread-safe: the client pools connections). See the module doc."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "engage:",
+        timeout_ms: float = 50.0,
+        retention: pd.Timedelta = pd.Timedelta(days=30),
+        decision_ttl: pd.Timedelta = pd.Timedelta(days=30),
+        count: Literal["decisions", "sent"] = "decisions",
+    ) -> None:
+        self.name = url
+        self.prefix = prefix
+        self.client = connect(url, timeout_ms)
+        self.retention_ns = ns(pd.Timestamp(0) + pd.Timedelta(retention))
+        self.contact_ttl = max(1, int(pd.Timedelta(retention).total_seconds()) + 86_400)
+        self.decision_ttl = max(1, int(pd.Timedelta(decision_ttl).total_seconds()))
+        self.count_sent = count == "sent"
+        self._mark = self.client.register_script(_MARK_SENT)
+        self._down_until = 0.0
+        self._problem: str | None = None
+        self._schemas: dict[str, tuple[list[str], list[str]]] = {}
+        self._lock = threading.Lock()
+        self.features_loaded = False
+        self.refresh()
+
+    # --- availability -------------------------------------------------------------------------
+    @contextmanager
+    def _calls(self) -> Iterator[None]:
+        """Redis calls: skipped while marked down; a failure marks the store down and raises."""
+        if time.monotonic() < self._down_until:
+            raise StoreUnavailable(self._problem or "contact store unavailable")
+        try:
+            yield
+        except RedisError as exc:
+            if isinstance(exc, WatchError):
+                raise
+            self._down(exc)
+            raise StoreUnavailable(f"{self.name}: {type(exc).__name__}") from None
+
+    def _down(self, exc: BaseException) -> None:
+        with self._lock:
+            if self._problem is None:
+                logger.warning("online store %s unavailable: %s", self.name, type(exc).__name__)
+            self._problem = f"online store {self.name} unavailable ({type(exc).__name__})"
+            self._down_until = time.monotonic() + RETRY_SECONDS
+
+    def problem(self) -> str | None:
+        return self._problem
+
+    def refresh(self) -> None:
+        """Ping the server (the watcher's tick): the store is back as soon as it answers."""
+        try:
+            self.client.ping()
+            self.features_loaded = bool(self.client.exists(self._key("fs:current")))
+        except RedisError as exc:
+            self._down(exc)
+            return
+        with self._lock:
+            if self._problem is not None:
+                logger.info("online store %s available again", self.name)
+            self._problem = None
+            self._down_until = 0.0
+
+    def close(self) -> None:
+        self.client.close()
+
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    # --- contacts -----------------------------------------------------------------------------
+    @contextmanager
+    def reserve(self, user_ids: Sequence[str]) -> Iterator[_Contacts]:
+        users = list(dict.fromkeys(user_ids))
+        keys = [self._key(f"c:{u}") for u in users]
+        with self._calls(), self.client.pipeline(transaction=True) as pipe:
+            pipe.watch(*keys)
+            found = pipe.eval(_READ, len(keys), *keys)  # one round trip (a registered script adds one)
+            contacts = _Contacts({u: [_entry(m) for m in got] for u, got in zip(users, found, strict=True)})
+            yield contacts
+            pipe.multi()
+            self._queue(pipe, contacts.decisions)
+            try:
+                pipe.execute()
+            except WatchError:
+                raise ContactConflict("a user's contacts changed while deciding") from None
+
+    def _queue(self, pipe: Any, decisions: Sequence[tuple[str, int, str, str]]) -> None:
+        """The writes of new decisions: a contact each (unless ``none`` or waiting for ``sent``)."""
+        touched: dict[str, int] = {}
+        for user_id, stamp, message_id, decision_id in decisions:
+            counted = message_id != s.CONTROL_ARM and not self.count_sent
+            record = {"t": str(stamp), "u": user_id, "m": message_id, "i": decision_id, "s": 0}
+            pipe.set(self._key(f"d:{decision_id}"), json.dumps(record), ex=self.decision_ttl)
+            if counted:
+                key = self._key(f"c:{user_id}")
+                pipe.zadd(key, {_member(stamp, message_id, decision_id): stamp // 1000})
+                touched[key] = max(touched.get(key, stamp), stamp)
+        for key, newest in touched.items():
+            pipe.zremrangebyscore(key, "-inf", f"({(newest - self.retention_ns) // 1000}")
+            pipe.expire(key, self.contact_ttl)
+
+    def record_decisions(
+        self, decisions: Sequence[tuple[str, int, str, str]], batch: int = LOAD_BATCH
+    ) -> None:
+        """Write logged decisions (user, time ns, message, id) without a check (``engage online rebuild``)."""
+        with self._calls():
+            for start in range(0, len(decisions), batch):
+                with self.client.pipeline(transaction=False) as pipe:
+                    self._queue(pipe, decisions[start : start + batch])
+                    pipe.execute()
+
+    def entries(self, user_id: str) -> list[Entry]:
+        """The user's contacts as stored (time ns, message id), oldest first."""
+        with self._calls():
+            return [_entry(m) for m in self.client.zrange(self._key(f"c:{user_id}"), 0, -1)]
+
+    def mark_sent(self, decision_id: str, sent_at: datetime | str) -> None:
+        """A ``sent`` report (``policy.cap_counts: sent``): the decision becomes a contact, once."""
+        if not self.count_sent:
+            return
+        with self._calls():
+            self._mark(keys=[self._key(f"d:{decision_id}")], args=[self._key("c:"), self.contact_ttl])
+
+    def decision_time(self, decision_id: str) -> int | None:
+        with self._calls():
+            raw = self.client.get(self._key(f"d:{decision_id}"))
+        return None if raw is None else int(json.loads(raw)["t"]) // 1000
+
+    # --- feedback -----------------------------------------------------------------------------
+    def claim_feedback(self, feedback_id: str, ttl_seconds: int) -> bool:
+        with self._calls():
+            return bool(self.client.set(self._key(f"fb:{feedback_id}"), 1, nx=True, ex=max(1, ttl_seconds)))
+
+    # --- features -----------------------------------------------------------------------------
+    def feature_rows(self, user_ids: Sequence[str], as_of: datetime | None) -> StoredRows:
+        """The users' feature rows (None where absent, or dated after ``as_of``)."""
+        keys = [self._key(f"f:{u}") for u in user_ids]
+        with self._calls():
+            raw = self.client.mget(keys) if keys else []
+            rows = _decode(raw, self._schema)
+        if as_of is not None and len(rows.frame):
+            late = rows.frame[s.AS_OF] > pd.Timestamp(as_of)
+            if late.any():
+                rows = rows.without(np.flatnonzero(late.to_numpy()))
+        return rows
+
+    def _schema(self, digest: str) -> tuple[list[str], list[str]]:
+        cached = self._schemas.get(digest)
+        if cached is None:
+            raw = self.client.get(self._key(f"fs:{digest}"))
+            if raw is None:
+                raise StoreUnavailable(f"feature schema {digest} missing from {self.name}")
+            got = json.loads(raw)
+            cached = self._schemas[digest] = (list(got["columns"]), list(got["dtypes"]))
+        return cached
+
+
+def _decode(raw: Sequence[Any], schema: Any) -> StoredRows:
+    """Rows read with MGET (JSON: schema digest, then values) as one typed frame."""
+    values: dict[str, list[list[Any]]] = {}
+    where_digest: list[tuple[str, int] | None] = []
+    for item in raw:
+        if item is None:
+            where_digest.append(None)
+            continue
+        digest, *row = json.loads(item)
+        group = values.setdefault(digest, [])
+        where_digest.append((digest, len(group)))
+        group.append(row)
+    frames, offsets, total = [], {}, 0
+    for digest, rows in values.items():
+        columns, dtypes = schema(digest)
+        frames.append(_typed(pd.DataFrame(rows, columns=columns), dtypes))
+        offsets[digest] = total
+        total += len(rows)
+    frame = (
+        pd.concat(frames, ignore_index=True) if len(frames) > 1 else (frames[0] if frames else pd.DataFrame())
+    )
+    where = [None if w is None else offsets[w[0]] + w[1] for w in where_digest]
+    return StoredRows(frame, where)
+
+
+def _typed(frame: pd.DataFrame, dtypes: Sequence[str]) -> pd.DataFrame:
+    """The decoded values with the loaded frame's dtypes (times travel as ns since the epoch)."""
+    out = {}
+    for name, dtype in zip(frame.columns, dtypes, strict=True):
+        column = frame[name]
+        if dtype.startswith("datetime64"):
+            stamps = pd.to_datetime(column.astype("float64").astype("Int64"), unit="ns", utc=True)
+            zone = dtype.partition(", ")[2].rstrip("]")
+            out[name] = stamps.dt.tz_convert(zone) if zone else stamps.dt.tz_localize(None)
+            out[name] = out[name].astype(dtype)
+        else:
+            out[name] = column.astype(dtype)
+    return pd.DataFrame(out, columns=frame.columns)
+
+
+def _encodable(column: pd.Series) -> list[Any]:
+    """A column as JSON values: times as ns since the epoch, missing values as null."""
+    if isinstance(column.dtype, pd.DatetimeTZDtype) or column.dtype.kind == "M":
+        stamps = column.dt.tz_convert("UTC") if isinstance(column.dtype, pd.DatetimeTZDtype) else column
+        values = stamps.dt.as_unit("ns").astype("int64").tolist()
+        return [None if missing else v for v, missing in zip(values, column.isna().tolist(), strict=True)]
+    if column.dtype.kind == "f":
+        return column.astype(object).where(column.notna(), None).tolist()
+    return column.astype(object).where(column.notna(), None).tolist()
+
+
+def latest_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per user: the latest ``as_of`` (what ``/score`` answers from)."""
+    ordered = frame.assign(**{s.USER_ID: frame[s.USER_ID].astype(str)}).sort_values(
+        [s.USER_ID, s.AS_OF], kind="stable"
+    )
+    return ordered.drop_duplicates(s.USER_ID, keep="last").reset_index(drop=True)
+
+
+def load_features(
+    url: str,
+    frame: pd.DataFrame,
+    ttl: pd.Timedelta,
+    *,
+    prefix: str = "engage:",
+    timeout_ms: float = 5_000.0,
+    batch: int = LOAD_BATCH,
+) -> int:
+    """Write each user's latest feature row into the store at ``url`` (pipelined, with ``ttl``).
+
+    Returns the rows written. The column names and dtypes go once under ``fs:<digest>``; every
+    row names its digest, so rows of an older load stay readable until they are replaced or expire.
+    :class:`StoreUnavailable` when the server does not answer within ``timeout_ms``.
+    """
+    rows = latest_rows(frame)
+    columns = [str(c) for c in rows.columns]
+    dtypes = [str(t) for t in rows.dtypes]
+    schema = json.dumps({"columns": columns, "dtypes": dtypes})
+    digest = hashlib.sha256(schema.encode()).hexdigest()[:16]
+    seconds = max(1, int(pd.Timedelta(ttl).total_seconds()))
+    client = connect(url, timeout_ms)
+    try:
+        _write_rows(client, rows, prefix, digest, schema, seconds, batch)
+    except RedisError as exc:
+        raise StoreUnavailable(f"{url}: {type(exc).__name__}: {exc}") from None
+    finally:
+        client.close()
+    return len(rows)
+
+
+def _write_rows(
+    client: redis.Redis, rows: pd.DataFrame, prefix: str, digest: str, schema: str, seconds: int, batch: int
+) -> None:
+    """Schema first, rows in pipelined batches, then ``fs:current`` (what readiness looks for)."""
+    client.set(f"{prefix}fs:{digest}", schema)
+    users = rows[s.USER_ID].tolist()
+    for start in range(0, len(rows), batch):
+        part = rows.iloc[start : start + batch]
+        encoded = [_encodable(part[c]) for c in part.columns]
+        with client.pipeline(transaction=False) as pipe:
+            for i, values in enumerate(zip(*encoded, strict=True)):
+                pipe.set(f"{prefix}f:{users[start + i]}", json.dumps([digest, *values]), ex=seconds)
+            pipe.execute()
+    client.set(f"{prefix}fs:current", digest)
+
+
+def open_store(config: EngageConfig, *, retention: pd.Timedelta) -> RedisStore:
+    """The Redis store ``serve.online_store`` names, with the serve settings (ValueError: not a URL)."""
+    serve = config.serve
+    if not serve.online_store.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"serve.online_store: 'local' or a redis:// URL, got {serve.online_store!r}")
+    return RedisStore(
+        serve.online_store,
+        prefix=serve.online_prefix,
+        timeout_ms=serve.online_timeout_ms,
+        retention=retention,
+        decision_ttl=pd.Timedelta(days=serve.feedback_max_age_days),
+        count=config.policy.cap_counts,
+    )
+
+
+def rebuild(
+    store: RedisStore, decisions: pd.DataFrame, feedback: pd.DataFrame, now: datetime
+) -> dict[str, int]:
+    """Rebuild the store's contacts, decisions and feedback keys from the logs (the durable record).
+
+    Clears the ``c:``, ``d:`` and ``fb:`` keys under the store's prefix (feature rows stay), then
+    writes the decisions made within the history window or the feedback age of ``now``, and takes
+    the accepted feedback reports (a ``sent`` one counts its decision with ``cap_counts: sent``).
+    """
+    horizon = ns(now) - max(store.retention_ns, store.decision_ttl * 1_000_000_000)
+    removed = 0
+    with store._calls():
+        for pattern in ("c:*", "d:*", "fb:*"):
+            batch: list[bytes] = []
+            for key in store.client.scan_iter(match=store._key(pattern), count=LOAD_BATCH):
+                batch.append(key)
+                if len(batch) >= LOAD_BATCH:
+                    removed += int(store.client.unlink(*batch))
+                    batch = []
+            if batch:
+                removed += int(store.client.unlink(*batch))
+    stamps = [ns(datetime.fromisoformat(str(t))) for t in decisions["decided_at"]]
+    rows = [
+        (str(u), stamp, str(m), str(d))
+        for u, stamp, m, d in zip(
+            decisions[s.USER_ID], stamps, decisions[s.MESSAGE_ID], decisions["decision_id"], strict=True
+        )
+        if stamp >= horizon
+    ]
+    rows.sort(key=lambda row: row[1])
+    store.record_decisions(rows)
+    ttl = store.decision_ttl
+    with store._calls():
+        for start in range(0, len(feedback), LOAD_BATCH):
+            part = feedback.iloc[start : start + LOAD_BATCH]
+            with store.client.pipeline(transaction=False) as pipe:
+                for fid, decision_id, event in zip(
+                    part["feedback_id"], part["decision_id"], part["event"], strict=True
+                ):
+                    pipe.set(store._key(f"fb:{fid}"), 1, ex=ttl)
+                    if event == "sent" and store.count_sent:
+                        pipe.eval(
+                            _MARK_SENT, 1, store._key(f"d:{decision_id}"), store._key("c:"), store.contact_ttl
+                        )
+                pipe.execute()
+    return {"removed_keys": removed, "decisions": len(rows), "feedback": len(feedback)}

@@ -1,0 +1,294 @@
+"""The Redis online store with real servers: the shared one (own key prefix per test) and a
+test-owned ``redis-server`` that is stopped and started again (the shared one keeps running).
+
+Two engines with their own decision logs stand for two replicas on two hosts: they share only Redis.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from engage import schemas as s
+from engage.config import EngageConfig
+from engage.online.base import UNAVAILABLE
+from engage.online.redis import RETRY_SECONDS, latest_rows, load_features, open_store, rebuild
+from engage.scoring.core import ScoringModels
+from engage.scoring.decision_log import read_decisions
+from engage.scoring.feedback import read_feedback
+from engage.serving.engine import ScoringEngine
+from engage.serving.schemas import ScoreRequest
+from tests.conftest import service_missing
+from tests.integration.conftest import free_port
+from tests.unit.test_serving_feedback import (  # noqa: F401 (models: the fixture, used by name)
+    CAT,
+    NOW,
+    RankedGains,
+    _config,
+    _features,
+    _report,
+    models,
+)
+
+pytestmark = pytest.mark.integration
+
+USERS = [f"u{i}" for i in range(6)]
+
+
+@pytest.fixture
+def sender(request: pytest.FixtureRequest) -> ScoringModels:
+    """Models whose policy always wants to send (every message gains): only caps and cooldowns stop it."""
+    base: ScoringModels = request.getfixturevalue("models")
+    return ScoringModels(churn=base.churn, catalog=CAT, offers=RankedGains(), versions=base.versions)
+
+
+def _replica(tmp_path: Path, name: str, url: str, prefix: str, **overrides: object) -> EngageConfig:
+    folder = tmp_path / name
+    folder.mkdir()
+    return _config(
+        folder,
+        **{
+            "serve.online_store": url,
+            "serve.online_prefix": prefix,
+            "serve.online_timeout_ms": 500,
+            **overrides,
+        },
+    )
+
+
+def _request(users: list[str]) -> ScoreRequest:
+    return ScoreRequest.model_validate({"users": [{"user_id": u} for u in users], "explain": False})
+
+
+def check_contacts(log: pd.DataFrame, cap: int) -> None:
+    """Every user within the 7-day cap and every message's cooldown, judged on the decision log."""
+    sent = log[log[s.MESSAGE_ID] != s.CONTROL_ARM].copy()
+    sent["at"] = pd.to_datetime(sent["decided_at"], utc=True)
+    for user, rows in sent.groupby(s.USER_ID):
+        times = rows["at"].sort_values().tolist()
+        for i, start in enumerate(times):
+            within = sum(start <= t < start + timedelta(days=7) for t in times[i:])
+            assert within <= cap, f"{user}: {within} messages within 7 days (cap {cap})"
+        for message_id, same in rows.groupby(s.MESSAGE_ID):
+            cooldown = CAT.get(str(message_id)).cooldown_days  # type: ignore[union-attr]
+            gaps = same["at"].sort_values().diff().dropna()
+            assert (gaps >= timedelta(days=cooldown)).all(), f"{user}: {message_id} inside its cooldown"
+
+
+def test_two_replicas_hammering_the_same_users_never_exceed_the_cap(
+    tmp_path: Path, sender: ScoringModels, redis_url: str, redis_prefix: str
+) -> None:
+    configs = [_replica(tmp_path, name, redis_url, redis_prefix) for name in ("a", "b")]
+    engines = [ScoringEngine(c, sender, watch_seconds=None) for c in configs]
+    cap = min(configs[0].policy.max_per_7d, CAT.max_per_7d)
+    errors: list[BaseException] = []
+
+    def hammer(engine: ScoringEngine, seed: int) -> None:
+        try:
+            for i in range(12):
+                users = [USERS[(seed + i + k) % len(USERS)] for k in range(3)]
+                engine.score(_request(users))
+        except BaseException as exc:  # the assertion below names it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=hammer, args=(engines[i % 2], i)) for i in range(8)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    finally:
+        for engine in engines:
+            engine.close()
+    assert not errors, errors
+    log = pd.concat([read_decisions(c.serve.decision_log_dir)[0] for c in configs], ignore_index=True)
+    assert len(log) == 8 * 12 * 3
+    assert set(log[s.USER_ID]) == set(USERS)
+    withheld = (log[s.MESSAGE_ID] == s.CONTROL_ARM) & (log[s.INTENDED_MESSAGE_ID] != s.CONTROL_ARM)
+    sent = log[log[s.MESSAGE_ID] != s.CONTROL_ARM]
+    assert sent.groupby(s.USER_ID).size().max() == cap, "every user got the full cap, and no more"
+    assert withheld.sum() == 0 or set(sent[s.USER_ID]) == set(USERS)
+    check_contacts(log, cap)
+
+
+def test_a_loaded_feature_row_is_the_snapshot_row_and_scores_the_same(
+    tmp_path: Path, sender: ScoringModels, redis_url: str, redis_prefix: str
+) -> None:
+    local = _replica(tmp_path, "local", "local", "x:")
+    snapshot = pd.read_parquet(local.serve.feature_snapshot_path)
+    older = snapshot.assign(**{s.AS_OF: snapshot[s.AS_OF] - pd.Timedelta(days=7), "session_count_28d": -1.0})
+    snapshot.loc[0, "session_count_28d"] = float("nan")  # a missing value travels as missing
+    pd.concat([older, snapshot]).to_parquet(local.serve.feature_snapshot_path)
+    written = load_features(
+        redis_url,
+        pd.read_parquet(local.serve.feature_snapshot_path),
+        pd.Timedelta(hours=1),
+        prefix=redis_prefix,
+    )
+    shared = _replica(tmp_path, "shared", redis_url, redis_prefix, **{"serve.online_features": True})
+    store = open_store(shared, retention=pd.Timedelta(days=30))
+    try:
+        users = snapshot[s.USER_ID].astype(str).tolist()
+        stored = store.feature_rows([*users, "nobody"], None)
+    finally:
+        store.close()
+    expected = latest_rows(pd.read_parquet(local.serve.feature_snapshot_path))
+    assert written == len(users) and stored is not None and stored.where[-1] is None
+    got = stored.frame.iloc[[w for w in stored.where if w is not None]].reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, expected, check_exact=True)
+
+    Path(shared.serve.feature_snapshot_path).unlink(missing_ok=True)  # the store is the only source
+    by_file, by_store = (
+        ScoringEngine(local, sender, watch_seconds=None),
+        ScoringEngine(shared, sender, watch_seconds=None),
+    )
+    try:
+        assert by_store.not_ready() is None, "feature rows in the store make the service ready"
+        want = by_file.score(_request(users[:4])).users
+        have = by_store.score(_request(users[:4])).users
+    finally:
+        by_file.close()
+        by_store.close()
+    assert [a.churn_probability for a in have] == [a.churn_probability for a in want]
+    assert [a.feature_as_of for a in have] == [a.feature_as_of for a in want]
+    assert not any(a.cold_start for a in have)
+
+
+def test_feedback_is_taken_once_across_replicas_and_may_name_the_others_decisions(
+    tmp_path: Path, sender: ScoringModels, redis_url: str, redis_prefix: str
+) -> None:
+    overrides = {"policy.cap_counts": "sent"}
+    configs = [_replica(tmp_path, name, redis_url, redis_prefix, **overrides) for name in ("a", "b")]
+    clock = [NOW]
+    a, b = (ScoringEngine(c, sender, watch_seconds=None, clock=lambda: clock[0]) for c in configs)
+    try:
+        first = a.score(_request(["u1"])).users[0]
+        top = first.message.message_id
+        assert top != s.CONTROL_ARM
+        clock[0] += timedelta(minutes=1)
+        assert b.score(_request(["u1"])).users[0].message.message_id == top, "not sent yet: not a contact"
+        report = _report(first.decision_id, "sent", clock[0])
+        assert b.feedback(report).status == "accepted", "b knows a's decision through the store"
+        assert a.feedback(report).status == "duplicate", "the same report on the other replica"
+        clock[0] += timedelta(minutes=1)
+        assert a.score(_request(["u1"])).users[0].message.message_id != top, "b's report counts on a"
+    finally:
+        a.close()
+        b.close()
+    accepted, _ = read_feedback(configs[1].serve.feedback_log_dir)
+    assert len(accepted) == 1 and read_feedback(configs[0].serve.feedback_log_dir)[0].empty
+
+
+def test_the_store_is_rebuilt_from_the_logs(
+    tmp_path: Path, sender: ScoringModels, redis_url: str, redis_prefix: str
+) -> None:
+    config = _replica(tmp_path, "a", redis_url, redis_prefix)
+    engine = ScoringEngine(config, sender, watch_seconds=None)
+    try:
+        for _ in range(3):
+            engine.score(_request(USERS[:4]))
+    finally:
+        engine.close()
+    store = open_store(config, retention=pd.Timedelta(days=CAT.history_days))
+    try:
+        before = {u: store.entries(u) for u in USERS}
+        assert sum(map(len, before.values())) > 0
+        store.client.unlink(*store.client.keys(f"{redis_prefix}c:*"))
+        assert not any(store.entries(u) for u in USERS)
+        counts = rebuild(
+            store,
+            read_decisions(config.serve.decision_log_dir)[0],
+            read_feedback(config.serve.feedback_log_dir)[0],
+            NOW,
+        )
+        after = {u: store.entries(u) for u in USERS}
+    finally:
+        store.close()
+    assert after == before
+    assert counts["decisions"] == 12
+
+
+# --- a Redis of the test's own, stopped and started again ---------------------------------------
+def _start_redis(port: int, log: Path) -> subprocess.Popen[bytes]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        service_missing("redis-server not on PATH")
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    import redis
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            redis.Redis(port=port, socket_timeout=1).ping()
+            return process
+        except redis.RedisError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"redis-server on {port} did not start: {log.read_text()[-2000:]}")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[tuple[int, list[subprocess.Popen[bytes]]]]:
+    port = free_port()
+    processes = [_start_redis(port, tmp_path / "redis.log")]
+    try:
+        yield port, processes
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                _stop(process)
+
+
+def test_redis_stopped_mid_load_degrades_and_recovers_by_itself(
+    tmp_path: Path, sender: ScoringModels, own_redis: tuple[int, list[subprocess.Popen[bytes]]]
+) -> None:
+    port, processes = own_redis
+    config = _replica(tmp_path, "a", f"redis://127.0.0.1:{port}/0", "e:", **{"serve.online_timeout_ms": 100})
+    engine = ScoringEngine(config, sender, watch_seconds=0.2)
+    try:
+        before = engine.score(_request(["u1"])).users[0]
+        assert before.message.withheld is None and before.message.message_id != s.CONTROL_ARM
+        _stop(processes[0])
+        started = time.perf_counter()
+        during = [engine.score(_request(["u2", "u3"])).users for _ in range(5)]
+        seconds = time.perf_counter() - started
+        time.sleep(0.5)  # the watcher's ping sees it too
+        problem = engine.not_ready()
+        processes.append(_start_redis(port, tmp_path / "redis.log"))
+        deadline = time.monotonic() + RETRY_SECONDS + 5
+        while engine.not_ready() is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        ready_again = engine.not_ready()
+        after = engine.score(_request(["u4"])).users[0]
+    finally:
+        engine.close()
+    assert all(a.message.withheld == UNAVAILABLE for answers in during for a in answers)
+    assert all(a.message.message_id == s.CONTROL_ARM for answers in during for a in answers)
+    assert all(a.message.intended_message_id != s.CONTROL_ARM for answers in during for a in answers)
+    assert all(a.churn_probability > 0 and not a.cold_start for answers in during for a in answers)
+    assert seconds < 3.0, f"5 requests against a stopped store took {seconds:.2f} s"
+    assert problem is not None and "unavailable" in problem
+    assert ready_again is None, "ready again once Redis answers"
+    assert after.message.withheld is None and after.message.message_id != s.CONTROL_ARM
