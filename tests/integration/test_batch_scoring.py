@@ -80,26 +80,84 @@ def test_rerun_gives_the_identical_file_and_chunks_do_not_matter(world: dict) ->
 
 
 def test_spark_and_embedded_scores_agree(world: dict) -> None:
+    """Scores, snapshot and decision-log batch of a Spark run equal the embedded run's; the batch has
+    the embedded key, so the Spark run of the same job appends nothing to the embedded run's log."""
+    from engage.scoring.decision_log import log_files, read_decisions
     from engage.spark import score_spark
 
-    embedded = _embedded(world, world["root"] / "e.parquet")
-    paths = world["paths"]
-    score_spark(
+    root, data, paths = world["root"], world["data"], world["paths"]
+    models = load_champions(world["cfg"])
+    score_events(
+        data.events,
+        world["as_of"],
+        models,
+        world["cfg"],
+        root / "e.parquet",
+        users=data.users,
+        exposures=data.exposures,
+        explain_share=0.2,
+        users_per_chunk=400,
+        snapshot=root / "e-snap.parquet",
+        decision_log=root / "e-log",
+    )
+    embedded = pl.read_parquet(root / "e.parquet")
+    summary = score_spark(
         paths["events"],
         world["as_of"],
-        load_champions(world["cfg"]),
+        models,
         world["cfg"],
-        world["root"] / "s.parquet",
+        root / "s.parquet",
         users=paths["users"],
         exposures=paths["exposures"],
         explain_share=0.2,
+        snapshot=root / "s-snap.parquet",
+        decision_log=root / "s-log",
     )
-    spark = pl.read_parquet(world["root"] / "s.parquet")
+    assert (root / "s.parquet").is_dir() and not any(p.name.startswith(".") for p in root.iterdir())
+    spark = pl.read_parquet(root / "s.parquet").sort("user_id")
+    assert summary.users == embedded.height == spark.height
+    assert summary.explained == embedded.filter(pl.col("reasons") != "[]").height
     assert spark["user_id"].to_list() == embedded["user_id"].to_list()
     np.testing.assert_allclose(
         spark["churn_probability"].to_numpy(), embedded["churn_probability"].to_numpy(), atol=1e-6
     )
-    assert spark["message_id"].to_list() == embedded["message_id"].to_list()
-    assert spark["decision_id"].to_list() == embedded["decision_id"].to_list()
-    assert spark["intended_message_id"].to_list() == embedded["intended_message_id"].to_list()
-    assert spark["risk_band"].to_list() == embedded["risk_band"].to_list()
+    for column in (
+        "message_id",
+        "decision_id",
+        "intended_message_id",
+        "risk_band",
+        "message_text",
+        "holdout",
+    ):
+        assert spark[column].to_list() == embedded[column].to_list(), column
+    assert (spark["reasons"] != "[]").to_list() == (embedded["reasons"] != "[]").to_list()
+    assert spark["as_of"].dtype == embedded["as_of"].dtype
+
+    snap_e, snap_s = pl.read_parquet(root / "e-snap.parquet"), pl.read_parquet(root / "s-snap.parquet")
+    assert snap_s.columns == snap_e.columns
+    assert snap_s["user_id"].to_list() == snap_e["user_id"].to_list()
+    np.testing.assert_allclose(
+        snap_s["days_since_last_event"].to_numpy(), snap_e["days_since_last_event"].to_numpy(), atol=1e-9
+    )
+
+    assert [p.name for p in log_files(root / "s-log")] == [p.name for p in log_files(root / "e-log")]
+    log_e, skipped_e = read_decisions(root / "e-log")
+    log_s, skipped_s = read_decisions(root / "s-log")
+    assert skipped_e == skipped_s == 0
+    log_e, log_s = (f.sort_values("decision_id", ignore_index=True) for f in (log_e, log_s))
+    assert log_s.drop(columns="churn_probability").equals(log_e.drop(columns="churn_probability"))
+    np.testing.assert_allclose(log_s["churn_probability"], log_e["churn_probability"], atol=1e-6)
+
+    again = score_spark(
+        paths["events"],
+        world["as_of"],
+        models,
+        world["cfg"],
+        root / "s.parquet",
+        users=paths["users"],
+        exposures=paths["exposures"],
+        explain_share=0.2,
+        decision_log=root / "e-log",
+    )
+    assert again.decisions is not None and again.decisions.already_logged
+    assert len(log_files(root / "e-log")) == 1

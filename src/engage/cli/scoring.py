@@ -49,12 +49,23 @@ def score(
     snapshot: Annotated[Path | None, typer.Option(help="Feature snapshot for the service.")] = None,
     decision_log: Annotated[Path | None, typer.Option(help="Decision log folder.")] = None,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (models@champion).")] = None,
+    master: Annotated[
+        str | None,
+        typer.Option(
+            help="Spark master with --engine spark (local[4], spark://host:7077; default spark.master)."
+        ),
+    ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Churn risk, reasons and the chosen message for every user, as of one date."""
+    """Churn risk, reasons and the chosen message for every user, as of one date.
+
+    With ``--engine spark`` the scores, the snapshot and the quarantine are Parquet data sets (folders)
+    written by the executors, and the decisions one batch of the decision log."""
     quiet_env()
-    cfg = build_config(config, set_, **{"tracking.uri": tracking_uri, "features.engine": engine})
+    cfg = build_config(
+        config, set_, **{"tracking.uri": tracking_uri, "features.engine": engine, "spark.master": master}
+    )
     share = 1.0 if explain else (explain_top if explain_top is not None else 0.1)
     moment = parse_date(as_of)
     snapshot = snapshot or Path(cfg.serve.feature_snapshot_path)
@@ -62,12 +73,16 @@ def score(
     events_in = source(events)  # a remote URI stays text: Spark reads it, the embedded engine refuses it
     users_in = source(users) if users is not None else None
     exposures_in = source(exposures) if exposures is not None else None
+    spark = cfg.features.engine == "spark"
+    tables = {"--users": users_in, "--exposures": exposures_in}
+    datasets = {"--out": out_file, "--snapshot": snapshot}  # Spark writes data sets (folders)
     check_paths(
-        read={"--users": users_in, "--exposures": exposures_in},
-        sources={"--events": events_in},  # Spark reads a folder too; the polars reader says it needs a file
-        write={"--out": out_file, "--snapshot": snapshot},
-        folders={"--decision-log": decision_log},
-        remote_ok=cfg.features.engine == "spark",
+        read={} if spark else tables,
+        # Spark reads a folder too; the polars reader says it needs a file
+        sources={"--events": events_in, **(tables if spark else {})},
+        write={} if spark else datasets,
+        folders={"--decision-log": decision_log, **(datasets if spark else {})},
+        remote_ok=spark,
     )
     from engage.scoring.champions import load_champions
 
@@ -75,8 +90,9 @@ def score(
         models = load_champions(cfg)
     except LookupError as exc:
         raise fail(str(exc)) from exc
-    if cfg.features.engine == "spark":
+    if spark:
         from engage.spark import score_spark
+        from engage.spark.scoring import quarantine_beside
 
         summary = score_spark(
             events_in,
@@ -87,7 +103,14 @@ def score(
             users=users_in,
             exposures=exposures_in,
             explain_share=share,
+            snapshot=snapshot,
+            decision_log=decision_log,
         )
+        if summary.stages.get("quarantined"):
+            quarantined, rows_in = int(summary.stages["quarantined"]), int(summary.stages["rows_in"])
+            out.print(
+                f"{quarantined:,} of {rows_in:,} event rows quarantined -> {quarantine_beside(out_file)}"
+            )
     else:
         from engage.scoring.job import score_events
 
@@ -122,7 +145,8 @@ def score(
 def _print_score_summary(path: Path) -> None:
     import polars as pl
 
-    scores = pl.read_parquet(path)
+    # a Spark run writes a data set (a folder of part files)
+    scores = pl.read_parquet(path / "*.parquet" if path.is_dir() else path)
     if scores.is_empty():
         return
     bands = scores.group_by("risk_band").agg(

@@ -1,29 +1,308 @@
-"""Batch scoring on Spark: Spark features, then the one scoring path in a pandas UDF."""
+"""Batch scoring on Spark: every step on the executors, the driver only plans and commits.
+
+Events, users and exposures are read by Spark (``engage.spark.io``) and validated there
+(``engage.spark.validate``); features are computed by Spark; churn, reasons and the policy run in
+``mapInPandas`` partitions calling ``engage.scoring.core.score_features`` (the models and config go
+to the executors in the closure); the explain threshold is Spark's exact percentile (numpy's
+linear interpolation: the embedded run's threshold, so the same users get reasons). Scores, the
+feature snapshot and the quarantine are Parquet data sets and the decisions one batch of the
+decision log (``engage.scoring.decision_log``'s layout and key), all written by the executors and
+committed by a rename. What reaches the driver: row counts, the threshold, the batch key.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
-import polars as pl
 
 from engage import schemas as s
-from engage.config import EngageConfig
-from engage.spark.features import build_features_spark
-from engage.spark.session import local_spark
+from engage.config import EngageConfig, FeatureConfig
+from engage.features.spec import feature_defs
+from engage.spark.io import read_exposures, read_input, read_users, uri_text, write_dataset
+from engage.spark.session import DAY_US, _us, spark_session, utc_session
+from engage.spark.validate import validate_events
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from pyspark.sql import SparkSession
+    from pyspark.sql import DataFrame, SparkSession
 
     from engage.scoring.core import ScoringModels
+    from engage.scoring.decision_log import BatchWrite
     from engage.scoring.job import ScoreRunSummary
 
 
 SCORE_SCHEMA = ", ".join(f"{name} {kind}" for name, kind in s.SCORE_TYPES.items())
+_P, _HIST = "__p", "__hist"
+
+
+@dataclass(frozen=True)
+class SparkScoreRun:
+    """What one Spark scoring run did: counts and where its outputs were committed."""
+
+    users: int
+    explained: int
+    rows_in: int
+    quarantined: int
+    threshold: float | None
+    seconds: float
+    out: str | None = None
+    snapshot: str | None = None
+    quarantine: str | None = None
+    decisions: BatchWrite | None = None
+
+
+def quarantine_beside(out: str | Path) -> str:
+    """The quarantine data set written next to a scores output: ``<stem>.quarantine.parquet``."""
+    text = uri_text(out).rstrip("/")
+    head, _, name = text.rpartition("/")
+    stem = name[: -len(".parquet")] if name.endswith(".parquet") else name
+    return f"{head}/{stem}.quarantine.parquet"
+
+
+def _features(
+    spark: SparkSession,
+    events: DataFrame,
+    as_of: datetime,
+    config: FeatureConfig,
+    users: DataFrame | None,
+    exposures: DataFrame | None,
+) -> DataFrame:
+    """The standard features of every user with events before ``as_of``, as a Spark DataFrame.
+
+    An adapter over ``engage.spark.features._one_as_of`` (no collect) until the one feature
+    definition compiled for Spark lands as ``engage.spark.features.features``.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    import engage.spark.features as spark_features
+
+    compiled = getattr(spark_features, "features", None)
+    if callable(compiled):
+        result: DataFrame = compiled(spark, events, as_of, config, users=users, exposures=exposures)
+        return result
+    a = _us(as_of)
+    ev = events.withColumn("__us", F.unix_micros(F.col(s.TS))).filter(F.col("__us") < a)
+    order = Window.partitionBy(s.USER_ID).orderBy("__us").rangeBetween(0, Window.unboundedFollowing)
+    carts = (
+        ev.filter(F.col(s.EVENT_TYPE).isin("add_to_cart", "purchase"))
+        .withColumn("__next", F.min(F.when(F.col(s.EVENT_TYPE) == "purchase", F.col("__us"))).over(order))
+        .filter(F.col(s.EVENT_TYPE) == "add_to_cart")
+        .select(s.USER_ID, "__us", "__next")
+    )
+    exp = None if exposures is None else exposures.withColumn("__us", F.unix_micros(F.col(s.TS)))
+    frame = spark_features._one_as_of(ev, carts, exp, as_of, config)
+    frame = frame.withColumn(s.AS_OF, F.timestamp_micros(F.lit(a)))
+    if users is not None:
+        attrs = users
+        if s.SIGNUP_TS in users.columns:
+            frame = (
+                frame.join(users.select(s.USER_ID, s.SIGNUP_TS), on=s.USER_ID, how="left")
+                .withColumn(
+                    "tenure_days",
+                    F.greatest(F.col("tenure_days"), (F.lit(a) - F.unix_micros(F.col(s.SIGNUP_TS))) / DAY_US),
+                )
+                .drop(s.SIGNUP_TS)
+            )
+            attrs = users.drop(s.SIGNUP_TS)
+        attrs = attrs.select(
+            *[
+                F.col(f.name).cast("double") if f.dataType.typeName() == "boolean" else F.col(f.name)
+                for f in attrs.schema.fields
+            ]
+        )
+        frame = frame.join(attrs, on=s.USER_ID, how="left")
+    names = [f.name for f in feature_defs(config)]
+    extra = sorted(c for c in frame.columns if c not in names and c not in (s.USER_ID, s.AS_OF))
+    typed = [
+        F.col(n).cast("double") if n != "top_category" else F.col(n) for n in names if n in frame.columns
+    ]
+    return frame.select(s.USER_ID, s.AS_OF, *typed, *extra)
+
+
+def _history(exposures: DataFrame | None, as_of: datetime, days: int) -> DataFrame | None:
+    """Per user, the messages of the last ``days`` before as_of (caps, cooldowns), as one list column."""
+    if exposures is None:
+        return None
+    from pyspark.sql import functions as F
+
+    past = exposures.filter(
+        (F.col(s.TS) < F.lit(as_of)) & (F.col(s.TS) >= F.lit(as_of - timedelta(days=days)))
+    )
+    return past.groupBy(s.USER_ID).agg(
+        F.collect_list(F.struct(F.unix_micros(F.col(s.TS)).alias("us"), F.col(s.MESSAGE_ID))).alias(_HIST)
+    )
+
+
+def _history_frame(lists: pd.Series, users: pd.Series) -> pd.DataFrame:
+    """The ``history`` table ``score_features`` takes, from a partition's list column."""
+    rows = [
+        (user, item["us"], item[s.MESSAGE_ID])
+        for user, items in zip(users.tolist(), lists.tolist(), strict=True)
+        if items is not None
+        for item in items
+    ]
+    frame = pd.DataFrame(rows, columns=[s.USER_ID, "us", s.MESSAGE_ID])
+    frame[s.TS] = pd.to_datetime(frame.pop("us").astype("int64"), unit="us", utc=True)
+    return frame[[s.USER_ID, s.TS, s.MESSAGE_ID]]
+
+
+def _explain_threshold(frame: DataFrame, share: float | None) -> float | None:
+    """Probability above which a user gets reasons (``engage.scoring.job``'s rule), from Spark."""
+    if share is None or share <= 0:
+        return None
+    if share >= 1:
+        return -np.inf
+    from pyspark.sql import functions as F
+
+    value = frame.agg(F.percentile(F.col(_P), F.lit(1 - share)).alias("q")).first()
+    return None if value is None or value["q"] is None else float(value["q"])
+
+
+def score(
+    spark: SparkSession,
+    events: str | Path | DataFrame,
+    as_of: datetime,
+    models: ScoringModels,
+    config: EngageConfig,
+    **options: Any,
+) -> DataFrame:
+    """Scores of every user with events before ``as_of`` in an existing session, as a DataFrame.
+
+    ``events``: a URI (file, folder, ``s3a://...``) or a raw events DataFrame. Options are those of
+    :func:`run_scoring` (users, exposures, explain_share, outputs). With ``out`` the scores are
+    written and the committed data set is returned; without it the frame is lazy.
+    """
+    return run_scoring(spark, events, as_of, models, config, **options)[0]
+
+
+def run_scoring(
+    spark: SparkSession,
+    events: str | Path | DataFrame,
+    as_of: datetime,
+    models: ScoringModels,
+    config: EngageConfig,
+    *,
+    users: str | Path | DataFrame | None = None,
+    exposures: str | Path | DataFrame | None = None,
+    explain_share: float | None = 0.1,
+    run_key: str | None = None,
+    out: str | Path | None = None,
+    snapshot: str | Path | None = None,
+    decision_log: str | Path | None = None,
+    quarantine: str | Path | None = None,
+    reference_time: datetime | None = None,
+) -> tuple[DataFrame, SparkScoreRun]:
+    """:func:`score` and the figures of the run; outputs given are written and committed."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    from engage.scoring.core import score_features, to_storable
+
+    started = time.perf_counter()
+    with utc_session(spark):
+        source = events if isinstance(events, str | Path) else "events DataFrame"
+        raw = read_input(spark, events) if isinstance(events, str | Path) else events
+        checked = validate_events(spark, raw, source=str(source), reference_time=reference_time)
+        rows = checked.rows.persist(StorageLevel.MEMORY_AND_DISK)
+        if quarantine is None and out is not None:
+            quarantine = quarantine_beside(out)
+        quarantined = 0
+        if quarantine is not None:
+            written = write_dataset(checked.quarantine_of(rows), quarantine)
+            quarantined = spark.read.parquet(written.uri).count()
+        user_frame = read_users(spark, users) if isinstance(users, str | Path) else users
+        exposure_frame = read_exposures(spark, exposures) if isinstance(exposures, str | Path) else exposures
+        features = _features(
+            spark, checked.accepted_of(rows), as_of, config.features, user_frame, exposure_frame
+        )
+        history = _history(exposure_frame, as_of, models.catalog.history_days)
+        churn = models.churn
+        feature_schema = features.schema
+
+        def predict(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+            for frame in batches:
+                if len(frame):
+                    yield frame.assign(**{_P: churn.churn_probability(frame)})
+
+        from pyspark.sql.types import DoubleType, StructField, StructType
+
+        with_p = features.mapInPandas(
+            predict, StructType([*feature_schema.fields, StructField(_P, DoubleType())])
+        )
+        if history is not None:
+            with_p = with_p.join(history, on=s.USER_ID, how="left")
+        cached = with_p.repartition(config.spark.partitions, s.USER_ID).persist(StorageLevel.MEMORY_AND_DISK)
+        threshold = _explain_threshold(cached, explain_share)
+        counted = cached.agg(
+            F.count(F.lit(1)).alias("n"),
+            F.sum(F.when(F.col(_P) >= threshold, 1).otherwise(0)).alias("explained")
+            if threshold is not None
+            else F.lit(0).alias("explained"),
+        ).first()
+        n_users = int(counted["n"]) if counted is not None else 0
+        explained = int(counted["explained"] or 0) if counted is not None else 0
+        rows_in = checked.rows_in
+        policy, seed, top_k = config.policy, config.seed, config.churn.reasons_top_k
+        with_history = history is not None
+
+        def score_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+            for frame in batches:
+                if frame.empty:
+                    continue
+                p = frame.pop(_P).to_numpy(dtype=float)
+                past = _history_frame(frame.pop(_HIST), frame[s.USER_ID]) if with_history else None
+                scored = score_features(
+                    frame,
+                    models,
+                    policy=policy,
+                    seed=seed,
+                    history=past,
+                    reasons_top_k=None if threshold is None else top_k,
+                    explain_rows=p >= threshold if threshold is not None else None,
+                    churn_probability=p,
+                    decision_nonce=run_key,
+                )
+                yield to_storable(scored)
+
+        scored = cached.sortWithinPartitions(s.USER_ID).mapInPandas(score_partition, SCORE_SCHEMA)
+        snapshot_uri = None
+        if snapshot is not None:
+            snap = cached.drop(_P, *([_HIST] if with_history else [])).orderBy(s.USER_ID)
+            snapshot_uri = write_dataset(snap, snapshot).uri
+        out_uri = None
+        logged = None
+        if out is not None:
+            out_uri = write_dataset(scored.orderBy(s.USER_ID), out).uri
+            scored = spark.read.parquet(out_uri)
+            if decision_log is not None and n_users:
+                from engage.spark.decisions import write_decisions
+
+                logged = write_decisions(scored, decision_log, as_of)
+        elif decision_log is not None:
+            raise ValueError("a decision log is written from the committed scores: give out as well")
+        cached.unpersist()
+        rows.unpersist()
+    run = SparkScoreRun(
+        users=n_users,
+        explained=explained,
+        rows_in=rows_in,
+        quarantined=quarantined,
+        threshold=threshold,
+        seconds=time.perf_counter() - started,
+        out=out_uri,
+        snapshot=snapshot_uri,
+        quarantine=None if quarantine is None else uri_text(quarantine),
+        decisions=logged,
+    )
+    return scored, run
 
 
 def score_spark(
@@ -31,68 +310,53 @@ def score_spark(
     as_of: datetime,
     models: ScoringModels,
     config: EngageConfig,
-    out: Path,
+    out: Path | str,
     *,
     users: str | Path | None = None,
     exposures: str | Path | None = None,
     explain_share: float | None = 0.1,
+    snapshot: str | Path | None = None,
+    decision_log: str | Path | None = None,
+    run_key: str | None = None,
     spark: SparkSession | None = None,
+    master: str | None = None,
 ) -> ScoreRunSummary:
-    """Batch scoring on Spark: Spark features, then the shared scoring path in a pandas UDF.
+    """``engage score --engine spark``: :func:`run_scoring` in the session of the ``spark`` config."""
+    from engage.scoring.job import ScoreRunSummary
 
-    The scoring function and models travel to the executors in the closure; each partition runs
-    ``engage.scoring.core.score_features``, whose random draws depend only on (user, as_of, seed), so the
-    result equals the embedded run's. The scores are written atomically as one Parquet file.
-    """
-    import time
-
-    import numpy as np
-
-    from engage.atomic import write_parquet_atomic
-    from engage.scoring.core import score_features, to_storable
-    from engage.scoring.job import ScoreRunSummary, exposure_history
-
-    started = time.perf_counter()
-    spark = spark if spark is not None else local_spark()
-    user_table = pl.read_parquet(users) if users is not None else None
-    exposure_table = pl.read_parquet(exposures) if exposures is not None else None
-    features = build_features_spark(
-        events, [as_of], config=config.features, users=user_table, exposures=exposure_table, spark=spark
+    session = spark if spark is not None else spark_session(config.spark, master=master)
+    reference = config.validation.reference_time
+    _, run = run_scoring(
+        session,
+        events,
+        as_of,
+        models,
+        config,
+        users=users,
+        exposures=exposures,
+        explain_share=explain_share,
+        run_key=run_key,
+        out=out,
+        snapshot=snapshot,
+        decision_log=decision_log,
+        reference_time=None if reference is None else _aware(reference),
     )
-    probability = models.churn.churn_probability(features) if len(features) else np.array([])
-    threshold = None
-    if explain_share and len(probability):
-        threshold = -np.inf if explain_share >= 1 else float(np.quantile(probability, 1 - explain_share))
-    history = exposure_history(exposure_table, as_of, models.catalog.history_days)
-    policy, seed, top_k = config.policy, config.seed, config.churn.reasons_top_k
-
-    def score_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        for frame in batches:
-            if frame.empty:
-                continue
-            p = models.churn.churn_probability(frame)
-            rows = p >= threshold if threshold is not None else None
-            scored = score_features(
-                frame,
-                models,
-                policy=policy,
-                seed=seed,
-                history=history,
-                reasons_top_k=None if threshold is None else top_k,
-                explain_rows=rows,
-                churn_probability=p,
-            )
-            yield to_storable(scored)
-
-    partitions = max(2, spark.sparkContext.defaultParallelism)
-    scored = (
-        spark.createDataFrame(features).repartition(partitions).mapInPandas(score_partition, SCORE_SCHEMA)
-    )
-    collected: pd.DataFrame = scored.toPandas()
-    result = collected.sort_values(s.USER_ID, kind="stable", ignore_index=True)
-    result[s.AS_OF] = pd.to_datetime(result[s.AS_OF], utc=True).astype("datetime64[us, UTC]")
-    write_parquet_atomic(pl.from_pandas(result), out)
-    explained = int((probability >= threshold).sum()) if threshold is not None else 0
     return ScoreRunSummary(
-        users=len(result), seconds=time.perf_counter() - started, explained=explained, out=out, snapshot=None
+        users=run.users,
+        seconds=run.seconds,
+        explained=run.explained,
+        out=Path(out) if isinstance(out, Path) else Path(str(out)),
+        snapshot=None if snapshot is None else Path(str(snapshot)),
+        stages={"rows_in": float(run.rows_in), "quarantined": float(run.quarantined)},
+        decisions=run.decisions,
     )
+
+
+def _aware(text: str) -> datetime:
+    from datetime import UTC
+
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+__all__ = ["SCORE_SCHEMA", "SparkScoreRun", "quarantine_beside", "run_scoring", "score", "score_spark"]
