@@ -243,19 +243,44 @@ def features(
     users: Annotated[Path | None, typer.Option(help="Users table (attributes, consents).")] = None,
     exposures: Annotated[Path | None, typer.Option(help="Campaign exposures (message fatigue).")] = None,
     engine: EngineOpt = None,
+    master: Annotated[str | None, typer.Option(help="Spark master with --engine spark.")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Point-in-time features per (user, as_of): only events before as_of are read."""
+    """Point-in-time features per (user, as_of): only events before as_of are read.
+
+    With ``--engine spark`` the table is a Parquet data set (a folder) written by the executors."""
     cfg = build_config(config, set_, **{"features.engine": engine})
     events_in = source(events)  # a remote URI stays text: Spark reads it, the embedded engine refuses it
+    spark = cfg.features.engine == "spark"
     check_paths(
-        read={"--users": users, "--exposures": exposures},
-        write={"--out": out_file},
-        sources={"--events": events_in},  # Spark reads a folder too; the polars reader says it needs a file
-        remote_ok=cfg.features.engine == "spark",
+        read={} if spark else {"--users": users, "--exposures": exposures},
+        write={} if spark else {"--out": out_file},
+        folders={"--out": out_file} if spark else {},
+        # Spark reads a folder too; the polars reader says it needs a file
+        sources={"--events": events_in, **({"--users": users, "--exposures": exposures} if spark else {})},
+        remote_ok=spark,
     )
     dates = [parse_date(d) for d in as_of]
+    if cfg.features.engine == "spark":
+        from engage.spark.scoring import write_features
+        from engage.spark.session import spark_session
+
+        reference = cfg.validation.reference_time
+        run = write_features(
+            spark_session(cfg.spark, master=master),
+            events_in,
+            dates,
+            cfg,
+            out_file,
+            users=users,
+            exposures=exposures,
+            reference_time=parse_date(reference) if reference else None,
+        )
+        if run.quarantined:
+            out.print(f"{run.quarantined:,} of {run.rows_in:,} event rows quarantined -> {run.quarantine}")
+        out.print(f"{run.users:,} rows -> {out_file} (a Parquet data set)")
+        return
     table = _compute_features(events_in, dates, cfg, users, exposures)
     _write_pandas(table, out_file)
     out.print(f"{len(table):,} rows x {table.shape[1] - 2} features -> {out_file}")
@@ -265,12 +290,6 @@ def _compute_features(
     events: Source, dates: list[datetime], cfg: EngageConfig, users: Path | None, exposures: Path | None
 ) -> Any:
     user_table, exposure_table = read_users(users), read_exposures(exposures)
-    if cfg.features.engine == "spark":
-        from engage.spark import build_features_spark
-
-        return build_features_spark(
-            events, dates, config=cfg.features, users=user_table, exposures=exposure_table
-        )
     from engage.features import build_features
 
     frame = load_events(events, cfg)

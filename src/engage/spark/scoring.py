@@ -26,7 +26,7 @@ from engage.config import EngageConfig, FeatureConfig
 from engage.features.spec import feature_defs
 from engage.spark.io import read_exposures, read_input, read_users, uri_text, write_dataset
 from engage.spark.session import DAY_US, _us, spark_session, utc_session
-from engage.spark.validate import validate_events
+from engage.spark.validate import SparkValidation, validate_events
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -166,6 +166,83 @@ def _explain_threshold(frame: DataFrame, share: float | None) -> float | None:
     return None if value is None or value["q"] is None else float(value["q"])
 
 
+@dataclass(frozen=True)
+class _Inputs:
+    rows: DataFrame  # validated event rows, persisted (accepted: no reason)
+    rows_in: int
+    quarantined: int
+    users: DataFrame | None
+    exposures: DataFrame | None
+
+
+def _inputs(
+    spark: SparkSession,
+    events: str | Path | DataFrame,
+    users: str | Path | DataFrame | None,
+    exposures: str | Path | DataFrame | None,
+    quarantine: str | Path | None,
+    reference_time: datetime | None,
+) -> _Inputs:
+    """Events read and validated by Spark (rows persisted; the quarantine written when asked),
+    users and exposures read by Spark: the inputs of every Spark job."""
+    from pyspark import StorageLevel
+
+    source = str(events) if isinstance(events, str | Path) else "events DataFrame"
+    raw = read_input(spark, events) if isinstance(events, str | Path) else events
+    checked = validate_events(spark, raw, source=source, reference_time=reference_time)
+    rows = checked.rows.persist(StorageLevel.MEMORY_AND_DISK)
+    quarantined = 0
+    if quarantine is not None:
+        written = write_dataset(SparkValidation.quarantine_of(rows), quarantine)
+        quarantined = spark.read.parquet(written.uri).count()
+    return _Inputs(
+        rows=rows,
+        rows_in=checked.rows_in,
+        quarantined=quarantined,
+        users=read_users(spark, users) if isinstance(users, str | Path) else users,
+        exposures=read_exposures(spark, exposures) if isinstance(exposures, str | Path) else exposures,
+    )
+
+
+def write_features(
+    spark: SparkSession,
+    events: str | Path | DataFrame,
+    dates: list[datetime],
+    config: EngageConfig,
+    out: str | Path,
+    *,
+    users: str | Path | DataFrame | None = None,
+    exposures: str | Path | DataFrame | None = None,
+    reference_time: datetime | None = None,
+) -> SparkScoreRun:
+    """``engage features --engine spark``: the feature table of every date, written as a data set
+    (the quarantine beside it); ``users`` counts its rows."""
+    from functools import reduce
+
+    started = time.perf_counter()
+    with utc_session(spark):
+        quarantine = quarantine_beside(out)
+        inputs = _inputs(spark, events, users, exposures, quarantine, reference_time)
+        accepted = SparkValidation.accepted_of(inputs.rows)
+        parts = [
+            _features(spark, accepted, d, config.features, inputs.users, inputs.exposures) for d in dates
+        ]
+        table = reduce(lambda a, b: a.unionByName(b, allowMissingColumns=True), parts)
+        written = write_dataset(table.orderBy(s.AS_OF, s.USER_ID), out)
+        n = spark.read.parquet(written.uri).count()
+        inputs.rows.unpersist()
+    return SparkScoreRun(
+        users=n,
+        explained=0,
+        rows_in=inputs.rows_in,
+        quarantined=inputs.quarantined,
+        threshold=None,
+        seconds=time.perf_counter() - started,
+        out=written.uri,
+        quarantine=quarantine,
+    )
+
+
 def score(
     spark: SparkSession,
     events: str | Path | DataFrame,
@@ -208,20 +285,13 @@ def run_scoring(
 
     started = time.perf_counter()
     with utc_session(spark):
-        source = events if isinstance(events, str | Path) else "events DataFrame"
-        raw = read_input(spark, events) if isinstance(events, str | Path) else events
-        checked = validate_events(spark, raw, source=str(source), reference_time=reference_time)
-        rows = checked.rows.persist(StorageLevel.MEMORY_AND_DISK)
         if quarantine is None and out is not None:
             quarantine = quarantine_beside(out)
-        quarantined = 0
-        if quarantine is not None:
-            written = write_dataset(checked.quarantine_of(rows), quarantine)
-            quarantined = spark.read.parquet(written.uri).count()
-        user_frame = read_users(spark, users) if isinstance(users, str | Path) else users
-        exposure_frame = read_exposures(spark, exposures) if isinstance(exposures, str | Path) else exposures
+        inputs = _inputs(spark, events, users, exposures, quarantine, reference_time)
+        rows, user_frame, exposure_frame = inputs.rows, inputs.users, inputs.exposures
+        rows_in, quarantined = inputs.rows_in, inputs.quarantined
         features = _features(
-            spark, checked.accepted_of(rows), as_of, config.features, user_frame, exposure_frame
+            spark, SparkValidation.accepted_of(rows), as_of, config.features, user_frame, exposure_frame
         )
         history = _history(exposure_frame, as_of, models.catalog.history_days)
         churn = models.churn
@@ -249,7 +319,6 @@ def run_scoring(
         ).first()
         n_users = int(counted["n"]) if counted is not None else 0
         explained = int(counted["explained"] or 0) if counted is not None else 0
-        rows_in = checked.rows_in
         policy, seed, top_k = config.policy, config.seed, config.churn.reasons_top_k
         with_history = history is not None
 
@@ -359,4 +428,12 @@ def _aware(text: str) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-__all__ = ["SCORE_SCHEMA", "SparkScoreRun", "quarantine_beside", "run_scoring", "score", "score_spark"]
+__all__ = [
+    "SCORE_SCHEMA",
+    "SparkScoreRun",
+    "quarantine_beside",
+    "run_scoring",
+    "score",
+    "score_spark",
+    "write_features",
+]
