@@ -1,13 +1,15 @@
-"""Real servers for integration tests: an `mlflow server` on a loopback port, started per session."""
+"""Real servers for integration tests: `mlflow server` (SQLite or PostgreSQL backend) on a loopback port."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,10 +39,9 @@ def wait_http(url: str, timeout: float, process: subprocess.Popen[bytes] | None 
     raise TimeoutError(f"{url} did not answer within {timeout} s")
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real MLflow tracking server (SQLite backend, local artifacts) on 127.0.0.1; yields its URI."""
-    root = tmp_path_factory.mktemp("mlflow-server")
+@contextlib.contextmanager
+def running_mlflow_server(root: Path, backend_store_uri: str) -> Iterator[str]:
+    """A real ``mlflow server`` on 127.0.0.1 (the given backend store, local artifacts); yields its URI."""
     port = free_port()
     log = (root / "server.log").open("wb")
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
@@ -50,7 +51,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             str(mlflow_bin),
             "server",
             "--backend-store-uri",
-            f"sqlite:///{root / 'mlflow.db'}",
+            backend_store_uri,
             "--artifacts-destination",
             str(root / "artifacts"),
             "--host",
@@ -67,7 +68,13 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     uri = f"http://127.0.0.1:{port}"
     try:
-        wait_http(f"{uri}/health", timeout=90, process=process)
+        try:
+            wait_http(f"{uri}/health", timeout=90, process=process)
+        except (RuntimeError, TimeoutError) as exc:
+            log.flush()
+            raise RuntimeError(
+                f"{exc}\n--- server log ---\n{(root / 'server.log').read_text()[-4000:]}"
+            ) from exc
         yield uri
     finally:
         process.terminate()
@@ -76,3 +83,40 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real MLflow tracking server (SQLite backend, local artifacts) on 127.0.0.1; yields its URI."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    with running_mlflow_server(root, f"sqlite:///{root / 'mlflow.db'}") as uri:
+        yield uri
+
+
+@pytest.fixture(scope="session")
+def postgres_database(postgres_dsn: str) -> Iterator[str]:
+    """A fresh PostgreSQL database of this session on the shared server (dropped afterwards); its URI."""
+    import psycopg2
+    from psycopg2 import sql
+
+    name = f"engage_test_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(postgres_dsn, connect_timeout=5)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        yield postgres_dsn.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        admin.close()
+
+
+@pytest.fixture(scope="session")
+def mlflow_postgres_server(tmp_path_factory: pytest.TempPathFactory, postgres_database: str) -> Iterator[str]:
+    """A real MLflow tracking server whose backend store is a fresh PostgreSQL database; yields its URI."""
+    root = tmp_path_factory.mktemp("mlflow-postgres")
+    # SQLAlchemy 2.1 reads a bare postgresql:// as the psycopg 3 driver; engage[postgres] installs psycopg2
+    backend = postgres_database.replace("postgresql://", "postgresql+psycopg2://", 1)
+    with running_mlflow_server(root, backend) as uri:
+        yield uri
