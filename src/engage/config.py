@@ -262,16 +262,22 @@ class TimingConfig(_Frozen):
     """Per channel, local hours [start, end) in which nothing is sent (22-8: no push at night)."""
     epsilon: float = Field(0.1, ge=0, le=1)
     """Share of sends explored at a uniformly drawn allowed hour (the propensity is logged)."""
-    prior_strength: float = Field(80.0, gt=0)
+    prior_strength: float = Field(40.0, gt=0)
     """Pseudo-activity-hours of the user's prior (their posterior mix of the population's rhythms)
-    added to their own counts: on the simulator 80 beats 10 and 40 (timing_true_value 1.744 vs
-    1.714 and 1.736 at 180 days); a user's own counts still move it where they disagree."""
+    added to their own counts; a user's own counts move it where they disagree."""
+    tune: bool = True
+    """Choose prior_strength and smoothing_kappa on a grid by the held-out log-likelihood of the last
+    ``validation_days`` of activity before as_of (``engage.timing.tuning``; the simulator picks 40 and
+    8, Online Retail II 10 and 8); the values here are the fallback when nothing is held out."""
+    validation_days: int = Field(28, gt=0)
     rhythms: int = Field(12, ge=1)
     """Rhythm profiles in the population's mixture (``engage.timing.prior``; 12, 24, 48 tie)."""
-    smoothing_kappa: float = Field(3.0, ge=0)
+    smoothing_kappa: float = Field(8.0, ge=0)
     """Von Mises concentration of the kernel over neighbouring hours of the day (0 = flat)."""
     daytype_weight: float = Field(0.3, ge=0, le=1)
     """Share of an hour's estimate read from days of its kind (weekday/weekend), the rest from all days."""
+    same_day_weight: float = Field(0.0, ge=0, le=1)
+    """Share read from that very day of the week (a customer who orders on Thursdays)."""
     channel_prior_strength: float = Field(5.0, gt=0)
     """Pseudo-sends at the population's open rate added to each user's channel rates."""
     min_events_to_infer_zone: int = Field(5, ge=1)

@@ -24,13 +24,14 @@ import yaml
 from engage.config import EngageConfig
 from engage.models.bundle import ChurnBundle, OfferBundle
 from engage.models.persist import BundleParts, from_parts, to_parts
+from engage.timing.sendtime import TimingModel
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from mlflow.pyfunc import PyFuncModel
 
-Bundle: TypeAlias = ChurnBundle | OfferBundle
-"""What is logged as a model: a fitted churn or offers bundle."""
+Bundle: TypeAlias = ChurnBundle | OfferBundle | TimingModel
+"""What is logged as a model: a fitted churn or offers bundle, or the timing model."""
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -276,7 +277,7 @@ def read_bundle(artifacts: Mapping[str, str]) -> Bundle:
         if key != Path(STATE_FILE).stem
     }
     bundle = from_parts(BundleParts(state=json.loads(state_path.read_text()), boosters=boosters))
-    if not isinstance(bundle, ChurnBundle | OfferBundle):
+    if not isinstance(bundle, ChurnBundle | OfferBundle | TimingModel):
         raise TypeError(f"{state_path} holds a {type(bundle).__name__}, not an engage model bundle")
     return bundle
 
@@ -375,7 +376,7 @@ def load_estimator(uri: str) -> Bundle:
 def _read_model_files(files: Path, uri: str) -> Bundle:
     if not (files / STATE_FILE).is_file():
         legacy = load_model(uri).unwrap_python_model().estimator
-        if not isinstance(legacy, ChurnBundle | OfferBundle):
+        if not isinstance(legacy, ChurnBundle | OfferBundle | TimingModel):
             raise TypeError(f"{uri} holds a {type(legacy).__name__}, not an engage model bundle")
         return legacy
     return read_bundle({path.stem: str(path) for path in files.iterdir() if path.is_file()})

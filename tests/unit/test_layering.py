@@ -27,6 +27,7 @@ LAYERS: dict[str, int] = {
     "engage.analytics": 2,
     "engage.audiences": 2,  # split (pure) and files; the webhook is the HTTP edge
     "engage.offers.outcomes": 2,
+    "engage.timing": 2,  # timing features and the send-time model: pure, below the policy
     "engage.models": 3,
     "engage.explain": 3,
     "engage.offers.policy": 4,

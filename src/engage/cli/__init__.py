@@ -15,6 +15,7 @@ from engage.cli import export as export_cmd
 from engage.cli import feedback as feedback_cmd
 from engage.cli import monitor as monitor_cmd
 from engage.cli import online as online_cmd
+from engage.cli import timing as timing_cmd
 from engage.cli.common import root
 from engage.cli.demo import demo
 
@@ -63,6 +64,7 @@ import_app.command("cdnow")(data.import_cdnow)
 import_app.command("hillstrom")(data.import_hillstrom)
 train_app.command("churn")(models.train_churn_command)
 train_app.command("offers")(models.train_offers_command)
+train_app.command("timing")(timing_cmd.train_timing_command)
 evaluate_app.command("policy")(models.evaluate_policy)
 catalog_app.command("check")(catalog_cmd.check)
 catalog_app.command("preview")(catalog_cmd.preview)
