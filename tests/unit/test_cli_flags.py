@@ -215,6 +215,38 @@ def test_spark_gets_the_remote_uris_untouched(tmp_path: Path, monkeypatch: pytes
     assert seen == {"events": "s3a://b/ev/", "users": "gs://b/u.parquet", "exposures": "abfss://c@a/x"}
 
 
+def test_spark_score_takes_master_snapshot_and_decision_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: the Spark run was always local[2] and silently ignored --snapshot and --decision-log."""
+    import engage.scoring.champions
+    import engage.spark
+
+    seen: dict[str, Any] = {}
+
+    def fake_score_spark(events: Any, as_of: Any, models: Any, cfg: Any, out: Any, **kw: Any) -> Any:
+        seen.update(master=cfg.spark.master, snapshot=kw.get("snapshot"), log=kw.get("decision_log"))
+        raise typer.Exit(0)
+
+    monkeypatch.setattr(engage.spark, "score_spark", fake_score_spark)
+    monkeypatch.setattr(engage.scoring.champions, "load_champions", lambda cfg: object())
+    args = [
+        "score",
+        "--events",
+        "events.csv",
+        "--as-of",
+        "2024-02-01",
+        "--out",
+        "s.parquet",
+        "--engine",
+        "spark",
+    ]
+    args += ["--master", "spark://127.0.0.1:7077", "--snapshot", "snap.parquet", "--decision-log", "log"]
+    result = _run(tmp_path, monkeypatch, args)
+    assert result.exit_code == 0, result.output
+    assert seen == {"master": "spark://127.0.0.1:7077", "snapshot": Path("snap.parquet"), "log": Path("log")}
+
+
 @pytest.fixture(params=[0o022, 0o077, 0o002])
 def umask(request: pytest.FixtureRequest) -> Iterator[int]:
     old = os.umask(request.param)
