@@ -40,6 +40,7 @@ __all__ = [
     "Catalog",
     "CatalogError",
     "Message",
+    "Variant",
     "catalog_from_dict",
     "is_standard_feature",
     "load_catalog",
@@ -56,8 +57,23 @@ class CatalogError(ValueError):
 
 
 @dataclass(frozen=True)
+class Variant:
+    """One channel a message can go on, with its own text and cost."""
+
+    channel: str
+    template: str
+    cost: float
+    html: bool = False
+
+
+@dataclass(frozen=True)
 class Message:
-    """One catalog entry: where it goes, what it says, what it costs and who may get it."""
+    """One catalog entry: where it goes, what it says, what it costs and who may get it.
+
+    ``channel``, ``template`` and ``cost`` are its first variant; ``variants`` the others (a message
+    that may also go as a push, with its own text and cost): the policy picks among those the user
+    consented to, by expected gain net of each variant's cost.
+    """
 
     id: str
     channel: str
@@ -71,6 +87,17 @@ class Message:
     """Values are HTML-escaped (the channel renders HTML)."""
     placeholders: Mapping[str, Placeholder] = field(default_factory=dict)
     """The catalog's defaults and number formats, by placeholder name."""
+    variants: tuple[Variant, ...] = ()
+    """Further channels, beyond ``channel`` (no channel twice)."""
+
+    @property
+    def all_variants(self) -> tuple[Variant, ...]:
+        """Every channel the message can go on, its own first."""
+        return (Variant(self.channel, self.template, self.cost, self.html), *self.variants)
+
+    def variant(self, channel: str) -> Variant | None:
+        """The variant on ``channel``, or None."""
+        return next((v for v in self.all_variants if v.channel == channel), None)
 
     def template_keys(self) -> set[str]:
         """The value names the template reads."""
@@ -90,6 +117,8 @@ class Catalog:
     source: str = ""
     placeholders: Mapping[str, Placeholder] = field(default_factory=dict)
     html_channels: tuple[str, ...] = HTML_CHANNELS
+    per_channel_7d: Mapping[str, int] = field(default_factory=dict)
+    """Contact caps per channel over ``CAP_DAYS`` days (``caps: per_channel_7d: {push: 1}``)."""
 
     @property
     def history_days(self) -> int:
@@ -144,8 +173,9 @@ class Catalog:
 
 
 _MESSAGE_FIELDS = frozenset(
-    {"id", "channel", "template", "params", "cost", "value", "eligible_if", "cooldown_days"}
+    {"id", "channel", "template", "params", "cost", "value", "eligible_if", "cooldown_days", "variants"}
 )
+_VARIANT_FIELDS = frozenset({"channel", "template", "cost"})
 _CATALOG_FIELDS = frozenset({"messages", "caps", "placeholders", "html_channels"})
 _PLACEHOLDER_FIELDS = frozenset({"default", "format"})
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
@@ -318,9 +348,50 @@ def _message(item: Any, i: int, seen: set[str], path: str, known: _Known) -> Mes
     if isinstance(cooldown, bool) or not isinstance(cooldown, int) or cooldown < 0:
         raise CatalogError(f"{where}: field 'cooldown_days' must be a non-negative integer, got {cooldown!r}")
     html = channel in known.html_channels
+    variants = _variants(item.get("variants"), channel, item["template"], cost, params, known, where)
     return Message(
-        mid, channel, item["template"], cost, value, rule, cooldown, dict(params), html, known.placeholders
+        mid,
+        channel,
+        item["template"],
+        cost,
+        value,
+        rule,
+        cooldown,
+        dict(params),
+        html,
+        known.placeholders,
+        variants,
     )
+
+
+def _variants(
+    raw: Any, channel: str, template: str, cost: float, params: dict[str, Any], known: _Known, where: str
+) -> tuple[Variant, ...]:
+    """A message's ``variants``: each a channel (not the message's own, not twice) with an optional
+    template and cost of its own (else the message's)."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise CatalogError(
+            f"{where}: field 'variants' must be a list such as [{{channel: push, cost: 0.02}}]"
+        )
+    seen = {channel}
+    out = []
+    for k, item in enumerate(raw, start=1):
+        at = f"{where}: field 'variants[{k}]"
+        if not isinstance(item, dict) or set(item) - _VARIANT_FIELDS:
+            raise CatalogError(f"{at}' must be a mapping of {', '.join(sorted(_VARIANT_FIELDS))}")
+        ch = item.get("channel")
+        if ch not in s.CHANNELS:
+            raise CatalogError(f"{at}.channel' must be one of {', '.join(s.CHANNELS)}, got {ch!r}")
+        if ch in seen:
+            raise CatalogError(f"{at}.channel': {ch} is already a channel of this message")
+        seen.add(ch)
+        text = item.get("template", template)
+        _template(text, ch, params, known, f"{where} (variant {ch})")
+        price = _number(item, "cost", f"{at}]") if "cost" in item else cost
+        out.append(Variant(ch, text, price, ch in known.html_channels))
+    return tuple(out)
 
 
 def catalog_from_dict(
@@ -352,4 +423,17 @@ def catalog_from_dict(
     cap = caps.get("max_per_7d", 2)
     if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
         raise CatalogError(f"{path}: caps: field 'max_per_7d' must be a non-negative integer, got {cap!r}")
-    return Catalog(tuple(messages), cap, source, known.placeholders, known.html_channels)
+    unknown_caps = sorted(str(k) for k in set(caps) - {"max_per_7d", "per_channel_7d"})
+    if unknown_caps:
+        raise CatalogError(
+            f"{path}: caps: field '{unknown_caps[0]}' is not known (max_per_7d, per_channel_7d)"
+        )
+    per_channel = caps.get("per_channel_7d") or {}
+    if not isinstance(per_channel, dict):
+        raise CatalogError(f"{path}: caps: field 'per_channel_7d' must be a mapping such as {{push: 1}}")
+    for ch, n in per_channel.items():
+        if ch not in s.CHANNELS:
+            raise CatalogError(f"{path}: caps: per_channel_7d.{ch}: not a channel ({', '.join(s.CHANNELS)})")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise CatalogError(f"{path}: caps: per_channel_7d.{ch} must be a non-negative integer, got {n!r}")
+    return Catalog(tuple(messages), cap, source, known.placeholders, known.html_channels, dict(per_channel))

@@ -57,6 +57,7 @@ class _Recent:
         self.end = np.datetime64(moment.tz_convert(None), "us")
         self.ts = ts[keep].astype("datetime64[us]")
         self.message = message[keep]
+        self.kept_rows = np.flatnonzero(keep)
         kept = _text(history[s.USER_ID])[keep]
         # one factorisation of history users then batch users: history codes come first
         codes, _ = pd.factorize(np.concatenate([kept, np.asarray(users, dtype=object)]))
@@ -129,10 +130,17 @@ def allowed_matrix(
     elif max_per_7d <= 0:
         capped = np.ones(n, dtype=bool)
     consents: dict[str, np.ndarray] = {}
+    reachable: np.ndarray | None = (
+        np.asarray(channel_allowed(features, catalog, history=history, as_of=as_of, users=users).any(axis=2))
+        if catalog.per_channel_7d or any(m.variants for m in catalog.messages)
+        else None
+    )
     for j, m in enumerate(catalog.messages, start=1):
         ok = allowed[:, j]
         consent = s.consent_column(m.channel)
-        if consent in features:
+        if reachable is not None:  # variants: any consented channel under its cap will do
+            ok &= reachable[:, j]
+        elif consent in features:
             if consent not in consents:
                 consents[consent] = _consent(features, consent)
             ok &= consents[consent]
@@ -142,6 +150,83 @@ def allowed_matrix(
             ok &= ~recent.gather(cooled, False)
         ok &= ~capped
     return allowed
+
+
+def channel_allowed(
+    features: pd.DataFrame,
+    catalog: Catalog,
+    *,
+    history: pd.DataFrame | None,
+    as_of: datetime | None,
+    users: np.ndarray | None = None,
+) -> np.ndarray:
+    """(rows, arms, channels): whether each arm could go on each channel (``schemas.CHANNELS``).
+
+    A message's variant on a channel is allowed when the user consented (``consent_<channel>`` > 0,
+    when the features carry it) and the channel's cap (``caps.per_channel_7d``) is not reached by
+    the non-`none` history before ``as_of`` (its ``channel`` column, else the message's channel).
+    The control arm has no channel; eligibility, cooldowns and the global cap are ``allowed_matrix``'s.
+    """
+    n, channels = len(features), s.CHANNELS
+    out = np.zeros((n, len(catalog.arms), len(channels)), dtype=bool)
+    ok_channel = np.ones((n, len(channels)), dtype=bool)
+    for c, ch in enumerate(channels):
+        if s.consent_column(ch) in features:
+            ok_channel[:, c] = _consent(features, s.consent_column(ch))
+    moment = _utc(as_of) if as_of is not None else None
+    if catalog.per_channel_7d and history is not None and len(history) and moment is not None:
+        recent = _Recent(history, moment, CAP_DAYS, _users(features) if users is None else users)
+        sent_on = _text(history[s.CHANNEL]) if s.CHANNEL in history.columns else None
+        kept = recent.kept_rows
+        channel_of = (
+            sent_on[kept] if sent_on is not None else np.array([catalog.channel(m) for m in recent.message])
+        )
+        for c, ch in enumerate(channels):
+            cap = catalog.per_channel_7d.get(ch)
+            if cap is None:
+                continue
+            counts = np.bincount(recent.codes[channel_of == ch], minlength=recent.n_users)
+            ok_channel[:, c] &= recent.gather(counts, 0) < cap
+    elif catalog.per_channel_7d:
+        for c, ch in enumerate(channels):
+            if catalog.per_channel_7d.get(ch) == 0:
+                ok_channel[:, c] = False
+    for j, m in enumerate(catalog.messages, start=1):
+        for v in m.all_variants:
+            c = channels.index(v.channel)
+            out[:, j, c] = ok_channel[:, c]
+    return out
+
+
+def variant_gains(
+    gains: np.ndarray,
+    catalog: Catalog,
+    allowed: np.ndarray,
+    channel_scores: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each arm's best channel and its expected gain net of that channel's cost: (gains, channel index).
+
+    ``gains`` (rows x arms) are the model's expected gains on the message's own channel, net of its
+    cost; the benefit (gain + cost) is scaled by the user's relative responsiveness to each channel
+    (``channel_scores``, rows x channels, 1 = as the own channel; ``engage.timing``) and each
+    variant's cost subtracted. Channels not ``allowed`` (``channel_allowed``) are skipped; an arm
+    with none left gets -inf and channel -1. The control arm keeps its gain and channel -1.
+    """
+    n, n_arms, n_ch = allowed.shape
+    scores = np.ones((n, n_ch)) if channel_scores is None else np.asarray(channel_scores, dtype=float)
+    best = np.full((n, n_arms), -np.inf)
+    channel = np.full((n, n_arms), -1, dtype=np.int64)
+    best[:, 0] = gains[:, 0]
+    for j, m in enumerate(catalog.messages, start=1):
+        own = s.CHANNELS.index(m.channel)
+        benefit = (gains[:, j] + m.cost) / np.where(scores[:, own] > 0, scores[:, own], 1.0)
+        for v in m.all_variants:
+            c = s.CHANNELS.index(v.channel)
+            net = np.where(allowed[:, j, c], benefit * scores[:, c] - v.cost, -np.inf)
+            better = net > best[:, j]
+            best[:, j] = np.where(better, net, best[:, j])
+            channel[:, j] = np.where(better, c, channel[:, j])
+    return best, channel
 
 
 def gain_matrix(gains: pd.DataFrame, arms: Sequence[str], fill: float = np.nan) -> np.ndarray:
