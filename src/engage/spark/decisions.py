@@ -87,7 +87,7 @@ def write_decisions(scores: DataFrame, log_dir: str | Path, decided_at: datetime
     root.fs.create_dir(target.path.rpartition("/")[0], recursive=True)
     try:
         lines = scores.mapInPandas(_lines(decided_at.isoformat()), "value string")  # type: ignore[arg-type]
-        lines.repartition(1).write.mode("errorifexists").text(tmp.uri)
+        lines.repartition(1).write.mode("error").text(tmp.uri)
         (part,) = part_files(tmp, ".txt")
         published = _publish(root, part, target.path)
     finally:

@@ -153,7 +153,7 @@ def write_dataset(frame: DataFrame, location: str | Path, fmt: str = "parquet") 
     if parent:
         target.fs.create_dir(parent, recursive=True)
     try:
-        frame.write.mode("errorifexists").format(fmt).save(tmp.uri)
+        frame.write.mode("error").format(fmt).save(tmp.uri)
         _drop_checksums(tmp)
         old = target.sibling("old") if target.exists() else None
         if old is not None:
