@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/offers.py [--sizes 5000,20000,100000] [--days 180] [--seed 42]
         [--n-boot 50] [--set num_leaves=3 --set learner=t ...]
-        [--compare shrink_folds=0,effect_num_leaves=None,effect_n_estimators=None,...]
+        [--compare effect_domain=all]
 
 For each size: simulates ``users`` over ``days`` (``engage.datasets.simulate``, seeded), builds the
 offer table (exposures with point-in-time features and attributed outcomes), fits the multi-arm
@@ -11,7 +11,8 @@ fields; ``None`` / ``null`` for None) and judges it on the held-out rows with th
 conversion probabilities. ``--seed`` seeds the simulation and ``config.seed`` (split, trees, bootstrap).
 ``--compare`` fits a second configuration (comma-separated overrides) on the same table and split,
 so two settings are judged side by side on identical data (``--compare ""`` turns it off; the
-default compares with the settings before: no shrinkage, effect stage sized as the outcome models).
+default compares with the settings before: each arm's effect learned on every row, not only where
+the arm is eligible).
 
 Prints per size: seconds for simulate / table / fit, training rows, the true increment over sending
 nothing (``none``) of the learned policy, the greedy policy and the best single arm, each as a share
@@ -162,7 +163,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--compare",
-        default="shrink_folds=0,effect_num_leaves=None,effect_n_estimators=None,effect_learning_rate=None",
+        default="effect_domain=all",
         help="comma-separated config.offers overrides of a second fit on the same data ('' = none)",
     )
     args = parser.parse_args()

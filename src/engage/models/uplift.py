@@ -17,6 +17,11 @@ on its doubly robust score (the "best linear predictor" of the effect), and the 
 ``ate + beta * (tau(x) - mean tau)`` with ``beta`` in [0, 1] and ``ate`` the DR average effect. An
 arm whose estimated heterogeneity is noise (beta near 0) is served at its average effect, so a noisy
 arm no longer wins the argmax by its noise; a well-estimated arm keeps its ranking (beta near 1).
+``domain`` (optional at fit: one boolean column per arm, e.g. the catalog's eligibility) restricts
+each arm's effect regressions and its shrinkage to the rows where that arm may be sent: the policy
+only compares an arm where it is eligible, so its effect is learned there and its average effect is
+that domain's, not the population's (where the arm is never sent). Rows outside still fit the
+outcome models. Simulator, 5,000 users, 5 seeds: 0.921 of the oracle's increment vs 0.859 on every row.
 ``expected_gain`` turns outcome probabilities into money per arm.
 """
 
@@ -117,8 +122,13 @@ class MultiArmUplift(BaseEstimator):
         arm: Sequence[Any] | np.ndarray | pd.Series,
         y: Sequence[float] | np.ndarray | pd.Series,
         propensity: Sequence[float] | np.ndarray | pd.Series | None = None,
+        domain: pd.DataFrame | None = None,
     ) -> MultiArmUplift:
-        """Fit on logged rows (features, arm given, binary outcome, optional logging propensity)."""
+        """Fit on logged rows (features, arm given, binary outcome, optional logging propensity).
+
+        ``domain``: rows x arms booleans (an arm without a column: every row), aligned with X by
+        position; each arm's effect stage and shrinkage use only its rows (see the module docstring).
+        """
         if self.learner not in ("t", "x", "s"):
             raise ValueError(f"learner must be 't', 'x' or 's', got {self.learner!r}")
         if self.shrink_folds < 0 or self.shrink_folds == 1:
@@ -131,6 +141,8 @@ class MultiArmUplift(BaseEstimator):
             raise ValueError(f"X, arm and y differ in length: {len(X)}, {len(arm)}, {len(y)}")
         if np.isnan(y).any() or not np.isin(y, (0.0, 1.0)).all():
             raise ValueError("y must be a binary 0/1 outcome without missing values")
+        if domain is not None and len(domain) != len(arm):
+            raise ValueError(f"domain has {len(domain)} rows, X has {len(arm)}: one row of arms per row")
         if self.control not in set(arm):
             raise ValueError(f"no rows of the control arm {self.control!r}")
         w = np.ones(len(arm))
@@ -153,6 +165,7 @@ class MultiArmUplift(BaseEstimator):
             if len(np.unique(y[rows])) < 2:
                 raise ValueError(f"arm {a!r}: the outcome takes one value only; nothing to learn")
         Xp = self._prepare(X)
+        scope = self._scopes(domain, arm)
         self.models_: dict[str, Any] = {}
         self.effect_models_: dict[str, tuple[Any, Any, float]] = {}
         self.shrinkage_: dict[str, tuple[float, float, float]] = {}
@@ -164,13 +177,32 @@ class MultiArmUplift(BaseEstimator):
                 weight = w[rows] / w[rows].mean()
                 self.models_[a] = self._classifier().fit(Xp[rows], y[rows], sample_weight=weight)
             if self.learner == "x":
-                self._fit_x(Xp, arm, y, w)
+                self._fit_x(Xp, arm, y, w, scope)
         if self.shrink_folds >= 2:
-            self._fit_shrinkage(X, arm, y, w)
+            self._fit_shrinkage(X, arm, y, w, domain, scope)
         return self
 
-    def _fit_shrinkage(self, X: pd.DataFrame, arm: np.ndarray, y: np.ndarray, w: np.ndarray) -> None:
-        """Per arm (ate, beta, center) from out-of-fold uplift and doubly robust scores.
+    def _scopes(self, domain: pd.DataFrame | None, arm: np.ndarray) -> dict[str, np.ndarray]:
+        """Per non-control arm, the rows its effect is learned on: its domain column, or every row
+        (no domain, no column, or a domain without a row of the arm or of the control)."""
+        every = np.ones(len(arm), dtype=bool)
+        scopes = {}
+        for a in self.arms_[1:]:
+            rows = every if domain is None or a not in domain.columns else domain[a].to_numpy(dtype=bool)
+            usable = (rows & (arm == a)).any() and (rows & (arm == self.control)).any()
+            scopes[a] = rows if usable else every
+        return scopes
+
+    def _fit_shrinkage(
+        self,
+        X: pd.DataFrame,
+        arm: np.ndarray,
+        y: np.ndarray,
+        w: np.ndarray,
+        domain: pd.DataFrame | None,
+        scope: dict[str, np.ndarray],
+    ) -> None:
+        """Per arm (ate, beta, center) from out-of-fold uplift and doubly robust scores on its scope.
 
         Folds are seeded row draws; each fold's learner is this one without shrinkage. The DR score
         of arm a vs control is mu_a - mu_0 + 1[a] w (y - mu_a) - 1[control] w (y - mu_0) with the
@@ -188,29 +220,31 @@ class MultiArmUplift(BaseEstimator):
                     "use fewer folds or shrink_folds=0"
                 )
             part = clone(self).set_params(shrink_folds=0, random_state=self.random_state + k + 1)
-            part.fit(X[train], arm[train], y[train], propensity=1.0 / w[train])
+            part_domain = None if domain is None else domain.iloc[np.flatnonzero(train)]
+            part.fit(X[train], arm[train], y[train], propensity=1.0 / w[train], domain=part_domain)
             oof[held] = part.predict_outcomes(X[held]).reindex(columns=self.arms_).to_numpy()
         raw = self._raw_outcomes(X)
         mu0, control = oof[:, 0], arm == self.control
         for j, a in enumerate(self.arms_[1:], start=1):
-            mua, treated = oof[:, j], arm == a
-            score = mua - mu0 + treated * w * (y - mua) - control * w * (y - mu0)
-            tau = mua - mu0
+            mua, treated, rows = oof[:, j], arm == a, scope[a]
+            score = (mua - mu0 + treated * w * (y - mua) - control * w * (y - mu0))[rows]
+            tau = (mua - mu0)[rows]
             centred = tau - tau.mean()
             spread = float(np.dot(centred, centred))
             beta = float(np.dot(centred, score - score.mean()) / spread) if spread > 0 else 0.0
-            center = float((raw[a] - raw[self.control]).mean())
+            center = float((raw[a] - raw[self.control]).to_numpy()[rows].mean())
             self.shrinkage_[a] = (float(score.mean()), float(np.clip(beta, 0.0, 1.0)), center)
 
     def _with_arm(self, Xp: pd.DataFrame, arm: np.ndarray | str) -> pd.DataFrame:
         values = np.full(len(Xp), arm) if isinstance(arm, str) else arm
         return Xp.assign(**{_ARM_FEATURE: pd.Categorical(values, categories=self.arms_)})
 
-    def _fit_x(self, Xp: pd.DataFrame, arm: np.ndarray, y: np.ndarray, w: np.ndarray) -> None:
-        control = arm == self.control
+    def _fit_x(
+        self, Xp: pd.DataFrame, arm: np.ndarray, y: np.ndarray, w: np.ndarray, scope: dict[str, np.ndarray]
+    ) -> None:
         mu0 = self.models_[self.control]
         for a in self.arms_[1:]:
-            treated = arm == a
+            treated, control = (arm == a) & scope[a], (arm == self.control) & scope[a]
             d_treated = y[treated] - mu0.predict_proba(Xp[treated])[:, 1]
             d_control = self.models_[a].predict_proba(Xp[control])[:, 1] - y[control]
             tau_t = self._regressor().fit(

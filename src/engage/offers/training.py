@@ -248,6 +248,7 @@ def fit_offers(
         train[ARM].astype(str),
         train[s.CONVERTED].astype(float),
         train[s.PROPENSITY],
+        domain=catalog.eligibility(train) if oc.effect_domain == "eligible" else None,
     )
     bundle = OfferBundle(model=model, feature_names=list(feature_cols))
     test = test.reset_index(drop=True)
