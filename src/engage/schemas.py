@@ -90,6 +90,11 @@ SIGNUP_TS: Final = "signup_ts"
 CHANNELS: Final[tuple[str, ...]] = ("email", "push", "in_app", "web_popup")
 
 
+TIMEZONE: Final = "timezone"
+"""Optional users-table column: the user's IANA time zone. Absent, empty or unknown: the zone is
+inferred from activity, else UTC, and the send time says which (``engage.timing.zones``)."""
+
+
 def consent_column(channel: str) -> str:
     """Name of the users-table flag saying the user accepts messages on `channel`."""
     return f"consent_{channel}"
@@ -111,6 +116,9 @@ REVENUE: Final = "revenue"
 AS_OF: Final = "as_of"
 LABEL: Final = "churned"
 EXPECTED_GAIN: Final = "expected_gain"
+SEND_AT: Final = "send_at"
+SEND_PROPENSITY: Final = "send_propensity"
+SEND_REASON: Final = "send_reason"
 SCORE_TYPES: Final[dict[str, str]] = {
     USER_ID: "string",
     AS_OF: "timestamp",
@@ -131,6 +139,9 @@ SCORE_TYPES: Final[dict[str, str]] = {
     "predicted_revenue": "double",  # predicted_purchases x expected spend per purchase (Gamma-Gamma)
     "value_horizon_days": "int",
     "expected_next_order_at": "timestamp",  # null when the user is more likely gone than active
+    "send_at": "timestamp",  # UTC; null without a timing model or when nothing is sent
+    "send_propensity": "double",  # P(this send hour); propensity is then P(message) x this
+    "send_reason": "string",  # why this hour ("usually active 19:00-22:00 on weekdays")
 }
 """The one list of score fields (batch files, ``/score`` answers, Spark), with their stored types."""
 SCORE_FIELDS: Final[tuple[str, ...]] = tuple(SCORE_TYPES)

@@ -65,8 +65,7 @@ from engage.datasets._sim_timing import (
 )
 from engage.datasets._sim_timing import session_seconds as timed_seconds
 
-TIMEZONE = "timezone"
-"""Users-table column: the user's IANA time zone (null: not stated)."""
+TIMEZONE = schemas.TIMEZONE
 CONSENT_RATES = {"email": 0.70, "push": 0.45, "in_app": 0.60, "web_popup": 0.20}
 GRID_EVERY_DAYS = 7
 

@@ -11,25 +11,29 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Required, TypedDict, Unpack
 
 import numpy as np
 import pandas as pd
 
 from engage import schemas as s
-from engage.config import PolicyConfig
+from engage.config import PolicyConfig, TimingConfig
 from engage.hashing import decision_keys
 from engage.models.bundle import ChurnBundle, OfferBundle
 from engage.offers.catalog import Catalog
 from engage.offers.policy import (
+    channel_allowed,
     draw_arms,
     gain_matrix,
     probability_matrix,
     value_weighted_gains,
     value_weights,
+    variant_gains,
 )
 from engage.offers.templates import render_many
+from engage.timing.features import TimingFeatures
+from engage.timing.sendtime import TimingModel, decision_times
 
 NO_REASONS: tuple[()] = ()
 """The reasons of a row that was not explained (shared and immutable)."""
@@ -43,6 +47,8 @@ class ScoringModels:
     catalog: Catalog
     offers: OfferBundle | None = None
     versions: dict[str, str] = field(default_factory=dict)
+    timing: TimingModel | None = None
+    """The send-time and channel model (``engage train timing``); None: no send time, own channels."""
 
 
 class ScoreOptions(TypedDict, total=False):
@@ -55,6 +61,8 @@ class ScoreOptions(TypedDict, total=False):
     explain_rows: np.ndarray | None
     churn_probability: np.ndarray | None
     decision_nonce: str | None
+    timing: TimingFeatures | None
+    timing_config: TimingConfig | None
 
 
 def score_features(
@@ -80,6 +88,8 @@ def score_columns(
     explain_rows: np.ndarray | None = None,
     churn_probability: np.ndarray | None = None,
     decision_nonce: str | None = None,
+    timing: TimingFeatures | None = None,
+    timing_config: TimingConfig | None = None,
 ) -> dict[str, Any]:
     """Scores of a feature table (at least one row) as columns: ``SCORE_FIELDS`` in order.
 
@@ -93,6 +103,12 @@ def score_columns(
     ``intended_message_id`` is the message the policy picks without the holdout: for a holdout row
     the message it would have sent (the same draw over the probabilities it would have had), for
     every other row its ``message_id``; lift per message compares the two groups on it.
+
+    Channels: a message with variants goes on its best allowed channel (``policy.variant_gains``;
+    with ``timing`` and ``models.timing``, scaled by the user's channel responsiveness). Send time:
+    with ``timing`` (the users' timing features, rows aligned) and ``models.timing``, ``send_at`` is
+    the best (or explored) hour of the window in the user's zone outside the channel's quiet hours,
+    ``send_propensity`` its probability and ``propensity`` that of the (message, send time) pair.
     """
     features = features.reset_index(drop=True)
     if not _is_utc(features[s.AS_OF]):
@@ -126,6 +142,16 @@ def score_columns(
         reference = getattr(getattr(models.churn, "value", None), "reference_revenue_", float("nan"))
         weights = value_weights(value["predicted_revenue"], reference)
         arm_gains = value_weighted_gains(arm_gains, catalog, weights)
+    timed = timing is not None and models.timing is not None
+    if timing is not None and not timing.table[s.USER_ID].cast(str).to_list() == user_ids.tolist():
+        raise ValueError("timing features: rows must align with the feature table's user_id")
+    arm_channel: np.ndarray | None = None
+    if timed or any(m.variants for m in catalog.messages):
+        scores = models.timing.channel_scores(timing.table) if timed and models.timing and timing else None
+        allowed = channel_allowed(
+            features, catalog, history=history, as_of=decision_time, users=user_ids.to_numpy()
+        )
+        arm_gains, arm_channel = variant_gains(arm_gains, catalog, allowed, scores)
     probabilities, holdout = probability_matrix(
         features,
         arm_gains,
@@ -154,13 +180,24 @@ def score_columns(
             users=held_users,
         )
         intended[held] = all_arms[draw_arms(unheld, draws[held])[0]]
+    rows = np.arange(len(arms))
+    channel_index = (
+        arm_channel[rows, chosen]
+        if arm_channel is not None
+        else np.array([_channel_index(c) for c in catalog.arm_channels])[chosen]
+    )
     out[s.MESSAGE_ID] = arms
-    out[s.CHANNEL] = catalog.arm_channels[chosen]
-    out["message_text"] = render_many(catalog, arms, features)
+    out[s.CHANNEL] = np.where(
+        channel_index >= 0, np.asarray(s.CHANNELS, dtype=object)[np.maximum(channel_index, 0)], s.CONTROL_ARM
+    )
+    out["message_text"] = _texts(catalog, arms, out[s.CHANNEL], features)
     modelled = np.isin(np.asarray(catalog.arms, dtype=object), list(gains.columns))
-    picked = arm_gains[np.arange(len(arms)), chosen]
+    picked = arm_gains[rows, chosen]
     out[s.EXPECTED_GAIN] = np.where(modelled[chosen], picked, 0.0)
     out[s.PROPENSITY] = propensity
+    out |= _send_columns(timing if timed else None, decision_time, timing_config, channel_index)
+    if timed:  # the logged propensity is that of the (message, send time) pair
+        out[s.PROPENSITY] = propensity * np.where(channel_index >= 0, out[s.SEND_PROPENSITY], 1.0)
     out["holdout"] = np.asarray(holdout, dtype=bool)
     out[s.INTENDED_MESSAGE_ID] = intended
     out["cold_start"] = np.zeros(len(features), dtype=bool)
@@ -169,6 +206,42 @@ def score_columns(
     out["decision_id"] = ids
     out.update(value)
     return {name: out[name] for name in s.SCORE_FIELDS}
+
+
+def _channel_index(channel: str) -> int:
+    return s.CHANNELS.index(channel) if channel in s.CHANNELS else -1
+
+
+def _texts(catalog: Catalog, arms: np.ndarray, channels: np.ndarray, features: pd.DataFrame) -> np.ndarray:
+    """The message texts: each row rendered with the template of the channel it goes on."""
+    texts = render_many(catalog, arms, features)
+    for m in catalog.messages:
+        for v in m.variants:
+            rows = np.flatnonzero((arms == m.id) & (channels == v.channel))
+            if len(rows) and v.template != m.template:
+                variant = replace(
+                    m, channel=v.channel, template=v.template, cost=v.cost, html=v.html, variants=()
+                )
+                texts[rows] = render_many(
+                    replace(catalog, messages=(variant,)),
+                    arms[rows],
+                    features.iloc[rows].reset_index(drop=True),
+                )
+    return texts
+
+
+def _send_columns(
+    timing: TimingFeatures | None, as_of: Any, config: TimingConfig | None, channels: np.ndarray
+) -> dict[str, Any]:
+    """``send_at``, ``send_propensity``, ``send_reason``: from the timing model, else nulls."""
+    n = len(channels)
+    if timing is None:
+        return {
+            s.SEND_AT: pd.Series(pd.NaT, index=range(n), dtype="datetime64[us, UTC]"),
+            s.SEND_PROPENSITY: np.full(n, np.nan),
+            s.SEND_REASON: np.full(n, None, dtype=object),
+        }
+    return decision_times(timing, as_of, config or TimingConfig(), channels)
 
 
 def _value_columns(features: pd.DataFrame, churn: ChurnBundle) -> dict[str, Any]:

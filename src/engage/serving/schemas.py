@@ -244,6 +244,16 @@ class ChosenMessage(BaseModel):
         description="Why nothing is sent although the policy picked intended_message_id (e.g. "
         "'contact store unavailable'); null when message_id is the policy's choice",
     )
+    send_at: datetime | None = Field(
+        None,
+        description="When to send (UTC): the user's best hour in the window; null without a timing model",
+    )
+    send_propensity: float | None = Field(
+        None, description="Probability of this send hour (exploration); propensity is then the pair's"
+    )
+    send_reason: str | None = Field(
+        None, description="Why this hour, e.g. 'usually active 19:00-22:00 on weekdays'"
+    )
 
 
 class UserScore(BaseModel):

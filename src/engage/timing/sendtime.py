@@ -25,8 +25,9 @@ from engage.hashing import mix_int, stable_hashes, unit_interval
 from engage.timing.features import HOW, OPEN_EVENTS, TimingFeatures, TimingPrior, shrink_profile
 from engage.timing.zones import HOURS, ZONE, ZONE_NOTE, ZONE_SOURCE, utc_offset_hours
 
-SEND_AT = "send_at"
-SEND_PROPENSITY = "send_propensity"
+SEND_AT = schemas.SEND_AT
+SEND_PROPENSITY = schemas.SEND_PROPENSITY
+SEND_REASON = schemas.SEND_REASON
 EXPECTED_ENGAGEMENT = "expected_engagement"
 """Activity in the chosen hour over the user's average hour (1 = an hour picked at random)."""
 LOCAL_HOUR = "local_send_hour"
@@ -182,10 +183,55 @@ def top_hours(profile: NDArray[np.float64], k: int) -> NDArray[np.int64]:
     return np.asarray(np.argsort(-profile, axis=1, kind="stable")[:, :k], dtype=np.int64)
 
 
-def active_span(profile_row: NDArray[np.float64], weekdays: bool = True) -> tuple[int, int]:
-    """The 3-hour local span [start, start + 3) with the most activity on weekdays (or weekends)."""
+def active_spans(profile: NDArray[np.float64], weekdays: bool = True) -> NDArray[np.int64]:
+    """Per row, the local start hour of the 3 hours with the most activity on weekdays (or weekends)."""
     rows = slice(0, 5) if weekdays else slice(5, 7)
-    days = profile_row.reshape(7, HOURS)[rows].sum(axis=0)
-    windows = days + np.roll(days, -1) + np.roll(days, -2)
-    start = int(windows.argmax())
-    return start, (start + 3) % HOURS
+    days = profile.reshape(-1, 7, HOURS)[:, rows].sum(axis=1)
+    windows = days + np.roll(days, -1, axis=1) + np.roll(days, -2, axis=1)
+    return np.asarray(windows.argmax(axis=1), dtype=np.int64)
+
+
+def send_reasons(times: pl.DataFrame, profile: NDArray[np.float64]) -> list[str]:
+    """Why each send time, in plain words: the user's active hours, the population's, or quiet hours."""
+    start = active_spans(profile)
+    out = []
+    for row, first in zip(times.iter_rows(named=True), start.tolist(), strict=True):
+        basis, source = row[SEND_BASIS], row[ZONE_SOURCE]
+        if basis == "after_window":
+            text = f"quiet hours fill the send window: the first allowed hour, {row[LOCAL_HOUR]:02d}:00 local"
+        elif basis == "population":
+            text = f"little history yet: {row[LOCAL_HOUR]:02d}:00 local, when most customers are active"
+        else:
+            text = f"usually active {first:02d}:00-{(first + 3) % HOURS:02d}:00 on weekdays"
+        if source == "inferred":
+            text += f" (time zone {row[ZONE]} inferred from activity)"
+        elif source == "utc":
+            text += " (time zone unknown: UTC)"
+        out.append(text)
+    return out
+
+
+def decision_times(
+    features: TimingFeatures,
+    as_of: datetime,
+    config: TimingConfig,
+    channels: NDArray[np.int64],
+) -> dict[str, Any]:
+    """The score columns of the send time: ``send_at`` (UTC), ``send_propensity``, ``send_reason``.
+
+    Rows whose channel is -1 (nothing sent) get nulls. Rows align with `features`.
+    """
+    n = features.table.height
+    sent = channels >= 0
+    times = send_times(features, as_of, config, channels=channels)
+    stamps = times[SEND_AT].to_pandas().reset_index(drop=True)
+    reasons = send_reasons(times, features.profile)
+    return {
+        SEND_AT: stamps.where(pd.Series(sent)),
+        SEND_PROPENSITY: np.where(sent, times[SEND_PROPENSITY].to_numpy(), np.nan),
+        SEND_REASON: np.array(
+            [r if ok else None for r, ok in zip(reasons, sent.tolist(), strict=True)], dtype=object
+        )
+        if n
+        else np.zeros(0, dtype=object),
+    }

@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 
 from engage import schemas
 
-TIMEZONE = "timezone"
+TIMEZONE = schemas.TIMEZONE
 ZONE = "zone"
 ZONE_SOURCE = "zone_source"
 ZONE_NOTE = "zone_note"
