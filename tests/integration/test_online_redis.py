@@ -124,8 +124,16 @@ def test_a_loaded_feature_row_is_the_snapshot_row_and_scores_the_same(
 ) -> None:
     local = _replica(tmp_path, "local", "local", "x:")
     snapshot = pd.read_parquet(local.serve.feature_snapshot_path)
-    older = snapshot.assign(**{s.AS_OF: snapshot[s.AS_OF] - pd.Timedelta(days=7), "session_count_28d": -1.0})
     snapshot.loc[0, "session_count_28d"] = float("nan")  # a missing value travels as missing
+    n = len(snapshot)  # every kind of column a snapshot may carry, exactly
+    snapshot["visits"] = pd.Series(range(n), dtype="int64") * 2**40
+    snapshot["flag"] = pd.Series([i % 2 == 0 for i in range(n)], dtype=bool)
+    snapshot["note"] = pd.Series([None if i % 3 == 0 else f"n{i}" for i in range(n)], dtype="str")
+    snapshot["seen_at"] = pd.Timestamp("2024-05-31 13:14:15.123456", tz="UTC") - pd.to_timedelta(
+        range(n), "us"
+    )
+    snapshot.loc[1, "seen_at"] = pd.NaT
+    older = snapshot.assign(**{s.AS_OF: snapshot[s.AS_OF] - pd.Timedelta(days=7), "session_count_28d": -1.0})
     pd.concat([older, snapshot]).to_parquet(local.serve.feature_snapshot_path)
     written = load_features(
         redis_url,

@@ -127,7 +127,7 @@ class RedisStore:
         self._mark = self.client.register_script(_MARK_SENT)
         self._down_until = 0.0
         self._problem: str | None = None
-        self._schemas: dict[str, tuple[list[str], list[str]]] = {}
+        self._schemas: dict[str, _Schema] = {}
         self._lock = threading.Lock()
         self.features_loaded = False
         self.refresh()
@@ -253,35 +253,85 @@ class RedisStore:
                 rows = rows.without(np.flatnonzero(late.to_numpy()))
         return rows
 
-    def _schema(self, digest: str) -> tuple[list[str], list[str]]:
+    def _schema(self, digest: str) -> _Schema:
         cached = self._schemas.get(digest)
         if cached is None:
             raw = self.client.get(self._key(f"fs:{digest}"))
             if raw is None:
                 raise StoreUnavailable(f"feature schema {digest} missing from {self.name}")
             got = json.loads(raw)
-            cached = self._schemas[digest] = (list(got["columns"]), list(got["dtypes"]))
+            cached = self._schemas[digest] = _Schema(got["columns"], got["dtypes"])
         return cached
 
 
+class _Schema:
+    """The columns of one feature load: numbers travel as float64 bytes, the rest as JSON values."""
+
+    def __init__(self, columns: Sequence[str], dtypes: Sequence[str]) -> None:
+        self.columns, self.dtypes = list(columns), list(dtypes)
+        self.numeric = [c for c, d in zip(self.columns, self.dtypes, strict=True) if _is_number(d)]
+        self.other = [c for c in self.columns if c not in set(self.numeric)]
+        self.text = json.dumps({"columns": self.columns, "dtypes": self.dtypes})
+        self.digest = hashlib.sha256(self.text.encode()).hexdigest()[:DIGEST]
+
+    def encode(self, part: pd.DataFrame) -> list[bytes]:
+        """One value per row: digest, the JSON list of the other columns, newline, the float64 block."""
+        numbers = np.ascontiguousarray(part[self.numeric].to_numpy(dtype=np.float64, na_value=np.nan))
+        others = [_encodable(part[c]) for c in self.other]
+        head = self.digest.encode()
+        texts = (
+            [json.dumps(list(values)).encode() for values in zip(*others, strict=True)] if others else None
+        )
+        return [
+            head + (texts[i] if texts is not None else b"[]") + b"\n" + numbers[i].tobytes()
+            for i in range(len(part))
+        ]
+
+    def decode(self, items: Sequence[bytes]) -> pd.DataFrame:
+        width = len(self.numeric)
+        split = [item.index(b"\n", DIGEST) for item in items]
+        numbers = np.frombuffer(
+            b"".join(item[cut + 1 :] for item, cut in zip(items, split, strict=True)), np.float64
+        )
+        numbers = numbers.reshape(len(items), width)
+        others = [json.loads(item[DIGEST:cut]) for item, cut in zip(items, split, strict=True)]
+        out: dict[str, Any] = {}
+        dtypes = dict(zip(self.columns, self.dtypes, strict=True))
+        for j, name in enumerate(self.numeric):
+            out[name] = pd.Series(numbers[:, j]).astype(dtypes[name])
+        for j, name in enumerate(self.other):
+            out[name] = _typed([row[j] for row in others], dtypes[name])
+        return pd.DataFrame(out, columns=self.columns)
+
+
+DIGEST = 16
+
+
+def _is_number(dtype: str) -> bool:
+    """Integers, floats and booleans (numpy kinds), which float64 holds exactly (integers up to 2**53)."""
+    try:
+        return np.dtype(dtype).kind in "biuf"
+    except TypeError:
+        return False
+
+
 def _decode(raw: Sequence[Any], schema: Any) -> StoredRows:
-    """Rows read with MGET (JSON: schema digest, then values) as one typed frame."""
-    values: dict[str, list[list[Any]]] = {}
+    """Rows read with MGET (schema digest, other columns as JSON, numbers as float64) as one frame."""
+    groups: dict[str, list[bytes]] = {}
     where_digest: list[tuple[str, int] | None] = []
     for item in raw:
         if item is None:
             where_digest.append(None)
             continue
-        digest, *row = json.loads(item)
-        group = values.setdefault(digest, [])
+        digest = item[:DIGEST].decode()
+        group = groups.setdefault(digest, [])
         where_digest.append((digest, len(group)))
-        group.append(row)
+        group.append(item)
     frames, offsets, total = [], {}, 0
-    for digest, rows in values.items():
-        columns, dtypes = schema(digest)
-        frames.append(_typed(pd.DataFrame(rows, columns=columns), dtypes))
+    for digest, items in groups.items():
+        frames.append(schema(digest).decode(items))
         offsets[digest] = total
-        total += len(rows)
+        total += len(items)
     frame = (
         pd.concat(frames, ignore_index=True) if len(frames) > 1 else (frames[0] if frames else pd.DataFrame())
     )
@@ -289,19 +339,14 @@ def _decode(raw: Sequence[Any], schema: Any) -> StoredRows:
     return StoredRows(frame, where)
 
 
-def _typed(frame: pd.DataFrame, dtypes: Sequence[str]) -> pd.DataFrame:
-    """The decoded values with the loaded frame's dtypes (times travel as ns since the epoch)."""
-    out = {}
-    for name, dtype in zip(frame.columns, dtypes, strict=True):
-        column = frame[name]
-        if dtype.startswith("datetime64"):
-            stamps = pd.to_datetime(column.astype("float64").astype("Int64"), unit="ns", utc=True)
-            zone = dtype.partition(", ")[2].rstrip("]")
-            out[name] = stamps.dt.tz_convert(zone) if zone else stamps.dt.tz_localize(None)
-            out[name] = out[name].astype(dtype)
-        else:
-            out[name] = column.astype(dtype)
-    return pd.DataFrame(out, columns=frame.columns)
+def _typed(values: list[Any], dtype: str) -> pd.Series:
+    """JSON values back in their column's dtype (times travel as integer ns since the epoch)."""
+    if dtype.startswith("datetime64"):
+        stamps = pd.to_datetime(pd.array(values, dtype="Int64"), unit="ns", utc=True)
+        zone = dtype.partition(", ")[2].rstrip("]")
+        series = pd.Series(stamps.tz_convert(zone) if zone else stamps.tz_localize(None))
+        return series.astype(dtype)
+    return pd.Series(values, dtype=object).astype(dtype)
 
 
 def _encodable(column: pd.Series) -> list[Any]:
@@ -310,8 +355,6 @@ def _encodable(column: pd.Series) -> list[Any]:
         stamps = column.dt.tz_convert("UTC") if isinstance(column.dtype, pd.DatetimeTZDtype) else column
         values = stamps.dt.as_unit("ns").astype("int64").tolist()
         return [None if missing else v for v, missing in zip(values, column.isna().tolist(), strict=True)]
-    if column.dtype.kind == "f":
-        return column.astype(object).where(column.notna(), None).tolist()
     return column.astype(object).where(column.notna(), None).tolist()
 
 
@@ -321,6 +364,10 @@ def latest_rows(frame: pd.DataFrame) -> pd.DataFrame:
         [s.USER_ID, s.AS_OF], kind="stable"
     )
     return ordered.drop_duplicates(s.USER_ID, keep="last").reset_index(drop=True)
+
+
+# KEYS: the rows' keys; ARGV: TTL seconds, then one value per key. One command per batch of rows.
+_SET_MANY = "for i, k in ipairs(KEYS) do redis.call('SET', k, ARGV[i + 1], 'EX', ARGV[1]) end return #KEYS"
 
 
 def load_features(
@@ -339,14 +386,11 @@ def load_features(
     :class:`StoreUnavailable` when the server does not answer within ``timeout_ms``.
     """
     rows = latest_rows(frame)
-    columns = [str(c) for c in rows.columns]
-    dtypes = [str(t) for t in rows.dtypes]
-    schema = json.dumps({"columns": columns, "dtypes": dtypes})
-    digest = hashlib.sha256(schema.encode()).hexdigest()[:16]
+    schema = _Schema([str(c) for c in rows.columns], [str(t) for t in rows.dtypes])
     seconds = max(1, int(pd.Timedelta(ttl).total_seconds()))
     client = connect(url, timeout_ms)
     try:
-        _write_rows(client, rows, prefix, digest, schema, seconds, batch)
+        _write_rows(client, rows, prefix, schema, seconds, batch)
     except RedisError as exc:
         raise StoreUnavailable(f"{url}: {type(exc).__name__}: {exc}") from None
     finally:
@@ -355,19 +399,20 @@ def load_features(
 
 
 def _write_rows(
-    client: redis.Redis, rows: pd.DataFrame, prefix: str, digest: str, schema: str, seconds: int, batch: int
+    client: redis.Redis, rows: pd.DataFrame, prefix: str, schema: _Schema, seconds: int, batch: int
 ) -> None:
-    """Schema first, rows in pipelined batches, then ``fs:current`` (what readiness looks for)."""
-    client.set(f"{prefix}fs:{digest}", schema)
-    users = rows[s.USER_ID].tolist()
+    """Schema first, rows in pipelined batches (one Lua call per 1,000 rows), then ``fs:current``."""
+    client.set(f"{prefix}fs:{schema.digest}", schema.text)
+    keys = (prefix + "f:" + rows[s.USER_ID].astype(str)).tolist()
+    chunk = 1_000
     for start in range(0, len(rows), batch):
-        part = rows.iloc[start : start + batch]
-        encoded = [_encodable(part[c]) for c in part.columns]
+        values = schema.encode(rows.iloc[start : start + batch])
         with client.pipeline(transaction=False) as pipe:
-            for i, values in enumerate(zip(*encoded, strict=True)):
-                pipe.set(f"{prefix}f:{users[start + i]}", json.dumps([digest, *values]), ex=seconds)
+            for at in range(0, len(values), chunk):
+                part = keys[start + at : start + at + chunk]
+                pipe.eval(_SET_MANY, len(part), *part, seconds, *values[at : at + chunk])
             pipe.execute()
-    client.set(f"{prefix}fs:current", digest)
+    client.set(f"{prefix}fs:current", schema.digest)
 
 
 def open_store(config: EngageConfig, *, retention: pd.Timedelta) -> RedisStore:

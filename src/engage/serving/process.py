@@ -59,6 +59,13 @@ def serve(
 
     serving = check_servable(config, target, model_source)
     logger.info("serving %s with %d worker(s)", serving, config.serve.workers)
+    if config.serve.workers > 1 and config.serve.online_store == "local":
+        logger.warning(
+            "%d workers on the local online store: each sees the others' decisions about a second "
+            "later (the log tail), so concurrent requests for one user may pass the contact cap; "
+            "set serve.online_store: redis://... for a cap shared by every worker and replica",
+            config.serve.workers,
+        )
     with tempfile.TemporaryDirectory(prefix="engage-serve-") as tmp:
         config_path = Path(tmp) / "config.yaml"
         config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
