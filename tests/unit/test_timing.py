@@ -48,24 +48,56 @@ _event = st.tuples(
 )
 
 
-def _features(rows: list[tuple[str, datetime, str]]) -> tuple[pl.DataFrame, np.ndarray]:
-    f = timing_features(_events(rows), AS_OF, users=USERS, exposures=None, seed=1)
+_send = st.tuples(
+    st.sampled_from(["u1", "u2", "u3"]),
+    st.floats(min_value=0.0, max_value=60.0, allow_nan=False),
+    st.sampled_from(["email", "push"]),
+)
+
+
+def _sends(items: list[tuple[str, datetime, str]]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            schemas.USER_ID: [i[0] for i in items],
+            schemas.TS: pl.Series([i[1] for i in items], dtype=schemas.TS_DTYPE),
+            schemas.MESSAGE_ID: ["m"] * len(items),
+            schemas.CHANNEL: [i[2] for i in items],
+        },
+        schema={
+            schemas.USER_ID: pl.String,
+            schemas.TS: schemas.TS_DTYPE,
+            schemas.MESSAGE_ID: pl.String,
+            schemas.CHANNEL: pl.String,
+        },
+    )
+
+
+def _features(
+    rows: list[tuple[str, datetime, str]], sends: list[tuple[str, datetime, str]]
+) -> tuple[pl.DataFrame, np.ndarray]:
+    f = timing_features(_events(rows), AS_OF, users=USERS, exposures=_sends(sends), seed=1)
     return f.table, f.profile
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    past=st.lists(_event, min_size=1, max_size=25), future=st.lists(_event, max_size=10), drop=st.booleans()
+    past=st.lists(_event, min_size=1, max_size=25),
+    future=st.lists(_event, max_size=10),
+    drop=st.booleans(),
+    sent=st.lists(_send, max_size=12),
+    sent_later=st.lists(_send, max_size=6),
 )
-def test_events_at_or_after_as_of_never_change_a_timing_feature(past, future, drop) -> None:
+def test_events_at_or_after_as_of_never_change_a_timing_feature(past, future, drop, sent, sent_later) -> None:
     before = [(u, AS_OF - timedelta(days=d + 1e-3), t) for u, d, t in past]
     after = [(u, AS_OF + timedelta(days=d), t) for u, d, t in future]
-    base_table, base_profile = _features(before)
+    sends = [(u, AS_OF - timedelta(days=d + 1e-3), c) for u, d, c in sent]
+    later = [(u, AS_OF + timedelta(days=d), c) for u, d, c in sent_later]  # sends at or after as_of
+    base_table, base_profile = _features(before, sends)
     mutated = before + (after[1:] if drop and after else after)
     if after and not drop:  # move one at-or-after event and change its type
         user, ts, _ = after[0]
         mutated = [*before, (user, ts + timedelta(hours=5), "purchase"), *after[1:]]
-    table, profile = _features(mutated)
+    table, profile = _features(mutated, sends + later)
     assert table.equals(base_table)
     np.testing.assert_array_equal(profile, base_profile)
 
