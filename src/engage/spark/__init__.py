@@ -10,6 +10,7 @@ from engage.exports import lazy_exports
 _EXPORTS = {
     "local_spark": "session",
     "spark_session": "session",
+    "features": "features",
     "build_features_spark": "features",
     "score": "scoring",
     "run_scoring": "scoring",
