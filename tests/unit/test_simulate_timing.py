@@ -97,3 +97,19 @@ def test_send_hour_and_channel_matter_and_differ_by_user(sim: SimulatedData) -> 
     resp = truth.group_by(schemas.USER_ID).agg(pl.col("gain_email").first())
     joined = rates.filter(pl.col("sent") >= 3).join(resp, on=schemas.USER_ID)
     assert np.corrcoef(joined["rate"], joined["gain_email"])[0, 1] > 0.2
+
+
+def test_a_timing_world_says_so_and_is_not_resumed_silently_without_it(tmp_path) -> None:
+    import pandas as pd
+
+    from engage.datasets.resume import resume
+    from engage.datasets.simulate import read_simulation, write_simulation
+
+    write_simulation(simulate(200, 20, seed=1, timing=True), tmp_path / "w")
+    world = read_simulation(tmp_path / "w")
+    assert world.world is not None and world.world.timing
+    decisions = pd.DataFrame(
+        {"user_id": ["u0000001"], "decided_at": ["2024-01-21T10:00:00Z"], "message_id": ["none"]}
+    )
+    with pytest.raises(ValueError, match=r"simulate\.timing"):
+        resume(world, decisions, 5)

@@ -53,6 +53,8 @@ class World:
     last_abandon: NDArray[np.int64]
     browse: NDArray[np.float64]
     fatigue: NDArray[np.float64]
+    timing: bool = False
+    """Simulated with time zones, rhythms and timed campaigns (``_sim_timing``)."""
     activity: NDArray[np.float64] = field(init=False, repr=False)
     spend: NDArray[np.float64] = field(init=False, repr=False)
     pref_cum: NDArray[np.float64] = field(init=False, repr=False)
@@ -343,6 +345,7 @@ def world_meta(w: World) -> dict[str, Any]:
         "arms": [list(a) for a in w.arms],
         "campaign_every_days": w.campaign_every_days,
         "oracle_horizon_days": w.horizon,
+        "timing": w.timing,
     }
 
 
@@ -367,4 +370,5 @@ def world_from(frame: pl.DataFrame, meta: dict[str, Any]) -> World:
         alive=frame["alive"].to_numpy().astype(bool),
         browse=frame["browse"].to_numpy().astype(np.float64),
         fatigue=frame["fatigue"].to_numpy().astype(np.float64),
+        timing=bool(meta.get("timing", False)),
     )

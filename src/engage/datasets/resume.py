@@ -166,6 +166,11 @@ def resume(
         raise ValueError("this simulation carries no world state to resume (simulate it again)")
     if days <= 0:
         raise ValueError(f"days must be positive, got {days}")
+    if data.world.timing:
+        raise ValueError(
+            "this world was simulated with simulate.timing: resuming it (rhythms, channel responses, "
+            "send times) is not supported yet; simulate it again with the days you need"
+        )
     frame = decisions.to_pandas() if isinstance(decisions, pl.DataFrame) else decisions
     todo, arms, counts = _prepare(frame, data, days)
     w = copy.deepcopy(data.world)

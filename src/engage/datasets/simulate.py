@@ -175,7 +175,7 @@ def simulate(
     rng = np.random.default_rng(seed)
     start_us, start_dow = _start_us(start)
     w = _new_world(rng, n_users, days, seed=seed, start=start, arms=arms)
-    w.campaign_every_days, w.horizon = campaign_every_days, oracle_horizon_days
+    w.campaign_every_days, w.horizon, w.timing = campaign_every_days, oracle_horizon_days, timing
     n = n_users
     consent = {ch: w.consent(ch) for ch in schemas.CHANNELS}
     rhythm = draw_rhythm(seed, n, start=start, days=days, start_dow=start_dow) if timing else None
