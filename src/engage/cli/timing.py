@@ -87,6 +87,8 @@ def _print_timing(result: Any, cfg: EngageConfig) -> None:
             table.add_row(label, f"{m[key]:.4f}")
         out.print(table)
         out.print(f"share of the oracle's gain over the fixed hour: {m['timing_share_of_oracle_gain']:.3f}")
+    if "timing_true_value" in m and "channel_true_value" not in m:
+        out.print("channel: give --users and --exposures for the channel's true values")
     if "channel_true_value" in m:
         out.print(
             f"channel, true gain: engage {m['channel_true_value']:.4f}, best single channel "

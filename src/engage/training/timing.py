@@ -194,7 +194,8 @@ def fit_timing(
     counts, actual, hits = _hit_rates(events, features, as_of)
     metrics |= hits
     if truth is not None:
-        metrics |= _truth_values(truth, features, model, users, as_of, tc)
+        # the channel needs the campaign log (sends, opens per channel): without it, timing only
+        metrics |= _truth_values(truth, features, model, users if exposures is not None else None, as_of, tc)
     return TimingFit(model=model, metrics=metrics, as_of=as_of, counts=counts, actual=actual)
 
 
