@@ -224,6 +224,45 @@ def test_the_store_is_rebuilt_from_the_logs(
     assert counts["decisions"] == 12
 
 
+def test_engage_online_rebuild_and_load_from_the_command_line(
+    tmp_path: Path, sender: ScoringModels, redis_url: str, redis_prefix: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from engage.cli import app
+
+    config = _replica(tmp_path, "a", redis_url, redis_prefix)
+    engine = ScoringEngine(config, sender, watch_seconds=None)
+    try:
+        engine.score(_request(USERS[:3]))
+    finally:
+        engine.close()
+    sets = [
+        *("--set", f"serve.online_prefix='{redis_prefix}'"),
+        *("--set", f"serve.decision_log_dir={config.serve.decision_log_dir}"),
+        *("--set", f"serve.feedback_log_dir={config.serve.feedback_log_dir}"),
+    ]
+    runner = CliRunner()
+    rebuilt = runner.invoke(app, ["online", "rebuild", "--online-store", redis_url, *sets])
+    loaded = runner.invoke(
+        app,
+        [
+            "online",
+            "load",
+            "--snapshot",
+            config.serve.feature_snapshot_path,
+            "--online-store",
+            redis_url,
+            *sets,
+        ],
+    )
+    refused = runner.invoke(app, ["online", "rebuild", *sets])  # the packaged default is the local store
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert f"rebuilt {redis_url}: 3 decisions" in rebuilt.output
+    assert loaded.exit_code == 0 and "loaded 10 feature rows" in loaded.output, loaded.output
+    assert refused.exit_code == 2 and "a redis:// URL is needed" in refused.output
+
+
 # --- a Redis of the test's own, stopped and started again ---------------------------------------
 def _start_redis(port: int, log: Path) -> subprocess.Popen[bytes]:
     binary = shutil.which("redis-server")
