@@ -211,6 +211,19 @@ CASES: dict[str, tuple[list[str], str]] = {
         ["train", "offers", "--events", "{events}", "--exposures", "{exposures}", "--truth", "{garbage}"],
         "garbage",
     ),
+    "train timing --events is a folder": (["train", "timing", "--events", "{folder}"], "folder"),
+    "train timing --users not parquet": (
+        ["train", "timing", "--events", "{events}", "--users", "{garbage}"],
+        "garbage",
+    ),
+    "train timing --exposures is a folder": (
+        ["train", "timing", "--events", "{events}", "--exposures", "{folder}"],
+        "folder",
+    ),
+    "train timing --truth missing": (
+        ["train", "timing", "--events", "{events}", "--truth", "{missing}"],
+        "missing",
+    ),
     "evaluate policy --logs not parquet": (
         ["evaluate", "policy", "--logs", "{garbage}", "--actions", "{scores}"],
         "garbage",
