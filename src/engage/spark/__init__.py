@@ -16,6 +16,8 @@ _EXPORTS = {
     "run_scoring": "scoring",
     "score_spark": "scoring",
     "validate_events": "validate",
+    "write_features": "scoring",
+    "local_cluster": "cluster",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

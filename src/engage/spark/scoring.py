@@ -13,7 +13,7 @@ committed by a rename. What reaches the driver: row counts, the threshold, the b
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 
 from engage import schemas as s
-from engage.config import EngageConfig, FeatureConfig
-from engage.features.spec import feature_defs
+from engage.config import EngageConfig
+from engage.spark.features import features as spark_features
 from engage.spark.io import read_exposures, read_input, read_users, uri_text, write_dataset
-from engage.spark.session import DAY_US, _us, spark_session, utc_session
+from engage.spark.session import spark_session, utc_session
 from engage.spark.validate import SparkValidation, validate_events
 
 if TYPE_CHECKING:
@@ -56,6 +56,8 @@ class SparkScoreRun:
     snapshot: str | None = None
     quarantine: str | None = None
     decisions: BatchWrite | None = None
+    stages: dict[str, float] = field(default_factory=dict)
+    """Seconds per stage (each ends with the Spark action that runs it)."""
 
 
 def quarantine_beside(out: str | Path) -> str:
@@ -64,67 +66,6 @@ def quarantine_beside(out: str | Path) -> str:
     head, _, name = text.rpartition("/")
     stem = name[: -len(".parquet")] if name.endswith(".parquet") else name
     return f"{head}/{stem}.quarantine.parquet"
-
-
-def _features(
-    spark: SparkSession,
-    events: DataFrame,
-    as_of: datetime,
-    config: FeatureConfig,
-    users: DataFrame | None,
-    exposures: DataFrame | None,
-) -> DataFrame:
-    """The standard features of every user with events before ``as_of``, as a Spark DataFrame.
-
-    An adapter over ``engage.spark.features._one_as_of`` (no collect) until the one feature
-    definition compiled for Spark lands as ``engage.spark.features.features``.
-    """
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    import engage.spark.features as spark_features
-
-    compiled = getattr(spark_features, "features", None)
-    if callable(compiled):
-        result: DataFrame = compiled(spark, events, as_of, config, users=users, exposures=exposures)
-        return result
-    a = _us(as_of)
-    ev = events.withColumn("__us", F.unix_micros(F.col(s.TS))).filter(F.col("__us") < a)
-    order = Window.partitionBy(s.USER_ID).orderBy("__us").rangeBetween(0, Window.unboundedFollowing)
-    carts = (
-        ev.filter(F.col(s.EVENT_TYPE).isin("add_to_cart", "purchase"))
-        .withColumn("__next", F.min(F.when(F.col(s.EVENT_TYPE) == "purchase", F.col("__us"))).over(order))
-        .filter(F.col(s.EVENT_TYPE) == "add_to_cart")
-        .select(s.USER_ID, "__us", "__next")
-    )
-    exp = None if exposures is None else exposures.withColumn("__us", F.unix_micros(F.col(s.TS)))
-    frame = spark_features._one_as_of(ev, carts, exp, as_of, config)
-    frame = frame.withColumn(s.AS_OF, F.timestamp_micros(F.lit(a)))
-    if users is not None:
-        attrs = users
-        if s.SIGNUP_TS in users.columns:
-            frame = (
-                frame.join(users.select(s.USER_ID, s.SIGNUP_TS), on=s.USER_ID, how="left")
-                .withColumn(
-                    "tenure_days",
-                    F.greatest(F.col("tenure_days"), (F.lit(a) - F.unix_micros(F.col(s.SIGNUP_TS))) / DAY_US),
-                )
-                .drop(s.SIGNUP_TS)
-            )
-            attrs = users.drop(s.SIGNUP_TS)
-        attrs = attrs.select(
-            *[
-                F.col(f.name).cast("double") if f.dataType.typeName() == "boolean" else F.col(f.name)
-                for f in attrs.schema.fields
-            ]
-        )
-        frame = frame.join(attrs, on=s.USER_ID, how="left")
-    names = [f.name for f in feature_defs(config)]
-    extra = sorted(c for c in frame.columns if c not in names and c not in (s.USER_ID, s.AS_OF))
-    typed = [
-        F.col(n).cast("double") if n != "top_category" else F.col(n) for n in names if n in frame.columns
-    ]
-    return frame.select(s.USER_ID, s.AS_OF, *typed, *extra)
 
 
 def _history(exposures: DataFrame | None, as_of: datetime, days: int) -> DataFrame | None:
@@ -217,17 +158,12 @@ def write_features(
 ) -> SparkScoreRun:
     """``engage features --engine spark``: the feature table of every date, written as a data set
     (the quarantine beside it); ``users`` counts its rows."""
-    from functools import reduce
-
     started = time.perf_counter()
     with utc_session(spark):
         quarantine = quarantine_beside(out)
         inputs = _inputs(spark, events, users, exposures, quarantine, reference_time)
         accepted = SparkValidation.accepted_of(inputs.rows)
-        parts = [
-            _features(spark, accepted, d, config.features, inputs.users, inputs.exposures) for d in dates
-        ]
-        table = reduce(lambda a, b: a.unionByName(b, allowMissingColumns=True), parts)
+        table = spark_features(spark, accepted, dates, config.features, inputs.users, inputs.exposures)
         written = write_dataset(table.orderBy(s.AS_OF, s.USER_ID), out)
         n = spark.read.parquet(written.uri).count()
         inputs.rows.unpersist()
@@ -284,13 +220,19 @@ def run_scoring(
     from engage.scoring.core import score_features, to_storable
 
     started = time.perf_counter()
+    stages: dict[str, float] = {}
+
+    def stage(name: str) -> None:  # Spark is lazy: each stage ends with the action that runs it
+        stages[name] = time.perf_counter() - started - sum(stages.values())
+
     with utc_session(spark):
         if quarantine is None and out is not None:
             quarantine = quarantine_beside(out)
         inputs = _inputs(spark, events, users, exposures, quarantine, reference_time)
+        stage("read and validate")
         rows, user_frame, exposure_frame = inputs.rows, inputs.users, inputs.exposures
         rows_in, quarantined = inputs.rows_in, inputs.quarantined
-        features = _features(
+        features = spark_features(
             spark, SparkValidation.accepted_of(rows), as_of, config.features, user_frame, exposure_frame
         )
         history = _history(exposure_frame, as_of, models.catalog.history_days)
@@ -319,6 +261,7 @@ def run_scoring(
         ).first()
         n_users = int(counted["n"]) if counted is not None else 0
         explained = int(counted["explained"] or 0) if counted is not None else 0
+        stage("features, churn and threshold")
         policy, seed, top_k = config.policy, config.seed, config.churn.reasons_top_k
         with_history = history is not None
 
@@ -341,20 +284,24 @@ def run_scoring(
                 )
                 yield to_storable(scored)
 
-        scored = cached.sortWithinPartitions(s.USER_ID).mapInPandas(score_partition, SCORE_SCHEMA)
+        # sorted before scoring: the sort's sampling pass reads the cache, not the scoring
+        scored = cached.orderBy(s.USER_ID).mapInPandas(score_partition, SCORE_SCHEMA)
         snapshot_uri = None
         if snapshot is not None:
             snap = cached.drop(_P, *([_HIST] if with_history else [])).orderBy(s.USER_ID)
             snapshot_uri = write_dataset(snap, snapshot).uri
+            stage("snapshot")
         out_uri = None
         logged = None
         if out is not None:
-            out_uri = write_dataset(scored.orderBy(s.USER_ID), out).uri
+            out_uri = write_dataset(scored, out).uri
+            stage("score and write")
             scored = spark.read.parquet(out_uri)
             if decision_log is not None and n_users:
                 from engage.spark.decisions import write_decisions
 
                 logged = write_decisions(scored, decision_log, as_of)
+                stage("decision log")
         elif decision_log is not None:
             raise ValueError("a decision log is written from the committed scores: give out as well")
         cached.unpersist()
@@ -370,6 +317,7 @@ def run_scoring(
         snapshot=snapshot_uri,
         quarantine=None if quarantine is None else uri_text(quarantine),
         decisions=logged,
+        stages=stages,
     )
     return scored, run
 
@@ -416,7 +364,7 @@ def score_spark(
         explained=run.explained,
         out=Path(out) if isinstance(out, Path) else Path(str(out)),
         snapshot=None if snapshot is None else Path(str(snapshot)),
-        stages={"rows_in": float(run.rows_in), "quarantined": float(run.quarantined)},
+        stages={**run.stages, "rows_in": float(run.rows_in), "quarantined": float(run.quarantined)},
         decisions=run.decisions,
     )
 
