@@ -219,6 +219,8 @@ def test_exploration_draws_allowed_hours_with_their_propensity() -> None:
     assert np.allclose(p[~explored.to_numpy()], 0.7 + 0.3 / 24)
     again = send_times(f, AS_OF, cfg, channels=np.zeros(f.table.height, dtype=np.int64))
     assert again.equals(out)  # a stable draw per user and window
+    other = send_times(f, AS_OF, cfg, channels=np.zeros(f.table.height, dtype=np.int64), seed=1)
+    assert not other["send_at"].equals(out["send_at"])  # the draw takes a seed
 
 
 def test_window_covers_up_to_a_week() -> None:

@@ -195,7 +195,7 @@ def score_columns(
     picked = arm_gains[rows, chosen]
     out[s.EXPECTED_GAIN] = np.where(modelled[chosen], picked, 0.0)
     out[s.PROPENSITY] = propensity
-    out |= _send_columns(timing if timed else None, decision_time, timing_config, channel_index)
+    out |= _send_columns(timing if timed else None, decision_time, timing_config, channel_index, seed)
     if timed:  # the logged propensity is that of the (message, send time) pair
         out[s.PROPENSITY] = propensity * np.where(channel_index >= 0, out[s.SEND_PROPENSITY], 1.0)
     out["holdout"] = np.asarray(holdout, dtype=bool)
@@ -231,7 +231,7 @@ def _texts(catalog: Catalog, arms: np.ndarray, channels: np.ndarray, features: p
 
 
 def _send_columns(
-    timing: TimingFeatures | None, as_of: Any, config: TimingConfig | None, channels: np.ndarray
+    timing: TimingFeatures | None, as_of: Any, config: TimingConfig | None, channels: np.ndarray, seed: int
 ) -> dict[str, Any]:
     """``send_at``, ``send_propensity``, ``send_reason``: from the timing model, else nulls."""
     n = len(channels)
@@ -241,7 +241,7 @@ def _send_columns(
             s.SEND_PROPENSITY: np.full(n, np.nan),
             s.SEND_REASON: np.full(n, None, dtype=object),
         }
-    return decision_times(timing, as_of, config or TimingConfig(), channels)
+    return decision_times(timing, as_of, config or TimingConfig(), channels, seed=seed)
 
 
 def _value_columns(features: pd.DataFrame, churn: ChurnBundle) -> dict[str, Any]:

@@ -120,6 +120,7 @@ def send_times(
     *,
     channels: NDArray[np.int64] | None = None,
     explore: bool = True,
+    seed: int = 0,
 ) -> pl.DataFrame:
     """Each user's send time in the window after `as_of`, for the channel in `channels` (index; -1 none).
 
@@ -148,7 +149,7 @@ def send_times(
     chosen, propensity = best, np.ones(n)
     if explore and config.epsilon > 0:
         ids = features.table[schemas.USER_ID].cast(pl.String).to_numpy().astype(object)
-        h = mix_int(stable_hashes(ids, _SALTS), int(start.timestamp()))
+        h = mix_int(stable_hashes(ids, [salt + seed for salt in _SALTS]), int(start.timestamp()))
         u_explore, u_pick = unit_interval(h[0]), unit_interval(h[1])
         explored = (u_explore < config.epsilon) & ~after
         rank = np.floor(u_pick * np.maximum(n_allowed, 1)).astype(np.int64)
@@ -216,6 +217,8 @@ def decision_times(
     as_of: datetime,
     config: TimingConfig,
     channels: NDArray[np.int64],
+    *,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """The score columns of the send time: ``send_at`` (UTC), ``send_propensity``, ``send_reason``.
 
@@ -223,7 +226,7 @@ def decision_times(
     """
     n = features.table.height
     sent = channels >= 0
-    times = send_times(features, as_of, config, channels=channels)
+    times = send_times(features, as_of, config, channels=channels, seed=seed)
     stamps = times[SEND_AT].to_pandas().reset_index(drop=True)
     reasons = send_reasons(times, features.profile)
     return {
