@@ -22,8 +22,8 @@ from engage.models.churn import ChurnModel, LogisticBaseline, RecencyBaseline
 from engage.models.uplift import MultiArmUplift
 from engage.models.value import CustomerValue
 
-NOT_PREDICT = {"fit", "from_config"}
-"""Own public methods that are not predict-like (they need no fitted check)."""
+NOT_PREDICT = {"fit", "fit_oof", "drop_heterogeneity", "from_config"}
+"""Own public methods that are not predict-like (fitting, or changing a fitted model)."""
 
 
 def _frame(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:

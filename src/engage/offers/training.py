@@ -4,9 +4,11 @@ Two entry points: ``fit_offers`` over ``offer_table`` (exposures joined with fea
 exposure and outcomes in the attribution window; a served decision log enters the same way through
 ``decision_exposures``) and ``fit_offers_from_table`` (any randomized campaign table with
 precomputed covariates, e.g. Hillstrom). Both split out of time (or by a seeded 50/50 split for a
-single-date table), fit a multi-arm uplift model, and judge the learned policy off-policy (IPS,
-SNIPS, DR with bootstrap CIs) next to the logging policy, `none` for all and every single arm. With
-the simulator's truth, the true value of every policy and of the oracle are computed too.
+single-date table), fit a multi-arm uplift model (which serves its per-user ranking only when that
+beats every arm's average effect out of fold: ``personalization_gain``), and judge the learned
+policy off-policy (IPS, SNIPS, DR with bootstrap CIs) next to the logging policy, `none` for all
+and every single arm. With the simulator's truth, the true value of every policy and of the oracle
+are computed too.
 ``policy_dr_value`` re-scores any offers model the way ``fit_offers`` scores the learned one (the
 champion gate's measure). The MLflow record and the gate live in ``engage.training.offers``.
 """
@@ -50,6 +52,7 @@ __all__ = [
     "fit_offers_from_table",
     "generic_catalog",
     "offer_table",
+    "personalization_gain",
     "policy_dr_value",
     "policy_rules",
     "reward_matrix",
@@ -243,17 +246,26 @@ def fit_offers(
         effect_learning_rate=oc.effect_learning_rate,
         shrink_folds=oc.shrink_folds,
         random_state=config.seed,
-    ).fit(
+    )
+    fit_args = (
         train[list(feature_cols)],
         train[ARM].astype(str),
         train[s.CONVERTED].astype(float),
         train[s.PROPENSITY],
-        domain=catalog.eligibility(train) if oc.effect_domain == "eligible" else None,
     )
+    domain = catalog.eligibility(train) if oc.effect_domain == "eligible" else None
+    selection: dict[str, float] = {}
+    if oc.personalize == "significant" and oc.shrink_folds >= 2:
+        oof = model.fit_oof(*fit_args, domain=domain)
+        selection = personalization_gain(train, oof, catalog, config, n_boot=n_boot)
+    else:
+        model.fit(*fit_args, domain=domain)
     bundle = OfferBundle(model=model, feature_names=list(feature_cols))
     test = test.reset_index(drop=True)
-    outcomes = bundle.outcomes(test)
-    gains = expected_gain(outcomes, catalog)
+    outcomes = bundle.outcomes(test)  # the model's own per-user uplift: Qini and uplift@30% below
+    if selection and not selection["personalized"]:
+        model.drop_heterogeneity()
+    gains = expected_gain(bundle.outcomes(test), catalog)
     learned = served_policy(test, gains, catalog, config)
     greedy = served_policy(test, gains, catalog, config, greedy=True)
     allowed = policy_rules(test, catalog, config) & (_logging_support(test, catalog) > 0)
@@ -286,7 +298,7 @@ def fit_offers(
         "none_value": float(dr["none"]),
         "rows_train": float(len(train)),
         "rows_test": float(len(test)),
-    }
+    } | selection
     qini: dict[str, pd.DataFrame] = {}
     for m in catalog.messages:
         rows = test[ARM].isin([m.id, s.CONTROL_ARM]).to_numpy()
@@ -303,6 +315,41 @@ def fit_offers(
     return OfferFit(
         bundle=bundle, metrics=metrics, values=values, qini=qini, test=test, q_hat=q_hat, catalog=catalog
     )
+
+
+def personalization_gain(
+    train: pd.DataFrame, oof: pd.DataFrame, catalog: Catalog, config: EngageConfig, *, n_boot: int
+) -> dict[str, float]:
+    """Does personalising pay out of fold? DR of the greedy policy minus the average-effect policy.
+
+    On the training rows (holdout rows left out), with the out-of-fold outcomes of ``fit_oof``: the
+    greedy policy on the model's per-user gains against the one that serves every arm at its average
+    effect (the best single arm among those allowed, what ``drop_heterogeneity`` serves), as one
+    paired doubly robust estimate (DR is linear in the target) with its bootstrap 95% CI. The model
+    personalises only when the CI lies above 0; else it falls back to the average effects.
+    """
+    rows = ~train[HOLDOUT].astype(bool).to_numpy() if HOLDOUT in train else np.ones(len(train), bool)
+    part, oof = train[rows].reset_index(drop=True), oof[rows].reset_index(drop=True)
+    flat = oof.copy()
+    for arm in flat.columns.drop(s.CONTROL_ARM):
+        flat[arm] = (oof[s.CONTROL_ARM] + (oof[arm] - oof[s.CONTROL_ARM]).mean()).clip(0.0, 1.0)
+    greedy = served_policy(part, expected_gain(oof, catalog), catalog, config, greedy=True)
+    average = served_policy(part, expected_gain(flat, catalog), catalog, config, greedy=True)
+    est = doubly_robust(
+        part[ARM].astype(str),
+        rewards(part[ARM].astype(str), part[s.CONVERTED], catalog),
+        part[s.PROPENSITY].to_numpy(),
+        greedy - average.reindex(columns=greedy.columns).fillna(0.0),
+        reward_matrix(oof.reindex(columns=greedy.columns).fillna(0.0), catalog),
+        n_boot=max(n_boot, 200),
+        seed=config.seed,
+    )
+    return {
+        "personalization_gain_oof": float(est.value),
+        "personalization_gain_oof_ci_low": float(est.ci_low),
+        "personalization_gain_oof_ci_high": float(est.ci_high),
+        "personalized": float(est.ci_low > 0),
+    }
 
 
 def _pick(values: pd.DataFrame, policy: str, estimator: str, column: str = "value") -> float:
