@@ -439,7 +439,9 @@ def import_champions(config: EngageConfig) -> dict[str, str]:
     A registered version already imported is reused, so re-building does not duplicate models.
     """
     tags: dict[str, str] = {}
-    refs = registry_refs(config)
+    # the Bento declares churn and offers models only: a timing champion is served from MLflow
+    # (ENGAGE_MODEL_SOURCE=mlflow) until the Bento declares one too
+    refs = [ref for ref in registry_refs(config) if ref.role in (CHURN, OFFERS)]
     if OFFERS not in {ref.role for ref in refs}:
         logger.warning("no champion for %s: the Bento scores without an offer model", roles(config)[OFFERS])
     for ref in refs:
