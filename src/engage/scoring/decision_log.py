@@ -75,10 +75,14 @@ DECISION_FIELDS: tuple[str, ...] = (
     "intended_message_id",
     "churn_probability",
     "model_versions",
+    "send_at",
+    "send_propensity",
 )
 """What a log line holds. ``intended_message_id``: the message the policy picks before the holdout
 (a holdout decision's counterfactual, else ``message_id``); lines written before it existed read
-back with ``message_id`` there unless they are holdouts (then it is unknown: null)."""
+back with ``message_id`` there unless they are holdouts (then it is unknown: null). ``send_at``
+(UTC) and ``send_propensity`` (the chosen hour's probability): null without a timing model; with
+one, ``propensity`` is that of the (message, channel, send time) choice."""
 # what every reader needs of a line (texts); a line without them is skipped and counted
 REQUIRED_FIELDS: tuple[str, ...] = ("user_id", "message_id", "decided_at")
 _BATCH_KEY_SALT = 0x6261746368  # "batch"
@@ -145,10 +149,14 @@ class BatchWrite:
 
 
 def _jsonable(value: Any) -> Any:
+    if value is pd.NaT:
+        return None
     if isinstance(value, datetime | pd.Timestamp):
         return value.isoformat()
     if isinstance(value, np.generic):
-        return value.item()
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None  # no send time: null, not NaN (which JSON lacks)
     return value
 
 
@@ -202,7 +210,8 @@ def _frame_lines(scores: pd.DataFrame, stamp: str) -> bytes:
             texts = np.array([_jsonable(t) for t in uniques] + [None], dtype=object)
             columns[key] = pl.Series(key, texts[codes].tolist(), dtype=pl.String)
         else:
-            columns[key] = pl.Series(key, column.to_numpy())
+            values = pl.Series(key, column.to_numpy())
+            columns[key] = values.fill_nan(None) if values.dtype.is_float() else values
     table = pl.DataFrame(columns).with_columns(
         pl.struct([pl.lit(str(v)).alias(str(k)) for k, v in shared.items()]).alias("model_versions"),
         pl.lit(stamp).alias("decided_at"),

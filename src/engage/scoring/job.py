@@ -3,8 +3,10 @@
 The same scoring path as the HTTP service (``engage.scoring.core.score_features``), so a user scored here
 and through ``/score`` with the same ``as_of`` gets the same answer. Users are split into chunks by a
 stable hash of ``user_id`` so memory stays bounded; reasons can be limited to the riskiest share of
-users, which is where they are read and where their cost matters. The run also writes the feature
-snapshot the service reads, and appends its decisions to the decision log.
+users, which is where they are read and where their cost matters. With a timing model each user's
+timing features are computed from the same events (``engage.timing.snapshot``), so scores carry
+``send_at`` and the snapshot carries the ``timing_*`` columns the service needs for it. The run also
+writes the feature snapshot the service reads, and appends its decisions to the decision log.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from engage.config import EngageConfig
 from engage.features import INPUT_COLUMNS, build_features
 from engage.scoring.core import ScoringModels, score_features, to_storable
 from engage.scoring.decision_log import BatchWrite, DecisionWriter
+from engage.timing.snapshot import from_columns, scoring_features, to_columns
 
 Progress = Callable[[int, int], None]
 
@@ -111,7 +114,7 @@ def score_events(
     decisions; None keeps the ids earlier runs logged.
     """
     started = time.perf_counter()
-    stages = dict.fromkeys(("features", "predict", "score", "write"), 0.0)
+    stages = dict.fromkeys(("features", "predict", "timing", "score", "write"), 0.0)
     lazy = events.lazy() if isinstance(events, pl.DataFrame) else events
     # distinct 64-bit hashes: exact but for a collision, and cheaper than distinct strings; it only
     # sizes the chunks and the progress bar
@@ -123,6 +126,7 @@ def score_events(
         recent = exposures.filter((pl.col(s.TS) < as_of) & (pl.col(s.TS) >= as_of - timedelta(days=days)))
     features: list[pd.DataFrame] = []
     probabilities: list[np.ndarray] = []
+    timing: list[pl.DataFrame] = []  # per chunk: the timing_* columns, rows aligned to its features
     done = 0
     columns = [c for c in lazy.collect_schema().names() if c in INPUT_COLUMNS]  # skip e.g. properties
     for i, chunk in enumerate(user_chunks(lazy, n_chunks)):
@@ -136,12 +140,27 @@ def score_events(
             users=_chunk_rows(users, n_chunks, i),
             exposures=_chunk_rows(exposures, n_chunks, i),
         )
-        del chunk_events
         stages["features"] += time.perf_counter() - tick
         tick = time.perf_counter()
         features.append(frame)
         probabilities.append(models.churn.churn_probability(frame) if len(frame) else np.array([]))
         stages["predict"] += time.perf_counter() - tick
+        if models.timing is not None and len(frame):
+            tick = time.perf_counter()
+            timed = scoring_features(
+                models.timing,
+                chunk_events,
+                as_of,
+                config.timing,
+                user_ids=frame[s.USER_ID].astype(str).tolist() if len(frame) else [],
+                users=_chunk_rows(users, n_chunks, i),
+                exposures=_chunk_rows(exposures, n_chunks, i),
+            )
+            timing.append(to_columns(timed))
+            stages["timing"] += time.perf_counter() - tick
+        elif models.timing is not None:
+            timing.append(pl.DataFrame())
+        del chunk_events
         done += len(frame)
         if progress:
             progress(done // 2, n_users)
@@ -157,6 +176,7 @@ def score_events(
         history = None if mine is None else mine.select(s.USER_ID, s.TS, s.MESSAGE_ID).to_pandas()
         rows = p >= threshold if threshold is not None else None
         explained += int(rows.sum()) if rows is not None else 0
+        timing_rows = from_columns(timing[i], models.timing) if models.timing is not None else None
         parts.append(
             score_features(
                 frame,
@@ -168,6 +188,8 @@ def score_events(
                 explain_rows=rows,
                 churn_probability=p,
                 decision_nonce=run_key,
+                timing=timing_rows,
+                timing_config=config.timing,
             )
         )
         stages["score"] += time.perf_counter() - tick
@@ -186,10 +208,10 @@ def score_events(
     write_parquet_atomic(table, out)
     snapshot_path = None
     if snapshot is not None and features:
-        snapshot_path = write_parquet_atomic(
-            pl.from_pandas(pd.concat(features, ignore_index=True).sort_values(s.USER_ID, ignore_index=True)),
-            snapshot,
-        )
+        snap = pl.from_pandas(pd.concat(features, ignore_index=True))
+        if any(t.height for t in timing):  # the service's send times: the timing_* columns, rows aligned
+            snap = snap.hstack(pl.concat([t for t in timing if t.height]).drop(s.USER_ID))
+        snapshot_path = write_parquet_atomic(snap.sort(s.USER_ID, maintain_order=True), snapshot)
     logged = None
     if decision_log is not None and len(scores):
         scores = scores.iloc[order].reset_index(drop=True)

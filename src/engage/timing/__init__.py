@@ -11,6 +11,10 @@ _EXPORTS = {
     "send_times": "sendtime",
     "top_hours": "sendtime",
     "resolve_zones": "zones",
+    "TIMING_COLUMNS": "snapshot",
+    "from_columns": "snapshot",
+    "scoring_features": "snapshot",
+    "to_columns": "snapshot",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,0 +1,166 @@
+"""Timing features where decisions are made: from events with the fitted model, and as snapshot columns.
+
+A batch run computes each user's timing features from events (:func:`scoring_features`, with the
+registered model's prior and settings) and stores them in the feature snapshot as the few
+``timing_*`` columns below (:func:`to_columns`); the service, which has no raw events, rebuilds the
+same :class:`TimingFeatures` from those columns and the model (:func:`from_columns`). What is
+stored is what the send time and the channel need and cannot recompute: the user's activity hours
+by local hour of the week (sparse, ``"slot:count,..."``), the time zone with its source and note,
+and the open rate over similar users' per channel. The shrunk profile and peakedness are derived
+from the counts by the model, so they are not stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import polars as pl
+from numpy.typing import NDArray
+
+from engage import schemas
+from engage.config import TimingConfig
+from engage.timing.features import (
+    ACTIVITY_HOURS,
+    HOW,
+    OPEN_EVENTS,
+    PEAKEDNESS,
+    TimingFeatures,
+    timing_features,
+)
+from engage.timing.features import peakedness as profile_peakedness
+from engage.timing.sendtime import TimingModel
+from engage.timing.zones import ZONE, ZONE_NOTE, ZONE_SOURCE
+
+PREFIX = "timing_"
+HOURS_COLUMN = "timing_hours"
+"""Activity hours by local hour of the week, sparse: ``"slot:count"`` pairs joined by commas."""
+LIFT_COLUMNS = tuple(f"open_lift_{ch}" for ch in OPEN_EVENTS)
+TABLE_COLUMNS = (ZONE, ZONE_SOURCE, ZONE_NOTE, *LIFT_COLUMNS)
+"""The feature table's columns the snapshot keeps (as ``timing_<name>``)."""
+TIMING_COLUMNS = (HOURS_COLUMN, *(PREFIX + c for c in TABLE_COLUMNS))
+"""The snapshot's timing columns, in order."""
+
+
+def scoring_features(
+    model: TimingModel,
+    events: pl.DataFrame,
+    as_of: datetime,
+    config: TimingConfig,
+    *,
+    user_ids: Sequence[str] | pl.Series,
+    users: pl.DataFrame | None = None,
+    exposures: pl.DataFrame | None = None,
+) -> TimingFeatures:
+    """The timing features of `user_ids` (rows in that order) at `as_of`, shrunk toward the model's prior.
+
+    `users` may carry ``timezone``; users missing from it are inferred or UTC (stated per row).
+    """
+    frame = pl.DataFrame({schemas.USER_ID: pl.Series(list(user_ids), dtype=pl.String)})
+    if users is not None and schemas.TIMEZONE in users.columns:
+        zones = users.select(pl.col(schemas.USER_ID).cast(pl.String), schemas.TIMEZONE).unique(
+            schemas.USER_ID, keep="last", maintain_order=True
+        )
+        frame = frame.join(zones, on=schemas.USER_ID, how="left", maintain_order="left")
+    return timing_features(
+        events,
+        as_of,
+        users=frame,
+        exposures=exposures,
+        prior=model.prior,
+        prior_strength=model.prior_strength,
+        channel_prior_strength=config.channel_prior_strength,
+        min_events_to_infer_zone=config.min_events_to_infer_zone,
+        smoothing_kappa=model.smoothing_kappa,
+        daytype_weight=model.daytype_weight,
+        same_day_weight=model.same_day_weight,
+    )
+
+
+def to_columns(features: TimingFeatures) -> pl.DataFrame:
+    """``user_id`` and the snapshot's timing columns (``TIMING_COLUMNS``), rows aligned to `features`."""
+    n = features.table.height
+    rows, slots = np.nonzero(features.counts)
+    values = features.counts[rows, slots].round().astype(np.int64)
+    pairs = (
+        pl.DataFrame({"row": rows, "slot": slots, "count": values})
+        .group_by("row")
+        .agg(pl.format("{}:{}", "slot", "count").str.join(",").alias(HOURS_COLUMN))
+    )
+    hours = (
+        pl.DataFrame({"row": np.arange(n, dtype=rows.dtype)})
+        .join(pairs, on="row", how="left", maintain_order="left")[HOURS_COLUMN]
+        .fill_null("")
+    )
+    table = features.table
+    return pl.DataFrame(
+        [
+            table[schemas.USER_ID].cast(pl.String),
+            hours,
+            *(
+                (table[c] if c in table.columns else pl.Series(c, [None] * n, dtype=pl.Float64)).alias(
+                    PREFIX + c
+                )
+                for c in TABLE_COLUMNS
+            ),
+        ]
+    )
+
+
+def has_columns(columns: Sequence[Any]) -> bool:
+    """Whether a feature table carries the timing columns (a snapshot written with a timing model)."""
+    return set(TIMING_COLUMNS) <= {str(c) for c in columns}
+
+
+def _counts(hours: pl.Series) -> NDArray[np.float64]:
+    """(n, 168) activity counts from the sparse ``"slot:count,..."`` texts (missing or empty: none)."""
+    n = hours.len()
+    pairs = (
+        pl.DataFrame({"row": np.arange(n), HOURS_COLUMN: hours.cast(pl.String).fill_null("")})
+        .filter(pl.col(HOURS_COLUMN) != "")
+        .with_columns(pl.col(HOURS_COLUMN).str.split(","))
+        .explode(HOURS_COLUMN)
+        .with_columns(pl.col(HOURS_COLUMN).str.split_exact(":", 1).struct.rename_fields(["slot", "count"]))
+        .unnest(HOURS_COLUMN)
+    )
+    pairs = pairs.select(
+        "row", pl.col("slot").cast(pl.Int64, strict=False), pl.col("count").cast(pl.Float64, strict=False)
+    ).filter(pl.col("slot").is_between(0, HOW - 1), pl.col("count").is_finite())
+    out = np.zeros((n, HOW))
+    np.add.at(out, (pairs["row"].to_numpy(), pairs["slot"].to_numpy()), pairs["count"].to_numpy())
+    return out
+
+
+def from_columns(frame: pl.DataFrame | pd.DataFrame, model: TimingModel) -> TimingFeatures:
+    """The :class:`TimingFeatures` of a feature table's rows from its timing columns and the model.
+
+    A row without timing values (a user the batch did not see, inline features) reads as a user
+    with no history in UTC: the population's hours, said so in the send reason.
+    """
+    table = (
+        pl.from_pandas(frame[[schemas.USER_ID, *TIMING_COLUMNS]])
+        if isinstance(frame, pd.DataFrame)
+        else frame
+    )
+    counts = _counts(table[HOURS_COLUMN])
+    profile = model.profile(counts)
+    zone = table[PREFIX + ZONE].cast(pl.String)
+    source = table[PREFIX + ZONE_SOURCE].cast(pl.String)
+    out = pl.DataFrame(
+        {
+            schemas.USER_ID: table[schemas.USER_ID].cast(pl.String),
+            ZONE: zone.fill_null(schemas.UTC),
+            ZONE_SOURCE: pl.Series(
+                np.where(zone.is_null().to_numpy(), "utc", source.fill_null("utc").to_numpy()),
+                dtype=pl.String,
+            ),
+            ZONE_NOTE: table[PREFIX + ZONE_NOTE].cast(pl.String),
+            ACTIVITY_HOURS: counts.sum(axis=1),
+            PEAKEDNESS: profile_peakedness(profile),
+            **{c: table[PREFIX + c].cast(pl.Float64).fill_nan(None) for c in LIFT_COLUMNS},
+        }
+    )
+    return TimingFeatures(table=out, counts=counts, profile=profile, prior=model.prior)
