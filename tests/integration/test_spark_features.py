@@ -1,4 +1,4 @@
-"""Spark and polars engines give the same feature table (floats within 1e-9) on the same spec."""
+"""Spark and polars compile the same formulas to the same feature table (floats within 1e-9)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 
 from engage import schemas as s
 from engage.config import FeatureConfig
-from engage.features import build_features
+from engage.features import build_features, feature_defs
 
 pytestmark = pytest.mark.integration
 
@@ -74,6 +74,7 @@ def _random_log(n: int, seed: int) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataF
 
 def _assert_same(a: pd.DataFrame, b: pd.DataFrame) -> None:
     assert list(a.columns) == list(b.columns)
+    assert list(a.dtypes) == list(b.dtypes)
     assert len(a) == len(b) > 0
     pd.testing.assert_frame_equal(
         a.reset_index(drop=True), b.reset_index(drop=True), check_exact=False, rtol=0, atol=1e-9
@@ -119,6 +120,46 @@ def test_spark_matches_polars_on_simulated_users(spark: Any) -> None:
     )
     assert local["session_count_28d"].sum() > 0 and local["engaged_session_rate_28d"].between(0, 1).all()
     assert local["active_days_28d"].max() > 1 and local["category_distinct_90d"].max() > 1
+    # every feature of the spec takes several values here, so the comparison covers each formula
+    flat = [d.name for d in feature_defs(cfg) if local[d.name].nunique(dropna=True) < 2]
+    assert flat == [], f"features constant on the test data: {flat}"
+    _assert_same(local, remote)
+
+
+def test_the_spark_native_entry_keeps_a_dataframe_and_treats_optional_columns_as_optional(
+    spark: Any,
+) -> None:
+    import engage.spark
+    from engage.spark.features import _to_spark
+
+    events, _, users = _random_log(600, seed=3)
+    bare = events.select(s.USER_ID, s.TS, s.EVENT_TYPE)  # no session_id, category or amount
+    dates = [datetime(2024, 3, 1, tzinfo=UTC), datetime(2024, 4, 1, tzinfo=UTC)]
+    cfg = FeatureConfig(windows=(7, 28))
+    frame = engage.spark.features(
+        spark,
+        spark.createDataFrame(bare.to_pandas()),
+        dates,
+        cfg,
+        users=_to_spark(spark, users, {s.USER_ID: "string", s.SIGNUP_TS: "timestamp", "region": "string"}),
+    )
+    assert type(frame).__name__ == "DataFrame" and not isinstance(frame, pd.DataFrame)
+    types = dict(frame.dtypes)
+    names = [d.name for d in feature_defs(cfg)]
+    assert frame.columns == [s.USER_ID, s.AS_OF, *names, "region"]
+    assert types[s.AS_OF] == "timestamp" and types["top_category"] == "string"
+    assert {types[n] for n in names if n != "top_category"} == {"double"}
+    nulls = bare.with_columns(
+        pl.lit(None, pl.String).alias("session_id"),
+        pl.lit(None, pl.String).alias("category"),
+        pl.lit(None, pl.Float64).alias("amount"),
+    )
+    local = build_features(nulls, dates, config=cfg, users=users.select(s.USER_ID, s.SIGNUP_TS, "region"))
+    remote = frame.toPandas().sort_values([s.AS_OF, s.USER_ID], kind="stable", ignore_index=True)
+    stamps = remote[s.AS_OF]
+    remote[s.AS_OF] = (stamps.dt.tz_localize("UTC") if stamps.dt.tz is None else stamps).astype(
+        "datetime64[us, UTC]"
+    )
     _assert_same(local, remote)
 
 

@@ -236,3 +236,19 @@ def test_a_rerun_gives_the_same_bits() -> None:
     assert runs[0]["amount_sum_90d"].gt(0).sum() > 100
     for other in runs[1:]:
         pd.testing.assert_frame_equal(runs[0], other, check_exact=True)
+
+
+def test_every_feature_has_one_formula_over_known_tables() -> None:
+    from engage.features.formula import Agg, Lit, aggs_of, top_keys_of
+    from engage.features.spec import EVENTS, EXPOSURES, feature_tables
+
+    cfg = FeatureConfig(windows=(7, 14))
+    known = {EVENTS, EXPOSURES, *(t.name for t in feature_tables(cfg))}
+    for d in feature_defs(cfg):
+        assert d.formula != Lit(None), d.name
+        reads = [*aggs_of(d.formula), *top_keys_of(d.formula)]
+        assert reads and {r.table for r in reads} <= known, d.name
+    with pytest.raises(ValueError, match="unknown aggregate kind"):
+        Agg(EVENTS, "median", Lit(1))
+    with pytest.raises(ValueError, match="needs 'of'"):
+        Agg(EVENTS, "sum")

@@ -351,6 +351,21 @@ def _lookaheads(ev: SparkFrame, config: FeatureConfig) -> dict[str, SparkFrame]:
     return out
 
 
+MAX_FIELDS = 1_000
+
+
+def _keep_codegen(spark: SparkSession) -> None:
+    """Raise ``spark.sql.codegen.maxFields`` to ``MAX_FIELDS`` when lower (a session setting).
+
+    The per-user aggregation has one field per reduction; past the default limit (100) Spark runs
+    it without whole-stage code generation, measured 2.5x slower on 1M events in local[2].
+    """
+    key = "spark.sql.codegen.maxFields"
+    current = spark.conf.get(key, None)
+    if current is None or int(current) < MAX_FIELDS:
+        spark.conf.set(key, str(MAX_FIELDS))
+
+
 def features(
     spark: SparkSession,
     events: SparkFrame,
@@ -364,12 +379,13 @@ def features(
     Columns: ``user_id``, ``as_of`` (timestamp), the spec's features in order (double, ``top_category``
     string), then the users' other columns (booleans as double) in name order; one row per user with
     an event before each as_of. The optional event columns (``session_id``, ``category``, ``amount``)
-    may be missing. Callers reading the events several times may cache them first.
+    may be missing. Callers reading the events several times may cache them first. Sets
+    ``spark.sql.codegen.maxFields`` (see :func:`_keep_codegen`).
     """
     from pyspark.sql import functions as F
     from pyspark.sql.types import BooleanType
 
-    del spark  # the frames carry their session; the argument keeps the API uniform
+    _keep_codegen(spark)
     dates = [as_of] if isinstance(as_of, datetime) else list(as_of)
     present = set(events.columns)
     ev = events.select(
