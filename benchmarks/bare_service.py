@@ -69,7 +69,7 @@ def model_rows(config_path: str | None) -> tuple[Any, int, pd.DataFrame, dict[st
         raise RuntimeError("no LightGBM model found inside the churn bundle")
     estimator = models.churn.model
     prepare = getattr(estimator, "_prepare", None)
-    frame = snapshot[models.churn.feature_names]
+    frame = models.churn.inputs(snapshot)  # the BTYD columns come from the bundle, not the snapshot
     rows = prepare(frame) if prepare is not None else frame.astype(float)
     trees = getattr(estimator, "best_iteration_", None) or booster.current_iteration()
     index = {str(u): i for i, u in enumerate(snapshot[s.USER_ID])}

@@ -11,6 +11,12 @@ users/s with batches of 100 with the ratio service/bare (target >= 40%); plus th
 in-process, and ``os.getloadavg()`` before and after (the load generator shares the CPUs). Both
 servers run with one OpenMP thread per process (``OMP_NUM_THREADS=1`` unless set), as
 ``engage serve`` starts the service. The engage service writes its decisions to a temp folder.
+
+With ``--redis redis://127.0.0.1:6379/0`` it also starts the service on the Redis online store with
+one and with two workers (keys under a ``bench:<pid>:`` prefix, deleted afterwards) and prints them
+next to the local store: single-user p50/p99 and 16-client requests/s (targets: Redis adds <= 2 ms
+to p99; 2 workers >= 1.5x the requests/s of 1), answers sent nothing because the store was slow
+(``withheld``), and the rows/s of loading ``--load-rows`` (1,000,000) feature rows into Redis.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from engage import schemas as s
 from engage.config import load_config
@@ -43,12 +50,18 @@ def percentiles(seconds: list[float]) -> tuple[float, float]:
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
 
 
+WITHHELD: dict[str, int] = {}
+"""Answers per server URL that sent nothing because the online store was unavailable or busy."""
+_WITHHELD_LOCK = threading.Lock()
+
+
 class Client:
     """A keep-alive JSON client (one connection, like a real caller's pool)."""
 
     def __init__(self, url: str, token: str | None) -> None:
         parsed = urlparse(url)
         self.conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=60)
+        self.url = url
         self.headers = {"Content-Type": "application/json"}
         if token:
             self.headers["Authorization"] = f"Bearer {token}"
@@ -64,7 +77,12 @@ class Client:
         payload = response.read()
         if response.status != 200:
             raise RuntimeError(f"/score answered {response.status}: {payload[:300]!r}")
-        return json.loads(payload)
+        answer: dict[str, Any] = json.loads(payload)
+        withheld = sum(1 for u in answer.get("users", []) if (u.get("message") or {}).get("withheld"))
+        if withheld:
+            with _WITHHELD_LOCK:
+                WITHHELD[self.url] = WITHHELD.get(self.url, 0) + withheld
+        return answer
 
 
 def body(user_ids: list[str], explain: bool = True) -> bytes:
@@ -100,18 +118,19 @@ def concurrent_rps(url: str, token: str | None, users: list[str], clients: int, 
 
 
 def start_server(
-    target: str, env: dict[str, str], working_dir: Path | None = None
+    target: str, env: dict[str, str], working_dir: Path | None = None, log: Path | None = None
 ) -> subprocess.Popen[bytes]:
-    """``bentoml serve target`` on a free loopback port; returns the process (port in ``.url``)."""
+    """``bentoml serve target`` on a free loopback port; returns the process (port in ``.url``).
+
+    Its output goes to ``log`` when given (the benchmark's scratch folder), else nowhere."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     command = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(port)]
     if working_dir is not None:
         command += ["--working-dir", str(working_dir)]
-    process = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True
-    )
+    out = log.open("wb") if log is not None else subprocess.DEVNULL
+    process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     process.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
     return process
 
@@ -199,6 +218,107 @@ def load() -> str:
     return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg()) + f" ({os.cpu_count()} CPUs)"
 
 
+def online_config(config_path: Path, scratch: Path, redis_url: str, prefix: str, workers: int) -> Path:
+    """The benchmark config with the Redis online store (own key prefix) and ``workers`` workers."""
+    raw = yaml.safe_load(config_path.read_text()) or {}
+    serve = raw.setdefault("serve", {})
+    serve.update({"online_store": redis_url, "online_prefix": prefix, "workers": workers})
+    path = scratch / f"online-{workers}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def feature_load(redis_url: str, prefix: str, snapshot_path: str, rows: int) -> tuple[int, float]:
+    """Rows/s of ``engage.online.load_features`` for ``rows`` users (the snapshot's rows, tiled)."""
+    from engage.online.redis import load_features
+
+    snapshot = pd.read_parquet(snapshot_path)
+    snapshot = snapshot.sort_values(s.AS_OF).drop_duplicates(s.USER_ID, keep="last").reset_index(drop=True)
+    frame = snapshot.iloc[np.arange(rows) % len(snapshot)].reset_index(drop=True)
+    frame[s.USER_ID] = [f"bench-{i}" for i in range(rows)]
+    t0 = time.perf_counter()
+    written = load_features(redis_url, frame, pd.Timedelta(hours=1), prefix=prefix, timeout_ms=10_000)
+    return written, written / (time.perf_counter() - t0)
+
+
+def engine_latency(
+    config_path: Path, scratch: Path, redis_url: str, prefix: str, users: list[str], n: int
+) -> dict[str, tuple[float, float]]:
+    """Single-user ``ScoringEngine.score`` in-process, local and Redis store interleaved (same noise)."""
+    from engage.scoring.champions import load_champions
+    from engage.serving.engine import ScoringEngine
+    from engage.serving.schemas import ScoreRequest
+
+    config = load_config(config_path)
+    models = load_champions(config)
+    stores = {"local": "local", "redis": redis_url}
+    engines = {}
+    for name, store in stores.items():
+        serve = config.serve.model_copy(
+            update={
+                "online_store": store,
+                "online_prefix": prefix + "engine:",
+                "decision_log_dir": str(scratch / f"engine-{name}"),
+            }
+        )
+        engines[name] = ScoringEngine(config.model_copy(update={"serve": serve}), models, watch_seconds=None)
+    times: dict[str, list[float]] = {name: [] for name in engines}
+    try:
+        for i in range(n + 30):
+            request = ScoreRequest.model_validate({"users": [{"user_id": users[i % len(users)]}]})
+            for name, engine in engines.items():
+                t0 = time.perf_counter()
+                engine.score(request)
+                if i >= 30:  # warm-up
+                    times[name].append(time.perf_counter() - t0)
+    finally:
+        for engine in engines.values():
+            engine.close()
+    return {name: percentiles(seconds) for name, seconds in times.items()}
+
+
+def store_latency(redis_url: str, prefix: str, users: list[str], n: int) -> tuple[float, float]:
+    """What the Redis store adds to one decision: reserve (WATCH + read) and record (MULTI/EXEC)."""
+    from datetime import UTC, datetime
+
+    from engage.online.redis import RedisStore
+
+    store = RedisStore(redis_url, prefix=prefix + "store:", timeout_ms=1_000)
+    seconds: list[float] = []
+    try:
+        for i in range(n + 30):
+            user = users[i % len(users)]
+            t0 = time.perf_counter()
+            with store.reserve([user]) as contacts:
+                now = datetime.now(UTC)
+                contacts.frame([user], now, pd.Timestamp(now))
+                contacts.record(user, now, "none", f"bench-{i}")
+            if i >= 30:
+                seconds.append(time.perf_counter() - t0)
+    finally:
+        store.close()
+    return percentiles(seconds)
+
+
+def drop_keys(redis_url: str, prefix: str) -> int:
+    from engage.online.redis import connect
+
+    client = connect(redis_url, 10_000)
+    removed = 0
+    try:
+        batch: list[bytes] = []
+        for key in client.scan_iter(match=f"{prefix}*", count=10_000):
+            batch.append(key)
+            if len(batch) >= 10_000:
+                removed += int(client.unlink(*batch))
+                batch = []
+        if batch:
+            removed += int(client.unlink(*batch))
+    finally:
+        client.close()
+    return removed
+
+
 def main() -> None:
     """Measure the service and the bare model behind BentoML on the same users; print figures and ratios."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -209,6 +329,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=30, help="requests of 100 users")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--redis", help="redis:// URL: also the Redis online store, 1 and 2 workers")
+    parser.add_argument("--load-rows", type=int, default=1_000_000, help="feature rows loaded into Redis")
     args = parser.parse_args()
     # as `engage serve` runs it; set before LightGBM loads so every side runs the same way
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -232,20 +354,46 @@ def main() -> None:
     env.setdefault("BENTOML_HOME", str(scratch / "bentoml"))
     service_env = {**env, **({"ENGAGE_API_TOKEN": args.token} if args.token else {})}
     started = time.perf_counter()
-    engage = None if args.url else start_server("engage.serving.service:EngageService", service_env)
+    print(f"server logs under {scratch}")
+    prefix = f"bench:{os.getpid()}:"
+    target = "engage.serving.service:EngageService"
+    engage = None if args.url else start_server(target, service_env, log=scratch / "local-1.log")
     bare = start_server("bare_service:BareModel", env, working_dir=Path(__file__).resolve().parent)
+    online: dict[int, subprocess.Popen[bytes]] = {}
+    if args.redis:
+        for workers in (1, 2):
+            path = online_config(config_path, scratch, args.redis, prefix, workers)
+            online_env = {**service_env, "ENGAGE_CONFIG": str(path)}
+            online_env["ENGAGE_DECISION_LOG"] = str(scratch / f"decisions-redis-{workers}")
+            online[workers] = start_server(
+                "engage.serving.service:EngageService", online_env, log=scratch / f"redis-{workers}.log"
+            )
+    online_figs: dict[int, Figures] = {}
+    loaded: tuple[int, float] | None = None
     try:
         url = args.url or wait_ready(engage)  # type: ignore[arg-type]
         bare_url = wait_ready(bare)
+        online_urls = {workers: wait_ready(process) for workers, process in online.items()}
         print(f"users={len(users)} servers ready in {time.perf_counter() - started:.1f} s; {load()}")
         bare_local = in_process_bare(config_path, args)
         before = load()
         bare_fig = measure(bare_url, None, users, args)
         serve_fig = measure(url, args.token, users, args)
+        for workers, online_url in online_urls.items():
+            online_figs[workers] = measure(online_url, args.token, users, args)
         after = load()
+        if args.redis:
+            in_process = engine_latency(config_path, scratch, args.redis, prefix, users, args.single)
+            store_only = store_latency(args.redis, prefix, users, 2_000)
+            loaded = feature_load(args.redis, prefix, config.serve.feature_snapshot_path, args.load_rows)
+            after_load = load()
     finally:
         stop(engage)
         stop(bare)
+        for process in online.values():
+            stop(process)
+        if args.redis:
+            drop_keys(args.redis, prefix)
 
     print(f"measured from {before} to {after}")
     print(f"{'':34s}{'single p50':>12s}{'p99':>12s}{f'{args.clients} clients':>14s}{'batches of 100':>16s}")
@@ -261,6 +409,31 @@ def main() -> None:
     ratio = serve_fig.batch / bare_fig.batch
     print(f"ratio serve/bare behind BentoML, batches of 100: {ratio:.1%} (target >= 40%)")
     print(f"ratio serve/bare behind BentoML, {args.clients} clients: {serve_fig.rps / bare_fig.rps:.1%}")
+    if not online_figs:
+        return
+    print(f"\nonline store ({args.redis}), side by side:")
+    print(f"{'':34s}{'single p50':>12s}{'p99':>12s}{f'{args.clients} clients':>14s}{'withheld':>10s}")
+    lines = [("local store, 1 worker", serve_fig, url)]
+    lines += [
+        (f"redis store, {w} worker{'s' if w > 1 else ''}", online_figs[w], online_urls[w])
+        for w in online_figs
+    ]
+    for name, fig, at in lines:
+        print(f"{name:34s}{fig.p50:9.2f} ms{fig.p99:9.2f} ms{fig.rps:10.0f} req/s{WITHHELD.get(at, 0):>10d}")
+    added = online_figs[1].p99 - serve_fig.p99
+    print(f"redis adds to single-user p99 over HTTP (measured one after the other): {added:+.2f} ms")
+    for name, (p50, p99) in in_process.items():
+        print(f"{f'engine in-process, {name} store':34s}{p50:9.2f} ms{p99:9.2f} ms")
+    added = in_process["redis"][1] - in_process["local"][1]
+    print(f"redis adds to single-user p99 in-process (interleaved): {added:+.2f} ms (target <= 2 ms)")
+    print(
+        f"redis store alone per decision (reserve + record): p50 {store_only[0]:.2f} ms, "
+        f"p99 {store_only[1]:.2f} ms"
+    )
+    scale = online_figs[2].rps / online_figs[1].rps
+    print(f"2 workers / 1 worker, {args.clients} clients (redis store): {scale:.2f}x (target >= 1.5x)")
+    if loaded is not None:
+        print(f"feature load into redis: {loaded[0]:,} rows at {loaded[1]:,.0f} rows/s; {after_load}")
 
 
 if __name__ == "__main__":

@@ -7,11 +7,12 @@ Two engines with their own decision logs stand for two replicas on two hosts: th
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -338,4 +339,33 @@ def test_redis_stopped_mid_load_degrades_and_recovers_by_itself(
     assert seconds < 3.0, f"5 requests against a stopped store took {seconds:.2f} s"
     assert problem is not None and "unavailable" in problem
     assert ready_again is None, "ready again once Redis answers"
+    assert after.message.withheld is None and after.message.message_id != s.CONTROL_ARM
+
+
+def test_a_redis_that_stops_answering_is_slow_not_down_and_still_no_5xx(
+    tmp_path: Path, sender: ScoringModels, own_redis: tuple[int, list[subprocess.Popen[bytes]]]
+) -> None:
+    """SIGSTOP: connections stay open but nothing answers (a stalled server): every call times out."""
+    port, processes = own_redis
+    config = _replica(tmp_path, "a", f"redis://127.0.0.1:{port}/0", "e:", **{"serve.online_timeout_ms": 50})
+    engine = ScoringEngine(config, sender, watch_seconds=None)
+    try:
+        engine.score(_request(["u1"]))  # connections made while it answers
+        processes[0].send_signal(signal.SIGSTOP)
+        try:
+            started = time.perf_counter()
+            stalled = engine.score(_request(["u2", "u3"])).users
+            seconds = time.perf_counter() - started
+            feedback = engine.feedback(_report(stalled[0].decision_id, "opened", datetime.now(UTC)))
+        finally:
+            processes[0].send_signal(signal.SIGCONT)
+        time.sleep(RETRY_SECONDS + 0.1)
+        engine.refresh()
+        after = engine.score(_request(["u4"])).users[0]
+    finally:
+        engine.close()
+    assert [a.message.withheld for a in stalled] == [UNAVAILABLE, UNAVAILABLE]
+    assert all(a.message.intended_message_id != s.CONTROL_ARM for a in stalled)
+    assert seconds < 1.0, f"a stalled store held the request {seconds:.2f} s (timeout 50 ms)"
+    assert feedback.status == "accepted"
     assert after.message.withheld is None and after.message.message_id != s.CONTROL_ARM

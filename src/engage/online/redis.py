@@ -140,9 +140,7 @@ class RedisStore:
             raise StoreUnavailable(self._problem or "contact store unavailable")
         try:
             yield
-        except RedisError as exc:
-            if isinstance(exc, WatchError):
-                raise
+        except RedisError as exc:  # a WatchError here is redis-py's word for a timeout while watching
             self._down(exc)
             raise StoreUnavailable(f"{self.name}: {type(exc).__name__}") from None
 
@@ -190,7 +188,9 @@ class RedisStore:
             self._queue(pipe, contacts.decisions)
             try:
                 pipe.execute()
-            except WatchError:
+            except WatchError as exc:
+                if "changed" not in str(exc):  # "A TimeoutError occurred while watching...": unavailable
+                    raise
                 raise ContactConflict("a user's contacts changed while deciding") from None
 
     def _queue(self, pipe: Any, decisions: Sequence[tuple[str, int, str, str]]) -> None:
