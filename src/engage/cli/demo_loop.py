@@ -36,6 +36,7 @@ from engage.models.uplift import expected_gain
 from engage.offers.catalog import Catalog, load_catalog
 from engage.offers.evaluation import bootstrap_difference, doubly_robust
 from engage.offers.outcomes import attach_outcomes
+from engage.offers.policy import allowed_arms
 from engage.offers.training import (
     HOLDOUT,
     decision_exposures,
@@ -86,18 +87,41 @@ def _true_probabilities(rows: pd.DataFrame, truth: pd.DataFrame, catalog: Catalo
 
 
 def _round_figures(
-    rows: pd.DataFrame, truth: pd.DataFrame, catalog: Catalog, cfg: EngageConfig, *, seed: int
+    rows: pd.DataFrame,
+    truth: pd.DataFrame,
+    catalog: Catalog,
+    cfg: EngageConfig,
+    *,
+    seed: int,
+    history: pd.DataFrame | None = None,
+    as_of: datetime | None = None,
 ) -> dict[str, Any]:
-    """Truth and measurement of one round's decisions (``rows``: features, arm, converted, holdout)."""
+    """Truth and measurement of one round's decisions (``rows``: features, arm, converted, holdout).
+
+    The oracle is held to the rules the served policy met: eligibility, consent and, with
+    ``history`` (messages before ``as_of``), the cooldowns and the contact cap; the oracle that
+    ignores contact history is reported too (``oracle_value_no_contact_rules``).
+    """
     held = rows[HOLDOUT].astype(bool).to_numpy() if HOLDOUT in rows else np.zeros(len(rows), bool)
     p_conv = _true_probabilities(rows, truth, catalog)
     true_r = reward_matrix(p_conv, catalog)
     arm = rows["arm"].astype(str).to_numpy()
     col = true_r.columns.get_indexer(arm)
     served = true_r.to_numpy()[np.arange(len(rows)), col]
-    allowed = policy_rules(rows, catalog, cfg)
+    free = policy_rules(rows, catalog, cfg)
+    cap = min(cfg.policy.max_per_7d, catalog.max_per_7d)
+    allowed = (
+        free
+        if history is None or as_of is None
+        else allowed_arms(rows, catalog, history=history, as_of=as_of, max_per_7d=cap)
+        .reindex(columns=catalog.arms)
+        .fillna(False)
+        .astype(bool)
+        & free
+    )
     on = ~held
     best = true_r.where(allowed.astype(bool), -np.inf).max(axis=1).to_numpy()
+    best_free = true_r.where(free.astype(bool), -np.inf).max(axis=1).to_numpy()
     treated = on & (arm != s.CONTROL_ARM)
     intended = rows.get(s.INTENDED_MESSAGE_ID, pd.Series([None] * len(rows), index=rows.index))
     control = held & intended.notna().to_numpy() & (intended.astype(str).to_numpy() != s.CONTROL_ARM)
@@ -116,6 +140,7 @@ def _round_figures(
         "true_value": value,
         "share_of_oracle": (value - none) / (oracle - none) if oracle > none else float("nan"),
         "oracle_value": oracle,
+        "oracle_value_no_contact_rules": float(best_free[on].mean()),
         "none_value": none,
         "lift_measured": lift.value,
         "lift_ci_low": lift.ci_low,
@@ -157,7 +182,7 @@ def run_loop(out_dir: Path, cfg: EngageConfig, *, rounds: int, round_days: int) 
     """Run round 0 and `rounds` served rounds; write ``out_dir/loop.json``; return its rounds."""
     from engage.scoring.champions import load_champions
     from engage.scoring.decision_log import read_decisions
-    from engage.scoring.job import score_events
+    from engage.scoring.job import exposure_history, score_events
     from engage.training.churn import train_churn
     from engage.training.offers import train_offers
 
@@ -183,7 +208,13 @@ def run_loop(out_dir: Path, cfg: EngageConfig, *, rounds: int, round_days: int) 
     fit = fit_offers(table0, cfg, catalog, n_boot=50)
     result = train_offers(fit, cfg, run_name="offers-round-0")
     last = table0[table0[s.AS_OF] == table0[s.AS_OF].max()].reset_index(drop=True)
-    first = {"round": 0, **_round_figures(last, world.truth.to_pandas(), catalog, cfg, seed=cfg.seed)}
+    last_at = pd.Timestamp(last[s.AS_OF].iloc[0]).to_pydatetime()
+    before = exposure_history(world.exposures.select(_HISTORY), last_at, catalog.history_days)
+    truth0 = world.truth.to_pandas()
+    first = {
+        "round": 0,
+        **_round_figures(last, truth0, catalog, cfg, seed=cfg.seed, history=before, as_of=last_at),
+    }
     first |= {"dr_estimate": None, "dr_ci_low": None, "dr_ci_high": None}
     first |= {"offers_version": result.version, "promoted": result.promoted}
     loop = [first]
@@ -212,6 +243,7 @@ def run_loop(out_dir: Path, cfg: EngageConfig, *, rounds: int, round_days: int) 
             decision_log=log_dir,
         )
         decisions, _ = read_decisions(log_dir)
+        contacts = exposure_history(history, as_of, catalog.history_days)  # what the policy's rules saw
         _say(f"round {r}: the world answers {len(decisions):,} decisions over {round_days} days")
         world, _counts = resume(world, decisions, round_days)
         assert world.world is not None
@@ -221,7 +253,9 @@ def run_loop(out_dir: Path, cfg: EngageConfig, *, rounds: int, round_days: int) 
         rows = offer_table(world.events, served, cfg, users=world.users, history=history)
         if s.INTENDED_MESSAGE_ID in decisions:  # rows keep the log's order
             rows[s.INTENDED_MESSAGE_ID] = decisions[s.INTENDED_MESSAGE_ID].to_numpy()
-        figures = _round_figures(rows, world.truth.to_pandas(), catalog, cfg, seed=cfg.seed + r)
+        figures = _round_figures(
+            rows, world.truth.to_pandas(), catalog, cfg, seed=cfg.seed + r, history=contacts, as_of=as_of
+        )
         _say(f"round {r}: retrain offers on the randomized history and {r} served log(s), then the gate")
         both = pl.concat([randomized.select(served.columns), *served_logs], how="vertical_relaxed")
         table = offer_table(world.events, both, cfg, users=world.users, history=history)
