@@ -4,6 +4,7 @@ log and the snapshot carry the send time, and the snapshot's timing columns give
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -17,7 +18,7 @@ from engage.offers.catalog import load_catalog
 from engage.offers.training import fit_offers, offer_table
 from engage.scoring.champions import TIMING, load_champions, registry_refs
 from engage.scoring.decision_log import read_decisions
-from engage.scoring.job import score_events
+from engage.scoring.job import ScoreRunSummary, score_events
 from engage.timing.sendtime import quiet_mask
 from engage.timing.snapshot import TIMING_COLUMNS, from_columns, scoring_features, to_columns
 from engage.training.churn import train_churn
@@ -60,13 +61,13 @@ def test_champions_load_the_timing_model_when_registered(world: dict) -> None:
     assert models.versions[TIMING] == f"{world['cfg'].timing.model_name}/1"
 
 
-def test_batch_scores_log_and_snapshot_carry_the_send_time(world: dict) -> None:
+@pytest.fixture(scope="module")
+def batch(world: dict) -> ScoreRunSummary:
     cfg, data, as_of, root = world["cfg"], world["data"], world["as_of"], world["root"]
-    models = load_champions(cfg)
-    summary = score_events(
+    return score_events(
         data.events,
         as_of,
-        models,
+        load_champions(cfg),
         cfg,
         root / "scores.parquet",
         users=data.users,
@@ -76,6 +77,10 @@ def test_batch_scores_log_and_snapshot_carry_the_send_time(world: dict) -> None:
         snapshot=root / "snapshot.parquet",
         decision_log=root / "decisions",
     )
+
+
+def test_batch_scores_log_and_snapshot_carry_the_send_time(world: dict, batch: ScoreRunSummary) -> None:
+    cfg, as_of, root, summary = world["cfg"], world["as_of"], world["root"], batch
     assert summary.stages["timing"] > 0
     scores = pl.read_parquet(summary.out)
     sent = scores.filter(pl.col(s.MESSAGE_ID) != s.CONTROL_ARM)
@@ -148,3 +153,49 @@ def test_the_snapshot_columns_give_back_the_features_and_the_send_times(world: d
     cold = from_columns(empty.to_pandas(), models.timing)
     assert cold.table["zone"][0] == s.UTC and cold.table["zone_source"][0] == "utc"
     assert cold.counts.sum() == 0
+
+
+def test_the_service_answers_with_the_send_time_from_the_snapshot(
+    world: dict, batch: ScoreRunSummary, tmp_path: Path
+) -> None:
+    """/score (the engine behind it) reads the snapshot's timing columns: the batch's send time for
+    the same user, channel and as_of; a request without as_of gets a send time after its clock."""
+    from engage.serving.engine import ScoringEngine
+    from engage.serving.schemas import ScoreRequest
+
+    cfg, as_of = world["cfg"], world["as_of"]
+    assert batch.snapshot is not None
+    serve = cfg.serve.model_copy(
+        update={"feature_snapshot_path": str(batch.snapshot), "decision_log_dir": str(tmp_path / "log")}
+    )
+    now = as_of + timedelta(days=2, minutes=17)
+    config = cfg.model_copy(update={"serve": serve})
+    engine = ScoringEngine(config, load_champions(cfg), watch_seconds=None, clock=lambda: now)
+    scores = pl.read_parquet(batch.out).filter(pl.col(s.MESSAGE_ID) != s.CONTROL_ARM).head(40)
+    users = [{"user_id": u} for u in scores[s.USER_ID].to_list()]
+    try:
+        same = engine.score(ScoreRequest(users=users, as_of=as_of)).users
+        later = engine.score(ScoreRequest(users=users)).users
+    finally:
+        engine.close()
+    batch_rows = {r[s.USER_ID]: r for r in scores.iter_rows(named=True)}
+    compared = 0
+    for answer in same:
+        row, message = batch_rows[answer.user_id], answer.message
+        if message.message_id == s.CONTROL_ARM:
+            assert message.send_at is None
+            continue
+        assert message.send_at is not None and message.send_reason
+        if message.channel == row[s.CHANNEL]:
+            compared += 1
+            assert message.send_at.replace(tzinfo=None) == row[s.SEND_AT].replace(tzinfo=None)
+            assert message.send_propensity == pytest.approx(row[s.SEND_PROPENSITY])
+    assert compared >= 10
+    window = timedelta(hours=cfg.timing.window_hours + 24)
+    sent = [a.message for a in later if a.message.message_id != s.CONTROL_ARM]
+    assert sent and all(now <= m.send_at < now + window for m in sent if m.send_at is not None)
+    assert all(m.send_at is not None for m in sent)
+    log, skipped = read_decisions(tmp_path / "log")
+    assert skipped == 0 and len(log) == 2 * len(users)
+    logged = log[log[s.MESSAGE_ID] != s.CONTROL_ARM]
+    assert logged[s.SEND_AT].notna().all() and (logged[s.SEND_PROPENSITY] > 0).all()

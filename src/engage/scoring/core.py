@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any, Required, TypedDict, Unpack
 
 import numpy as np
@@ -63,6 +64,7 @@ class ScoreOptions(TypedDict, total=False):
     decision_nonce: str | None
     timing: TimingFeatures | None
     timing_config: TimingConfig | None
+    send_from: datetime | None
 
 
 def score_features(
@@ -90,6 +92,7 @@ def score_columns(
     decision_nonce: str | None = None,
     timing: TimingFeatures | None = None,
     timing_config: TimingConfig | None = None,
+    send_from: datetime | None = None,
 ) -> dict[str, Any]:
     """Scores of a feature table (at least one row) as columns: ``SCORE_FIELDS`` in order.
 
@@ -109,6 +112,8 @@ def score_columns(
     with ``timing`` (the users' timing features, rows aligned) and ``models.timing``, ``send_at`` is
     the best (or explored) hour of the window in the user's zone outside the channel's quiet hours,
     ``send_propensity`` its probability and ``propensity`` that of the (message, send time) pair.
+    The window starts at ``send_from`` (the service: the request's decision time, later than its
+    snapshot's ``as_of``), else at the features' latest ``as_of``.
     """
     features = features.reset_index(drop=True)
     if not _is_utc(features[s.AS_OF]):
@@ -195,7 +200,8 @@ def score_columns(
     picked = arm_gains[rows, chosen]
     out[s.EXPECTED_GAIN] = np.where(modelled[chosen], picked, 0.0)
     out[s.PROPENSITY] = propensity
-    out |= _send_columns(timing if timed else None, decision_time, timing_config, channel_index, seed)
+    send_start = decision_time if send_from is None else send_from
+    out |= _send_columns(timing if timed else None, send_start, timing_config, channel_index, seed)
     if timed:  # the logged propensity is that of the (message, send time) pair
         out[s.PROPENSITY] = propensity * np.where(channel_index >= 0, out[s.SEND_PROPENSITY], 1.0)
     out["holdout"] = np.asarray(holdout, dtype=bool)

@@ -55,6 +55,7 @@ from engage.serving.schemas import (
 )
 from engage.serving.settings import readiness_problem
 from engage.serving.snapshot import FeatureSnapshot, SnapshotSource
+from engage.timing.snapshot import from_columns, has_columns
 
 __all__ = ["PayloadTooLarge", "ScoringEngine", "Unprocessable", "open_online_store"]
 
@@ -124,6 +125,9 @@ def _user_score(user_id: str, row: dict[str, Any]) -> UserScore:
                 "propensity": float(row[s.PROPENSITY]),
                 "holdout": bool(row["holdout"]),
                 "intended_message_id": str(row[s.INTENDED_MESSAGE_ID]),
+                "send_at": None if pd.isna(row[s.SEND_AT]) else pd.Timestamp(row[s.SEND_AT]),
+                "send_propensity": _finite(row[s.SEND_PROPENSITY]),
+                "send_reason": row[s.SEND_REASON],
             },
             "feature_as_of": pd.Timestamp(row[s.AS_OF]).to_pydatetime(),
             "model_versions": {str(k): str(v) for k, v in row["model_versions"].items()},
@@ -490,6 +494,9 @@ class ScoringEngine:
                 history = None if contacts is None else contacts.frame(users, decided_at, policy_time)
                 if history is not None and request.as_of is None:
                     history = _recorded(history, policy_time)
+                # send times from the snapshot's timing columns (rows without them: a new user in UTC)
+                timing = self.models.timing
+                timed = from_columns(frame, timing) if timing and has_columns(frame.columns) else None
                 scored = score_columns(
                     frame,
                     self.models,
@@ -498,6 +505,9 @@ class ScoringEngine:
                     history=history,
                     reasons_top_k=REASONS_TOP_K if request.explain else None,
                     decision_nonce=nonce,
+                    timing=timed,
+                    timing_config=self.config.timing,
+                    send_from=decided_at,
                 )
                 columns[source] = {name: _as_list(values) for name, values in scored.items()}
         answers: list[UserScore] = []
@@ -532,6 +542,8 @@ class ScoringEngine:
                 s.INTENDED_MESSAGE_ID: a.message.intended_message_id,
                 "churn_probability": a.churn_probability,
                 "model_versions": a.model_versions,
+                s.SEND_AT: a.message.send_at,
+                s.SEND_PROPENSITY: a.message.send_propensity,
             }
             for a in answers
         ]
