@@ -11,6 +11,8 @@ that peak memory is per measurement:
   validate, features, write the data set);
 - scoring users/s, no reasons and reasons for the riskiest 10%: embedded ``score_events``; Spark
   ``run_scoring`` (read, validate, features, score, write scores and the decision log);
+- seconds are the job's own (``score_events``' / ``run_scoring``'s); loading the models and starting
+  the session are printed apart ("start");
 - driver peak RSS: the Python driver process (``ru_maxrss``) and, sampled with psutil, its JVM. In
   local mode that JVM also runs the executors' work (its heap is capped by spark.driver.memory); on
   the standalone cluster (``--cluster``: master and two workers, 1 core and 1 GB each, on
@@ -107,7 +109,7 @@ def run_task(task: str, data: Path, tracking: str, as_of: datetime, master: str 
             users=pl.read_parquet(data / "users" / "*.parquet"),
             exposures=pl.read_parquet(data / "exposures" / "*.parquet"),
         )
-        count = len(frame)
+        count, job = len(frame), time.perf_counter() - started
     elif task.startswith("embedded-score"):
         from engage.scoring.champions import load_champions
         from engage.scoring.job import score_events
@@ -123,7 +125,7 @@ def run_task(task: str, data: Path, tracking: str, as_of: datetime, master: str 
             explain_share=share,
             decision_log=out / "log",
         )
-        count = summary.users
+        count, job = summary.users, summary.seconds
         stages = summary.stages
     else:
         from engage.scoring.champions import load_champions
@@ -154,13 +156,13 @@ def run_task(task: str, data: Path, tracking: str, as_of: datetime, master: str 
                 out=out / "scores",
                 decision_log=out / "log",
             )
-        count = run.users
+        count, job = run.users, run.seconds
         stages = run.stages
         spark.stop()
-    seconds = time.perf_counter() - started
     return {
         "task": task,
-        "seconds": seconds,
+        "seconds": job,
+        "startup": time.perf_counter() - started - job,
         "users": count,
         "jvm_rss_gb": jvm.stop(),
         "python_rss_gb": jvm.python / 1e9,
@@ -252,6 +254,7 @@ def main() -> None:
                 unit = "events/s" if task.endswith("features") else "users/s"
                 print(
                     f"  {task:<22} {r['seconds']:7.1f} s {per:>12,.0f} {unit:<9} "
+                    f"(+{r['startup']:.0f} s start) "
                     f"driver RSS python {r['python_rss_gb']:.2f} GB, jvm {r['jvm_rss_gb']:.2f} GB; "
                     f"{r['load']}"
                 )

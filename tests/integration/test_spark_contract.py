@@ -109,3 +109,19 @@ def test_hive_partitioned_folder_is_read_with_its_partition_column(spark: Any, t
         ).write_parquet(folder / "part.parquet")
     frame = read_input(spark, tmp_path / "events")
     assert frame.count() == 4 and "day" in frame.columns
+
+
+def test_users_and_exposures_csv_are_typed_like_the_embedded_reader(spark: Any, tmp_path: Path) -> None:
+    from engage.spark.io import read_exposures, read_users
+    from engage.spark.session import utc_session
+
+    (tmp_path / "users.csv").write_text("user_id,signup_ts,opted_in,region\na,2024-01-01T00:00:00Z,true,eu\n")
+    (tmp_path / "exposures.csv").write_text("user_id,ts,message_id\na,1704067200,coupon\n")
+    with utc_session(spark):
+        users = read_users(spark, tmp_path / "users.csv")
+        exposures = read_exposures(spark, tmp_path / "exposures.csv")
+        types = dict(users.dtypes)
+        first = exposures.first()
+    assert types["signup_ts"] == "timestamp" and types["opted_in"] == "boolean", types
+    assert first is not None and first["ts"] == datetime(2024, 1, 1)  # session time is UTC: naive
+    assert first["channel"] is None

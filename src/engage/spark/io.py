@@ -42,14 +42,15 @@ def input_format(location: str | Path) -> str:
     return detect_format(Path(name))
 
 
-def read_input(spark: SparkSession, location: str | Path) -> DataFrame:
-    """A raw table as written: CSV columns as text, JSON Lines inferred (bad lines in ``CORRUPT``)."""
+def read_input(spark: SparkSession, location: str | Path, *, infer_csv: bool = False) -> DataFrame:
+    """A raw table as written: CSV columns as text (typed with ``infer_csv``, as the embedded reader
+    reads users and exposures), JSON Lines inferred (bad lines in ``CORRUPT``)."""
     uri, fmt = uri_text(location), input_format(location)
     reader = spark.read
     try:
         if fmt == "csv":
             sep = "\t" if ".tsv" in str(location).lower() else ","
-            return reader.options(header=True, inferSchema=False, sep=sep).csv(uri)
+            return reader.options(header=True, inferSchema=infer_csv, sep=sep).csv(uri)
         if fmt == "jsonl":
             return reader.options(mode="PERMISSIVE", columnNameOfCorruptRecord=CORRUPT).json(uri)
         return reader.parquet(uri)
@@ -62,7 +63,7 @@ def read_table(
     spark: SparkSession, location: str | Path, option: str, required: tuple[str, ...]
 ) -> DataFrame:
     """A users or exposures table read by Spark; a missing required column names the option and input."""
-    frame = read_input(spark, location)
+    frame = read_input(spark, location, infer_csv=True)
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise EventsFileError(
