@@ -120,3 +120,31 @@ def test_missing_servers_skip_unless_ci_requires_them(monkeypatch: pytest.Monkey
     monkeypatch.setenv(REQUIRE_SERVICES, "1")
     with pytest.raises(pytest.fail.Exception, match=f"Redis not reachable .*{REQUIRE_SERVICES}=1"):
         service_missing("Redis not reachable")
+
+
+def test_a_live_decision_counts_contacts_recorded_ahead_of_its_clock(
+    tmp_path: Path, sender: ScoringModels
+) -> None:
+    """Another replica whose clock runs a minute ahead has recorded the cap's worth of messages: a live
+    request (no as_of) counts them; a replayed request at an explicit earlier as_of does not."""
+    config = _config(tmp_path)
+    cap = min(config.policy.max_per_7d, CAT.max_per_7d)
+    engine = _engine(config, sender, [NOW])
+    try:
+        ahead = [
+            engine.score(
+                ScoreRequest.model_validate(
+                    {"users": [{"user_id": "u1"}], "explain": False, "as_of": NOW + timedelta(minutes=1 + i)}
+                )
+            ).users[0]
+            for i in range(cap)
+        ]
+        live = engine.score(_request(["u1"])).users[0]
+        replay = engine.score(
+            ScoreRequest.model_validate({"users": [{"user_id": "u1"}], "explain": False, "as_of": NOW})
+        ).users[0]
+    finally:
+        engine.close()
+    assert all(a.message.message_id != s.CONTROL_ARM for a in ahead)
+    assert live.message.message_id == s.CONTROL_ARM and live.message.withheld is None, "the cap holds"
+    assert replay.message.message_id != s.CONTROL_ARM, "a replay at an earlier as_of sees what was before it"
