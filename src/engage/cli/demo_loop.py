@@ -31,6 +31,7 @@ from engage import schemas as s
 from engage.config import EngageConfig
 from engage.datasets.resume import resume
 from engage.datasets.simulate import SimulatedData, simulate, write_simulation
+from engage.features import build_features
 from engage.models.bundle import OfferBundle
 from engage.models.uplift import expected_gain
 from engage.offers.catalog import Catalog, load_catalog
@@ -153,25 +154,56 @@ def _round_figures(
     }
 
 
-def _dr_before(
+def _direct(
     bundle: OfferBundle, rows: pd.DataFrame, catalog: Catalog, cfg: EngageConfig
-) -> dict[str, Any]:
-    """DR value of the policy ``bundle`` runs, on the previous round's non-holdout logged rows."""
-    rows = rows[~rows[HOLDOUT].astype(bool)].reset_index(drop=True) if HOLDOUT in rows else rows
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The serving policy's probabilities on ``rows`` and its outcome model's reward per arm."""
     outcomes = bundle.outcomes(rows)
     target = served_policy(rows, expected_gain(outcomes, catalog), catalog, cfg)
-    q_hat = reward_matrix(outcomes.reindex(columns=target.columns).fillna(0.0), catalog)
+    return target, reward_matrix(outcomes.reindex(columns=target.columns).fillna(0.0), catalog)
+
+
+def _dr_before(
+    bundle: OfferBundle,
+    rows: pd.DataFrame,
+    catalog: Catalog,
+    cfg: EngageConfig,
+    current: pd.DataFrame | None = None,
+) -> dict[str, Any]:
+    """DR value of the policy ``bundle`` runs, on the previous round's non-holdout logged rows.
+
+    With ``current`` (every user's features as of the round about to be served, before anything is
+    served), also the drift-adjusted estimate: the direct part on ``current`` plus the previous rows'
+    weighted residuals, mean(sum_a pi q)_now + mean(w (r - q_logged))_previous, with a bootstrap
+    of both parts. The population moves between rounds (users lapse, the base rate falls); the
+    direct part follows it through the features, the residual corrects the outcome model's bias.
+    """
+    rows = rows[~rows[HOLDOUT].astype(bool)].reset_index(drop=True) if HOLDOUT in rows else rows
+    target, q_hat = _direct(bundle, rows, catalog, cfg)
     arm = rows["arm"].astype(str)
-    est = doubly_robust(
-        arm,
-        rewards(arm, rows[s.CONVERTED], catalog),
-        rows[s.PROPENSITY].to_numpy(float),
-        target,
-        q_hat,
-        n_boot=_N_BOOT,
-        seed=cfg.seed,
+    reward = rewards(arm, rows[s.CONVERTED], catalog)
+    propensity = rows[s.PROPENSITY].to_numpy(float)
+    est = doubly_robust(arm, reward, propensity, target, q_hat, n_boot=_N_BOOT, seed=cfg.seed)
+    out = {"dr_estimate": est.value, "dr_ci_low": est.ci_low, "dr_ci_high": est.ci_high}
+    if current is None or current.empty:
+        return out
+    col = target.columns.get_indexer(arm.to_numpy())
+    logged = np.arange(len(rows)), np.maximum(col, 0)
+    weight = np.where(col >= 0, target.to_numpy()[logged] / propensity, 0.0)
+    residual = weight * (reward - np.where(col >= 0, q_hat.to_numpy()[logged], 0.0))
+    now_target, now_q = _direct(bundle, current.reset_index(drop=True), catalog, cfg)
+    direct = (now_target.to_numpy() * now_q[now_target.columns].to_numpy()).sum(axis=1)
+    rng = np.random.default_rng(cfg.seed)
+    reps = np.array(
+        [
+            direct[rng.integers(0, len(direct), len(direct))].mean()
+            + residual[rng.integers(0, len(residual), len(residual))].mean()
+            for _ in range(_N_BOOT)
+        ]
     )
-    return {"dr_estimate": est.value, "dr_ci_low": est.ci_low, "dr_ci_high": est.ci_high}
+    low, high = np.quantile(reps, [0.025, 0.975])
+    value = float(direct.mean() + residual.mean())
+    return out | {"dr_drift_adjusted": value, "dr_drift_ci_low": float(low), "dr_drift_ci_high": float(high)}
 
 
 def _delivered(served: pl.DataFrame) -> pl.DataFrame:
@@ -229,7 +261,10 @@ def run_loop(out_dir: Path, cfg: EngageConfig, *, rounds: int, round_days: int) 
         if models.offers is None:
             raise ValueError("no offers champion to serve with")
         _say(f"round {r}: DR of the serving policy on round {r - 1}'s logs; score as of {as_of:%Y-%m-%d}")
-        dr = _dr_before(models.offers, previous, catalog, cfg)
+        current = build_features(
+            world.events, [as_of], config=cfg.features, users=world.users, exposures=history
+        )
+        dr = _dr_before(models.offers, previous, catalog, cfg, current=current)
         log_dir = out_dir / "decisions" / f"round-{r}"
         score_events(
             world.events,
@@ -285,4 +320,10 @@ def _print_round(row: dict[str, Any]) -> None:
         f"DR before {row['dr_estimate']:.3f} [{row['dr_ci_low']:.3f}, {row['dr_ci_high']:.3f}]; lift "
         f"{row['lift_measured']:+.4f} [{row['lift_ci_low']:+.4f}, {row['lift_ci_high']:+.4f}] vs true "
         f"{row['lift_true']:+.4f}"
+        + (
+            f"; DR drift-adjusted {row['dr_drift_adjusted']:.3f} "
+            f"[{row['dr_drift_ci_low']:.3f}, {row['dr_drift_ci_high']:.3f}]"
+            if "dr_drift_adjusted" in row
+            else ""
+        )
     )
