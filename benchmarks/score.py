@@ -1,6 +1,7 @@
 """Batch scoring throughput: embedded (with and without reasons) next to bare predict_proba.
 
     .venv/bin/python benchmarks/score.py [--users 1000000] [--sim-chunk 100000] [--spark-users 100000]
+                                         [--no-timing]
 
 Trains small churn and offer models into a temporary MLflow store, simulates the scored population
 in user chunks (distinct seeds, distinct user-id prefixes; each chunk written to Parquet and
@@ -9,7 +10,11 @@ no reasons, reasons for the riskiest 10%, reasons for all (``--explain-all``). P
 times (features, predict, score = offers + policy + render, write), the scoring stages measured
 alone on the same feature matrix, users/s, the ratio to bare ``predict_proba`` on that matrix, the
 1-row ``score_features`` time and peak RSS, each next to ``os.getloadavg()`` (the cores are shared).
-Targets (1M users, 2 cores): scoring with messages <= 60 s; reasons for the top 10% add <= 60 s.
+With a timing model (fitted on the training world, registered as champion; ``--no-timing`` skips
+it) the no-reasons run is repeated with send times: each user's timing features from the same
+events, the snapshot's ``timing_*`` columns and ``send_at``, side by side with the run without.
+Targets (1M users, 2 cores): scoring with messages <= 60 s; reasons for the top 10% add <= 60 s;
+send times add <= 30 s (issue 17).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from engage.scoring.core import score_features, to_storable
 from engage.scoring.job import exposure_history, score_events
 from engage.training.churn import train_churn
 from engage.training.offers import train_offers
+from engage.training.timing import fit_timing, train_timing
 
 
 def _rss() -> float:
@@ -76,6 +82,7 @@ def main() -> None:
     parser.add_argument("--train-users", type=int, default=20_000)
     parser.add_argument("--explain-all", action="store_true", help="also time reasons for everyone")
     parser.add_argument("--spark-users", type=int, default=0, help="also time --engine spark on this many")
+    parser.add_argument("--no-timing", action="store_true", help="skip the run with send times")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="engage-bench-"))
     cfg = load_config(
@@ -91,6 +98,10 @@ def main() -> None:
     table = offer_table(small.events, small.exposures, cfg, users=small.users)
     train_offers(fit_offers(table, cfg, load_catalog(cfg.offers.catalog_path), n_boot=20), cfg)
     models = load_champions(cfg)
+    timed_models = None
+    if not args.no_timing:
+        train_timing(fit_timing(small.events, cfg, users=small.users, exposures=small.exposures), cfg)
+        timed_models = load_champions(cfg)  # the same churn and offers models, and the timing one
     del small, table
 
     started = time.perf_counter()
@@ -104,21 +115,24 @@ def main() -> None:
     ts_max = events.select(pl.col(s.TS).max()).collect().item()
     as_of = (ts_max - timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
 
-    shares = [("messages, no reasons", None), ("reasons for top 10%", 0.1)]
+    shares = [("messages, no reasons", None, models), ("reasons for top 10%", 0.1, models)]
     if args.explain_all:
-        shares.append(("reasons for all", 1.0))
+        shares.append(("reasons for all", 1.0, models))
+    if timed_models is not None:
+        shares.append(("messages + send times", None, timed_models))
     results = {}
-    for label, share in shares:
+    for label, share, scoring_models in shares:
+        snapshot = "features.parquet" if scoring_models is not models else "features-timing.parquet"
         summary = score_events(
             events,
             as_of,
-            models,
+            scoring_models,
             cfg,
             root / "scores.parquet",
             users=users,
             exposures=exposures,
             explain_share=share,
-            snapshot=root / "features.parquet" if share is None else None,
+            snapshot=root / snapshot if share is None else None,
             decision_log=root / "decisions",
         )
         results[label] = summary
@@ -133,6 +147,14 @@ def main() -> None:
     if "reasons for all" in results:
         print(
             f"reasons for everyone (--explain) add {results['reasons for all'].seconds - base.seconds:.1f} s"
+        )
+    if "messages + send times" in results:
+        with_times = results["messages + send times"]
+        sent = pl.read_parquet(with_times.out).filter(pl.col(s.MESSAGE_ID) != s.CONTROL_ARM)
+        print(
+            f"send times add {with_times.seconds - base.seconds:.1f} s (stage timing "
+            f"{with_times.stages['timing']:.1f} s); {sent[s.SEND_AT].is_not_null().sum():,} of "
+            f"{sent.height:,} sends timed; target <= 30 s at 1M users"
         )
 
     features = pd.read_parquet(root / "features.parquet")

@@ -163,8 +163,9 @@ def shrink_profile(
 
 def peakedness(profile: NDArray[np.float64]) -> NDArray[np.float64]:
     """1 - entropy / log(168) of each row (rows sum to 1)."""
-    p = np.clip(profile, 1e-300, None)
-    return np.asarray(1.0 - (-(p * np.log(p)).sum(axis=1)) / np.log(profile.shape[1]))
+    from scipy.special import entr  # -p log p, 0 at 0: one pass, no temporaries (1M x 168)
+
+    return np.asarray(1.0 - entr(profile).sum(axis=1) / np.log(profile.shape[1]))
 
 
 def timing_features(

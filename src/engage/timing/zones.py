@@ -45,8 +45,10 @@ def infer_offsets(utc_hours: NDArray[np.float64], population_local: NDArray[np.f
     """Per user, the whole-hour offset (-11..+12) that best aligns their UTC hour-of-day activity with
     the population's local hour-of-day profile (largest dot product): (n, 24) counts -> (n,)."""
     offsets = np.arange(-11, 13)
-    # local hour = utc hour + offset: the user's activity shifted onto the local clock
-    scores = np.stack([np.roll(utc_hours, int(o), axis=1) @ population_local for o in offsets], axis=1)
+    # local hour = utc hour + offset: activity at UTC hour u meets the population at (u + offset) % 24,
+    # so every offset's dot product is one column of a (24 x 24) matmul (24 rolls cost 10x more)
+    shifted = population_local[(np.arange(HOURS)[:, None] + offsets[None, :]) % HOURS]
+    scores = utc_hours @ shifted
     return np.asarray(offsets[scores.argmax(axis=1)], dtype=np.int64)
 
 
