@@ -31,6 +31,7 @@ from engage import schemas as s
 from engage.config import LabelConfig, MonitorConfig
 from engage.evaluation.classification import expected_calibration_error
 from engage.labels import Events, churn_labels
+from engage.timing.snapshot import HOURS_COLUMN
 
 __all__ = [
     "SCORE_COLUMN",
@@ -46,8 +47,9 @@ __all__ = [
 ]
 
 SCORE_COLUMN = "churn_probability"
-NOT_FEATURES = frozenset({s.USER_ID, s.AS_OF, s.LABEL})
-"""Columns of a snapshot or training table that are keys or the label, not features."""
+NOT_FEATURES = frozenset({s.USER_ID, s.AS_OF, s.LABEL, HOURS_COLUMN})
+"""Columns of a snapshot or training table that are keys or the label, not features (nor the
+timing columns' encoded activity hours: one text per user, no category to compare)."""
 MISSING_BIN = "missing"
 Status = Literal["ok", "warn", "alert", "n/a"]
 _RANK = {"alert": 0, "warn": 1, "ok": 2, "n/a": 3}
