@@ -1,0 +1,76 @@
+"""The snapshot's timing columns: the same timing features back; bad or missing values: no history."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import polars as pl
+
+from engage import schemas as s
+from engage.config import TimingConfig
+from engage.timing.features import timing_features
+from engage.timing.sendtime import TimingModel, send_times
+from engage.timing.snapshot import HOURS_COLUMN, TIMING_COLUMNS, from_columns, scoring_features, to_columns
+
+NOW = datetime(2024, 6, 5, 9, 30, tzinfo=UTC)
+ZONES = ("Europe/Berlin", "America/New_York", None, "Not/AZone")
+
+
+def _world(n: int = 120) -> tuple[pl.DataFrame, pl.DataFrame]:
+    rng = np.random.default_rng(4)
+    rows = []
+    for i in range(n):
+        hours = rng.choice(24, 2, replace=False)
+        for d in range(1, int(rng.integers(0, 30))):
+            rows.append((f"u{i}", NOW - timedelta(days=d) + timedelta(hours=int(hours[d % 2])), "page_view"))
+    events = pl.DataFrame(
+        {
+            s.USER_ID: [r[0] for r in rows],
+            s.TS: pl.Series([r[1] for r in rows], dtype=s.TS_DTYPE),
+            s.EVENT_TYPE: [r[2] for r in rows],
+        }
+    )
+    users = pl.DataFrame(
+        {s.USER_ID: [f"u{i}" for i in range(n)], s.TIMEZONE: [ZONES[i % 4] for i in range(n)]}
+    )
+    return events, users
+
+
+def test_the_columns_give_back_the_features_and_the_send_times() -> None:
+    events, users = _world()
+    fitted = timing_features(events, NOW, users=users, seed=1)
+    model = TimingModel(prior=fitted.prior, prior_strength=10.0, smoothing_kappa=3.0)
+    ids = [*users[s.USER_ID].reverse().to_list(), "new-user"]
+    direct = scoring_features(model, events, NOW, TimingConfig(), user_ids=ids, users=users)
+    assert direct.table[s.USER_ID].to_list() == ids
+    columns = to_columns(direct)
+    assert columns.columns == [s.USER_ID, *TIMING_COLUMNS]
+    back = from_columns(columns.to_pandas(), model)
+    assert np.array_equal(back.counts, direct.counts)
+    assert np.allclose(back.profile, direct.profile)
+    assert back.table["zone"].to_list() == direct.table["zone"].to_list()
+    assert back.table["zone_source"].to_list() == direct.table["zone_source"].to_list()
+    assert back.table["zone_note"].to_list() == direct.table["zone_note"].to_list()
+    config = TimingConfig()
+    channels = np.arange(len(ids)) % 2
+    assert send_times(back, NOW, config, channels=channels).equals(
+        send_times(direct, NOW, config, channels=channels)
+    )
+
+
+def test_bad_or_missing_hours_read_as_no_history() -> None:
+    events, users = _world(8)
+    fitted = timing_features(events, NOW, users=users, seed=1)
+    model = TimingModel(prior=fitted.prior)
+    columns = to_columns(scoring_features(model, events, NOW, TimingConfig(), user_ids=["u0", "u1", "u2"]))
+    columns = columns.with_columns(
+        pl.Series(HOURS_COLUMN, ["x:1,200:3,5:2,7:", None, ""]),
+        pl.Series("timing_zone", [None, "Europe/Berlin", None], dtype=pl.String),
+    )
+    back = from_columns(columns, model)
+    assert back.counts.sum(axis=1).tolist() == [2.0, 0.0, 0.0]  # only "5:2" is an hour of the week
+    assert back.counts[0, 5] == 2.0
+    assert back.table["zone"].to_list() == [s.UTC, "Europe/Berlin", s.UTC]
+    assert back.table["zone_source"][0] == "utc"
+    assert np.allclose(back.profile.sum(axis=1), 1.0)
