@@ -6,6 +6,7 @@ Two engines with their own decision logs stand for two replicas on two hosts: th
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -21,7 +22,7 @@ import pytest
 from engage import schemas as s
 from engage.config import EngageConfig
 from engage.online.base import UNAVAILABLE
-from engage.online.redis import RETRY_SECONDS, latest_rows, load_features, open_store, rebuild
+from engage.online.redis import RETRY_SECONDS, RedisStore, latest_rows, load_features, open_store, rebuild
 from engage.scoring.core import ScoringModels
 from engage.scoring.decision_log import read_decisions
 from engage.scoring.feedback import read_feedback
@@ -369,3 +370,36 @@ def test_a_redis_that_stops_answering_is_slow_not_down_and_still_no_5xx(
     assert seconds < 1.0, f"a stalled store held the request {seconds:.2f} s (timeout 50 ms)"
     assert feedback.status == "accepted"
     assert after.message.withheld is None and after.message.message_id != s.CONTROL_ARM
+
+
+def test_batch_decisions_appended_to_the_log_count_in_the_shared_store(
+    tmp_path: Path, sender: ScoringModels, redis_url: str, redis_prefix: str
+) -> None:
+    config = _replica(tmp_path, "a", redis_url, redis_prefix)
+    clock = [NOW]
+    engine = ScoringEngine(config, sender, watch_seconds=None, clock=lambda: clock[0])
+    cap = min(config.policy.max_per_7d, CAT.max_per_7d)
+    try:
+        assert engine.score(_request(["u2"])).users[0].message.message_id != s.CONTROL_ARM
+        folder = Path(config.serve.decision_log_dir) / f"date={NOW:%Y-%m-%d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        lines = [
+            {
+                "decision_id": f"batch-{i}",
+                s.USER_ID: "u1",
+                s.MESSAGE_ID: CAT.messages[i].id,
+                "decided_at": (NOW - timedelta(hours=2 - i)).isoformat(),
+            }
+            for i in range(cap)
+        ]
+        (folder / "decisions-999999.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+        engine.refresh()  # the watcher's tick
+        clock[0] += timedelta(minutes=1)
+        capped = engine.score(_request(["u1"])).users[0]
+        store = engine.store
+        assert isinstance(store, RedisStore)
+        held = store.entries("u1")
+    finally:
+        engine.close()
+    assert capped.message.message_id == s.CONTROL_ARM and capped.message.withheld is None
+    assert sorted(m for _, m in held) == sorted(line[s.MESSAGE_ID] for line in lines)

@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -38,6 +39,8 @@ from redis.exceptions import RedisError, WatchError
 from engage import schemas as s
 from engage.config import EngageConfig
 from engage.online.base import ContactConflict, Entry, StoredRows, StoreUnavailable, contacts_frame, ns
+from engage.scoring.decision_log import LogTail
+from engage.serving.history import NONE_MARK, logged_contacts
 
 __all__ = [
     "RETRY_SECONDS",
@@ -116,6 +119,8 @@ class RedisStore:
         retention: pd.Timedelta = pd.Timedelta(days=30),
         decision_ttl: pd.Timedelta = pd.Timedelta(days=30),
         count: Literal["decisions", "sent"] = "decisions",
+        log_dir: str | Path | None = None,
+        own_file: str | None = None,
     ) -> None:
         self.name = url
         self.prefix = prefix
@@ -130,6 +135,11 @@ class RedisStore:
         self._schemas: dict[str, _Schema] = {}
         self._lock = threading.Lock()
         self.features_loaded = False
+        # batch runs append to the decision log only: their messages reach the store from here
+        self._tail = (
+            LogTail(log_dir, skip_file=own_file, skip_lines_with=NONE_MARK.encode()) if log_dir else None
+        )
+        self._unsent: list[tuple[str, int, str, str]] = []
         self.refresh()
 
     # --- availability -------------------------------------------------------------------------
@@ -155,7 +165,10 @@ class RedisStore:
         return self._problem
 
     def refresh(self) -> None:
-        """Ping the server (the watcher's tick): the store is back as soon as it answers."""
+        """Ping the server (the watcher's tick): the store is back as soon as it answers. Messages
+        that other writers (batch runs) appended to the decision log are recorded too."""
+        if self._tail is not None:
+            self._unsent += [(u, t, m, d or "") for d, u, t, m in logged_contacts(self._tail)]
         try:
             self.client.ping()
             self.features_loaded = bool(self.client.exists(self._key("fs:current")))
@@ -167,6 +180,12 @@ class RedisStore:
                 logger.info("online store %s available again", self.name)
             self._problem = None
             self._down_until = 0.0
+        if self._unsent:
+            try:
+                self.record_decisions(self._unsent)
+            except StoreUnavailable:
+                return  # kept for the next tick
+            self._unsent = []
 
     def close(self) -> None:
         self.client.close()
@@ -415,8 +434,13 @@ def _write_rows(
     client.set(f"{prefix}fs:current", schema.digest)
 
 
-def open_store(config: EngageConfig, *, retention: pd.Timedelta) -> RedisStore:
-    """The Redis store ``serve.online_store`` names, with the serve settings (ValueError: not a URL)."""
+def open_store(
+    config: EngageConfig, *, retention: pd.Timedelta, own_file: str | None = None, tail_log: bool = False
+) -> RedisStore:
+    """The Redis store ``serve.online_store`` names, with the serve settings (ValueError: not a URL).
+
+    ``tail_log``: the service's store, which records the messages batch runs append to
+    ``serve.decision_log_dir`` (``own_file``, this process's own, is not re-read)."""
     serve = config.serve
     if not serve.online_store.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError(f"serve.online_store: 'local' or a redis:// URL, got {serve.online_store!r}")
@@ -427,6 +451,8 @@ def open_store(config: EngageConfig, *, retention: pd.Timedelta) -> RedisStore:
         retention=retention,
         decision_ttl=pd.Timedelta(days=serve.feedback_max_age_days),
         count=config.policy.cap_counts,
+        log_dir=serve.decision_log_dir if tail_log else None,
+        own_file=own_file,
     )
 
 

@@ -68,11 +68,12 @@ CONFLICT_TRIES = 8
 """Decisions retried when other replicas keep recording contacts for the same users (then ``none``)."""
 
 
-def open_online_store(config: EngageConfig, retention: pd.Timedelta) -> OnlineStore:
-    """The Redis store ``serve.online_store`` names (imported here: the local default needs no redis)."""
+def open_online_store(config: EngageConfig, retention: pd.Timedelta, own_file: str) -> OnlineStore:
+    """The Redis store ``serve.online_store`` names (imported here: the local default needs no redis),
+    recording the messages batch runs append to the decision log."""
     from engage.online.redis import open_store
 
-    return open_store(config, retention=retention)
+    return open_store(config, retention=retention, own_file=own_file, tail_log=True)
 
 
 class PayloadTooLarge(ValueError):
@@ -192,7 +193,7 @@ class ScoringEngine:
             )
             self.store: OnlineStore = LocalStore(self.history)
         else:
-            self.store = open_online_store(config, retention)
+            self.store = open_online_store(config, retention, own_file=self.writer.file_name)
         self.feedback_desk = FeedbackDesk(config, self.store, own_file=self.writer.file_name, clock=clock)
         self.prior = self._prior()
         self._token = secrets.token_hex(8)  # this engine's part of every decision id

@@ -16,12 +16,29 @@ from engage import schemas as s
 from engage.online.base import contacts_frame
 from engage.scoring.decision_log import Clock, LogTail, utc_now
 
-__all__ = ["NONE_MARK", "ContactHistory"]
+__all__ = ["NONE_MARK", "ContactHistory", "logged_contacts"]
 
 logger = logging.getLogger(__name__)
 
 # how a decision-log line that sent nothing reads: the log tail skips those lines unparsed
 NONE_MARK = f'"{s.MESSAGE_ID}":"{s.CONTROL_ARM}"'
+
+
+def logged_contacts(tail: LogTail) -> list[tuple[str | None, str, int, str]]:
+    """The messages (not ``none``) of the decision-log lines ``tail`` reads next, as (decision_id,
+    user_id, decision time in ns, message_id); a line without a readable time counts in ``skipped``."""
+    rows: list[tuple[str | None, str, int, str]] = []
+    for record in tail.read():  # decisions only: user_id, message_id, decided_at are texts
+        try:  # ISO 8601 only: pandas would also read "now" or "" (as NaT)
+            stamp = pd.Timestamp(datetime.fromisoformat(record["decided_at"])).as_unit("ns").value
+        except (ValueError, TypeError, OverflowError):
+            tail.skipped += 1  # a line without a readable decision time: skipped, not fatal
+            continue
+        if record[s.MESSAGE_ID] != s.CONTROL_ARM:
+            decision_id = record.get("decision_id")
+            decision_id = decision_id if isinstance(decision_id, str) else None
+            rows.append((decision_id, record[s.USER_ID], stamp, record[s.MESSAGE_ID]))
+    return rows
 
 
 class ContactHistory:
@@ -168,17 +185,7 @@ class ContactHistory:
         self._prune()
 
     def _tail_log(self) -> None:
-        rows: list[tuple[str | None, str, int, str]] = []
-        for record in self._tail.read():  # decisions only: user_id, message_id, decided_at are texts
-            try:  # ISO 8601 only: pandas would also read "now" or "" (as NaT)
-                stamp = pd.Timestamp(datetime.fromisoformat(record["decided_at"])).as_unit("ns").value
-            except (ValueError, TypeError, OverflowError):
-                self._tail.skipped += 1  # a line without a readable decision time: skipped, not fatal
-                continue
-            if record[s.MESSAGE_ID] != s.CONTROL_ARM:
-                decision_id = record.get("decision_id")
-                decision_id = decision_id if isinstance(decision_id, str) else None
-                rows.append((decision_id, record[s.USER_ID], stamp, record[s.MESSAGE_ID]))
+        rows = logged_contacts(self._tail)
         latest = self._latest()
         with self._lock:
             for decision_id, user_id, stamp, message_id in rows:
