@@ -256,7 +256,8 @@ def _aged(rows: SparkFrame, a_us: int) -> SparkFrame:
     from pyspark.sql import functions as F
 
     age = F.lit(a_us) - F.col("__ts")
-    return rows.filter(F.col("__ts") < a_us).withColumn("__us", age).withColumn("__d", F.floor(age / DAY_US))
+    aged = rows.filter(F.col("__ts") < a_us).withColumn("__us", age)
+    return aged.withColumn("__d", F.expr(f"__us div {DAY_US}"))  # integer division: exact
 
 
 def _one_as_of(
