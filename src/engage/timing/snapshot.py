@@ -129,9 +129,8 @@ def _counts(hours: pl.Series) -> NDArray[np.float64]:
     pairs = pairs.select(
         "row", pl.col("slot").cast(pl.Int64, strict=False), pl.col("count").cast(pl.Float64, strict=False)
     ).filter(pl.col("slot").is_between(0, HOW - 1), pl.col("count").is_finite())
-    out = np.zeros((n, HOW))
-    np.add.at(out, (pairs["row"].to_numpy(), pairs["slot"].to_numpy()), pairs["count"].to_numpy())
-    return out
+    flat = pairs["row"].to_numpy() * HOW + pairs["slot"].to_numpy()
+    return np.bincount(flat, weights=pairs["count"].to_numpy(), minlength=n * HOW).reshape(n, HOW)
 
 
 def from_columns(frame: pl.DataFrame | pd.DataFrame, model: TimingModel) -> TimingFeatures:

@@ -103,7 +103,11 @@ def local_parts(frame: pl.DataFrame, ts: str = schemas.TS, zone: str = ZONE) -> 
         local = pl.col(ts).dt.convert_time_zone(str(name))
         parts.append(
             part.with_columns(
-                ((local.dt.weekday() - 1) * HOURS + local.dt.hour()).cast(pl.Int64).alias("local_how")
+                # Int64 before the arithmetic: weekday and hour are Int8, and Saturday 08:00 on
+                # (128+) wrapped negative, landing on the wrong day's hours
+                ((local.dt.weekday().cast(pl.Int64) - 1) * HOURS + local.dt.hour().cast(pl.Int64)).alias(
+                    "local_how"
+                )
             )
         )
     if not parts:
