@@ -5,7 +5,7 @@ the first that applies in the embedded order (a malformed JSON Lines line, missi
 event type, unparseable timestamp, timestamp after the reference, non-numeric amount, exact
 duplicate of an earlier accepted row: the first copy is kept), with its 1-based row number. The
 reasons are ``engage.schemas``' and the timestamp rules are ``engage.events``' (its formats are
-restated here as Spark patterns, one per chrono format: tests/integration/test_spark_cluster.py
+restated here as Spark patterns, one per chrono format: tests/integration/test_spark_contract.py
 checks both readers give the same instants and the same quarantine).
 """
 
