@@ -47,7 +47,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     table = offer_table(data.events, data.exposures, cfg, users=data.users)
     train_offers(fit_offers(table, cfg, load_catalog(cfg.offers.catalog_path), n_boot=10), cfg)
     without = load_champions(cfg)  # before the timing model is registered
-    train_timing(fit_timing(data.events, cfg, users=data.users, exposures=data.exposures), cfg)
+    fit = fit_timing(data.events, cfg, users=data.users, exposures=data.exposures, truth=data.truth)
+    assert fit.model.prior.weights.size > 1  # a fitted rhythm mixture, not the empty-history fallback
+    train_timing(fit, cfg)
     as_of = (data.events["ts"].max() - timedelta(days=10)).replace(hour=7, minute=30, second=0, microsecond=0)
     return {"root": root, "cfg": cfg, "data": data, "as_of": as_of, "without": without}
 

@@ -130,7 +130,8 @@ def _counts(hours: pl.Series) -> NDArray[np.float64]:
         "row", pl.col("slot").cast(pl.Int64, strict=False), pl.col("count").cast(pl.Float64, strict=False)
     ).filter(pl.col("slot").is_between(0, HOW - 1), pl.col("count").is_finite())
     flat = pairs["row"].to_numpy() * HOW + pairs["slot"].to_numpy()
-    return np.bincount(flat, weights=pairs["count"].to_numpy(), minlength=n * HOW).reshape(n, HOW)
+    counts = np.bincount(flat, weights=pairs["count"].to_numpy(), minlength=n * HOW)
+    return np.asarray(counts, dtype=np.float64).reshape(n, HOW)  # float even when nothing was counted
 
 
 def from_columns(frame: pl.DataFrame | pd.DataFrame, model: TimingModel) -> TimingFeatures:
