@@ -8,6 +8,7 @@ nothing proportional to the users may come back to it. Teardown kills every proc
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -148,3 +149,13 @@ def test_spark_connect_gives_the_embedded_scores(cluster: LocalCluster, world: d
         _score_and_compare(spark, world, "connect")
     finally:
         spark.stop()
+    # pyspark marks the process Connect-only and keeps the mark after stop(); a classic session
+    # asked of engage afterwards (the later tests', a notebook's) is still a classic one
+    assert os.environ.get("SPARK_CONNECT_MODE_ENABLED") == "1"
+    from engage.spark import local_spark
+
+    classic = local_spark(shuffle_partitions=1)
+    try:
+        assert not type(classic).__module__.startswith("pyspark.sql.connect")
+    finally:
+        classic.stop()

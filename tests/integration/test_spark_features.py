@@ -130,7 +130,7 @@ def test_the_spark_native_entry_keeps_a_dataframe_and_treats_optional_columns_as
     spark: Any,
 ) -> None:
     import engage.spark
-    from engage.spark.features import _to_spark
+    from engage.spark.feature_engine import _to_spark
 
     events, _, users = _random_log(600, seed=3)
     bare = events.select(s.USER_ID, s.TS, s.EVENT_TYPE)  # no session_id, category or amount

@@ -50,6 +50,22 @@ CASES: dict[str, tuple[list[str], str]] = {
     "--config is a folder": (["validate", "{events}", "--config", "{folder}"], "folder"),
     "--config missing": (["validate", "{events}", "--config", "{missing}"], "missing"),
     "--config not YAML config": (["validate", "{events}", "--config", "{garbage}"], "garbage"),
+    "online load --snapshot missing": (
+        ["online", "load", "--snapshot", "{missing}", "--online-store", "redis://127.0.0.1:9/0"],
+        "missing",
+    ),
+    "online load --snapshot not parquet": (
+        ["online", "load", "--snapshot", "{garbage}", "--online-store", "redis://127.0.0.1:9/0"],
+        "garbage",
+    ),
+    "online rebuild --decisions is a file": (
+        ["online", "rebuild", "--decisions", "{file}", "--online-store", "redis://127.0.0.1:9/0"],
+        "file",
+    ),
+    "online rebuild --feedback-log is a file": (
+        ["online", "rebuild", "--feedback-log", "{file}", "--online-store", "redis://127.0.0.1:9/0"],
+        "file",
+    ),
     "import online-retail-ii PATH missing": (
         ["import", "online-retail-ii", "{missing}", "--out", "{new}"],
         "missing",
@@ -437,7 +453,7 @@ def test_every_path_option_has_a_case() -> None:
     for args, bad in CASES.values():
         command = (
             " ".join(args[:2])
-            if args[0] in {"import", "train", "evaluate", "feedback", "catalog"}
+            if args[0] in {"import", "train", "evaluate", "feedback", "catalog", "online"}
             else args[0]
         )
         at = args.index(f"{{{bad}}}") if f"{{{bad}}}" in args else args.index("{under_file}")

@@ -89,11 +89,15 @@ def load(
     url = _store_url(store, cfg.serve.online_store)
     check_paths(read={"--snapshot": snapshot})
     import pandas as pd
+    import pyarrow as pa
 
     from engage.online.base import StoreUnavailable
     from engage.online.redis import load_features
 
-    frame = pd.read_parquet(snapshot)
+    try:
+        frame = pd.read_parquet(snapshot)  # a file or a folder of parts (a Spark run's snapshot)
+    except (pa.ArrowException, OSError) as exc:
+        raise fail(f"--snapshot {snapshot}: not a readable Parquet snapshot ({exc})") from exc
     ttl = pd.Timedelta(days=ttl_days if ttl_days is not None else cfg.serve.online_feature_ttl_days)
     started = time.perf_counter()
     try:

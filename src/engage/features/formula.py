@@ -1,7 +1,7 @@
 """The feature vocabulary: small expression trees that every engine compiles (one formula per feature).
 
 A formula combines per-user reductions (:class:`Agg`) of a few tables with arithmetic, ratios and
-clips; ``engage.features.polars_engine`` compiles it to polars, ``engage.spark.features`` to Spark.
+clips; ``engage.features.polars_engine`` compiles it to polars, ``engage.spark.feature_engine`` to Spark.
 Each table's rows are before as_of and carry their age: ``day`` (whole days before as_of, an int, so
 a window ``lo <= day < hi`` equals ``lo <= age < hi`` for integer bounds) and ``age_us`` (microseconds).
 

@@ -2,7 +2,7 @@
 
 A feature for (user, as_of) reads only events with ``ts < as_of`` (see ``engage.features.formula``
 for the tables and ``engage.features.spec`` for the formulas; Spark compiles the same formulas in
-``engage.spark.features``). Users are those with an event before as_of.
+``engage.spark.feature_engine``). Users are those with an event before as_of.
 
 How the compiled plan stays fast (one pass over the events per table, no per-window ``n_unique``):
 

@@ -1,7 +1,7 @@
 """Spark execution (the only package that imports pyspark): ``session`` (the session engage builds
 from the ``spark`` config when none is given), ``io`` (inputs read and outputs committed by
-Spark), ``validate`` (the events contract on executors), ``features`` (the standard features on
-Spark), ``scoring`` (batch scoring on executors: ``score`` for an existing session) and
+Spark), ``validate`` (the events contract on executors), ``feature_engine`` (the standard features on
+Spark: ``features``), ``scoring`` (batch scoring on executors: ``score`` for an existing session) and
 ``decisions`` (the run's decision-log batch). Names are imported from their module on first use.
 """
 
@@ -10,8 +10,8 @@ from engage.exports import lazy_exports
 _EXPORTS = {
     "local_spark": "session",
     "spark_session": "session",
-    "features": "features",
-    "build_features_spark": "features",
+    "features": "feature_engine",
+    "build_features_spark": "feature_engine",
     "score": "scoring",
     "run_scoring": "scoring",
     "score_spark": "scoring",

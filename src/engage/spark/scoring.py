@@ -23,7 +23,7 @@ import pandas as pd
 
 from engage import schemas as s
 from engage.config import EngageConfig
-from engage.spark.features import features as spark_features
+from engage.spark.feature_engine import features as spark_features
 from engage.spark.io import read_exposures, read_input, read_users, uri_text, write_dataset
 from engage.spark.session import spark_session, utc_session
 from engage.spark.validate import SparkValidation, validate_events

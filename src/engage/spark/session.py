@@ -57,6 +57,11 @@ def spark_session(
     if config.remote is not None and master is None:
         builder = builder.remote(config.remote)
     else:
+        if "SPARK_REMOTE" not in os.environ:
+            # pyspark marks the process as Connect-only once a Connect client ran in it and keeps
+            # the mark after that client stops; a classic session asked for afterwards (a notebook
+            # that used Connect first) would fail with CONNECT_URL_NOT_SET
+            os.environ.pop("SPARK_CONNECT_MODE_ENABLED", None)
         builder = builder.master(master or config.master)
     for key, value in settings.items():
         builder = builder.config(key, value)

@@ -13,8 +13,6 @@ rolled up by (user, key) once, and their per-user counts are conditional sums as
 
 from __future__ import annotations
 
-import sys
-import types
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -477,14 +475,3 @@ def build_features_spark(
         "datetime64[us, UTC]"
     )
     return frame.sort_values([s.AS_OF, s.USER_ID], kind="stable").reset_index(drop=True)
-
-
-class _CallableModule(types.ModuleType):
-    """Importing this module binds ``engage.spark.features`` to it (a submodule's name wins over the
-    package's lazy export), so calling the module runs :func:`features`: both spellings work."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> SparkFrame:
-        return features(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
