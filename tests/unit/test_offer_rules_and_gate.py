@@ -364,3 +364,16 @@ def test_a_champion_that_cannot_score_the_rows_does_not_block_training_and_is_no
     assert not again.promoted and again.version not in (None, challenger.version)
     assert tracking.alias_version(name, tracking.CHAMPION) == champion.version
     assert _gate(store, tracking.CHALLENGER)["gate_champion_failed"] == 1.0
+
+
+def test_learned_minus_the_best_single_arm_is_one_paired_dr_estimate(world: World) -> None:
+    """The reported difference is the difference of the two DR values (DR is linear in the target
+    policy) on the same held-out rows, and its bootstrap interval holds it: for the served policy
+    and for its greedy part."""
+    m, values = world.fit.metrics, world.fit.values
+    dr = values[values["estimator"] == "dr"].set_index("policy")["value"]
+    best = dr[[p for p in dr.index if str(p).startswith("only_")]].max()
+    for name, policy in (("learned", "learned"), ("greedy", "learned_greedy")):
+        key = f"{name}_minus_best_single_arm_dr"
+        assert m[key] == pytest.approx(dr[policy] - best, abs=1e-9)
+        assert m[f"{key}_ci_low"] < m[key] < m[f"{key}_ci_high"]

@@ -263,6 +263,15 @@ def _print_offer_result(result: Any, cfg: EngageConfig) -> None:
         )
     out.print(table)
     m = result.fit.metrics
+    if "learned_minus_best_single_arm_dr" in m:
+        dr = values[values["estimator"] == "dr"].set_index("policy")["value"]
+        best = str(dr[[p for p in dr.index if str(p).startswith("only_")]].idxmax()).removeprefix("only_")
+        for label, key in (("learned", "learned"), ("learned (no exploration)", "greedy")):
+            key = f"{key}_minus_best_single_arm_dr"
+            out.print(
+                f"{label} minus {best} to everyone (the best single arm), paired DR: {m[key]:+.4f} "
+                f"[{m[key + '_ci_low']:+.4f}, {m[key + '_ci_high']:+.4f}]"
+            )
     if "true_policy_value" in m:
         truth = Table("policy", "true value", "incremental over none", title="simulator truth (same rows)")
         for label, key in (

@@ -299,6 +299,26 @@ def fit_offers(
         "rows_train": float(len(train)),
         "rows_test": float(len(test)),
     } | selection
+    best = targets[str(singles.idxmax())].reindex(columns=learned.columns).fillna(0.0)
+    # better than sending the best single arm to everyone? one paired DR estimate of the difference
+    # on the same rows (DR is linear in the target policy), with its bootstrap CI, for the served
+    # policy and for its greedy part
+    for name, policy in (("learned", learned), ("greedy", greedy)):
+        paired = doubly_robust(
+            test[ARM].astype(str),
+            test[REWARD].to_numpy(),
+            test[s.PROPENSITY].to_numpy(),
+            policy.reindex(columns=learned.columns).fillna(0.0) - best,
+            q_hat,
+            n_boot=max(n_boot, 200),
+            seed=config.seed,
+        )
+        key = f"{name}_minus_best_single_arm_dr"
+        metrics |= {
+            key: float(paired.value),
+            f"{key}_ci_low": float(paired.ci_low),
+            f"{key}_ci_high": float(paired.ci_high),
+        }
     qini: dict[str, pd.DataFrame] = {}
     for m in catalog.messages:
         rows = test[ARM].isin([m.id, s.CONTROL_ARM]).to_numpy()
