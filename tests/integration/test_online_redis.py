@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from click.testing import Result
 
 from engage import schemas as s
 from engage.config import EngageConfig
@@ -121,6 +122,20 @@ def test_two_replicas_hammering_the_same_users_never_exceed_the_cap(
     check_contacts(log, cap)
 
 
+def assert_store_holds(config: EngageConfig, snapshot: pd.DataFrame) -> None:
+    """The Redis store ``config`` names holds each user's latest row of ``snapshot``, exactly (values,
+    missing values, column order and dtypes), and nothing for a user the snapshot lacks."""
+    expected = latest_rows(snapshot)
+    store = open_store(config, retention=pd.Timedelta(days=30))
+    try:
+        stored = store.feature_rows([*expected[s.USER_ID].tolist(), "nobody"], None)
+    finally:
+        store.close()
+    assert stored is not None and stored.where[-1] is None
+    got = stored.frame.iloc[[w for w in stored.where if w is not None]].reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, expected, check_exact=True)
+
+
 def test_a_loaded_feature_row_is_the_snapshot_row_and_scores_the_same(
     tmp_path: Path, sender: ScoringModels, redis_url: str, redis_prefix: str
 ) -> None:
@@ -144,16 +159,9 @@ def test_a_loaded_feature_row_is_the_snapshot_row_and_scores_the_same(
         prefix=redis_prefix,
     )
     shared = _replica(tmp_path, "shared", redis_url, redis_prefix, **{"serve.online_features": True})
-    store = open_store(shared, retention=pd.Timedelta(days=30))
-    try:
-        users = snapshot[s.USER_ID].astype(str).tolist()
-        stored = store.feature_rows([*users, "nobody"], None)
-    finally:
-        store.close()
-    expected = latest_rows(pd.read_parquet(local.serve.feature_snapshot_path))
-    assert written == len(users) and stored is not None and stored.where[-1] is None
-    got = stored.frame.iloc[[w for w in stored.where if w is not None]].reset_index(drop=True)
-    pd.testing.assert_frame_equal(got, expected, check_exact=True)
+    users = snapshot[s.USER_ID].astype(str).tolist()
+    assert written == len(users)
+    assert_store_holds(shared, pd.read_parquet(local.serve.feature_snapshot_path))
 
     Path(shared.serve.feature_snapshot_path).unlink(missing_ok=True)  # the store is the only source
     by_file, by_store = (
@@ -403,3 +411,108 @@ def test_batch_decisions_appended_to_the_log_count_in_the_shared_store(
         engine.close()
     assert capped.message.message_id == s.CONTROL_ARM and capped.message.withheld is None
     assert sorted(m for _, m in held) == sorted(line[s.MESSAGE_ID] for line in lines)
+
+
+# --- engage score --online-store: the run's snapshot into Redis ---------------------------------
+
+
+def _events(path: Path) -> Path:
+    """Three events each for eight users before ``NOW``, the last one at a different age per user."""
+    rows = [
+        {
+            s.USER_ID: f"u{i}",
+            s.TS: NOW - timedelta(days=2 + 5 * i + k),
+            s.EVENT_TYPE: ("purchase", "page_view", "add_to_cart")[k],
+            "amount": 10.0 + i if k == 0 else None,
+        }
+        for i in range(8)
+        for k in range(3)
+    ]
+    pd.DataFrame(rows).to_parquet(path)
+    return path
+
+
+def _score(
+    tmp_path: Path, champions: ScoringModels, monkeypatch: pytest.MonkeyPatch, *args: str
+) -> tuple[Result, Path, Path]:
+    """``engage score`` on :func:`_events` with ``champions`` as the champion models (no reason explainer:
+    no reasons): (result, scores, snapshot)."""
+    from typer.testing import CliRunner
+
+    import engage.scoring.champions
+    from engage.cli import app
+
+    monkeypatch.setattr(engage.scoring.champions, "load_champions", lambda cfg: champions)
+    scores, snapshot = tmp_path / "scores.parquet", tmp_path / "snapshot.parquet"
+    command = [
+        *("score", "--events", str(_events(tmp_path / "events.parquet")), "--as-of", NOW.isoformat()),
+        *("--out", str(scores), "--snapshot", str(snapshot), "--decision-log", str(tmp_path / "log")),
+        *("--explain-top", "0", "--set", "policy.exploration=none", "--set", "policy.holdout_pct=0.0"),
+        *args,
+    ]
+    return CliRunner().invoke(app, command), scores, snapshot
+
+
+@pytest.mark.parametrize("by", ["flag", "config"])
+def test_engage_score_loads_its_snapshot_into_the_store(
+    tmp_path: Path,
+    sender: ScoringModels,
+    redis_url: str,
+    redis_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    by: str,
+) -> None:
+    """``--online-store URL``, or ``serve.online_store`` with ``serve.online_features`` on: the rows in
+    Redis are the Parquet snapshot's latest row per user, as ``engage online load`` writes them."""
+    prefix = ["--set", f"serve.online_prefix='{redis_prefix}'"]
+    if by == "flag":
+        extra = ["--online-store", redis_url]
+    else:
+        extra = ["--set", f"serve.online_store={redis_url}", "--set", "serve.online_features=true"]
+    result, scores, snapshot = _score(tmp_path, sender, monkeypatch, *prefix, *extra)
+    assert result.exit_code == 0, result.output
+    assert f"loaded 8 feature rows into {redis_url}" in result.output
+    assert "rows/s" in result.output
+    assert len(pd.read_parquet(scores)) == 8
+    shared = _replica(tmp_path, "shared", redis_url, redis_prefix, **{"serve.online_features": True})
+    assert_store_holds(shared, pd.read_parquet(snapshot))
+
+
+def test_engage_score_without_the_flag_leaves_the_store_alone(
+    tmp_path: Path, sender: ScoringModels, redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default (features off), and ``--online-store local`` over a config that would load."""
+    import redis
+
+    store = ["--set", f"serve.online_store={redis_url}", "--set", f"serve.online_prefix='{redis_prefix}'"]
+    for extra in ([], ["--set", "serve.online_features=true", "--online-store", "local"]):
+        result, _, snapshot = _score(tmp_path, sender, monkeypatch, *store, *extra)
+        assert result.exit_code == 0 and "feature rows" not in result.output, result.output
+        assert snapshot.exists()
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert not list(client.scan_iter(match=f"{redis_prefix}*"))
+    finally:
+        client.close()
+
+
+def test_engage_score_names_an_unreachable_store_and_keeps_its_files(
+    tmp_path: Path, sender: ScoringModels, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    result, scores, snapshot = _score(tmp_path, sender, monkeypatch, "--online-store", url)
+    output = " ".join(result.output.split())
+    assert result.exit_code == 2, output
+    assert f"error: --online-store {url}" in output and f"--snapshot {snapshot}" in output
+    assert len(pd.read_parquet(scores)) == 8 and len(pd.read_parquet(snapshot)) == 8
+    assert "decisions ->" in output, "the decisions are logged before the load"
+
+
+def test_engage_score_refuses_a_store_that_is_not_redis_before_scoring(
+    tmp_path: Path, sender: ScoringModels, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result, scores, snapshot = _score(
+        tmp_path, sender, monkeypatch, "--online-store", "http://127.0.0.1:6379"
+    )
+    assert result.exit_code == 2 and "a redis:// URL is needed" in result.output, result.output
+    assert not scores.exists() and not snapshot.exists()

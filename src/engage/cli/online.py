@@ -2,20 +2,24 @@
 
 ``rebuild`` writes the store's contacts, decisions and feedback keys again from the decision and
 feedback logs (the durable record); ``load`` writes the latest feature row per user of a snapshot
-(pipelined batches, with a TTL) for ``/score`` to read (``serve.online_features``).
+(pipelined batches, with a TTL) for ``/score`` to read (``serve.online_features``). ``engage score
+--online-store`` loads its run's snapshot the same way (:func:`load_snapshot`, the one path).
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from engage.cli.common import ConfigOpt, SetOpt, build_config, check_paths, fail, file_errors, out
 
-__all__ = ["load", "rebuild"]
+if TYPE_CHECKING:
+    from engage.config import EngageConfig
+
+__all__ = ["load", "load_snapshot", "rebuild", "score_target"]
 
 StoreOpt = Annotated[
     str | None,
@@ -28,6 +32,52 @@ def _store_url(store: str | None, configured: str) -> str:
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise fail(f"--online-store: a redis:// URL is needed (serve.online_store is {configured!r})")
     return url
+
+
+def score_target(store: str | None, config: EngageConfig) -> str | None:
+    """The store ``engage score`` loads its snapshot into, or None (not loaded).
+
+    ``--online-store URL``; without it ``serve.online_store`` when it is a Redis URL and
+    ``serve.online_features`` is on (the service reads its feature rows there); ``--online-store
+    local``: not loaded whatever the config says."""
+    serve = config.serve
+    if store is None:
+        if not serve.online_features or serve.online_store == "local":
+            return None
+        return _store_url(None, serve.online_store)
+    return None if store == "local" else _store_url(store, serve.online_store)
+
+
+def load_snapshot(
+    snapshot: Path, url: str, config: EngageConfig, *, ttl_days: float | None = None, written: str = ""
+) -> int:
+    """Load each user's latest feature row of ``snapshot`` into the store at ``url`` and print the
+    rows and rows/s: ``engage online load`` and ``engage score --online-store`` both come here.
+
+    ``ttl_days`` defaults to ``serve.online_feature_ttl_days``. An unreadable snapshot or a store
+    that does not answer is an error (exit 2) naming it; ``written`` says what stays on disk."""
+    import pandas as pd
+    import pyarrow as pa
+
+    from engage.online.base import StoreUnavailable
+    from engage.online.redis import load_features
+
+    try:
+        frame = pd.read_parquet(snapshot)  # a file or a folder of parts (a Spark run's snapshot)
+    except (pa.ArrowException, OSError) as exc:
+        raise fail(f"--snapshot {snapshot}: not a readable Parquet snapshot ({exc})") from exc
+    days = ttl_days if ttl_days is not None else config.serve.online_feature_ttl_days
+    started = time.perf_counter()
+    try:
+        rows = load_features(url, frame, pd.Timedelta(days=days), prefix=config.serve.online_prefix)
+    except StoreUnavailable as exc:
+        raise fail(f"--online-store {exc}{written}") from exc
+    seconds = time.perf_counter() - started
+    out.print(
+        f"loaded {rows:,} feature rows into {url} in {seconds:.1f} s "
+        f"({rows / max(seconds, 1e-9):,.0f} rows/s)"
+    )
+    return rows
 
 
 @file_errors
@@ -88,24 +138,4 @@ def load(
     cfg = build_config(config, set_)
     url = _store_url(store, cfg.serve.online_store)
     check_paths(read={"--snapshot": snapshot})
-    import pandas as pd
-    import pyarrow as pa
-
-    from engage.online.base import StoreUnavailable
-    from engage.online.redis import load_features
-
-    try:
-        frame = pd.read_parquet(snapshot)  # a file or a folder of parts (a Spark run's snapshot)
-    except (pa.ArrowException, OSError) as exc:
-        raise fail(f"--snapshot {snapshot}: not a readable Parquet snapshot ({exc})") from exc
-    ttl = pd.Timedelta(days=ttl_days if ttl_days is not None else cfg.serve.online_feature_ttl_days)
-    started = time.perf_counter()
-    try:
-        rows = load_features(url, frame, ttl, prefix=cfg.serve.online_prefix)
-    except StoreUnavailable as exc:
-        raise fail(f"--online-store {exc}") from exc
-    seconds = time.perf_counter() - started
-    out.print(
-        f"loaded {rows:,} feature rows into {url} in {seconds:.1f} s "
-        f"({rows / max(seconds, 1e-9):,.0f} rows/s)"
-    )
+    load_snapshot(snapshot, url, cfg, ttl_days=ttl_days)

@@ -28,6 +28,7 @@ from engage.cli.common import (
     read_users,
     source,
 )
+from engage.cli.online import load_snapshot, score_target
 
 __all__ = ["backtest", "score"]
 
@@ -55,13 +56,22 @@ def score(
             help="Spark master with --engine spark (local[4], spark://host:7077; default spark.master)."
         ),
     ] = None,
+    online_store: Annotated[
+        str | None,
+        typer.Option(
+            "--online-store",
+            help="Also load the snapshot's latest row per user into this Redis (redis://host:port/db) "
+            "for /score; default: serve.online_store when serve.online_features is on; 'local': not loaded.",
+        ),
+    ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """Churn risk, reasons and the chosen message for every user, as of one date.
 
     With ``--engine spark`` the scores, the snapshot and the quarantine are Parquet data sets (folders)
-    written by the executors, and the decisions one batch of the decision log."""
+    written by the executors, and the decisions one batch of the decision log. With ``--online-store``
+    the snapshot's latest row per user then goes into Redis as ``engage online load`` puts it there."""
     quiet_env()
     cfg = build_config(
         config, set_, **{"tracking.uri": tracking_uri, "features.engine": engine, "spark.master": master}
@@ -70,6 +80,7 @@ def score(
     moment = parse_date(as_of)
     snapshot = snapshot or Path(cfg.serve.feature_snapshot_path)
     decision_log = decision_log or Path(cfg.serve.decision_log_dir)
+    online_url = score_target(online_store, cfg)  # a bad URL is refused before any scoring
     events_in = source(events)  # a remote URI stays text: Spark reads it, the embedded engine refuses it
     users_in = source(users) if users is not None else None
     exposures_in = source(exposures) if exposures is not None else None
@@ -140,6 +151,17 @@ def score(
     elif logged is not None:
         out.print(f"decision log: {logged.rows:,} decisions -> {logged.path}")
     _print_score_summary(out_file)
+    if online_url is not None:
+        if summary.snapshot is None:
+            out.print(f"no users with features: no snapshot written, nothing loaded into {online_url}")
+        else:
+            load_snapshot(
+                summary.snapshot,
+                online_url,
+                cfg,
+                written=f" (the scores {out_file} and the snapshot {summary.snapshot} are written: "
+                f"`engage online load --snapshot {summary.snapshot}` loads them once the store answers)",
+            )
 
 
 def _print_score_summary(path: Path) -> None:
