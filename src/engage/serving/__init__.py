@@ -2,11 +2,11 @@
 
 ``schemas`` (request and response models), ``settings`` (environment variables), ``snapshot`` (the
 feature snapshot), ``history`` (recent contacts), ``inline`` (features from raw events in a
-request), ``feedback`` (``/feedback``: reports matched to decisions) and ``engine``
-(:class:`ScoringEngine`: answers requests in plain Python); ``auth`` (ASGI bearer-token guard);
-``service`` (the Bento class, ``engage build``: the only bentoml module) and ``process``
-(``engage serve``: ``bentoml serve`` as a child process). Names are imported from their module on
-first use, so importing the engine never imports bentoml.
+request), ``feedback`` (``/feedback``: reports matched to decisions), ``engine``
+(:class:`ScoringEngine`: answers requests in plain Python) and ``answers`` (each answer in the API's
+shape); ``auth`` (ASGI bearer-token guard); ``service`` (the Bento class, ``engage build``: the only
+bentoml module) and ``process`` (``engage serve``: ``bentoml serve`` as a child process). Names are
+imported from their module on first use, so importing the engine never imports bentoml.
 """
 
 from engage.exports import lazy_exports

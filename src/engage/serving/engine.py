@@ -1,9 +1,10 @@
 """The request engine: a validated ``/score`` or ``/explain`` request in, its answer out, in plain Python.
 
 It holds the models, the feature snapshot, the contact history and the decision log, and runs the one
-scoring path (``engage.scoring.core``). No HTTP and no bentoml: the Bento service
-(``engage.serving.service``) loads it once and maps its client errors (:class:`PayloadTooLarge`,
-:class:`Unprocessable`) to HTTP statuses, so it can be used and tested in-process.
+scoring path (``engage.scoring.core``); ``engage.serving.answers`` spells each answer. No HTTP and
+no bentoml: the Bento service (``engage.serving.service``) loads it once and maps its client errors
+(:class:`PayloadTooLarge`, :class:`Unprocessable`) to HTTP statuses, so it can be used and tested
+in-process.
 """
 
 from __future__ import annotations
@@ -38,16 +39,15 @@ from engage.online.local import LocalStore
 from engage.schemas import utc_values
 from engage.scoring.core import ScoringModels, score_columns
 from engage.scoring.decision_log import Clock, DecisionWriter, utc_now
+from engage.serving.answers import as_list, cold_explanation, cold_score, explanation, user_score, withheld
 from engage.serving.feedback import FeedbackDesk, FeedbackRefused
 from engage.serving.history import ContactHistory
 from engage.serving.inline import INLINE, SNAPSHOT, FeatureRows, conform, inline_features
 from engage.serving.schemas import (
-    ChosenMessage,
     ExplainRequest,
     ExplainResponse,
     FeedbackRequest,
     FeedbackResponse,
-    Reason,
     ScoreRequest,
     ScoreResponse,
     UserIn,
@@ -83,76 +83,6 @@ class PayloadTooLarge(ValueError):
 class Unprocessable(ValueError):
     """A well-formed request that cannot be scored (422): an ``as_of`` too far from the server's clock,
     inline events that give no features."""
-
-
-def _reason(item: dict[str, Any]) -> dict[str, Any]:
-    """One reason as the fields of :class:`Reason` (plain values: a number, text or None)."""
-    value = item.get("value")
-    if isinstance(value, bool | int | float | np.number) and not isinstance(value, str):
-        value = float(value) if np.isfinite(float(value)) else None
-    elif value is not None and not isinstance(value, str):
-        value = None if pd.isna(value) else str(value)
-    return {
-        "feature": str(item.get("feature", "")),
-        "value": value,
-        "contribution": float(item.get("contribution") or 0.0),
-        "text": str(item.get("text") or item.get("feature", "")),
-    }
-
-
-def _as_list(values: Any) -> list[Any]:
-    """A scored column as a list of plain values (numpy arrays and Series through ``tolist``)."""
-    return values.tolist() if hasattr(values, "tolist") else list(values)
-
-
-def _user_score(user_id: str, row: dict[str, Any]) -> UserScore:
-    """One scored row as the response model.
-
-    Validated from plain values in one pass of pydantic-core: about three times faster than
-    ``model_construct`` of the nested models, which runs Python code per model.
-    """
-    channel, text = row[s.CHANNEL], row["message_text"]
-    return UserScore.model_validate(
-        {
-            "user_id": user_id,
-            "churn_probability": float(row["churn_probability"]),
-            "risk_band": str(row["risk_band"]),
-            "reasons": [_reason(item) for item in row["reasons"]],
-            "message": {
-                "message_id": str(row[s.MESSAGE_ID]),
-                "channel": None if channel is None or pd.isna(channel) else str(channel),
-                "text": None if text is None or pd.isna(text) else str(text),
-                "expected_gain": float(row[s.EXPECTED_GAIN]),
-                "propensity": float(row[s.PROPENSITY]),
-                "holdout": bool(row["holdout"]),
-                "intended_message_id": str(row[s.INTENDED_MESSAGE_ID]),
-                "send_at": None if pd.isna(row[s.SEND_AT]) else pd.Timestamp(row[s.SEND_AT]),
-                "send_propensity": _finite(row[s.SEND_PROPENSITY]),
-                "send_reason": row[s.SEND_REASON],
-            },
-            "feature_as_of": pd.Timestamp(row[s.AS_OF]).to_pydatetime(),
-            "model_versions": {str(k): str(v) for k, v in row["model_versions"].items()},
-            "decision_id": str(row["decision_id"]),
-            "cold_start": bool(row["cold_start"]),
-            "quarantined_events": {},
-            "predicted_purchases": _finite(row["predicted_purchases"]),
-            "predicted_revenue": _finite(row["predicted_revenue"]),
-            "value_horizon_days": None
-            if pd.isna(row["value_horizon_days"])
-            else int(row["value_horizon_days"]),
-            "expected_next_order_at": (
-                None
-                if pd.isna(row["expected_next_order_at"])
-                else pd.Timestamp(row["expected_next_order_at"])
-            ),
-        }
-    )
-
-
-def _finite(value: Any) -> float | None:
-    """A number for the answer, None for NaN (no estimate)."""
-    number = float(value)
-    return number if np.isfinite(number) else None
 
 
 class ScoringEngine:
@@ -366,27 +296,8 @@ class ScoringEngine:
 
     def _cold(self, user: UserIn, as_of: datetime, nonce: str) -> UserScore:
         """Population prior and no message (``none``: nothing known to choose on), marked ``cold_start``."""
-        arm = s.CONTROL_ARM
         _, ids = decision_keys([user.user_id], [as_of], self.models.versions, self.config.seed, nonce=nonce)
-        return UserScore(
-            user_id=user.user_id,
-            churn_probability=self.prior,
-            risk_band=str(self.models.churn.bands(np.array([self.prior]))[0]),
-            reasons=[],
-            message=ChosenMessage(
-                message_id=arm,
-                channel=self.models.catalog.channel(arm),
-                text=None,
-                expected_gain=0.0,
-                propensity=1.0,
-                holdout=False,
-                intended_message_id=arm,
-            ),
-            feature_as_of=None,
-            model_versions=dict(self.models.versions),
-            decision_id=ids[0],
-            cold_start=True,
-        )
+        return cold_score(user.user_id, self.prior, self.models, ids[0])
 
     def score(self, request: ScoreRequest) -> ScoreResponse:
         """Score every user of the request and append one decision per user to the log.
@@ -436,22 +347,7 @@ class ScoringEngine:
                 break
         decided_at = request.as_of or self.clock()
         answers = self._answers(request, rows, decided_at, None)
-        return [self._withhold(answer, reason) for answer in answers], decided_at
-
-    def _withhold(self, answer: UserScore, reason: str) -> UserScore:
-        """The answer with nothing to send: ``none`` (propensity 1), the policy's pick kept as intended."""
-        chosen = answer.message
-        answer.message = ChosenMessage(
-            message_id=s.CONTROL_ARM,
-            channel=self.models.catalog.channel(s.CONTROL_ARM),
-            text=None,
-            expected_gain=0.0,
-            propensity=1.0,
-            holdout=chosen.holdout,
-            intended_message_id=chosen.intended_message_id,
-            withheld=reason,
-        )
-        return answer
+        return [withheld(answer, reason, self.models.catalog) for answer in answers], decided_at
 
     def not_ready(self) -> str | None:
         """Why ``/readyz`` should say no (online store down, no feature rows), or None."""
@@ -510,14 +406,14 @@ class ScoringEngine:
                     timing_config=self.config.timing,
                     send_from=decided_at,
                 )
-                columns[source] = {name: _as_list(values) for name, values in scored.items()}
+                columns[source] = {name: as_list(values) for name, values in scored.items()}
         answers: list[UserScore] = []
         for user, where in zip(request.users, rows.where, strict=True):
             if where is None:
                 answer = self._cold(user, decided_at, nonce)
             else:
                 source, pos = where
-                answer = _user_score(
+                answer = user_score(
                     user.user_id, {name: values[pos] for name, values in columns[source].items()}
                 )
             answer.quarantined_events = rows.quarantined.get(user.user_id, {})
@@ -568,47 +464,12 @@ class ScoringEngine:
         self.check_size([request])
         self.check_time(request.as_of, now)
         rows = self._features([request], request.as_of, now)
-        quarantined = rows.quarantined
+        quarantined = rows.quarantined.get(request.user_id, {})
         if rows.where[0] is None:
-            return ExplainResponse(
-                user_id=request.user_id,
-                churn_probability=self.prior,
-                risk_band=str(self.models.churn.bands(np.array([self.prior]))[0]),
-                contributions=[],
-                feature_as_of=None,
-                model_versions=dict(self.models.versions),
-                cold_start=True,
-                quarantined_events=quarantined.get(request.user_id, {}),
-            )
+            return cold_explanation(request.user_id, self.prior, self.models, quarantined)
         source, pos = rows.where[0]
         row = rows.frames[source].iloc[[pos]]
-        churn = self.models.churn
-        probability = float(churn.churn_probability(row)[0])
-        contributions = churn.contributions(row).iloc[0]
-        inputs = churn.inputs(row).iloc[0]  # the BTYD columns come from the bundle, not the snapshot
-        texts = {r.get("feature"): r.get("text") for r in churn.reasons(row, top_k=None)[0]}
-        descriptions = getattr(churn.explainer, "descriptions", None) or {}
-        items = [
-            Reason(
-                feature=name,
-                value=_scalar(inputs[name]),
-                contribution=float(contributions[name]),
-                text=str(texts.get(name) or descriptions.get(name) or name),
-            )
-            for name in churn.feature_names
-            if name in contributions.index
-        ]
-        items.sort(key=lambda r: r.contribution, reverse=True)
-        return ExplainResponse(
-            user_id=request.user_id,
-            churn_probability=probability,
-            risk_band=str(churn.bands(np.array([probability]))[0]),
-            contributions=items,
-            feature_as_of=pd.Timestamp(row.iloc[0][s.AS_OF]).to_pydatetime(),
-            model_versions=dict(self.models.versions),
-            cold_start=False,
-            quarantined_events=quarantined.get(request.user_id, {}),
-        )
+        return explanation(request.user_id, row, self.models.churn, self.models.versions, quarantined)
 
 
 def _recorded(history: pd.DataFrame, policy_time: pd.Timestamp) -> pd.DataFrame:
@@ -619,13 +480,3 @@ def _recorded(history: pd.DataFrame, policy_time: pd.Timestamp) -> pd.DataFrame:
     if (ts > latest).any():
         history = history.assign(**{s.TS: ts.where(ts <= latest, latest)})
     return history
-
-
-def _scalar(value: Any) -> float | str | None:
-    if value is None or (isinstance(value, float) and not np.isfinite(value)):
-        return None
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, bool | int | float):
-        return float(value) if np.isfinite(float(value)) else None
-    return None if pd.isna(value) else str(value)
