@@ -11,7 +11,14 @@ from engage import schemas as s
 from engage.config import TimingConfig
 from engage.timing.features import timing_features
 from engage.timing.sendtime import TimingModel, send_times
-from engage.timing.snapshot import HOURS_COLUMN, TIMING_COLUMNS, from_columns, scoring_features, to_columns
+from engage.timing.snapshot import (
+    HOURS_COLUMN,
+    TIMING_COLUMNS,
+    from_columns,
+    scoring_counts,
+    scoring_features,
+    to_columns,
+)
 
 NOW = datetime(2024, 6, 5, 9, 30, tzinfo=UTC)
 ZONES = ("Europe/Berlin", "America/New_York", None, "Not/AZone")
@@ -74,3 +81,22 @@ def test_bad_or_missing_hours_read_as_no_history() -> None:
     assert back.table["zone"].to_list() == [s.UTC, "Europe/Berlin", s.UTC]
     assert back.table["zone_source"][0] == "utc"
     assert np.allclose(back.profile.sum(axis=1), 1.0)
+
+
+def test_batch_counts_are_compact_and_give_the_features_of_the_events() -> None:
+    """Batch scoring keeps each chunk's counts (uint16) and shrinks the profile once, when it scores:
+    the same features as computed from the events in one go, and the same snapshot columns."""
+    events, users = _world()
+    model = TimingModel(prior=timing_features(events, NOW, users=users, seed=1).prior, prior_strength=7.0)
+    ids = users[s.USER_ID]
+    counted = scoring_counts(model, events, NOW, TimingConfig(), user_ids=ids, users=users)
+    assert counted.counts.dtype == np.uint16
+    assert counted.table.columns == [s.USER_ID, *TIMING_COLUMNS[1:]]
+    whole = timing_features(events, NOW, users=users, prior=model.prior, prior_strength=7.0)
+    assert whole.counts.sum() > 0
+    features = counted.features(model)
+    assert np.array_equal(features.counts, whole.counts)
+    assert np.allclose(features.profile, whole.profile)
+    assert np.allclose(features.table["peakedness"].to_numpy(), whole.table["peakedness"].to_numpy())
+    assert features.table["zone"].to_list() == whole.table["zone"].to_list()
+    assert counted.columns().equals(to_columns(whole))

@@ -28,7 +28,7 @@ from engage.config import EngageConfig
 from engage.features import INPUT_COLUMNS, build_features
 from engage.scoring.core import ScoringModels, score_features, to_storable
 from engage.scoring.decision_log import BatchWrite, DecisionWriter
-from engage.timing.snapshot import from_columns, scoring_features, to_columns
+from engage.timing.snapshot import TimingCounts, scoring_counts
 
 Progress = Callable[[int, int], None]
 
@@ -126,19 +126,16 @@ def score_events(
         recent = exposures.filter((pl.col(s.TS) < as_of) & (pl.col(s.TS) >= as_of - timedelta(days=days)))
     features: list[pd.DataFrame] = []
     probabilities: list[np.ndarray] = []
-    timing: list[pl.DataFrame] = []  # per chunk: the timing_* columns, rows aligned to its features
+    timing: list[TimingCounts | None] = []  # per chunk: timing counts, rows aligned to its features
     done = 0
     columns = [c for c in lazy.collect_schema().names() if c in INPUT_COLUMNS]  # skip e.g. properties
     for i, chunk in enumerate(user_chunks(lazy, n_chunks)):
         tick = time.perf_counter()
         # one read of this chunk's events: the feature engine makes several passes over its input
         chunk_events = chunk.filter(pl.col(s.TS) < as_of).select(columns).collect(engine="streaming")
+        chunk_users, chunk_exposures = _chunk_rows(users, n_chunks, i), _chunk_rows(exposures, n_chunks, i)
         frame = build_features(
-            chunk_events,
-            [as_of],
-            config=config.features,
-            users=_chunk_rows(users, n_chunks, i),
-            exposures=_chunk_rows(exposures, n_chunks, i),
+            chunk_events, [as_of], config=config.features, users=chunk_users, exposures=chunk_exposures
         )
         stages["features"] += time.perf_counter() - tick
         tick = time.perf_counter()
@@ -147,20 +144,22 @@ def score_events(
         stages["predict"] += time.perf_counter() - tick
         if models.timing is not None and len(frame):
             tick = time.perf_counter()
-            timed = scoring_features(
-                models.timing,
-                chunk_events,
-                as_of,
-                config.timing,
-                user_ids=frame[s.USER_ID].astype(str).tolist() if len(frame) else [],
-                users=_chunk_rows(users, n_chunks, i),
-                exposures=_chunk_rows(exposures, n_chunks, i),
+            # the counts only: the profile is shrunk once, when the chunk is scored
+            timing.append(
+                scoring_counts(
+                    models.timing,
+                    chunk_events,
+                    as_of,
+                    config.timing,
+                    user_ids=pl.Series(s.USER_ID, frame[s.USER_ID].astype(str).to_numpy(), dtype=pl.String),
+                    users=chunk_users,
+                    exposures=chunk_exposures,
+                )
             )
-            timing.append(to_columns(timed))
             stages["timing"] += time.perf_counter() - tick
-        elif models.timing is not None:
-            timing.append(pl.DataFrame())
-        del chunk_events
+        else:
+            timing.append(None)
+        del chunk_events, chunk_users, chunk_exposures
         done += len(frame)
         if progress:
             progress(done // 2, n_users)
@@ -171,12 +170,19 @@ def score_events(
     for i, (frame, p) in enumerate(zip(features, probabilities, strict=True)):
         if frame.empty:
             continue
+        counted = timing[i]
+        timing_rows = None
+        if counted is not None and models.timing is not None:
+            tick = time.perf_counter()
+            timing_rows = counted.features(models.timing)  # the shrunk profile, once per chunk
+            if snapshot is None:
+                timing[i] = None  # nothing else reads the counts
+            stages["timing"] += time.perf_counter() - tick
         tick = time.perf_counter()
         mine = _chunk_rows(recent, n_chunks, i)
         history = None if mine is None else mine.select(s.USER_ID, s.TS, s.MESSAGE_ID).to_pandas()
         rows = p >= threshold if threshold is not None else None
         explained += int(rows.sum()) if rows is not None else 0
-        timing_rows = from_columns(timing[i], models.timing) if models.timing is not None else None
         parts.append(
             score_features(
                 frame,
@@ -209,8 +215,9 @@ def score_events(
     snapshot_path = None
     if snapshot is not None and features:
         snap = pl.from_pandas(pd.concat(features, ignore_index=True))
-        if any(t.height for t in timing):  # the service's send times: the timing_* columns, rows aligned
-            snap = snap.hstack(pl.concat([t for t in timing if t.height]).drop(s.USER_ID))
+        stored = [t for t in timing if t is not None]
+        if stored:  # the service's send times: the timing_* columns, rows aligned
+            snap = snap.hstack(pl.concat([t.columns() for t in stored]).drop(s.USER_ID))
         snapshot_path = write_parquet_atomic(snap.sort(s.USER_ID, maintain_order=True), snapshot)
     logged = None
     if decision_log is not None and len(scores):

@@ -190,6 +190,62 @@ def timing_features(
     log) gives the sends the open rates divide by. Without `prior`, the population's profile and
     rates come from the same data before `as_of` (users with a stated zone anchor the inference).
     """
+    unshrunk = activity_features(
+        events,
+        as_of,
+        users=users,
+        exposures=exposures,
+        prior=prior,
+        channel_prior_strength=channel_prior_strength,
+        min_events_to_infer_zone=min_events_to_infer_zone,
+        smoothing_kappa=smoothing_kappa,
+        daytype_weight=daytype_weight,
+        same_day_weight=same_day_weight,
+        rhythms=rhythms,
+        seed=seed,
+    )
+    counts, prior = unshrunk.counts, unshrunk.prior
+    profile = shrink_profile(
+        counts, prior, prior_strength, kappa=smoothing_kappa, daytype_weight=daytype_weight
+    )
+    table = unshrunk.table
+    at = table.columns.index(ACTIVITY_HOURS) + 1
+    table = table.insert_column(at, pl.Series(PEAKEDNESS, peakedness(profile)))
+    return TimingFeatures(table=table, counts=counts, profile=profile, prior=prior)
+
+
+@dataclass(frozen=True)
+class ActivityFeatures:
+    """The timing features before the profile is shrunk (:func:`activity_features`)."""
+
+    table: pl.DataFrame
+    """The :class:`TimingFeatures` table without ``peakedness`` (it needs the shrunk profile)."""
+    counts: NDArray[np.float64]
+    """(n, 168) activity hours by local hour of week."""
+    prior: TimingPrior
+    """The prior given, else the one fitted on these users."""
+
+
+def activity_features(
+    events: pl.DataFrame,
+    as_of: datetime,
+    *,
+    users: pl.DataFrame | None = None,
+    exposures: pl.DataFrame | None = None,
+    prior: TimingPrior | None = None,
+    channel_prior_strength: float = 5.0,
+    min_events_to_infer_zone: int = 5,
+    smoothing_kappa: float = 3.0,
+    daytype_weight: float = 0.3,
+    same_day_weight: float = 0.0,
+    rhythms: int = 12,
+    seed: int = 0,
+) -> ActivityFeatures:
+    """:func:`timing_features` up to the shrunk profile: zones, local activity counts, channel rates.
+
+    For a caller that shrinks the profile later, once (batch scoring keeps the counts per chunk and
+    shrinks them when it scores); :func:`timing_features` is this plus the profile and peakedness.
+    """
     as_of = _as_of(as_of)
     act = activity_hours(events, as_of)
     if users is not None:
@@ -204,17 +260,22 @@ def timing_features(
     codes = act["code"].to_numpy().astype(np.int64)
     utc_hod = _matrix(codes, act[schemas.TS].dt.hour().to_numpy().astype(np.int64), n, HOURS)
 
-    zones_first = resolve_zones(user_frame, utc_hod, None, min_events=min_events_to_infer_zone)
-    local = local_parts(act.join(zones_first.select(schemas.USER_ID, ZONE), on=schemas.USER_ID))
-    stated = zones_first["zone_source"].to_numpy() == "stated"
-    counts_first = _matrix(local["code"].to_numpy().astype(np.int64), local["local_how"].to_numpy(), n, HOW)
-    population_local = prior.hour_of_day if prior is not None else None
-    if population_local is None and stated.any() and counts_first[stated].sum() > 0:
-        population_local = counts_first[stated].sum(axis=0).reshape(7, HOURS).sum(axis=0)
-        population_local = population_local / population_local.sum()
-    zones = resolve_zones(user_frame, utc_hod, population_local, min_events=min_events_to_infer_zone)
-    if (zones[ZONE] != zones_first[ZONE]).any():
+    if prior is not None:  # the population's local hours are known: one pass
+        zones = resolve_zones(user_frame, utc_hod, prior.hour_of_day, min_events=min_events_to_infer_zone)
         local = local_parts(act.join(zones.select(schemas.USER_ID, ZONE), on=schemas.USER_ID))
+    else:  # users with a stated zone give the population's local hours, then the rest are inferred
+        zones_first = resolve_zones(user_frame, utc_hod, None, min_events=min_events_to_infer_zone)
+        local = local_parts(act.join(zones_first.select(schemas.USER_ID, ZONE), on=schemas.USER_ID))
+        stated = zones_first["zone_source"].to_numpy() == "stated"
+        first_codes = local["code"].to_numpy().astype(np.int64)
+        counts_first = _matrix(first_codes, local["local_how"].to_numpy(), n, HOW)
+        population_local = None
+        if stated.any() and counts_first[stated].sum() > 0:
+            population_local = counts_first[stated].sum(axis=0).reshape(7, HOURS).sum(axis=0)
+            population_local = population_local / population_local.sum()
+        zones = resolve_zones(user_frame, utc_hod, population_local, min_events=min_events_to_infer_zone)
+        if (zones[ZONE] != zones_first[ZONE]).any():
+            local = local_parts(act.join(zones.select(schemas.USER_ID, ZONE), on=schemas.USER_ID))
     counts = _matrix(local["code"].to_numpy().astype(np.int64), local["local_how"].to_numpy(), n, HOW)
 
     raw = _channel_counts(events, exposures, as_of, user_frame[schemas.USER_ID])
@@ -230,20 +291,14 @@ def timing_features(
             click_rate=click_rate,
             open_rate_by_activity=by_bin,
         )
-    profile = shrink_profile(
-        counts, prior, prior_strength, kappa=smoothing_kappa, daytype_weight=daytype_weight
-    )
-    table = zones.with_columns(
-        pl.Series(ACTIVITY_HOURS, counts.sum(axis=1)),
-        pl.Series(PEAKEDNESS, peakedness(profile)),
-    )
+    table = zones.with_columns(pl.Series(ACTIVITY_HOURS, counts.sum(axis=1)))
     table = table.join(
         _channel_table(raw, bins, prior, channel_prior_strength),
         on=schemas.USER_ID,
         how="left",
         maintain_order="left",
     )
-    return TimingFeatures(table=table, counts=counts, profile=profile, prior=prior)
+    return ActivityFeatures(table=table, counts=counts, prior=prior)
 
 
 def _responses(events: pl.DataFrame, as_of: datetime) -> pl.DataFrame:

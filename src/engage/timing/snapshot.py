@@ -7,12 +7,14 @@ same :class:`TimingFeatures` from those columns and the model (:func:`from_colum
 stored is what the send time and the channel need and cannot recompute: the user's activity hours
 by local hour of the week (sparse, ``"slot:count,..."``), the time zone with its source and note,
 and the open rate over similar users' per channel. The shrunk profile and peakedness are derived
-from the counts by the model, so they are not stored.
+from the counts by the model, so they are not stored. Batch scoring keeps each chunk's counts
+(:func:`scoring_counts`, compact) until it scores the chunk and shrinks the profile once, there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -29,7 +31,7 @@ from engage.timing.features import (
     OPEN_EVENTS,
     PEAKEDNESS,
     TimingFeatures,
-    timing_features,
+    activity_features,
 )
 from engage.timing.features import peakedness as profile_peakedness
 from engage.timing.sendtime import TimingModel
@@ -59,47 +61,76 @@ def scoring_features(
 
     `users` may carry ``timezone``; users missing from it are inferred or UTC (stated per row).
     """
-    frame = pl.DataFrame({schemas.USER_ID: pl.Series(list(user_ids), dtype=pl.String)})
+    return scoring_counts(
+        model, events, as_of, config, user_ids=user_ids, users=users, exposures=exposures
+    ).features(model)
+
+
+@dataclass(frozen=True)
+class TimingCounts:
+    """What the send time needs of each user, before the profile is shrunk: batch scoring keeps this
+    per chunk (the counts compact) and shrinks the profile once, when it scores the chunk."""
+
+    table: pl.DataFrame
+    """``user_id`` and the snapshot's ``timing_*`` table columns (``TABLE_COLUMNS``)."""
+    counts: NDArray[np.generic]
+    """(n, 168) activity hours by local hour of the week (whole numbers, any numeric dtype)."""
+
+    def features(self, model: TimingModel) -> TimingFeatures:
+        """The :class:`TimingFeatures` the model gives these rows (the same as through the snapshot)."""
+        return _features(self.table, np.asarray(self.counts, dtype=np.float64), model)
+
+    def columns(self) -> pl.DataFrame:
+        """``user_id`` and the snapshot's timing columns (``TIMING_COLUMNS``): :func:`to_columns`."""
+        return self.table.insert_column(1, _hours_text(self.counts))
+
+
+def scoring_counts(
+    model: TimingModel,
+    events: pl.DataFrame,
+    as_of: datetime,
+    config: TimingConfig,
+    *,
+    user_ids: Sequence[str] | pl.Series,
+    users: pl.DataFrame | None = None,
+    exposures: pl.DataFrame | None = None,
+) -> TimingCounts:
+    """:func:`scoring_features` before the profile is shrunk; the counts ``uint16`` when they fit."""
+    ids = (
+        user_ids.cast(pl.String)
+        if isinstance(user_ids, pl.Series)
+        else pl.Series(list(user_ids), dtype=pl.String)
+    )
+    frame = pl.DataFrame({schemas.USER_ID: ids})
     if users is not None and schemas.TIMEZONE in users.columns:
         zones = users.select(pl.col(schemas.USER_ID).cast(pl.String), schemas.TIMEZONE).unique(
             schemas.USER_ID, keep="last", maintain_order=True
         )
         frame = frame.join(zones, on=schemas.USER_ID, how="left", maintain_order="left")
-    return timing_features(
+    found = activity_features(
         events,
         as_of,
         users=frame,
         exposures=exposures,
         prior=model.prior,
-        prior_strength=model.prior_strength,
         channel_prior_strength=config.channel_prior_strength,
         min_events_to_infer_zone=config.min_events_to_infer_zone,
         smoothing_kappa=model.smoothing_kappa,
         daytype_weight=model.daytype_weight,
         same_day_weight=model.same_day_weight,
     )
+    counts: NDArray[np.generic] = found.counts  # whole numbers (a bincount)
+    if counts.size and counts.max() <= np.iinfo(np.uint16).max:
+        counts = counts.astype(np.uint16)  # a quarter of the memory until the chunk is scored
+    return TimingCounts(table=_table_columns(found.table), counts=counts)
 
 
-def to_columns(features: TimingFeatures) -> pl.DataFrame:
-    """``user_id`` and the snapshot's timing columns (``TIMING_COLUMNS``), rows aligned to `features`."""
-    n = features.table.height
-    rows, slots = np.nonzero(features.counts)
-    values = features.counts[rows, slots].round().astype(np.int64)
-    pairs = (
-        pl.DataFrame({"row": rows, "slot": slots, "count": values})
-        .group_by("row")
-        .agg(pl.format("{}:{}", "slot", "count").str.join(",").alias(HOURS_COLUMN))
-    )
-    hours = (
-        pl.DataFrame({"row": np.arange(n, dtype=rows.dtype)})
-        .join(pairs, on="row", how="left", maintain_order="left")[HOURS_COLUMN]
-        .fill_null("")
-    )
-    table = features.table
+def _table_columns(table: pl.DataFrame) -> pl.DataFrame:
+    """``user_id`` and the ``timing_*`` columns of a timing feature table (nulls for missing ones)."""
+    n = table.height
     return pl.DataFrame(
         [
             table[schemas.USER_ID].cast(pl.String),
-            hours,
             *(
                 (table[c] if c in table.columns else pl.Series(c, [None] * n, dtype=pl.Float64)).alias(
                     PREFIX + c
@@ -108,6 +139,28 @@ def to_columns(features: TimingFeatures) -> pl.DataFrame:
             ),
         ]
     )
+
+
+def _hours_text(counts: NDArray[np.generic]) -> pl.Series:
+    """The sparse ``"slot:count,..."`` text of each row of (n, 168) counts (no activity: ``""``)."""
+    n = counts.shape[0]
+    rows, slots = np.nonzero(counts)
+    values = np.asarray(counts[rows, slots], dtype=np.float64).round().astype(np.int64)
+    pairs = (
+        pl.DataFrame({"row": rows, "slot": slots, "count": values})
+        .group_by("row")
+        .agg(pl.format("{}:{}", "slot", "count").str.join(",").alias(HOURS_COLUMN))
+    )
+    return (
+        pl.DataFrame({"row": np.arange(n, dtype=rows.dtype)})
+        .join(pairs, on="row", how="left", maintain_order="left")[HOURS_COLUMN]
+        .fill_null("")
+    )
+
+
+def to_columns(features: TimingFeatures) -> pl.DataFrame:
+    """``user_id`` and the snapshot's timing columns (``TIMING_COLUMNS``), rows aligned to `features`."""
+    return TimingCounts(table=_table_columns(features.table), counts=features.counts).columns()
 
 
 def has_columns(columns: Sequence[Any]) -> bool:
@@ -145,7 +198,11 @@ def from_columns(frame: pl.DataFrame | pd.DataFrame, model: TimingModel) -> Timi
         if isinstance(frame, pd.DataFrame)
         else frame
     )
-    counts = _counts(table[HOURS_COLUMN])
+    return _features(table, _counts(table[HOURS_COLUMN]), model)
+
+
+def _features(table: pl.DataFrame, counts: NDArray[np.float64], model: TimingModel) -> TimingFeatures:
+    """The :class:`TimingFeatures` of the ``timing_*`` columns of `table` and (n, 168) `counts`."""
     profile = model.profile(counts)
     zone = table[PREFIX + ZONE].cast(pl.String)
     source = table[PREFIX + ZONE_SOURCE].cast(pl.String)
