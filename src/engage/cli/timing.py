@@ -68,6 +68,8 @@ def train_timing_command(
 
 
 def _print_timing(result: Any, cfg: EngageConfig) -> None:
+    from engage.training.timing import no_history
+
     m = result.fit.metrics
     out.print(f"as_of {result.fit.as_of:%Y-%m-%d %H:%M} UTC")
     if "timing_hit_rate_top3" in m:
@@ -96,3 +98,6 @@ def _print_timing(result: Any, cfg: EngageConfig) -> None:
         )
     status = "promoted to @champion" if result.promoted else "kept as @challenger"
     out.print(f"registered {cfg.timing.model_name} v{result.version}: {status}")
+    reason = no_history(result.fit, cfg)
+    if reason is not None:
+        out.print(f"not promoted: {reason}")

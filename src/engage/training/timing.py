@@ -11,11 +11,14 @@ effects read from the randomized campaign log, all from data before ``as_of``. T
   again after it, whether the next purchase's local hour of the week is among the user's top-3
   predicted hours, against the population's top 3.
 
-The champion gate re-scores the champion's prior on the challenger's rows (top-3 hit rate).
+The champion gate re-scores the champion's prior on the challenger's rows (top-3 hit rate). A fit
+without any activity before ``as_of`` (a history shorter than ``timing.holdout_days``) is the flat
+fallback prior, every hour alike: the gate never promotes it (:func:`no_history`).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,13 +30,23 @@ from numpy.typing import NDArray
 
 from engage import schemas, tracking
 from engage.config import EngageConfig, TimingConfig
-from engage.timing.features import HOW, TimingFeatures, activity_hours, timing_features
+from engage.timing.features import HOW, TimingFeatures, TimingPrior, activity_hours, timing_features
 from engage.timing.sendtime import COUNT_COLUMNS, TimingModel, choose_channels, slot_hours, top_hours
 from engage.timing.tuning import tune_profile
 from engage.timing.zones import ZONE, local_parts
 from engage.training.registry import record_and_promote
 
-__all__ = ["TimingFit", "TimingTrainingResult", "fit_timing", "timing_champion_gate", "train_timing"]
+__all__ = [
+    "TimingFit",
+    "TimingTrainingResult",
+    "fit_timing",
+    "flat_prior",
+    "no_history",
+    "timing_champion_gate",
+    "train_timing",
+]
+
+logger = logging.getLogger(__name__)
 
 GAIN_HOURS = tuple(f"gain_h{h:02d}" for h in range(24))
 
@@ -191,6 +204,7 @@ def fit_timing(
         for src, n in zip(zones["zone_source"].to_list(), zones["len"].to_list(), strict=True)
     }
     metrics |= {"timing_prior_strength": strength, "timing_smoothing_kappa": kappa}
+    metrics["timing_active_users"] = float((features.counts.sum(axis=1) > 0).sum())
     counts, actual, hits = _hit_rates(events, features, as_of)
     metrics |= hits
     if truth is not None:
@@ -345,12 +359,38 @@ def _hit_rate(model: TimingModel, fit: TimingFit) -> float:
     )
 
 
+def flat_prior(prior: TimingPrior) -> bool:
+    """Whether `prior` is the fallback of a fit without activity: one profile, every hour alike."""
+    return prior.profiles.shape[0] == 1 and bool(np.allclose(prior.profiles, prior.profiles[0, 0]))
+
+
+def no_history(fit: TimingFit, config: EngageConfig) -> str | None:
+    """Why `fit` must not be promoted for lack of data (its prior is the flat fallback), or None."""
+    if not flat_prior(fit.model.prior):
+        return None
+    rule = (
+        "the last campaign day of --truth"
+        if fit.metrics.get("timing_eval_rows") is not None
+        else f"the last event minus timing.holdout_days={config.timing.holdout_days}"
+    )
+    return (
+        f"no activity before as_of {fit.as_of:%Y-%m-%d %H:%M} UTC ({rule}): the model is the flat "
+        "fallback prior, every hour alike, and is not promoted; give a longer history or a smaller "
+        "timing.holdout_days (--set timing.holdout_days=N)"
+    )
+
+
 def timing_champion_gate(
     model_name: str, fit: TimingFit, config: EngageConfig
 ) -> tuple[bool, dict[str, float]]:
-    """Promote when the challenger's top-3 hit rate beats the champion's on the same rows (+ margin)."""
+    """Promote when the challenger's top-3 hit rate beats the champion's on the same rows (+ margin);
+    never a fit without history (:func:`no_history`), champion or not."""
     challenger = _hit_rate(fit.model, fit)
     base = {"gate_challenger_hit_rate_top3": challenger, "gate_margin": config.timing.promote_margin}
+    reason = no_history(fit, config)
+    if reason is not None:
+        logger.warning("%s: %s", model_name, reason)
+        return False, {**base, "gate_promoted": 0.0, "gate_no_history": 1.0}
     if tracking.alias_version(model_name, tracking.CHAMPION) is None:
         return True, {**base, "gate_promoted": 1.0, "gate_no_champion": 1.0}
     try:
