@@ -262,10 +262,10 @@ def activity_features(
 
     if prior is not None:  # the population's local hours are known: one pass
         zones = resolve_zones(user_frame, utc_hod, prior.hour_of_day, min_events=min_events_to_infer_zone)
-        local = local_parts(act.join(zones.select(schemas.USER_ID, ZONE), on=schemas.USER_ID))
+        local = local_parts(_with_zone(act, zones))
     else:  # users with a stated zone give the population's local hours, then the rest are inferred
         zones_first = resolve_zones(user_frame, utc_hod, None, min_events=min_events_to_infer_zone)
-        local = local_parts(act.join(zones_first.select(schemas.USER_ID, ZONE), on=schemas.USER_ID))
+        local = local_parts(_with_zone(act, zones_first))
         stated = zones_first["zone_source"].to_numpy() == "stated"
         first_codes = local["code"].to_numpy().astype(np.int64)
         counts_first = _matrix(first_codes, local["local_how"].to_numpy(), n, HOW)
@@ -275,7 +275,7 @@ def activity_features(
             population_local = population_local / population_local.sum()
         zones = resolve_zones(user_frame, utc_hod, population_local, min_events=min_events_to_infer_zone)
         if (zones[ZONE] != zones_first[ZONE]).any():
-            local = local_parts(act.join(zones.select(schemas.USER_ID, ZONE), on=schemas.USER_ID))
+            local = local_parts(_with_zone(act, zones))
     counts = _matrix(local["code"].to_numpy().astype(np.int64), local["local_how"].to_numpy(), n, HOW)
 
     raw = _channel_counts(events, exposures, as_of, user_frame[schemas.USER_ID])
@@ -299,6 +299,11 @@ def activity_features(
         maintain_order="left",
     )
     return ActivityFeatures(table=table, counts=counts, prior=prior)
+
+
+def _with_zone(act: pl.DataFrame, zones: pl.DataFrame) -> pl.DataFrame:
+    """`act` with each row's user's zone (`zones` rows are the users' codes: a gather, not a join)."""
+    return act.with_columns(zones[ZONE].gather(act["code"]))
 
 
 def _responses(events: pl.DataFrame, as_of: datetime) -> pl.DataFrame:
