@@ -26,7 +26,16 @@ import pytest
 import yaml
 
 from tests.integration.conftest import free_port, wait_http
-from tests.integration.test_service import REPO, Server, World, known_user, post, stop_server
+from tests.integration.test_service import (
+    REPO,
+    Server,
+    World,
+    known_user,
+    post,
+    ready,
+    start_server,
+    stop_server,
+)
 from tests.integration.test_service import world as world  # the module-scoped fixture
 from tests.integration.test_service_chaos import cmdline, descendants
 
@@ -219,3 +228,123 @@ def test_engage_serve_without_a_build_stops_at_once(tmp_path: Path, target: list
     assert run.returncode == 2, output
     assert BUILD_HINT in output and "Traceback" not in output, output
     print(f"engage serve {' '.join(target)}: exit {run.returncode} after {seconds:.1f} s")
+
+
+# --- a timing champion: the Bento declares and packs it, and answers with send times -----------------
+@dataclass
+class TimedBento:
+    tag: str
+    timing: str
+    config_path: Path
+    """The served config: its snapshot carries the timing columns."""
+
+
+@pytest.fixture(scope="module")
+def timed_bento(world: World, tmp_path_factory: pytest.TempPathFactory) -> TimedBento:
+    """Offers and timing champions registered next to the churn one (the offers model so that
+    messages go out: only a sent message gets a send time), then ``engage build``; the snapshot gains
+    the ``timing_*`` columns. Runs after the tests above (they assert the Bento without them)."""
+    import bentoml
+    import pandas as pd
+
+    from engage import schemas as s
+    from engage.datasets.simulate import simulate
+    from engage.offers.catalog import load_catalog
+    from engage.offers.training import fit_offers, offer_table
+    from engage.scoring.champions import load_champions
+    from engage.serving.service import build_bento
+    from engage.timing.snapshot import scoring_features, to_columns
+    from engage.training.offers import train_offers
+    from engage.training.timing import fit_timing, train_timing
+
+    data = simulate(1_500, 120, seed=7)  # the world's data again, with its campaign log
+    assert data.events.equals(world.events)
+    small = world.config.model_copy(
+        update={"offers": world.config.offers.model_copy(update={"n_estimators": 40})}
+    )
+    table = offer_table(data.events, data.exposures, small, users=data.users)
+    fitted = fit_offers(table, small, load_catalog(small.offers.catalog_path), n_boot=20)
+    assert train_offers(fitted, small).promoted
+
+    timing = world.config.timing.model_copy(update={"holdout_days": 30})  # 90 days of history to fit on
+    config = world.config.model_copy(update={"timing": timing})
+    fit = fit_timing(world.events, config, users=world.users)
+    assert train_timing(fit, config).promoted, "the first timing model must become champion"
+    tag = build_bento(world.config, build_ctx=REPO, offline=True)
+    packed = {m.tag.name: str(m.tag) for m in bentoml.bentos.get(tag).info.all_models}
+    model = load_champions(world.config).timing
+    assert model is not None
+    ids = world.snapshot[s.USER_ID].astype(str).tolist()
+    columns = to_columns(
+        scoring_features(model, world.events, world.as_of, timing, user_ids=ids, users=world.users)
+    )
+    snapshot = pd.concat([world.snapshot, columns.drop(s.USER_ID).to_pandas()], axis=1)
+    root = tmp_path_factory.mktemp("bento-timed")
+    snapshot.to_parquet(root / "snapshot.parquet")
+    served = yaml.safe_load(world.config_path.read_text())
+    served["serve"].update(
+        workers=1,
+        feature_snapshot_path=str(root / "snapshot.parquet"),
+        decision_log_dir=str(root / "decisions"),
+        feedback_log_dir=str(root / "feedback"),
+    )
+    (root / "config.yaml").write_text(yaml.safe_dump(served))
+    return TimedBento(tag=tag, timing=packed.get(timing.model_name, ""), config_path=root / "config.yaml")
+
+
+def test_a_timing_champion_is_declared_packed_and_pinned(world: World, timed_bento: TimedBento) -> None:
+    import bentoml
+
+    built = bentoml.bentos.get(timed_bento.tag)
+    assert timed_bento.timing.startswith(f"{world.config.timing.model_name}:"), built.info.all_models
+    assert built.info.args["timing_model"] == timed_bento.timing
+    stored = bentoml.models.get(timed_bento.timing)
+    assert stored.info.metadata["registered_version"] == "1"
+    assert len(built.info.all_models) == 3, "churn, offers and timing"
+
+
+def test_the_bento_with_timing_answers_with_the_send_time_of_the_registry_model(
+    world: World, timed_bento: TimedBento, tmp_path: Path
+) -> None:
+    """``bentoml serve`` of the Bento alone (no MLflow): /score carries send_at, the same as the
+    registry's timing champion gives for the same users and as_of."""
+    import pandas as pd
+
+    from engage.config import load_config
+    from engage.scoring.champions import load_champions
+    from engage.serving.engine import ScoringEngine
+    from engage.serving.schemas import ScoreRequest
+
+    users = [known_user(world, i) for i in range(40)]
+    body = {"users": [{"user_id": u} for u in users], "as_of": world.as_of.isoformat()}
+    drop = ("MLFLOW_TRACKING_URI", "ENGAGE_MODEL_SOURCE", "ENGAGE_API_TOKEN", "PYTHONPATH")
+    env = {k: v for k, v in world.env.items() if k not in drop}
+    env["ENGAGE_CONFIG"] = str(timed_bento.config_path)
+    server = start_server(timed_bento.tag, env, tmp_path / "serve.log")
+    try:
+        ready(server)
+        status, answer = post(f"{server.url}/score", body)
+    finally:
+        stop_server(server)
+    assert status == 200, answer
+    config = load_config(timed_bento.config_path)
+    serve = config.serve.model_copy(update={"decision_log_dir": str(tmp_path / "log")})
+    config = config.model_copy(update={"serve": serve})
+    engine = ScoringEngine(config, load_champions(world.config), watch_seconds=None)
+    try:
+        expected = {a.user_id: a for a in engine.score(ScoreRequest.model_validate(body)).users}
+    finally:
+        engine.close()
+    timed = 0
+    for scored in answer["users"]:
+        assert scored["model_versions"]["timing"] == f"{world.config.timing.model_name}/1"
+        message, want = scored["message"], expected[scored["user_id"]].message
+        assert message["message_id"] == want.message_id
+        if want.send_at is None:
+            assert message["send_at"] is None
+            continue
+        timed += 1
+        assert pd.Timestamp(message["send_at"]) == pd.Timestamp(want.send_at)
+        assert message["send_reason"] == want.send_reason
+    assert timed >= 5, answer
+    print(f"/score from the Bento with timing: {timed} of {len(users)} users with send_at")

@@ -34,10 +34,11 @@ import bentoml
 from bentoml.exceptions import BentoMLException, NotFound
 from pydantic import BaseModel
 
-from engage.config import EngageConfig, TrackingConfig
+from engage.config import EngageConfig, TimingConfig, TrackingConfig
 from engage.scoring.champions import (
     CHURN,
     OFFERS,
+    TIMING,
     ModelRef,
     load_champions,
     load_scoring_models,
@@ -101,12 +102,14 @@ class BentoArgs(BaseModel):
     """Bento arguments (``bentoml build|serve --arg key=value``): the stored models the service declares.
 
     A tag without a version (or ``:latest``) is resolved and pinned by ``bentoml build``; ``engage
-    build`` passes the champions' exact tags. ``offer_model`` is optional: its default is declared
-    only when the store holds one; an empty value declares none. A built Bento keeps its arguments.
+    build`` passes the champions' exact tags. ``offer_model`` and ``timing_model`` are optional: a
+    default is declared only when the store holds one; an empty value declares none. A built Bento
+    keeps its arguments.
     """
 
     churn_model: str = f"{_NAMES.churn_model_name}:latest"
     offer_model: str = f"{_NAMES.offer_model_name}:latest"
+    timing_model: str = f"{TimingConfig().model_name}:latest"
 
 
 def _pinned(tag: str) -> bool:
@@ -127,8 +130,9 @@ def declared_models(args: BentoArgs, source: str) -> dict[str, bentoml.models.Be
     if source == "mlflow":
         return {}
     declared = {CHURN: bentoml.models.BentoModel(args.churn_model)}
-    if args.offer_model and (_pinned(args.offer_model) or _in_store(args.offer_model)):
-        declared[OFFERS] = bentoml.models.BentoModel(args.offer_model)
+    for role, tag in ((OFFERS, args.offer_model), (TIMING, args.timing_model)):
+        if tag and (_pinned(tag) or _in_store(tag)):
+            declared[role] = bentoml.models.BentoModel(tag)
     return declared
 
 
@@ -337,6 +341,7 @@ class EngageService:
 
     churn_model = _DECLARED.get(CHURN)
     offer_model = _DECLARED.get(OFFERS)
+    timing_model = _DECLARED.get(TIMING)
 
     def __init__(self) -> None:
         config = service_config()
@@ -436,12 +441,12 @@ def _stored_models(name: str) -> list[Any]:
 def import_champions(config: EngageConfig) -> dict[str, str]:
     """Copy the ``champion`` models of the MLflow registry into the Bento store; return role -> tag.
 
-    A registered version already imported is reused, so re-building does not duplicate models.
+    The churn champion and, when registered, the offers and timing champions (the Bento declares
+    and packs each one imported). A registered version already imported is reused, so re-building
+    does not duplicate models.
     """
     tags: dict[str, str] = {}
-    # the Bento declares churn and offers models only: a timing champion is served from MLflow
-    # (ENGAGE_MODEL_SOURCE=mlflow) until the Bento declares one too
-    refs = [ref for ref in registry_refs(config) if ref.role in (CHURN, OFFERS)]
+    refs = registry_refs(config)  # churn, and offers and timing when registered
     if OFFERS not in {ref.role for ref in refs}:
         logger.warning("no champion for %s: the Bento scores without an offer model", roles(config)[OFFERS])
     for ref in refs:
@@ -475,7 +480,11 @@ def build_bento(config: EngageConfig, build_ctx: str | Path = ".", *, offline: b
     """
     ctx = Path(build_ctx).resolve()
     tags = import_champions(config)
-    arguments = [f"churn_model={tags[CHURN]}", f"offer_model={tags.get(OFFERS, '')}"]
+    arguments = [
+        f"churn_model={tags[CHURN]}",
+        f"offer_model={tags.get(OFFERS, '')}",
+        f"timing_model={tags.get(TIMING, '')}",
+    ]
     with tempfile.TemporaryDirectory(prefix="engage-build-") as tmp:
         constraints = Path(tmp) / "constraints.txt"
         constraints.write_text(installed_versions())
