@@ -56,14 +56,15 @@ class ChurnBundle:
     """The customer-value model fitted with the churn model (None: scores carry no value)."""
 
     def _features(self, frame: pd.DataFrame) -> pd.DataFrame:
-        return self._checked(frame)[self.feature_names]
+        return self.with_inputs(frame)[self.feature_names]
 
     def inputs(self, frame: pd.DataFrame) -> pd.DataFrame:
         """The model's input columns for ``frame``, BTYD columns included (what contributions explain)."""
         return self._features(frame)
 
-    def _checked(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """The frame once every feature is there (the model picks its columns by name).
+    def with_inputs(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The frame once every feature is there (the model picks its columns by name); a caller
+        asking several things of one frame (probability, reasons) computes the BTYD columns once.
 
         The BTYD columns (``btyd_*``, ``churn.btyd_features``) are not in feature tables: they come
         from the bundle's value model here (NaN without one), as training computed them.
@@ -78,7 +79,7 @@ class ChurnBundle:
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
         """Calibrated (n, 2) probabilities, like scikit-learn."""
-        return np.asarray(self.model.predict_proba(self._checked(frame)))
+        return np.asarray(self.model.predict_proba(self.with_inputs(frame)))
 
     def churn_probability(self, frame: pd.DataFrame) -> np.ndarray:
         return self.predict_proba(frame)[:, 1]

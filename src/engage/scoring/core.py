@@ -119,6 +119,7 @@ def score_columns(
     if not _is_utc(features[s.AS_OF]):
         features[s.AS_OF] = pd.to_datetime(features[s.AS_OF], utc=True)  # naive stamps (e.g. Spark) are UTC
     as_of = features[s.AS_OF]
+    features = models.churn.with_inputs(features)  # BTYD inputs once, for risk and reasons
     probability = (
         models.churn.churn_probability(features)
         if churn_probability is None
