@@ -48,6 +48,8 @@ __all__ = [
     "LogLayout",
     "LogTail",
     "batch_key",
+    "decision_id_hashes",
+    "frame_lines",
     "log_files",
     "read_decisions",
     "utc_now",
@@ -133,9 +135,13 @@ def batch_key(decision_ids: Iterable[str]) -> str:
     A batch run's ids are fixed by its job (users, as_of, models, seed, run key), so re-running
     the job gives the same key and the log takes it once.
     """
-    ids = list(decision_ids)
-    hashes = np.sort(stable_hash64(ids, _BATCH_KEY_SALT)) if ids else np.zeros(0, np.uint64)
+    hashes = np.sort(decision_id_hashes(list(decision_ids)))
     return hashlib.sha256(hashes.tobytes()).hexdigest()[:32]
+
+
+def decision_id_hashes(decision_ids: list[str]) -> np.ndarray:
+    """The 64-bit hashes ``batch_key`` digests in sorted order (Spark computes them per executor)."""
+    return stable_hash64(decision_ids, _BATCH_KEY_SALT) if decision_ids else np.zeros(0, np.uint64)
 
 
 @dataclass(frozen=True)
@@ -187,7 +193,7 @@ def _shared_mapping(values: list[Any]) -> dict[str, Any] | None:
     return None
 
 
-def _frame_lines(scores: pd.DataFrame, stamp: str) -> bytes:
+def frame_lines(scores: pd.DataFrame, stamp: str) -> bytes:
     """``_record_lines`` for a scores table, built column-wise (a batch run logs millions of rows).
 
     The lines read back like the per-record ones (same fields and values); a model-versions
@@ -288,7 +294,7 @@ class DecisionWriter:
         if existing:
             return BatchWrite(existing[0], key, 0, already_logged=True)
         target = _day_folder(self.log_dir, self.clock()) / name
-        payload = _frame_lines(scores, decided_at.isoformat()) if len(scores) else b""
+        payload = frame_lines(scores, decided_at.isoformat()) if len(scores) else b""
         published = _publish(payload, target)
         return BatchWrite(target, key, len(scores) if published else 0, already_logged=not published)
 

@@ -23,8 +23,7 @@ import numpy as np
 import pandas as pd
 
 from engage import schemas as s
-from engage.hashing import stable_hash64
-from engage.scoring.decision_log import _BATCH_KEY_SALT, BatchWrite, _frame_lines, utc_now
+from engage.scoring.decision_log import BatchWrite, decision_id_hashes, frame_lines, utc_now
 from engage.spark.io import Target, part_files
 
 if TYPE_CHECKING:
@@ -36,7 +35,7 @@ _SIGN = np.uint64(1 << 63)
 def _hashes(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
     """Each decision id's 64-bit hash, its sign bit flipped so Spark's signed sort is unsigned order."""
     for frame in batches:
-        h = stable_hash64(frame["decision_id"].astype(str).tolist(), _BATCH_KEY_SALT) ^ _SIGN
+        h = decision_id_hashes(frame["decision_id"].astype(str).tolist()) ^ _SIGN
         yield pd.DataFrame({"h": h.view(np.int64)})
 
 
@@ -65,7 +64,7 @@ def _lines(stamp: str) -> object:
             frame[s.AS_OF] = pd.to_datetime(frame[s.AS_OF]).dt.tz_localize("UTC")  # session time is UTC
             texts = {t: json.loads(t) for t in frame["model_versions"].unique()}
             frame["model_versions"] = frame["model_versions"].map(texts)  # one dict per distinct text
-            yield pd.DataFrame({"value": _frame_lines(frame, stamp).decode().splitlines()})
+            yield pd.DataFrame({"value": frame_lines(frame, stamp).decode().splitlines()})
 
     return lines
 
