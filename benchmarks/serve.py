@@ -12,6 +12,14 @@ in-process, and ``os.getloadavg()`` before and after (the load generator shares 
 servers run with one OpenMP thread per process (``OMP_NUM_THREADS=1`` unless set), as
 ``engage serve`` starts the service. The engage service writes its decisions to a temp folder.
 
+When the registry holds a timing champion (``engage train timing``) and the snapshot its
+``timing_*`` columns (``engage score`` with that champion), two more servers start fresh: the
+service as above and the same without the timing model (its config names no registered timing
+model). Their single-user p50/p99 are measured interleaved (same users in the same order, same
+noise), with the share of answers carrying ``send_at`` (issue 17: p99 stays within the 25 ms target
+with send times on). Fresh servers, because the service counts its own answers as contacts: after
+the load above most users are capped and get the cheaper "none" answer.
+
 With ``--redis redis://127.0.0.1:6379/0`` it also starts the service on the Redis online store with
 one and with two workers (keys under a ``bench:<pid>:`` prefix, deleted afterwards) and prints them
 next to the local store: single-user p50/p99 and 16-client requests/s (targets: Redis adds <= 2 ms
@@ -214,6 +222,65 @@ def in_process_bare(config_path: Path, args: argparse.Namespace) -> tuple[float,
     return (*percentiles(single), n_rows / (time.perf_counter() - t0))
 
 
+@dataclass
+class Timed:
+    p50: float
+    p99: float
+    sent: int
+    """Answers with a message that carry ``send_at``."""
+    messages: int
+    """Answers with a message (not the control)."""
+
+
+def timing_latency(urls: dict[str, str], token: str | None, users: list[str], n: int) -> dict[str, Timed]:
+    """Single-user ``/score`` against each server in turn, request by request (the same noise for all)."""
+    clients = {name: Client(url, token) for name, url in urls.items()}
+    for client in clients.values():
+        for u in users[:30]:
+            client.score(body([u]))  # warm-up
+    seconds: dict[str, list[float]] = {name: [] for name in urls}
+    sent = dict.fromkeys(urls, 0)
+    messages = dict.fromkeys(urls, 0)
+    for i in range(n):
+        for name, client in clients.items():
+            t0 = time.perf_counter()
+            answer = client.score(body([users[i % len(users)]]))
+            seconds[name].append(time.perf_counter() - t0)
+            message = answer["users"][0].get("message") or {}
+            if message.get("message_id", s.CONTROL_ARM) != s.CONTROL_ARM:
+                messages[name] += 1
+                sent[name] += message.get("send_at") is not None
+    return {name: Timed(*percentiles(seconds[name]), sent[name], messages[name]) for name in urls}
+
+
+def without_timing_config(config_path: Path, scratch: Path) -> Path:
+    """The benchmark config with a timing model name nobody registered: the service loads no timing model."""
+    raw = yaml.safe_load(config_path.read_text()) or {}
+    raw.setdefault("timing", {})["model_name"] = f"bench-no-timing-{os.getpid()}"
+    path = scratch / "no-timing.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def has_timing(config_path: Path) -> bool:
+    """Whether the registry holds a timing champion and the snapshot the timing columns."""
+    from engage.scoring.champions import TIMING, registry_refs
+    from engage.timing.snapshot import has_columns
+
+    config = load_config(config_path)
+    if TIMING not in {ref.role for ref in registry_refs(config)}:
+        print(f"no {config.timing.model_name}@champion in {config.tracking.uri}: timing on/off not measured")
+        return False
+    import pyarrow.parquet as pq
+
+    if not has_columns(pq.read_schema(config.serve.feature_snapshot_path).names):
+        print(
+            f"{config.serve.feature_snapshot_path} has no timing_* columns (score with the timing champion)"
+        )
+        return False
+    return True
+
+
 def load() -> str:
     return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg()) + f" ({os.cpu_count()} CPUs)"
 
@@ -331,6 +398,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--redis", help="redis:// URL: also the Redis online store, 1 and 2 workers")
     parser.add_argument("--load-rows", type=int, default=1_000_000, help="feature rows loaded into Redis")
+    parser.add_argument(
+        "--no-timing-compare", action="store_true", help="skip the service without the timing model"
+    )
     args = parser.parse_args()
     # as `engage serve` runs it; set before LightGBM loads so every side runs the same way
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -368,12 +438,22 @@ def main() -> None:
             online[workers] = start_server(
                 "engage.serving.service:EngageService", online_env, log=scratch / f"redis-{workers}.log"
             )
+    timed_server = untimed_server = None
+    if not args.no_timing_compare and has_timing(config_path):
+        timed_env = {**service_env, "ENGAGE_DECISION_LOG": str(scratch / "decisions-timing")}
+        timed_server = start_server(target, timed_env, log=scratch / "timing.log")
+        untimed_env = {**service_env, "ENGAGE_CONFIG": str(without_timing_config(config_path, scratch))}
+        untimed_env["ENGAGE_DECISION_LOG"] = str(scratch / "decisions-no-timing")
+        untimed_server = start_server(target, untimed_env, log=scratch / "no-timing.log")
     online_figs: dict[int, Figures] = {}
+    timing_figs: dict[str, Timed] = {}
     loaded: tuple[int, float] | None = None
     try:
         url = args.url or wait_ready(engage)  # type: ignore[arg-type]
         bare_url = wait_ready(bare)
         online_urls = {workers: wait_ready(process) for workers, process in online.items()}
+        timed_url = wait_ready(timed_server) if timed_server is not None else None
+        untimed_url = wait_ready(untimed_server) if untimed_server is not None else None
         print(f"users={len(users)} servers ready in {time.perf_counter() - started:.1f} s; {load()}")
         bare_local = in_process_bare(config_path, args)
         before = load()
@@ -381,6 +461,9 @@ def main() -> None:
         serve_fig = measure(url, args.token, users, args)
         for workers, online_url in online_urls.items():
             online_figs[workers] = measure(online_url, args.token, users, args)
+        if timed_url is not None and untimed_url is not None:
+            urls = {"with the timing model": timed_url, "without it": untimed_url}
+            timing_figs = timing_latency(urls, args.token, users, args.single)
         after = load()
         if args.redis:
             in_process = engine_latency(config_path, scratch, args.redis, prefix, users, args.single)
@@ -390,6 +473,8 @@ def main() -> None:
     finally:
         stop(engage)
         stop(bare)
+        stop(timed_server)
+        stop(untimed_server)
         for process in online.values():
             stop(process)
         if args.redis:
@@ -409,6 +494,18 @@ def main() -> None:
     ratio = serve_fig.batch / bare_fig.batch
     print(f"ratio serve/bare behind BentoML, batches of 100: {ratio:.1%} (target >= 40%)")
     print(f"ratio serve/bare behind BentoML, {args.clients} clients: {serve_fig.rps / bare_fig.rps:.1%}")
+    if timing_figs:
+        print("\nsend times, single user, the two services interleaved:")
+        for name, timed in timing_figs.items():
+            print(
+                f"{f'engage /score {name}':34s}{timed.p50:9.2f} ms{timed.p99:9.2f} ms"
+                f"   send_at in {timed.sent} of {timed.messages} answers with a message"
+            )
+        on, off = timing_figs["with the timing model"], timing_figs["without it"]
+        print(
+            f"timing adds {on.p50 - off.p50:+.2f} ms to p50, {on.p99 - off.p99:+.2f} ms to p99; "
+            f"p99 with timing {on.p99:.1f} ms (target <= 25 ms)"
+        )
     if not online_figs:
         return
     print(f"\nonline store ({args.redis}), side by side:")
