@@ -498,3 +498,31 @@ def test_paths_with_markup_characters_are_printed_as_written(paths: dict[str, Pa
         ["features", "--events", "{events}", *AS_OF, "--out", "{new}", "--users", str(odd)], paths
     )
     assert result.exit_code == 2 and f"--users {odd}: file not found" in result.output
+
+
+def test_a_parquet_data_set_folder_reads_as_one_table(tmp_path: Path) -> None:
+    """What --engine spark writes (part files, Hive key=value folders, _SUCCESS, a hidden
+    temporary) reads as its rows through check_paths and read_table; an empty folder is refused."""
+    import polars as pl
+
+    from engage.cli.common import check_paths, read_table
+
+    folder = tmp_path / "scores.parquet"
+    for day, users in (("2024-01-01", ["a", "b"]), ("2024-01-02", ["c"])):
+        part = folder / f"as_of_day={day}"
+        part.mkdir(parents=True)
+        pl.DataFrame({"user_id": users, "churn_probability": [0.5] * len(users)}).write_parquet(
+            part / "part-00000.parquet"
+        )
+    (folder / "_SUCCESS").write_text("")
+    hidden = folder / "_temporary" / "0"
+    hidden.mkdir(parents=True)
+    pl.DataFrame({"user_id": ["ghost"], "churn_probability": [1.0]}).write_parquet(hidden / "part.parquet")
+    check_paths(read={"--scores": folder})
+    table = read_table(folder, "--scores", required=("user_id",))
+    assert sorted(table["user_id"].to_list()) == ["a", "b", "c"]
+    assert sorted(table["as_of_day"].cast(pl.Utf8).to_list()) == ["2024-01-01", "2024-01-01", "2024-01-02"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(typer.Exit):
+        check_paths(read={"--scores": empty})

@@ -209,8 +209,8 @@ def check_paths(
         if local is not None and not isinstance(local, str) and not local.exists():
             raise fail(f"{option} {local}: file not found")
     for option, local in read.items():
-        if local is not None and not isinstance(local, str) and local.is_dir():
-            raise fail(f"{option} {local}: is a folder; give a file")
+        if local is not None and not isinstance(local, str) and local.is_dir() and not parquet_parts(local):
+            raise fail(f"{option} {local}: is a folder; give a file (or a folder of Parquet parts)")
     for option, target in write.items():
         if target is None:
             continue
@@ -344,8 +344,9 @@ def read_table(
 def read_table(
     path: Source | None, option: str, required: Sequence[str] = (), timestamps: Sequence[str] = ()
 ) -> pl.DataFrame | None:
-    """A Parquet or CSV table given by ``option`` (None when not given); a file that cannot be read,
-    or lacks a ``required`` column, stops the command with a message naming the option and the file."""
+    """A Parquet or CSV table given by ``option`` (None when not given), or a folder of Parquet parts
+    (a data set written by ``--engine spark``); a file that cannot be read, or lacks a ``required``
+    column, stops the command with a message naming the option and the file."""
     if path is None:
         return None
     import polars as pl
@@ -360,15 +361,19 @@ def read_table(
     path = Path(path)
     if not path.exists():
         raise fail(f"{option} {path}: file not found")
-    if path.is_dir():
-        raise fail(f"{option} {path}: is a folder; give a .parquet or .csv file")
-    fmt = "CSV" if path.suffix.lower() in (".csv", ".tsv") else "Parquet"
+    parts = parquet_parts(path) if path.is_dir() else []
+    if path.is_dir() and not parts:
+        raise fail(
+            f"{option} {path}: is a folder without Parquet parts; give a .parquet or .csv file "
+            "or a Parquet data set folder (what --engine spark writes)"
+        )
+    fmt = "CSV" if path.suffix.lower() in (".csv", ".tsv") and not parts else "Parquet"
     try:
         if fmt == "CSV":
             separator = "\t" if path.suffix.lower() == ".tsv" else ","
             frame = pl.read_csv(path, try_parse_dates=True, separator=separator)
         else:
-            frame = pl.read_parquet(path)
+            frame = pl.read_parquet(parts or path, hive_partitioning=bool(parts))
     except Exception as exc:  # polars raises many types; the user needs the file and the cause
         cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise fail(
@@ -386,6 +391,16 @@ def read_table(
     except EventsFileError as exc:
         raise fail(str(exc)) from exc
     return frame
+
+
+def parquet_parts(folder: Path) -> list[Path]:
+    """The Parquet files of a data set folder (Spark's part files, Hive ``key=value`` folders
+    included), without the hidden ``_``/``.`` entries writers leave (``_SUCCESS``, temporaries)."""
+    return sorted(
+        p
+        for p in folder.rglob("*.parquet")
+        if not any(part.startswith(("_", ".")) for part in p.relative_to(folder).parts)
+    )
 
 
 @overload
