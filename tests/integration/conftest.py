@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -14,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import service_missing
 
 pytestmark = pytest.mark.integration
 
@@ -120,3 +123,49 @@ def mlflow_postgres_server(tmp_path_factory: pytest.TempPathFactory, postgres_da
     backend = postgres_database.replace("postgresql://", "postgresql+psycopg2://", 1)
     with running_mlflow_server(root, backend) as uri:
         yield uri
+
+
+# --- a Redis of the test's own (stopped and started again; the shared one keeps running) ---------
+def start_redis(port: int, log: Path) -> subprocess.Popen[bytes]:
+    """A test-owned ``redis-server`` on ``port`` (no persistence), once it answers PING."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        service_missing("redis-server not on PATH")
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    import redis
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            redis.Redis(port=port, socket_timeout=1).ping()
+            return process
+        except redis.RedisError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"redis-server on {port} did not start: {log.read_text()[-2000:]}")
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[tuple[int, list[subprocess.Popen[bytes]]]]:
+    port = free_port()
+    processes = [start_redis(port, tmp_path / "redis.log")]
+    try:
+        yield port, processes
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                stop_process(process)

@@ -7,12 +7,10 @@ Two engines with their own decision logs stand for two replicas on two hosts: th
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -29,8 +27,7 @@ from engage.scoring.decision_log import read_decisions
 from engage.scoring.feedback import read_feedback
 from engage.serving.engine import ScoringEngine
 from engage.serving.schemas import ScoreRequest
-from tests.conftest import service_missing
-from tests.integration.conftest import free_port
+from tests.integration.conftest import free_port, start_redis, stop_process
 from tests.unit.test_serving_feedback import (  # noqa: F401 (models: the fixture, used by name)
     CAT,
     NOW,
@@ -273,51 +270,6 @@ def test_engage_online_rebuild_and_load_from_the_command_line(
     assert refused.exit_code == 2 and "a redis:// URL is needed" in refused.output
 
 
-# --- a Redis of the test's own, stopped and started again ---------------------------------------
-def _start_redis(port: int, log: Path) -> subprocess.Popen[bytes]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        service_missing("redis-server not on PATH")
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    import redis
-
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            redis.Redis(port=port, socket_timeout=1).ping()
-            return process
-        except redis.RedisError:
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError(f"redis-server on {port} did not start: {log.read_text()[-2000:]}")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[tuple[int, list[subprocess.Popen[bytes]]]]:
-    port = free_port()
-    processes = [_start_redis(port, tmp_path / "redis.log")]
-    try:
-        yield port, processes
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                _stop(process)
-
-
 def test_redis_stopped_mid_load_degrades_and_recovers_by_itself(
     tmp_path: Path, sender: ScoringModels, own_redis: tuple[int, list[subprocess.Popen[bytes]]]
 ) -> None:
@@ -327,13 +279,13 @@ def test_redis_stopped_mid_load_degrades_and_recovers_by_itself(
     try:
         before = engine.score(_request(["u1"])).users[0]
         assert before.message.withheld is None and before.message.message_id != s.CONTROL_ARM
-        _stop(processes[0])
+        stop_process(processes[0])
         started = time.perf_counter()
         during = [engine.score(_request(["u2", "u3"])).users for _ in range(5)]
         seconds = time.perf_counter() - started
         time.sleep(0.5)  # the watcher's ping sees it too
         problem = engine.not_ready()
-        processes.append(_start_redis(port, tmp_path / "redis.log"))
+        processes.append(start_redis(port, tmp_path / "redis.log"))
         deadline = time.monotonic() + RETRY_SECONDS + 5
         while engine.not_ready() is not None and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ import pytest
 import yaml
 
 from engage import schemas as s
-from tests.integration.conftest import free_port, wait_http
+from tests.integration.conftest import free_port, start_redis, stop_process, wait_http
 from tests.integration.test_online_redis import check_contacts
 from tests.integration.test_service_chaos import ENGAGE, REPO, _features, _register_models, alive, descendants
 
@@ -71,10 +72,9 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
     process.wait(timeout=30)
 
 
-@pytest.fixture
-def replicas(
-    tmp_path: Path, redis_url: str, redis_prefix: str
-) -> Iterator[tuple[list[str], Any, list[Path], Path]]:
+def _setup(tmp_path: Path, redis_url: str, redis_prefix: str) -> tuple[Any, Path, dict[str, str]]:
+    """Models registered in a tmp MLflow store, 50 users' feature rows loaded into Redis by
+    ``engage online load``; the config file (features from Redis only) and the servers' environment."""
     from engage.config import load_config
 
     config = load_config(
@@ -107,6 +107,11 @@ def replicas(
     _features(50, seed=5, as_of=now).to_parquet(snapshot_path)
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    _load(config_path, env, snapshot_path)
+    return config, config_path, env
+
+
+def _load(config_path: Path, env: dict[str, str], snapshot_path: Path) -> None:
     loaded = subprocess.run(
         [str(ENGAGE), "online", "load", "--snapshot", str(snapshot_path), "--config", str(config_path)],
         env=env,
@@ -116,6 +121,13 @@ def replicas(
         timeout=300,
     )
     assert loaded.returncode == 0 and "loaded 50 feature rows" in loaded.stdout, loaded.stdout + loaded.stderr
+
+
+@pytest.fixture
+def replicas(
+    tmp_path: Path, redis_url: str, redis_prefix: str
+) -> Iterator[tuple[list[str], Any, list[Path], Path]]:
+    config, config_path, env = _setup(tmp_path, redis_url, redis_prefix)
     logs = [tmp_path / "decisions-a", tmp_path / "decisions-b"]
     started = [
         _serve(config_path, logs[0], env, tmp_path / "a.log", workers=2),
@@ -175,3 +187,60 @@ def test_two_replicas_sharing_redis_never_exceed_the_cap_or_a_cooldown(
     sent = log[log[s.MESSAGE_ID] != s.CONTROL_ARM].groupby(s.USER_ID).size()
     assert sent.reindex(users, fill_value=0).tolist() == [cap] * USERS, "each user gets the cap, no more"
     check_contacts(log, cap)
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+def test_a_replica_over_http_withholds_while_its_redis_is_down_and_recovers_by_itself(
+    tmp_path: Path, own_redis: tuple[int, list[subprocess.Popen[bytes]]]
+) -> None:
+    """The failure policy as a caller sees it: a real ``engage serve`` whose Redis (test-owned, on
+    its own port) stops: /score still 200 with risk and the message it would send, nothing sent;
+    /readyz 503 naming the store; both back by themselves when Redis returns."""
+    from engage.online.base import UNAVAILABLE
+    from engage.online.redis import RETRY_SECONDS
+
+    port, processes = own_redis
+    url = f"redis://127.0.0.1:{port}/0"
+    _, config_path, env = _setup(tmp_path, url, "http:")
+    base, process = _serve(config_path, tmp_path / "decisions", env, tmp_path / "serve.log", workers=1)
+    try:
+        try:
+            wait_http(f"{base}/readyz", timeout=300, process=process)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"{exc}\n{(tmp_path / 'serve.log').read_text()[-4000:]}") from exc
+        body = {"users": [{"user_id": "c0001"}], "explain": False}
+        status, before = post(f"{base}/score", body)
+        assert status == 200 and before["users"][0]["message"]["withheld"] is None, before
+        stop_process(processes[0])
+        status, during = post(f"{base}/score", {"users": [{"user_id": "c0002"}], "explain": False})
+        deadline = time.monotonic() + 30
+        ready = _get(f"{base}/readyz")
+        while ready[0] == 200 and time.monotonic() < deadline:  # the watcher's ping sees it too
+            time.sleep(0.3)
+            ready = _get(f"{base}/readyz")
+        processes.append(start_redis(port, tmp_path / "redis.log"))
+        # the restarted server is empty: the feature rows go in again, as `engage online rebuild`
+        # and `engage online load` would after a real loss
+        _load(config_path, env, tmp_path / "snapshot.parquet")
+        deadline = time.monotonic() + RETRY_SECONDS + 60
+        back = _get(f"{base}/readyz")
+        while back[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.3)
+            back = _get(f"{base}/readyz")
+        status_after, after = post(f"{base}/score", {"users": [{"user_id": "c0003"}], "explain": False})
+    finally:
+        _stop(process)
+    answer = during["users"][0] if status == 200 else {}
+    assert status == 200, during
+    assert answer["message"]["message_id"] == s.CONTROL_ARM and answer["message"]["withheld"] == UNAVAILABLE
+    assert answer["churn_probability"] is not None
+    assert ready[0] == 503 and "unavailable" in ready[1], ready
+    assert back[0] == 200, back
+    assert status_after == 200 and after["users"][0]["message"]["withheld"] is None, after
