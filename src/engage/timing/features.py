@@ -88,13 +88,26 @@ def _as_of(as_of: datetime) -> datetime:
 
 def activity_hours(events: pl.DataFrame, as_of: datetime) -> pl.DataFrame:
     """``user_id, ts`` of each user's active clock hours before `as_of` (answers to messages excluded)."""
+    stamp = events.collect_schema()[schemas.TS]
+    hour = 3_600_000_000
+    # distinct (user, whole hours since the epoch): integers hash faster than zoned timestamps
     return (
         events.lazy()
         .filter(pl.col(schemas.TS) < _as_of(as_of), ~pl.col(schemas.EVENT_TYPE).is_in(list(RESPONSE_EVENTS)))
-        .select(pl.col(schemas.USER_ID).cast(pl.String), pl.col(schemas.TS).dt.truncate("1h"))
+        .select(
+            pl.col(schemas.USER_ID).cast(pl.String), (pl.col(schemas.TS).dt.epoch("us") // hour).alias("h")
+        )
         .unique()
+        .select(schemas.USER_ID, _from_hours(pl.col("h") * hour, stamp).alias(schemas.TS))
         .collect()
     )
+
+
+def _from_hours(micros: pl.Expr, stamp: pl.DataType) -> pl.Expr:
+    """Epoch microseconds as timestamps of the events' type (``ts``'s unit and time zone)."""
+    out = pl.from_epoch(micros, time_unit="us")
+    zone = getattr(stamp, "time_zone", None)
+    return (out.dt.replace_time_zone(zone) if zone else out).cast(stamp)
 
 
 def _matrix(codes: NDArray[np.int64], slots: NDArray[np.int64], n: int, width: int) -> NDArray[np.float64]:
@@ -334,28 +347,30 @@ def _channel_counts(
     """Per user: sends, opens and clicks per channel before `as_of`, and the last channel answered on."""
     responses = _responses(events, as_of)
     sends = _sends(exposures, as_of)
-    out = pl.DataFrame({schemas.USER_ID: ids})
-    for ch in OPEN_EVENTS:
-        n_sent = sends.filter(pl.col(schemas.CHANNEL) == ch).select(
-            schemas.USER_ID, pl.col("sends").alias(f"sends_{ch}")
-        )
-        out = out.join(n_sent, on=schemas.USER_ID, how="left", maintain_order="left")
-    for kind, table in (("opens", OPEN_EVENTS), ("clicks", CLICK_EVENTS)):
-        for ch, ev in table.items():
-            got = (
-                responses.filter(pl.col(schemas.EVENT_TYPE) == ev)
-                .group_by(schemas.USER_ID)
-                .agg(pl.len().alias(f"{kind}_{ch}"))
-            )
-            out = out.join(got, on=schemas.USER_ID, how="left", maintain_order="left")
-    out = out.with_columns(pl.exclude(schemas.USER_ID).fill_null(0).cast(pl.Float64))
-    last = (
-        responses.with_columns(pl.col(schemas.EVENT_TYPE).replace_strict(RESPONSE_EVENTS).alias(LAST_CHANNEL))
-        .sort(schemas.TS, LAST_CHANNEL)
-        .group_by(schemas.USER_ID)
-        .agg(pl.col(LAST_CHANNEL).last())
+    # one pass per table: every channel's count in one aggregation, one join each
+    sent = sends.group_by(schemas.USER_ID).agg(
+        pl.col("sends").filter(pl.col(schemas.CHANNEL) == ch).sum().alias(f"sends_{ch}") for ch in OPEN_EVENTS
     )
-    return out.join(last, on=schemas.USER_ID, how="left", maintain_order="left")
+    answered = responses.group_by(schemas.USER_ID).agg(
+        *(
+            (pl.col(schemas.EVENT_TYPE) == ev).sum().alias(f"{kind}_{ch}")
+            for kind, table in (("opens", OPEN_EVENTS), ("clicks", CLICK_EVENTS))
+            for ch, ev in table.items()
+        ),
+        pl.col(schemas.EVENT_TYPE)
+        .replace_strict(RESPONSE_EVENTS)
+        .sort_by(schemas.TS, pl.col(schemas.EVENT_TYPE).replace_strict(RESPONSE_EVENTS))
+        .last()
+        .alias(LAST_CHANNEL),
+    )
+    counts = [c for c in answered.columns if c not in (schemas.USER_ID, LAST_CHANNEL)]
+    return (
+        pl.DataFrame({schemas.USER_ID: ids})
+        .join(sent, on=schemas.USER_ID, how="left", maintain_order="left")
+        .join(answered, on=schemas.USER_ID, how="left", maintain_order="left")
+        .with_columns(pl.col(*sent.columns[1:], *counts).fill_null(0).cast(pl.Float64))
+        .select(schemas.USER_ID, *sent.columns[1:], *counts, LAST_CHANNEL)
+    )
 
 
 def _rates(

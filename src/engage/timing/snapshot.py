@@ -143,19 +143,19 @@ def _table_columns(table: pl.DataFrame) -> pl.DataFrame:
 
 def _hours_text(counts: NDArray[np.generic]) -> pl.Series:
     """The sparse ``"slot:count,..."`` text of each row of (n, 168) counts (no activity: ``""``)."""
+    import pyarrow as pa
+
     n = counts.shape[0]
-    rows, slots = np.nonzero(counts)
+    rows, slots = np.nonzero(counts)  # row-major: rows ascending, slots ascending within a row
+    if rows.size == 0:
+        return pl.Series(HOURS_COLUMN, [""] * n, dtype=pl.String)
     values = np.asarray(counts[rows, slots], dtype=np.float64).round().astype(np.int64)
-    pairs = (
-        pl.DataFrame({"row": rows, "slot": slots, "count": values})
-        .group_by("row")
-        .agg(pl.format("{}:{}", "slot", "count").str.join(",").alias(HOURS_COLUMN))
-    )
-    return (
-        pl.DataFrame({"row": np.arange(n, dtype=rows.dtype)})
-        .join(pairs, on="row", how="left", maintain_order="left")[HOURS_COLUMN]
-        .fill_null("")
-    )
+    pairs = pl.select(pl.format("{}:{}", pl.lit(pl.Series(slots)), pl.lit(pl.Series(values)))).to_series()
+    # each row's pairs are one contiguous run: a list column by offsets, no grouping
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=n), out=offsets[1:])
+    lists = pa.LargeListArray.from_arrays(pa.array(offsets), pairs.to_arrow())
+    return pl.Series(HOURS_COLUMN, lists).list.join(",")
 
 
 def to_columns(features: TimingFeatures) -> pl.DataFrame:
