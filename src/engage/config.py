@@ -133,6 +133,12 @@ class OfferConfig(_Frozen):
 class PolicyConfig(_Frozen):
     exploration: Literal["epsilon", "softmax", "none"] = "epsilon"
     epsilon: float = Field(0.05, ge=0, le=1)
+    epsilon_decay: float = Field(0.0, ge=0)
+    """Exploration decays as served batches accumulate: batch k (1 = the first policy served after
+    randomized data) explores ``epsilon * k ** -epsilon_decay`` (``offers.policy.decayed_epsilon``);
+    0 keeps ``epsilon``. The chosen arm's propensity is logged either way."""
+    epsilon_min: float = Field(0.0, ge=0, le=1)
+    """The floor of the decayed epsilon, so every allowed arm keeps a probability above 0."""
     temperature: float = Field(0.1, gt=0)
     holdout_pct: float = Field(0.05, ge=0, lt=1)
     max_per_7d: int = Field(2, ge=0)

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from engage.cli import app
 from engage.cli.demo_loop import LOOP_KEYS
+from engage.scoring.decision_log import read_decisions
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -47,3 +48,12 @@ def test_demo_rounds_write_the_loop_record(tmp_path: Path) -> None:
     world = json.loads((tmp_path / "world" / "world.json").read_text())
     assert world["day"] == 100 + 2 * 14
     assert len(list((tmp_path / "decisions").glob("round-*"))) == 2
+    # exploration decays with the served batches (policy.epsilon_decay 1: epsilon / k by default) and
+    # the log holds each round's own propensities: 1 - eps + eps / n for the greedy arm, else eps / n
+    assert [row["epsilon"] for row in loop[1:]] == pytest.approx([0.05, 0.025])
+    for row in loop[1:]:
+        decisions, _ = read_decisions(tmp_path / "decisions" / f"round-{row['round']}")
+        served = decisions[~decisions["holdout"].astype(bool)]["propensity"].to_numpy(float)
+        eps = row["epsilon"]
+        forms = [eps / k for k in range(1, 7)] + [1 - eps + eps / k for k in range(1, 7)]
+        assert all(min(abs(p - f) for f in forms) < 1e-9 for p in served)

@@ -5,7 +5,9 @@ from the events, as a real team would). Each next round: the DR value of the pol
 is estimated from the previous round's logs; every user is scored (the decision log); the world
 answers for ``round_days`` days (``datasets.resume``); outcomes are joined (``decision_outcomes``);
 the round is measured (realized value, lift vs holdout) and judged by the truth; the offers model is
-retrained on the randomized history plus every served log and gated against the champion.
+retrained on the randomized history plus every served log and gated against the champion. Served
+round k explores with ``policy.epsilon`` decayed by k (``offers.policy.decayed_epsilon``, recorded as
+``epsilon``): the DR estimate before it, its scoring and the gate that picks its model use that rate.
 
 ``DIR/loop.json`` holds one object per round. Two scales, said plainly: ``true_value``,
 ``oracle_value`` and ``none_value`` are the simulator's expected reward per decision of what the
@@ -37,7 +39,7 @@ from engage.models.uplift import expected_gain
 from engage.offers.catalog import Catalog, load_catalog
 from engage.offers.evaluation import bootstrap_difference, doubly_robust
 from engage.offers.outcomes import attach_outcomes
-from engage.offers.policy import allowed_arms
+from engage.offers.policy import allowed_arms, decayed_epsilon
 from engage.offers.training import (
     HOLDOUT,
     decision_exposures,
@@ -206,6 +208,12 @@ def _dr_before(
     return out | {"dr_drift_adjusted": value, "dr_drift_ci_low": float(low), "dr_drift_ci_high": float(high)}
 
 
+def _round_config(cfg: EngageConfig, batch: int) -> EngageConfig:
+    """The config the policy serves batch ``batch`` with: exploration decayed (``decayed_epsilon``)."""
+    policy = cfg.policy.model_copy(update={"epsilon": decayed_epsilon(cfg.policy, batch)})
+    return cfg.model_copy(update={"policy": policy})
+
+
 def _delivered(served: pl.DataFrame) -> pl.DataFrame:
     return served.filter(pl.col(s.MESSAGE_ID) != s.CONTROL_ARM).select(_HISTORY)
 
@@ -237,8 +245,8 @@ def run_loop(out_dir: Path, cfg: EngageConfig, *, rounds: int, round_days: int) 
         attribution_days=cfg.offers.attribution_days,
     ).with_columns(pl.lit(False).alias(HOLDOUT))
     table0 = offer_table(world.events, randomized, cfg, users=world.users)
-    fit = fit_offers(table0, cfg, catalog, n_boot=50)
-    result = train_offers(fit, cfg, run_name="offers-round-0")
+    fit = fit_offers(table0, _round_config(cfg, 1), catalog, n_boot=50)  # judged as it will serve
+    result = train_offers(fit, _round_config(cfg, 1), run_name="offers-round-0")
     last = table0[table0[s.AS_OF] == table0[s.AS_OF].max()].reset_index(drop=True)
     last_at = pd.Timestamp(last[s.AS_OF].iloc[0]).to_pydatetime()
     before = exposure_history(world.exposures.select(_HISTORY), last_at, catalog.history_days)
@@ -257,6 +265,7 @@ def run_loop(out_dir: Path, cfg: EngageConfig, *, rounds: int, round_days: int) 
         if state is None:
             raise ValueError("the simulated world lost its state")
         as_of = datetime.fromisoformat(state.start).replace(tzinfo=UTC) + timedelta(days=state.day)
+        serving = _round_config(cfg, r)
         models = load_champions(cfg)
         if models.offers is None:
             raise ValueError("no offers champion to serve with")
@@ -264,13 +273,13 @@ def run_loop(out_dir: Path, cfg: EngageConfig, *, rounds: int, round_days: int) 
         current = build_features(
             world.events, [as_of], config=cfg.features, users=world.users, exposures=history
         )
-        dr = _dr_before(models.offers, previous, catalog, cfg, current=current)
+        dr = _dr_before(models.offers, previous, catalog, serving, current=current)
         log_dir = out_dir / "decisions" / f"round-{r}"
         score_events(
             world.events,
             as_of,
             models,
-            cfg,
+            serving,
             out_dir / f"scores-round-{r}.parquet",
             users=world.users,
             exposures=history,
@@ -294,10 +303,11 @@ def run_loop(out_dir: Path, cfg: EngageConfig, *, rounds: int, round_days: int) 
         _say(f"round {r}: retrain offers on the randomized history and {r} served log(s), then the gate")
         both = pl.concat([randomized.select(served.columns), *served_logs], how="vertical_relaxed")
         table = offer_table(world.events, both, cfg, users=world.users, history=history)
-        fit = fit_offers(table, cfg, catalog, n_boot=50)
-        result = train_offers(fit, cfg, run_name=f"offers-round-{r}")
+        fit = fit_offers(table, _round_config(cfg, r + 1), catalog, n_boot=50)
+        result = train_offers(fit, _round_config(cfg, r + 1), run_name=f"offers-round-{r}")
         loop.append(
-            {"round": r, **figures, **dr, "offers_version": result.version, "promoted": result.promoted}
+            {"round": r, **figures, **dr, "epsilon": serving.policy.epsilon}
+            | {"offers_version": result.version, "promoted": result.promoted}
         )
         previous = rows
         _print_round(loop[-1])

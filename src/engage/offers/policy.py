@@ -345,6 +345,19 @@ def probability_matrix(
     return probs, hold
 
 
+def decayed_epsilon(config: PolicyConfig, batch: int) -> float:
+    """The exploration share for served batch ``batch`` (1 = the first after the randomized data).
+
+    ``epsilon * batch ** -epsilon_decay``, never below ``epsilon_min`` (nor above ``epsilon``): the
+    more logged decisions the model learns from, the less the policy pays for exploring, while every
+    allowed arm keeps a logged probability above 0 (a floor > 0) so later policies stay judgeable.
+    """
+    if batch < 1:
+        raise ValueError(f"batch counts served batches from 1, got {batch}")
+    decayed = config.epsilon * float(batch) ** -config.epsilon_decay
+    return float(min(config.epsilon, max(config.epsilon_min, decayed)))
+
+
 def draw_arms(probabilities: np.ndarray, uniforms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pick one arm per row by inverse CDF of its probabilities; return (arm index, its probability).
 
