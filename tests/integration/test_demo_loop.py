@@ -42,6 +42,10 @@ def test_demo_rounds_write_the_loop_record(tmp_path: Path) -> None:
         assert row["dr_drift_ci_low"] <= row["dr_drift_adjusted"] <= row["dr_drift_ci_high"]
         assert row["oracle_value"] <= row["oracle_value_no_contact_rules"] + 1e-12
         assert row["holdout_control"] > 0 and row["treated"] > 0
+        # the truth's judgement of each model's greedy policy under the same rules as the oracle
+        assert row["champion_greedy_share_of_oracle"] <= 1 + 1e-9
+    # a challenger the gate turned down is judged by the truth on the next round's users
+    assert ("rejected_challenger_greedy_share_of_oracle" in loop[2]) == (not loop[1]["promoted"])
     versions = [int(row["offers_version"]) for row in loop]
     assert versions == sorted(versions) and len(set(versions)) == 3  # retrained (and gated) every round
     assert (tmp_path / "world" / "world.json").is_file()

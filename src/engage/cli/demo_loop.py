@@ -39,7 +39,7 @@ from engage.models.uplift import expected_gain
 from engage.offers.catalog import Catalog, load_catalog
 from engage.offers.evaluation import bootstrap_difference, doubly_robust
 from engage.offers.outcomes import attach_outcomes
-from engage.offers.policy import allowed_arms, decayed_epsilon
+from engage.offers.policy import action_probabilities, allowed_arms, decayed_epsilon
 from engage.offers.training import (
     HOLDOUT,
     decision_exposures,
@@ -156,6 +156,40 @@ def _round_figures(
     }
 
 
+def _policy_shares(
+    bundles: dict[str, OfferBundle],
+    rows: pd.DataFrame,
+    truth: pd.DataFrame,
+    catalog: Catalog,
+    cfg: EngageConfig,
+    *,
+    history: pd.DataFrame | None,
+    as_of: datetime,
+    figures: dict[str, Any],
+) -> dict[str, float]:
+    """Share of the oracle's gain each model's greedy policy would have had on the round's rows.
+
+    The truth's value of the policy each bundle runs without exploration, under the same rules the
+    served policy met (``history`` before ``as_of``), as ``share_of_oracle`` is: the served model's
+    greedy share minus the served share is what exploring cost; a rejected challenger's greedy share
+    above the champion's is a better model the gate turned down.
+    """
+    held = rows[HOLDOUT].astype(bool).to_numpy() if HOLDOUT in rows else np.zeros(len(rows), bool)
+    true_r = reward_matrix(_true_probabilities(rows, truth, catalog), catalog)
+    none, oracle = figures["none_value"], figures["oracle_value"]
+    greedy = cfg.policy.model_copy(update={"holdout_pct": 0.0, "exploration": "none"})
+    cap = min(cfg.policy.max_per_7d, catalog.max_per_7d)
+    out: dict[str, float] = {}
+    for name, bundle in bundles.items():
+        gains = expected_gain(bundle.outcomes(rows), catalog)
+        probs, _ = action_probabilities(
+            rows, gains, catalog, config=greedy, history=history, as_of=as_of, max_per_7d=cap
+        )
+        value = float((probs[true_r.columns].to_numpy() * true_r.to_numpy()).sum(axis=1)[~held].mean())
+        out[f"{name}_greedy_share_of_oracle"] = (value - none) / (oracle - none) if oracle > none else np.nan
+    return out
+
+
 def _direct(
     bundle: OfferBundle, rows: pd.DataFrame, catalog: Catalog, cfg: EngageConfig
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -258,7 +292,7 @@ def run_loop(out_dir: Path, cfg: EngageConfig, *, rounds: int, round_days: int) 
     first |= {"dr_estimate": None, "dr_ci_low": None, "dr_ci_high": None}
     first |= {"offers_version": result.version, "promoted": result.promoted}
     loop = [first]
-    previous, served_logs = last, []
+    previous, served_logs, rejected = last, [], None
     history = world.exposures.select(_HISTORY)
     for r in range(1, rounds + 1):
         state = world.world
@@ -297,14 +331,18 @@ def run_loop(out_dir: Path, cfg: EngageConfig, *, rounds: int, round_days: int) 
         rows = offer_table(world.events, served, cfg, users=world.users, history=history)
         if s.INTENDED_MESSAGE_ID in decisions:  # rows keep the log's order
             rows[s.INTENDED_MESSAGE_ID] = decisions[s.INTENDED_MESSAGE_ID].to_numpy()
-        figures = _round_figures(
-            rows, world.truth.to_pandas(), catalog, cfg, seed=cfg.seed + r, history=contacts, as_of=as_of
+        truth = world.truth.to_pandas()
+        figures = _round_figures(rows, truth, catalog, cfg, seed=cfg.seed + r, history=contacts, as_of=as_of)
+        judged = {"champion": models.offers} | ({"rejected_challenger": rejected} if rejected else {})
+        figures |= _policy_shares(
+            judged, rows, truth, catalog, cfg, history=contacts, as_of=as_of, figures=figures
         )
         _say(f"round {r}: retrain offers on the randomized history and {r} served log(s), then the gate")
         both = pl.concat([randomized.select(served.columns), *served_logs], how="vertical_relaxed")
         table = offer_table(world.events, both, cfg, users=world.users, history=history)
         fit = fit_offers(table, _round_config(cfg, r + 1), catalog, n_boot=50)
         result = train_offers(fit, _round_config(cfg, r + 1), run_name=f"offers-round-{r}")
+        rejected = None if result.promoted else fit.bundle
         loop.append(
             {"round": r, **figures, **dr, "epsilon": serving.policy.epsilon}
             | {"offers_version": result.version, "promoted": result.promoted}
