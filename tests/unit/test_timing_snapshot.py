@@ -100,3 +100,19 @@ def test_batch_counts_are_compact_and_give_the_features_of_the_events() -> None:
     assert np.allclose(features.table["peakedness"].to_numpy(), whole.table["peakedness"].to_numpy())
     assert features.table["zone"].to_list() == whole.table["zone"].to_list()
     assert counted.columns().equals(to_columns(whole))
+
+
+def test_a_few_rows_read_like_many() -> None:
+    """A request's few well-formed rows are parsed in Python, a snapshot's many (or malformed ones) by
+    the frame pipeline: the same counts."""
+    from engage.timing import snapshot
+    from engage.timing.snapshot import _FEW_ROWS, _counts
+
+    texts = ["3:2,3:1,05:4,167:1", "", None, "200:3,7:0", "1:" + "9" * 400, "12:7"]
+    assert all(not t or snapshot._WELL_FORMED.fullmatch(t) for t in texts)  # the Python path
+    few = _counts(pl.Series(texts, dtype=pl.String))
+    many = _counts(pl.Series(texts * (_FEW_ROWS // len(texts) + 1), dtype=pl.String))[: len(texts)]
+    assert np.array_equal(few, many)
+    assert few[0, 3] == 3.0 and few[0, 5] == 4.0 and few[0, 167] == 1.0 and few[5, 12] == 7.0
+    assert few[3].sum() == 0.0 and few[4].sum() == 0.0  # slot 200 and an infinite count: dropped
+    assert _counts(pl.Series(["x:1,5:2"]))[0, 5] == 2.0  # malformed: the frame pipeline, good pairs kept

@@ -8,7 +8,7 @@ an error: the user gets the inferred zone or UTC and ``zone_note`` names the bad
 
 from __future__ import annotations
 
-from functools import cache
+from functools import cache, lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
@@ -119,8 +119,14 @@ def utc_offset_hours(zones: list[str], moment_us: int) -> NDArray[np.float64]:
     """Each zone's UTC offset in hours at one instant (epoch microseconds)."""
     names = np.asarray(zones, dtype=object)
     out = np.zeros(len(zones))
-    stamp = pl.Series([moment_us], dtype=pl.Int64).cast(schemas.TS_DTYPE)
     for name in set(zones):
-        local = stamp.dt.convert_time_zone(name).dt.replace_time_zone(None).cast(pl.Int64)[0]
-        out[names == name] = (local - moment_us) / 3_600_000_000
+        out[names == name] = _offset_hours(name, moment_us)
     return out
+
+
+@lru_cache(maxsize=8192)
+def _offset_hours(name: str, moment_us: int) -> float:
+    """One zone's UTC offset in hours at one instant (cached: the service asks each hour's again)."""
+    stamp = pl.Series([moment_us], dtype=pl.Int64).cast(schemas.TS_DTYPE)
+    local = stamp.dt.convert_time_zone(name).dt.replace_time_zone(None).cast(pl.Int64)[0]
+    return float((local - moment_us) / 3_600_000_000)
