@@ -92,3 +92,24 @@ def test_plots_return_figures_with_one_line_per_arm_and_one_bar_per_policy() -> 
     )
     bars = policy_values_figure(values)
     assert [tick.get_text() for tick in bars.axes[0].get_yticklabels()] == ["p", "q"]
+
+
+def test_an_interval_that_misses_its_estimate_is_drawn_not_refused() -> None:
+    """A bootstrap percentile interval need not hold its point estimate (few replicates): the plot
+    draws that side at the value (matplotlib refused negative whiskers: 'xerr' must not contain
+    negative values), and a missing bound draws none."""
+    from engage.plots.intervals import ci_whiskers
+    from engage.plots.uplift import policy_values_figure
+
+    values = pd.DataFrame(
+        {
+            "policy": ["p", "q"],
+            "estimator": ["dr", "dr"],
+            "value": [1.0, 2.0],
+            "ci_low": [1.2, np.nan],  # above its estimate
+            "ci_high": [1.5, 2.5],
+        }
+    )
+    policy_values_figure(values)
+    whiskers = ci_whiskers(values["value"].to_numpy(), values["ci_low"], values["ci_high"])
+    np.testing.assert_allclose(whiskers, [[0.0, 0.0], [0.5, 0.5]])

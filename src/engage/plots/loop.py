@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 
 from engage.evaluation.lift import LIFT_COLUMNS
 from engage.offers.evaluation import VALUE_COLUMNS
+from engage.plots.intervals import ci_whiskers
 
 __all__ = ["lift_figure", "policy_values_by_estimator_figure"]
 
@@ -34,12 +35,12 @@ def lift_figure(lift: pd.DataFrame, *, metric: str, title: str) -> Figure:
     ax.set_title(title)
     y = np.arange(len(rows))
     v = rows["lift"].to_numpy(dtype=float)
-    err = np.vstack([v - rows["ci_low"].to_numpy(dtype=float), rows["ci_high"].to_numpy(dtype=float) - v])
+    err = ci_whiskers(v, rows["ci_low"], rows["ci_high"])
     colors = [
         "tab:green" if lo > 0 else "tab:red" if hi < 0 else "tab:gray"
         for lo, hi in zip(rows["ci_low"], rows["ci_high"], strict=True)
     ]
-    ax.barh(y, v, xerr=np.nan_to_num(err), color=colors, alpha=0.75, capsize=3)
+    ax.barh(y, v, xerr=err, color=colors, alpha=0.75, capsize=3)
     labels = [
         f"{g} (n={t:,}/{h:,})"
         for g, t, h in zip(rows["group"], rows["treated_n"], rows["holdout_n"], strict=True)
@@ -63,9 +64,9 @@ def policy_values_by_estimator_figure(
     ax.set_title(title)
     y = np.arange(len(rows))
     v = rows["value"].to_numpy(dtype=float)
-    err = np.vstack([v - rows["ci_low"].to_numpy(dtype=float), rows["ci_high"].to_numpy(dtype=float) - v])
+    err = ci_whiskers(v, rows["ci_low"], rows["ci_high"])
     colors = [palette[str(e)] for e in rows["estimator"]]
-    ax.barh(y, np.nan_to_num(v), xerr=np.nan_to_num(err), color=colors, alpha=0.8, capsize=3)
+    ax.barh(y, np.nan_to_num(v), xerr=err, color=colors, alpha=0.8, capsize=3)
     ax.set_yticks(y, [f"{p} ({e})" for p, e in zip(rows["policy"], rows["estimator"], strict=True)])
     ax.axvline(0, c="black", lw=0.6)
     ax.set_xlabel("value per decision (conversion value minus message cost)")

@@ -9,6 +9,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from engage.offers.evaluation import VALUE_COLUMNS
+from engage.plots.intervals import ci_whiskers
 
 
 def qini_figure(curves: Mapping[str, pd.DataFrame], *, title: str = "Qini curves (held-out rows)") -> Figure:
@@ -44,7 +45,7 @@ def policy_values_figure(values: pd.DataFrame, *, estimator: str = "dr") -> Figu
     ax.set_title(f"Policy value ({estimator.upper()}, 95% CI)")
     y = np.arange(len(rows))
     v = rows["value"].to_numpy(dtype=float)
-    err = np.vstack([v - rows["ci_low"].to_numpy(dtype=float), rows["ci_high"].to_numpy(dtype=float) - v])
+    err = ci_whiskers(v, rows["ci_low"], rows["ci_high"])
     ax.barh(y, v, xerr=err, color="tab:blue", alpha=0.7, capsize=3)
     ax.set_yticks(y, rows["policy"].astype(str).tolist())
     ax.set_xlabel("value per decision")

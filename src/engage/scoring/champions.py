@@ -7,7 +7,7 @@ those). Batch jobs, the service and ``engage build`` all go through :func:`regis
 :func:`load_scoring_models`, so ``model_versions`` (and with it every decision id) is spelled the
 same way everywhere. Loading reads each model's files (``state.json`` and LightGBM's boosters,
 ``engage.tracking.load_estimator``), the same ones its MLflow pyfunc reads, without running the
-model's code. The Bento packs churn and offers models only (``engage.serving.service``).
+model's code. The Bento packs every registered champion, timing included (``engage.serving.service``).
 """
 
 from __future__ import annotations
