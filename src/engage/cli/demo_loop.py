@@ -191,11 +191,28 @@ def _policy_shares(
 
 
 def _direct(
-    bundle: OfferBundle, rows: pd.DataFrame, catalog: Catalog, cfg: EngageConfig
+    bundle: OfferBundle,
+    rows: pd.DataFrame,
+    catalog: Catalog,
+    cfg: EngageConfig,
+    contacts: tuple[pd.DataFrame | None, datetime] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The serving policy's probabilities on ``rows`` and its outcome model's reward per arm."""
+    """The serving policy's probabilities on ``rows`` and its outcome model's reward per arm.
+
+    ``contacts`` (the messages before the rows' decision time, and that time): the policy keeps
+    the cooldowns and the contact cap it serves with; without, it may send what serving may not.
+    """
     outcomes = bundle.outcomes(rows)
-    target = served_policy(rows, expected_gain(outcomes, catalog), catalog, cfg)
+    gains = expected_gain(outcomes, catalog)
+    if contacts is None:
+        target = served_policy(rows, gains, catalog, cfg)
+    else:
+        policy = cfg.policy.model_copy(update={"holdout_pct": 0.0})
+        cap = min(cfg.policy.max_per_7d, catalog.max_per_7d)
+        history, moment = contacts
+        target, _ = action_probabilities(
+            rows, gains, catalog, config=policy, history=history, as_of=moment, max_per_7d=cap
+        )
     return target, reward_matrix(outcomes.reindex(columns=target.columns).fillna(0.0), catalog)
 
 
@@ -205,6 +222,9 @@ def _dr_before(
     catalog: Catalog,
     cfg: EngageConfig,
     current: pd.DataFrame | None = None,
+    *,
+    contacts: tuple[pd.DataFrame | None, datetime] | None = None,
+    current_contacts: tuple[pd.DataFrame | None, datetime] | None = None,
 ) -> dict[str, Any]:
     """DR value of the policy ``bundle`` runs, on the previous round's non-holdout logged rows.
 
@@ -215,7 +235,7 @@ def _dr_before(
     direct part follows it through the features, the residual corrects the outcome model's bias.
     """
     rows = rows[~rows[HOLDOUT].astype(bool)].reset_index(drop=True) if HOLDOUT in rows else rows
-    target, q_hat = _direct(bundle, rows, catalog, cfg)
+    target, q_hat = _direct(bundle, rows, catalog, cfg, contacts)
     arm = rows["arm"].astype(str)
     reward = rewards(arm, rows[s.CONVERTED], catalog)
     propensity = rows[s.PROPENSITY].to_numpy(float)
@@ -227,7 +247,7 @@ def _dr_before(
     logged = np.arange(len(rows)), np.maximum(col, 0)
     weight = np.where(col >= 0, target.to_numpy()[logged] / propensity, 0.0)
     residual = weight * (reward - np.where(col >= 0, q_hat.to_numpy()[logged], 0.0))
-    now_target, now_q = _direct(bundle, current.reset_index(drop=True), catalog, cfg)
+    now_target, now_q = _direct(bundle, current.reset_index(drop=True), catalog, cfg, current_contacts)
     direct = (now_target.to_numpy() * now_q[now_target.columns].to_numpy()).sum(axis=1)
     rng = np.random.default_rng(cfg.seed)
     reps = np.array(
@@ -293,6 +313,7 @@ def run_loop(out_dir: Path, cfg: EngageConfig, *, rounds: int, round_days: int) 
     first |= {"offers_version": result.version, "promoted": result.promoted}
     loop = [first]
     previous, served_logs, rejected = last, [], None
+    previous_contacts: tuple[pd.DataFrame | None, datetime] = (before, last_at)
     history = world.exposures.select(_HISTORY)
     for r in range(1, rounds + 1):
         state = world.world
@@ -307,7 +328,16 @@ def run_loop(out_dir: Path, cfg: EngageConfig, *, rounds: int, round_days: int) 
         current = build_features(
             world.events, [as_of], config=cfg.features, users=world.users, exposures=history
         )
-        dr = _dr_before(models.offers, previous, catalog, serving, current=current)
+        contacts = exposure_history(history, as_of, catalog.history_days)  # what the policy's rules see
+        dr = _dr_before(
+            models.offers,
+            previous,
+            catalog,
+            serving,
+            current=current,
+            contacts=previous_contacts,
+            current_contacts=(contacts, as_of),
+        )
         log_dir = out_dir / "decisions" / f"round-{r}"
         score_events(
             world.events,
@@ -321,7 +351,6 @@ def run_loop(out_dir: Path, cfg: EngageConfig, *, rounds: int, round_days: int) 
             decision_log=log_dir,
         )
         decisions, _ = read_decisions(log_dir)
-        contacts = exposure_history(history, as_of, catalog.history_days)  # what the policy's rules saw
         _say(f"round {r}: the world answers {len(decisions):,} decisions over {round_days} days")
         world, _counts = resume(world, decisions, round_days)
         assert world.world is not None
@@ -347,7 +376,7 @@ def run_loop(out_dir: Path, cfg: EngageConfig, *, rounds: int, round_days: int) 
             {"round": r, **figures, **dr, "epsilon": serving.policy.epsilon}
             | {"offers_version": result.version, "promoted": result.promoted}
         )
-        previous = rows
+        previous, previous_contacts = rows, (contacts, as_of)
         _print_round(loop[-1])
     write_simulation(world, out_dir / "world")
     clean = [{k: (_nan_to_none(v) if isinstance(v, float) else v) for k, v in row.items()} for row in loop]
