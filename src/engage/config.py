@@ -136,7 +136,9 @@ class PolicyConfig(_Frozen):
     epsilon_decay: float = Field(0.0, ge=0)
     """Exploration decays as served batches accumulate: batch k (1 = the first policy served after
     randomized data) explores ``epsilon * k ** -epsilon_decay`` (``offers.policy.decayed_epsilon``);
-    0 keeps ``epsilon``. The chosen arm's propensity is logged either way."""
+    0 keeps ``epsilon``. The chosen arm's propensity is logged either way. Applied by the closed loop
+    (``engage demo --rounds``), which knows its round; a single ``engage score`` run or the service
+    explores at ``epsilon`` as configured (a scheduler running its own loop sets it per run)."""
     epsilon_min: float = Field(0.0, ge=0, le=1)
     """The floor of the decayed epsilon, so every allowed arm keeps a probability above 0."""
     temperature: float = Field(0.1, gt=0)
