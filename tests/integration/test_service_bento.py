@@ -253,7 +253,7 @@ def timed_bento(world: World, tmp_path_factory: pytest.TempPathFactory) -> Timed
     from engage.offers.training import fit_offers, offer_table
     from engage.scoring.champions import load_champions
     from engage.serving.service import build_bento
-    from engage.timing.snapshot import scoring_features, to_columns
+    from engage.timing.snapshot import scoring_counts, to_columns
     from engage.training.offers import train_offers
     from engage.training.timing import fit_timing, train_timing
 
@@ -276,7 +276,9 @@ def timed_bento(world: World, tmp_path_factory: pytest.TempPathFactory) -> Timed
     assert model is not None
     ids = world.snapshot[s.USER_ID].astype(str).tolist()
     columns = to_columns(
-        scoring_features(model, world.events, world.as_of, timing, user_ids=ids, users=world.users)
+        scoring_counts(model, world.events, world.as_of, timing, user_ids=ids, users=world.users).features(
+            model
+        )
     )
     snapshot = pd.concat([world.snapshot, columns.drop(s.USER_ID).to_pandas()], axis=1)
     root = tmp_path_factory.mktemp("bento-timed")

@@ -20,7 +20,7 @@ from engage.scoring.champions import TIMING, load_champions, registry_refs
 from engage.scoring.decision_log import read_decisions
 from engage.scoring.job import ScoreRunSummary, score_events
 from engage.timing.sendtime import quiet_mask
-from engage.timing.snapshot import TIMING_COLUMNS, from_columns, scoring_features, to_columns
+from engage.timing.snapshot import TIMING_COLUMNS, from_columns, scoring_counts, to_columns
 from engage.training.churn import train_churn
 from engage.training.offers import train_offers
 from engage.training.timing import fit_timing, train_timing
@@ -138,9 +138,9 @@ def test_the_snapshot_columns_give_back_the_features_and_the_send_times(world: d
     assert models.timing is not None
     ids = [*data.users[s.USER_ID].cast(pl.String).head(300).to_list(), "nobody-seen"]
     events = data.events.filter(pl.col(s.TS) < as_of)
-    direct = scoring_features(
+    direct = scoring_counts(
         models.timing, events, as_of, cfg.timing, user_ids=ids, users=data.users, exposures=data.exposures
-    )
+    ).features(models.timing)
     back = from_columns(to_columns(direct), models.timing)
     assert np.array_equal(back.counts, direct.counts)
     assert np.allclose(back.profile, direct.profile)

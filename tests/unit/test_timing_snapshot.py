@@ -16,7 +16,6 @@ from engage.timing.snapshot import (
     TIMING_COLUMNS,
     from_columns,
     scoring_counts,
-    scoring_features,
     to_columns,
 )
 
@@ -49,7 +48,7 @@ def test_the_columns_give_back_the_features_and_the_send_times() -> None:
     fitted = timing_features(events, NOW, users=users, seed=1)
     model = TimingModel(prior=fitted.prior, prior_strength=10.0, smoothing_kappa=3.0)
     ids = [*users[s.USER_ID].reverse().to_list(), "new-user"]
-    direct = scoring_features(model, events, NOW, TimingConfig(), user_ids=ids, users=users)
+    direct = scoring_counts(model, events, NOW, TimingConfig(), user_ids=ids, users=users).features(model)
     assert direct.table[s.USER_ID].to_list() == ids
     columns = to_columns(direct)
     assert columns.columns == [s.USER_ID, *TIMING_COLUMNS]
@@ -70,7 +69,9 @@ def test_bad_or_missing_hours_read_as_no_history() -> None:
     events, users = _world(8)
     fitted = timing_features(events, NOW, users=users, seed=1)
     model = TimingModel(prior=fitted.prior)
-    columns = to_columns(scoring_features(model, events, NOW, TimingConfig(), user_ids=["u0", "u1", "u2"]))
+    columns = to_columns(
+        scoring_counts(model, events, NOW, TimingConfig(), user_ids=["u0", "u1", "u2"]).features(model)
+    )
     columns = columns.with_columns(
         pl.Series(HOURS_COLUMN, ["x:1,200:3,5:2,7:", None, ""]),
         pl.Series("timing_zone", [None, "Europe/Berlin", None], dtype=pl.String),

@@ -13,7 +13,6 @@ _EXPORTS = {
     "resolve_zones": "zones",
     "TIMING_COLUMNS": "snapshot",
     "from_columns": "snapshot",
-    "scoring_features": "snapshot",
     "to_columns": "snapshot",
 }
 __all__ = sorted(_EXPORTS)

@@ -1,6 +1,6 @@
 """Timing features where decisions are made: from events with the fitted model, and as snapshot columns.
 
-A batch run computes each user's timing features from events (:func:`scoring_features`, with the
+A batch run computes each user's timing features from events (:func:`scoring_counts`, with the
 registered model's prior and settings) and stores them in the feature snapshot as the few
 ``timing_*`` columns below (:func:`to_columns`); the service, which has no raw events, rebuilds the
 same :class:`TimingFeatures` from those columns and the model (:func:`from_columns`). What is
@@ -49,25 +49,6 @@ TIMING_COLUMNS = (HOURS_COLUMN, *(PREFIX + c for c in TABLE_COLUMNS))
 """The snapshot's timing columns, in order."""
 
 
-def scoring_features(
-    model: TimingModel,
-    events: pl.DataFrame,
-    as_of: datetime,
-    config: TimingConfig,
-    *,
-    user_ids: Sequence[str] | pl.Series,
-    users: pl.DataFrame | None = None,
-    exposures: pl.DataFrame | None = None,
-) -> TimingFeatures:
-    """The timing features of `user_ids` (rows in that order) at `as_of`, shrunk toward the model's prior.
-
-    `users` may carry ``timezone``; users missing from it are inferred or UTC (stated per row).
-    """
-    return scoring_counts(
-        model, events, as_of, config, user_ids=user_ids, users=users, exposures=exposures
-    ).features(model)
-
-
 @dataclass(frozen=True)
 class TimingCounts:
     """What the send time needs of each user, before the profile is shrunk: batch scoring keeps this
@@ -97,7 +78,9 @@ def scoring_counts(
     users: pl.DataFrame | None = None,
     exposures: pl.DataFrame | None = None,
 ) -> TimingCounts:
-    """:func:`scoring_features` before the profile is shrunk; the counts ``uint16`` when they fit."""
+    """The timing counts of `user_ids` (rows in that order) at `as_of`, before the profile is shrunk
+    toward the model's prior (``.features(model)``); `users` may carry ``timezone`` (else inferred or
+    UTC, stated per row); the counts ``uint16`` when they fit."""
     ids = (
         user_ids.cast(pl.String)
         if isinstance(user_ids, pl.Series)
