@@ -345,7 +345,7 @@ def engine_latency(
 
 
 def store_latency(redis_url: str, prefix: str, users: list[str], n: int) -> tuple[float, float]:
-    """What the Redis store adds to one decision: reserve (WATCH + read) and record (MULTI/EXEC)."""
+    """What the Redis store adds to one decision: reserve (read) and record (check-and-write)."""
     from datetime import UTC, datetime
 
     from engage.online.redis import RedisStore

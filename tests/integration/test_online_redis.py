@@ -119,6 +119,38 @@ def test_two_replicas_hammering_the_same_users_never_exceed_the_cap(
     check_contacts(log, cap)
 
 
+def test_a_contact_recorded_between_read_and_write_aborts_the_write(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """Check-and-record: a reservation whose users' contacts changed since it read them writes nothing
+    (its decision ids included) and raises ContactConflict; one that raced nobody writes, trimming
+    contacts older than the retention window before the newest decision."""
+    from engage.online.base import ContactConflict, ns
+
+    store = RedisStore(redis_url, prefix=redis_prefix, retention=pd.Timedelta(days=7))
+    other = RedisStore(redis_url, prefix=redis_prefix, retention=pd.Timedelta(days=7))
+    old = NOW - timedelta(days=9)
+    try:
+        other.record_decisions([("u0", ns(old), "m_old", "d-old")])
+        with pytest.raises(ContactConflict), store.reserve(["u0", "u1"]) as contacts:
+            assert contacts.entries == {"u0": [(ns(old), "m_old")], "u1": []}
+            with other.reserve(["u1"]) as theirs:  # another replica sends to u1 meanwhile
+                theirs.record("u1", NOW, "m_b", "d-b")
+            contacts.record("u0", NOW, "m_a", "d-a")
+            contacts.record("u1", NOW, "m_a", "d-a1")
+        assert store.decision_time("d-a") is None and store.decision_time("d-a1") is None
+        assert store.entries("u1") == [(ns(NOW), "m_b")]
+        with store.reserve(["u0", "u1"]) as contacts:  # decided again on what is there now
+            contacts.record("u0", NOW, "m_a", "d-a")
+            contacts.record("u1", NOW + timedelta(seconds=1), s.CONTROL_ARM, "d-none")
+        assert store.entries("u0") == [(ns(NOW), "m_a")], "the 9-day-old contact left the 7-day window"
+        assert store.entries("u1") == [(ns(NOW), "m_b")], "a 'none' decision is no contact"
+        assert store.decision_time("d-none") == ns(NOW + timedelta(seconds=1)) // 1000
+    finally:
+        store.close()
+        other.close()
+
+
 def assert_store_holds(config: EngageConfig, snapshot: pd.DataFrame) -> None:
     """The Redis store ``config`` names holds each user's latest row of ``snapshot``, exactly (values,
     missing values, column order and dtypes), and nothing for a user the snapshot lacks."""

@@ -11,9 +11,10 @@ Keys (all under ``serve.online_prefix``):
 - ``f:<user>`` and ``fs:<digest>``: the latest feature row per user (JSON values, with a TTL) and the
   column names and dtypes of the load that wrote it.
 
-Check-and-record is optimistic: :meth:`RedisStore.reserve` WATCHes the users' contact keys, reads
-them, lets the caller decide with the one policy, and records in MULTI/EXEC; a contact another
-replica recorded in between aborts the EXEC (:class:`ContactConflict`: decide again). Every call has
+Check-and-record is optimistic, in two round trips: :meth:`RedisStore.reserve` reads the users'
+contacts (one script), lets the caller decide with the one policy, and records with a second script
+that first compares each user's contacts with what was read; if another replica recorded one in
+between, nothing is written (:class:`ContactConflict`: decide again). Every call has
 ``serve.online_timeout_ms``; a failure marks the store down for ``RETRY_SECONDS`` (requests do not
 wait on a dead server) and the watcher's ping brings it back. The only module that imports redis.
 """
@@ -34,7 +35,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import redis
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import RedisError
 
 from engage import schemas as s
 from engage.config import EngageConfig
@@ -57,7 +58,37 @@ logger = logging.getLogger(__name__)
 RETRY_SECONDS = 1.0
 """After a failure, requests skip the store this long (the watcher's ping may bring it back sooner)."""
 LOAD_BATCH = 10_000
+RECORD_BATCH = 1_000
+"""Decisions per write script when recording logged decisions (one script blocks the server)."""
+# KEYS: contact keys. Each key's members, oldest first.
 _READ = "local out = {} for i, k in ipairs(KEYS) do out[i] = redis.call('ZRANGE', k, 0, -1) end return out"
+# Check-and-record. KEYS: n contact keys read before deciding, then per decision its d:<id> key and
+# its user's contact key. ARGV: n, decision TTL s, contact TTL s, each read key's members joined by
+# newlines, then per decision: record JSON, score, member ('' when it is not a contact yet) and the
+# score below which its user's older contacts are dropped. 0 (nothing written) when a read key's
+# members changed since; else 1.
+_WRITE = """
+local n = tonumber(ARGV[1])
+for i = 1, n do
+  if table.concat(redis.call('ZRANGE', KEYS[i], 0, -1), '\\n') ~= ARGV[3 + i] then return 0 end
+end
+local m = (#KEYS - n) / 2
+local trim = {}
+for j = 0, m - 1 do
+  local a = 4 + n + 4 * j
+  redis.call('SET', KEYS[n + 1 + 2 * j], ARGV[a], 'EX', ARGV[2])
+  if ARGV[a + 2] ~= '' then
+    local key = KEYS[n + 2 + 2 * j]
+    redis.call('ZADD', key, ARGV[a + 1], ARGV[a + 2])
+    if trim[key] == nil or tonumber(ARGV[a + 3]) > tonumber(trim[key]) then trim[key] = ARGV[a + 3] end
+  end
+end
+for key, bound in pairs(trim) do
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. bound)
+  redis.call('EXPIRE', key, ARGV[3])
+end
+return 1
+"""
 # KEYS: d:<id>; ARGV: contact key prefix, contact TTL seconds. 1 when the decision became a contact.
 _MARK_SENT = """
 local v = redis.call('GET', KEYS[1])
@@ -91,10 +122,11 @@ def _entry(member: Any) -> Entry:
 
 
 class _Contacts:
-    """The reserved users' contacts as read under WATCH, and the decisions to record at EXEC."""
+    """The reserved users' contacts as read, and the decisions to record with them."""
 
-    def __init__(self, entries: dict[str, list[Entry]]) -> None:
+    def __init__(self, entries: dict[str, list[Entry]], seen: list[bytes]) -> None:
         self.entries = entries
+        self.seen = seen
         self.decisions: list[tuple[str, int, str, str]] = []
 
     def frame(
@@ -130,6 +162,8 @@ class RedisStore:
         self.decision_ttl = max(1, int(pd.Timedelta(decision_ttl).total_seconds()))
         self.count_sent = count == "sent"
         self._mark = self.client.register_script(_MARK_SENT)
+        self._read = self.client.register_script(_READ)
+        self._write = self.client.register_script(_WRITE)
         self._down_until = 0.0
         self._problem: str | None = None
         self._schemas: dict[str, _Schema] = {}
@@ -150,7 +184,7 @@ class RedisStore:
             raise StoreUnavailable(self._problem or "contact store unavailable")
         try:
             yield
-        except RedisError as exc:  # a WatchError here is redis-py's word for a timeout while watching
+        except RedisError as exc:
             self._down(exc)
             raise StoreUnavailable(f"{self.name}: {type(exc).__name__}") from None
 
@@ -198,44 +232,49 @@ class RedisStore:
     def reserve(self, user_ids: Sequence[str]) -> Iterator[_Contacts]:
         users = list(dict.fromkeys(user_ids))
         keys = [self._key(f"c:{u}") for u in users]
-        with self._calls(), self.client.pipeline(transaction=True) as pipe:
-            pipe.watch(*keys)
-            found = pipe.eval(_READ, len(keys), *keys)  # one round trip (a registered script adds one)
-            contacts = _Contacts({u: [_entry(m) for m in got] for u, got in zip(users, found, strict=True)})
-            yield contacts
-            pipe.multi()
-            self._queue(pipe, contacts.decisions)
-            try:
-                pipe.execute()
-            except WatchError as exc:
-                if "changed" not in str(exc):  # "A TimeoutError occurred while watching...": unavailable
-                    raise
-                raise ContactConflict("a user's contacts changed while deciding") from None
+        with self._calls():
+            found = self._read(keys=keys)
+        contacts = _Contacts(
+            {u: [_entry(m) for m in got] for u, got in zip(users, found, strict=True)},
+            [b"\n".join(got) for got in found],
+        )
+        yield contacts
+        with self._calls():
+            written = self._write_call(self.client, keys, contacts.seen, contacts.decisions)
+        if not written:
+            raise ContactConflict("a user's contacts changed while deciding")
 
-    def _queue(self, pipe: Any, decisions: Sequence[tuple[str, int, str, str]]) -> None:
-        """The writes of new decisions: a contact each (unless ``none`` or waiting for ``sent``)."""
-        touched: dict[str, int] = {}
+    def _write_call(
+        self,
+        client: Any,
+        read_keys: Sequence[str],
+        seen: Sequence[bytes],
+        decisions: Sequence[tuple[str, int, str, str]],
+    ) -> Any:
+        """One ``_WRITE``: the new decisions, each a contact (unless ``none`` or waiting for
+        ``sent``) in its user's window, if the ``read_keys`` still hold what was ``seen``."""
+        keys: list[str] = list(read_keys)
+        args: list[Any] = [len(read_keys), self.decision_ttl, self.contact_ttl, *seen]
         for user_id, stamp, message_id, decision_id in decisions:
             counted = message_id != s.CONTROL_ARM and not self.count_sent
             record = {"t": str(stamp), "u": user_id, "m": message_id, "i": decision_id, "s": 0}
-            pipe.set(self._key(f"d:{decision_id}"), json.dumps(record), ex=self.decision_ttl)
-            if counted:
-                key = self._key(f"c:{user_id}")
-                pipe.zadd(key, {_member(stamp, message_id, decision_id): stamp // 1000})
-                touched[key] = max(touched.get(key, stamp), stamp)
-        for key, newest in touched.items():
-            pipe.zremrangebyscore(key, "-inf", f"({(newest - self.retention_ns) // 1000}")
-            pipe.expire(key, self.contact_ttl)
+            keys += [self._key(f"d:{decision_id}"), self._key(f"c:{user_id}")]
+            args += [
+                json.dumps(record),
+                stamp // 1000,
+                _member(stamp, message_id, decision_id) if counted else "",
+                (stamp - self.retention_ns) // 1000,
+            ]
+        return self._write(keys=keys, args=args, client=client)
 
     def record_decisions(
-        self, decisions: Sequence[tuple[str, int, str, str]], batch: int = LOAD_BATCH
+        self, decisions: Sequence[tuple[str, int, str, str]], batch: int = RECORD_BATCH
     ) -> None:
         """Write logged decisions (user, time ns, message, id) without a check (``engage online rebuild``)."""
-        with self._calls():
+        with self._calls(), self.client.pipeline(transaction=False) as pipe:
             for start in range(0, len(decisions), batch):
-                with self.client.pipeline(transaction=False) as pipe:
-                    self._queue(pipe, decisions[start : start + batch])
-                    pipe.execute()
+                self._write_call(pipe, [], [], decisions[start : start + batch])
+            pipe.execute()
 
     def entries(self, user_id: str) -> list[Entry]:
         """The user's contacts as stored (time ns, message id), oldest first."""
