@@ -53,3 +53,13 @@ def test_matrix_gives_lightgbm_the_same_predictions_as_the_categorical_frame(n_r
     np.testing.assert_allclose(booster.predict(matrix, raw_score=True), expected, rtol=0, atol=1e-12)
     contrib = booster.predict(spec.apply(test), pred_contrib=True)
     np.testing.assert_allclose(booster.predict(matrix, pred_contrib=True), contrib, rtol=0, atol=1e-12)
+
+
+def test_matrix_refuses_a_repeated_feature_column() -> None:
+    """Columns are read by position: a feature column given twice is an error, not a silent pick."""
+    spec = FrameSpec.learn(pd.DataFrame({"x": [1.0], "y": [2.0]}))
+    repeated = pd.DataFrame([[1.0, 2.0, 3.0]], columns=["x", "y", "x"])
+    with pytest.raises(ValueError, match="repeated: x"):
+        spec.matrix(repeated)
+    extra = pd.DataFrame([[1.0, 2.0, 3.0, 4.0]], columns=["x", "z", "y", "z"])  # a repeated non-feature
+    assert spec.matrix(extra).tolist() == [[1.0, 3.0]]

@@ -46,7 +46,8 @@ class FrameSpec:
         return out
 
     def _require(self, X: pd.DataFrame) -> None:
-        missing = [c for c in self.columns if c not in X.columns]
+        present = set(X.columns.tolist())  # a set: 80 Index lookups cost a request 0.1 ms
+        missing = [c for c in self.columns if c not in present]
         if missing:
             raise KeyError(f"feature columns missing: {', '.join(missing[:10])}")
 
@@ -63,11 +64,23 @@ class FrameSpec:
         out = np.empty((len(X), len(self.columns)), dtype=np.float64)
         numeric = [i for i, c in enumerate(self.columns) if c not in self.categories]
         if numeric:
-            block = X.loc[:, [self.columns[i] for i in numeric]]
-            out[:, numeric] = block.to_numpy(dtype=np.float64, na_value=np.nan)
+            # by position: a label list through .loc costs a few times more on a request's few rows
+            position = self._position(X)
+            where = [position[self.columns[i]] for i in numeric]
+            out[:, numeric] = X.take(where, axis=1).to_numpy(dtype=np.float64, na_value=np.nan)
         for col, cats in self.categories.items():
             out[:, self.columns.index(col)] = _codes(X[col], cats)
         return out
+
+    def _position(self, X: pd.DataFrame) -> dict[str, int]:
+        """Column name -> position in X (a feature column X repeats is an error, as ``.loc`` made it)."""
+        names = X.columns.tolist()
+        position = {name: i for i, name in enumerate(names)}
+        if len(position) < len(names):
+            repeated = [c for c in self.columns if names.count(c) > 1]
+            if repeated:
+                raise ValueError(f"feature columns repeated: {', '.join(map(str, repeated[:10]))}")
+        return position
 
     def _column_major(self, X: pd.DataFrame) -> np.ndarray:
         """``matrix`` for large batches: a Fortran-order array filled one contiguous column at a
