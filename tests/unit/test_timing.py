@@ -241,3 +241,44 @@ def test_bad_quiet_hours_name_the_field() -> None:
 def test_profile_width() -> None:
     f, _ = _send_features()
     assert f.profile.shape == (2, HOW) and f.counts.shape == (2, HOW)
+
+
+def test_a_few_rows_reasons_read_like_many() -> None:
+    """A request's few rows get their reasons joined in Python, many rows by a frame expression:
+    the same texts, edge rows included (a null zone said to be inferred gives null, as the frame)."""
+    from engage.timing import sendtime
+
+    rng = np.random.default_rng(3)
+    basis = np.array(["user", "population", "after_window", "user", "user", "population", "user"])
+    local = np.array([7, 0, 23, 30, 12, 5, 9], dtype=np.int64)  # 30: taken modulo a day, as always
+    zone = pl.Series(["Europe/Berlin", None, "Etc/GMT-5", None, "UTC", "Etc/GMT+3", "Asia/Tokyo"])
+    source = pl.Series(["stated", "utc", "inferred", "inferred", None, "inferred", "weird"])
+    profile = rng.dirichlet(np.ones(HOW), len(basis))
+    few = sendtime._reason_texts(basis, local, zone, source, profile)
+    reps = sendtime._FEW_ROWS // len(basis) + 1
+    many = sendtime._reason_texts(
+        np.tile(basis, reps),
+        np.tile(local, reps),
+        pl.concat([zone] * reps),
+        pl.concat([source] * reps),
+        np.tile(profile, (reps, 1)),
+    )[: len(basis)]
+    assert few == many
+    assert few[3] is None and few[2].endswith("(time zone Etc/GMT-5 inferred from activity)")
+    assert few[1].endswith("(time zone unknown: UTC)") and few[4] == few[4].split(" (")[0]
+
+
+def test_decision_times_are_the_send_times_of_the_rows_sent() -> None:
+    """The score columns (what /score and batch runs carry) are :func:`send_times`' choice, nulls where
+    nothing is sent."""
+    from engage.timing.sendtime import SEND_AT, SEND_PROPENSITY, SEND_REASON, decision_times, send_reasons
+
+    f, _ = _send_features()
+    cfg = TimingConfig(epsilon=0.5)
+    channels = np.array([1, -1])
+    out = decision_times(f, AS_OF, cfg, channels, seed=3)
+    times = send_times(f, AS_OF, cfg, channels=channels, seed=3)
+    assert str(out[SEND_AT].dtype) == "datetime64[us, UTC]"
+    assert out[SEND_AT][0] == times[SEND_AT].to_pandas()[0] and out[SEND_AT].isna().tolist() == [False, True]
+    assert out[SEND_PROPENSITY][0] == times[SEND_PROPENSITY][0] and np.isnan(out[SEND_PROPENSITY][1])
+    assert out[SEND_REASON].tolist() == [send_reasons(times, f.profile)[0], None]

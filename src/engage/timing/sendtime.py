@@ -113,21 +113,35 @@ def slot_hours(features: TimingFeatures, start: datetime, hours: int) -> NDArray
     return np.asarray((how0 + np.arange(hours)[None, :] + offsets[:, None]) % HOW, dtype=np.int64)
 
 
-def send_times(
+@dataclass(frozen=True)
+class _Choice:
+    """Each row's send hour as arrays: what :func:`send_times` frames and :func:`decision_times`
+    turns into score columns (a request's row needs no frame)."""
+
+    start_us: int
+    """The window's first whole UTC hour, epoch microseconds."""
+    channels: NDArray[np.int64]
+    chosen: NDArray[np.int64]
+    """Hours after the start."""
+    local_hour: NDArray[np.int64]
+    engagement: NDArray[np.float64]
+    propensity: NDArray[np.float64]
+    basis: NDArray[np.str_]
+
+    @property
+    def send_at_us(self) -> NDArray[np.int64]:
+        return np.asarray(self.start_us + self.chosen * 3_600_000_000, dtype=np.int64)
+
+
+def _choose(
     features: TimingFeatures,
     as_of: datetime,
     config: TimingConfig,
-    *,
-    channels: NDArray[np.int64] | None = None,
-    explore: bool = True,
-    seed: int = 0,
-) -> pl.DataFrame:
-    """Each user's send time in the window after `as_of`, for the channel in `channels` (index; -1 none).
-
-    Columns: user_id, channel, send_at (UTC), local_send_hour, expected_engagement, send_propensity,
-    send_basis, zone, zone_source, zone_note. Quiet hours of the channel are never chosen; when they
-    cover the user's whole window the first allowed hour after it is used (``after_window``).
-    """
+    channels: NDArray[np.int64] | None,
+    explore: bool,
+    seed: int,
+) -> _Choice:
+    """The send hour of every row of `features` (see :func:`send_times`)."""
     n = features.table.height
     chans = np.full(n, -1, dtype=np.int64) if channels is None else np.asarray(channels, dtype=np.int64)
     start = _hour_start(as_of)
@@ -159,19 +173,44 @@ def send_times(
             after, 1.0, (1.0 - config.epsilon) * (chosen == best) + config.epsilon / np.maximum(n_allowed, 1)
         )
     rows = np.arange(n)
-    start_us = int(start.timestamp() * 1_000_000)
     sparse = features.table["activity_hours"].to_numpy() < config.sparse_events
-    basis = np.where(after, "after_window", np.where(sparse, "population", "user"))
+    return _Choice(
+        start_us=int(start.timestamp() * 1_000_000),
+        channels=chans,
+        chosen=np.asarray(chosen, dtype=np.int64),
+        local_hour=np.asarray(how[rows, chosen] % HOURS, dtype=np.int64),
+        engagement=np.asarray(engagement[rows, chosen], dtype=np.float64),
+        propensity=np.asarray(propensity, dtype=np.float64),
+        basis=np.where(after, "after_window", np.where(sparse, "population", "user")),
+    )
+
+
+def send_times(
+    features: TimingFeatures,
+    as_of: datetime,
+    config: TimingConfig,
+    *,
+    channels: NDArray[np.int64] | None = None,
+    explore: bool = True,
+    seed: int = 0,
+) -> pl.DataFrame:
+    """Each user's send time in the window after `as_of`, for the channel in `channels` (index; -1 none).
+
+    Columns: user_id, channel, send_at (UTC), local_send_hour, expected_engagement, send_propensity,
+    send_basis, zone, zone_source, zone_note. Quiet hours of the channel are never chosen; when they
+    cover the user's whole window the first allowed hour after it is used (``after_window``).
+    """
+    choice = _choose(features, as_of, config, channels, explore, seed)
     channel_names = np.array([*schemas.CHANNELS, None], dtype=object)
     return pl.DataFrame(
         {
             schemas.USER_ID: features.table[schemas.USER_ID],
-            schemas.CHANNEL: pl.Series(channel_names[chans].tolist(), dtype=pl.String),
-            SEND_AT: pl.Series(start_us + chosen * 3_600_000_000, dtype=pl.Int64).cast(schemas.TS_DTYPE),
-            LOCAL_HOUR: pl.Series(how[rows, chosen] % HOURS, dtype=pl.Int64),
-            EXPECTED_ENGAGEMENT: engagement[rows, chosen],
-            SEND_PROPENSITY: propensity,
-            SEND_BASIS: pl.Series(basis.tolist(), dtype=pl.String),
+            schemas.CHANNEL: pl.Series(channel_names[choice.channels].tolist(), dtype=pl.String),
+            SEND_AT: pl.Series(choice.send_at_us, dtype=pl.Int64).cast(schemas.TS_DTYPE),
+            LOCAL_HOUR: pl.Series(choice.local_hour, dtype=pl.Int64),
+            EXPECTED_ENGAGEMENT: choice.engagement,
+            SEND_PROPENSITY: choice.propensity,
+            SEND_BASIS: pl.Series(choice.basis.tolist(), dtype=pl.String),
             ZONE: features.table[ZONE],
             ZONE_SOURCE: features.table[ZONE_SOURCE],
             ZONE_NOTE: features.table[ZONE_NOTE],
@@ -192,8 +231,30 @@ def active_spans(profile: NDArray[np.float64], weekdays: bool = True) -> NDArray
     return np.asarray(windows.argmax(axis=1), dtype=np.int64)
 
 
-def send_reasons(times: pl.DataFrame, profile: NDArray[np.float64]) -> list[str]:
+def send_reasons(times: pl.DataFrame, profile: NDArray[np.float64]) -> list[str | None]:
     """Why each send time, in plain words: the user's active hours, the population's, or quiet hours."""
+    return _reason_texts(
+        times[SEND_BASIS].to_numpy(),
+        times[LOCAL_HOUR].to_numpy().astype(np.int64),
+        times[ZONE],
+        times[ZONE_SOURCE],
+        profile,
+    )
+
+
+_FEW_ROWS = 64
+"""Up to this many rows (a request's users) the zone part of the reasons is joined in Python: the
+frame expression costs a request about a millisecond however few the rows."""
+
+
+def _reason_texts(
+    basis: NDArray[Any],
+    local_hour: NDArray[np.int64],
+    zone: pl.Series,
+    zone_source: pl.Series,
+    profile: NDArray[np.float64],
+) -> list[str | None]:
+    """:func:`send_reasons` of the rows' send basis, local send hour, zone and its source."""
     hours = np.arange(HOURS)
     user = np.array([f"usually active {h:02d}:00-{(h + 3) % HOURS:02d}:00 on weekdays" for h in hours])
     population = np.array(
@@ -202,16 +263,20 @@ def send_reasons(times: pl.DataFrame, profile: NDArray[np.float64]) -> list[str]
     after = np.array(
         [f"quiet hours fill the send window: the first allowed hour, {h:02d}:00 local" for h in hours]
     )
-    basis = times[SEND_BASIS].to_numpy()
-    local = times[LOCAL_HOUR].to_numpy().astype(np.int64) % HOURS
+    local = local_hour % HOURS
     text = np.where(
         basis == "after_window",
         after[local],
         np.where(basis == "population", population[local], user[active_spans(profile)]),
     )
+    if len(text) <= _FEW_ROWS:  # as the expression below: an inferred zone that is null gives null
+        return [
+            _zone_said(str(line), name, source)
+            for line, name, source in zip(text.tolist(), zone.to_list(), zone_source.to_list(), strict=True)
+        ]
     # one text per row, built column-wise: a million rows through a Python loop cost seconds
     return (
-        pl.DataFrame({"text": text, ZONE: times[ZONE], ZONE_SOURCE: times[ZONE_SOURCE]})
+        pl.DataFrame({"text": text, ZONE: zone, ZONE_SOURCE: zone_source})
         .select(
             pl.col("text")
             + pl.when(pl.col(ZONE_SOURCE) == "inferred")
@@ -223,6 +288,13 @@ def send_reasons(times: pl.DataFrame, profile: NDArray[np.float64]) -> list[str]
         .to_series()
         .to_list()
     )
+
+
+def _zone_said(text: str, zone: str | None, source: str | None) -> str | None:
+    """One reason with what it says of the zone (a row of :func:`_reason_texts`' expression)."""
+    if source == "inferred":
+        return None if zone is None else f"{text} (time zone {zone} inferred from activity)"
+    return f"{text} (time zone unknown: UTC)" if source == "utc" else text
 
 
 def decision_times(
@@ -239,12 +311,15 @@ def decision_times(
     """
     n = features.table.height
     sent = channels >= 0
-    times = send_times(features, as_of, config, channels=channels, seed=seed)
-    stamps = times[SEND_AT].to_pandas().reset_index(drop=True)
-    reasons = send_reasons(times, features.profile)
+    choice = _choose(features, as_of, config, channels, True, seed)
+    stamps = choice.send_at_us.astype("datetime64[us]")
+    stamps[~sent] = np.datetime64("NaT")
+    reasons = _reason_texts(
+        choice.basis, choice.local_hour, features.table[ZONE], features.table[ZONE_SOURCE], features.profile
+    )
     return {
-        SEND_AT: stamps.where(pd.Series(sent)),
-        SEND_PROPENSITY: np.where(sent, times[SEND_PROPENSITY].to_numpy(), np.nan),
+        SEND_AT: pd.Series(pd.DatetimeIndex(stamps, tz="UTC")),
+        SEND_PROPENSITY: np.where(sent, choice.propensity, np.nan),
         SEND_REASON: np.array(
             [r if ok else None for r, ok in zip(reasons, sent.tolist(), strict=True)], dtype=object
         )
