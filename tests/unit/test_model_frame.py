@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from engage.models.frame import FrameSpec
+from engage.models.frame import FrameSpec, column_positions
 
 
 def test_categories_are_stable_and_unseen_values_are_missing() -> None:
@@ -63,3 +63,7 @@ def test_matrix_refuses_a_repeated_feature_column() -> None:
         spec.matrix(repeated)
     extra = pd.DataFrame([[1.0, 2.0, 3.0, 4.0]], columns=["x", "z", "y", "z"])  # a repeated non-feature
     assert spec.matrix(extra).tolist() == [[1.0, 3.0]]
+    with pytest.raises(KeyError, match="missing: y"):
+        spec.matrix(pd.DataFrame({"x": [1.0]}))
+    frame = pd.DataFrame({"a": ["u"], "y": [2.0], "x": [1.0]})
+    assert frame.take(column_positions(frame, ["x", "y"]), axis=1).equals(frame[["x", "y"]])
