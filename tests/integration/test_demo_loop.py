@@ -39,7 +39,7 @@ def test_demo_rounds_write_the_loop_record(tmp_path: Path) -> None:
     assert loop[0]["dr_estimate"] is None  # nothing to estimate from before the first round
     for row in loop[1:]:
         assert row["dr_ci_low"] <= row["dr_estimate"] <= row["dr_ci_high"]
-        assert row["dr_drift_ci_low"] <= row["dr_drift_adjusted"] <= row["dr_drift_ci_high"]
+        assert row["dr_logged_ci_low"] <= row["dr_logged"] <= row["dr_logged_ci_high"]
         assert row["oracle_value"] <= row["oracle_value_no_contact_rules"] + 1e-12
         assert row["holdout_control"] > 0 and row["treated"] > 0
         # the truth's judgement of each model's greedy policy under the same rules as the oracle

@@ -1,13 +1,14 @@
 """``engage demo --rounds K``: the closed loop on a simulated world, judged against its ground truth.
 
 Round 0 is the world's randomized campaigns: churn and offers are trained on them (outcomes read
-from the events, as a real team would). Each next round: the DR value of the policy about to serve
-is estimated from the previous round's logs; every user is scored (the decision log); the world
-answers for ``round_days`` days (``datasets.resume``); outcomes are joined (``decision_outcomes``);
-the round is measured (realized value, lift vs holdout) and judged by the truth; the offers model is
-retrained on the randomized history plus every served log and gated against the champion. Served
-round k explores with ``policy.epsilon`` decayed by k (``offers.policy.decayed_epsilon``, recorded as
-``epsilon``): the DR estimate before it, its scoring and the gate that picks its model use that rate.
+from the events, as a real team would). Each next round: the value the policy about to serve will
+realize is forecast from the previous round's logs and every user's features now (``_dr_before``);
+every user is scored (the decision log); the world answers for ``round_days`` days
+(``datasets.resume``); outcomes are joined (``decision_outcomes``); the round is measured (realized
+value, lift vs holdout) and judged by the truth; the offers model is retrained on the randomized
+history plus every served log and gated against the champion. Served round k explores with
+``policy.epsilon`` decayed by k (``offers.policy.decayed_epsilon``, recorded as ``epsilon``): the DR
+estimate before it, its scoring and the gate that picks its model use that rate.
 
 ``DIR/loop.json`` holds one object per round. Two scales, said plainly: ``true_value``,
 ``oracle_value`` and ``none_value`` are the simulator's expected reward per decision of what the
@@ -221,45 +222,52 @@ def _dr_before(
     rows: pd.DataFrame,
     catalog: Catalog,
     cfg: EngageConfig,
-    current: pd.DataFrame | None = None,
+    current: pd.DataFrame,
     *,
     contacts: tuple[pd.DataFrame | None, datetime] | None = None,
     current_contacts: tuple[pd.DataFrame | None, datetime] | None = None,
 ) -> dict[str, Any]:
-    """DR value of the policy ``bundle`` runs, on the previous round's non-holdout logged rows.
+    """The value the policy ``bundle`` runs will realize on the round about to be served, forecast
+    before it from the previous round's logged rows (``rows``) and every user's features now
+    (``current``, before anything is served).
 
-    With ``current`` (every user's features as of the round about to be served, before anything is
-    served), also the drift-adjusted estimate: the direct part on ``current`` plus the previous rows'
-    weighted residuals, mean(sum_a pi q)_now + mean(w (r - q_logged))_previous, with a bootstrap
-    of both parts. The population moves between rounds (users lapse, the base rate falls); the
-    direct part follows it through the features, the residual corrects the outcome model's bias.
+    The estimate is doubly robust with the direct part on ``current``: mean(sum_a pi q)_now +
+    mean(w (r - q_logged))_previous. The population moves between rounds (users lapse, the base rate
+    falls); the direct part follows it through the features, the residual corrects the outcome
+    model's bias. The 95% interval is for the value the round will *realize*, a mean over its
+    users' draws: a bootstrap of both parts plus that mean's own noise, normal with the target
+    policy's reward variance (self-normalized importance weights on the logged rows) over the
+    round's non-holdout users. The plain DR on the logged rows (what the previous population would
+    have realized) is reported as ``dr_logged*``.
     """
     rows = rows[~rows[HOLDOUT].astype(bool)].reset_index(drop=True) if HOLDOUT in rows else rows
     target, q_hat = _direct(bundle, rows, catalog, cfg, contacts)
     arm = rows["arm"].astype(str)
-    reward = rewards(arm, rows[s.CONVERTED], catalog)
+    reward = np.asarray(rewards(arm, rows[s.CONVERTED], catalog), dtype=float)
     propensity = rows[s.PROPENSITY].to_numpy(float)
     est = doubly_robust(arm, reward, propensity, target, q_hat, n_boot=_N_BOOT, seed=cfg.seed)
-    out = {"dr_estimate": est.value, "dr_ci_low": est.ci_low, "dr_ci_high": est.ci_high}
-    if current is None or current.empty:
-        return out
+    out = {"dr_logged": est.value, "dr_logged_ci_low": est.ci_low, "dr_logged_ci_high": est.ci_high}
     col = target.columns.get_indexer(arm.to_numpy())
     logged = np.arange(len(rows)), np.maximum(col, 0)
     weight = np.where(col >= 0, target.to_numpy()[logged] / propensity, 0.0)
     residual = weight * (reward - np.where(col >= 0, q_hat.to_numpy()[logged], 0.0))
     now_target, now_q = _direct(bundle, current.reset_index(drop=True), catalog, cfg, current_contacts)
     direct = (now_target.to_numpy() * now_q[now_target.columns].to_numpy()).sum(axis=1)
+    mean = float((weight * reward).sum() / weight.sum())
+    spread = float(np.sqrt(max((weight * reward**2).sum() / weight.sum() - mean**2, 0.0)))
+    served = max(1, round(len(direct) * (1.0 - cfg.policy.holdout_pct)))
     rng = np.random.default_rng(cfg.seed)
     reps = np.array(
         [
             direct[rng.integers(0, len(direct), len(direct))].mean()
             + residual[rng.integers(0, len(residual), len(residual))].mean()
+            + rng.normal(0.0, spread / np.sqrt(served))
             for _ in range(_N_BOOT)
         ]
     )
     low, high = np.quantile(reps, [0.025, 0.975])
     value = float(direct.mean() + residual.mean())
-    return out | {"dr_drift_adjusted": value, "dr_drift_ci_low": float(low), "dr_drift_ci_high": float(high)}
+    return out | {"dr_estimate": value, "dr_ci_low": float(low), "dr_ci_high": float(high)}
 
 
 def _round_config(cfg: EngageConfig, batch: int) -> EngageConfig:
@@ -396,11 +404,6 @@ def _print_round(row: dict[str, Any]) -> None:
         f"{row['none_value']:.3f}, {share:.0%} of the oracle's gain); realized {row['realized_value']:.3f}, "
         f"DR before {row['dr_estimate']:.3f} [{row['dr_ci_low']:.3f}, {row['dr_ci_high']:.3f}]; lift "
         f"{row['lift_measured']:+.4f} [{row['lift_ci_low']:+.4f}, {row['lift_ci_high']:+.4f}] vs true "
-        f"{row['lift_true']:+.4f}"
-        + (
-            f"; DR drift-adjusted {row['dr_drift_adjusted']:.3f} "
-            f"[{row['dr_drift_ci_low']:.3f}, {row['dr_drift_ci_high']:.3f}]"
-            if "dr_drift_adjusted" in row
-            else ""
-        )
+        f"{row['lift_true']:+.4f}; DR on round {row['round'] - 1}'s population {row['dr_logged']:.3f} "
+        f"[{row['dr_logged_ci_low']:.3f}, {row['dr_logged_ci_high']:.3f}]"
     )
