@@ -337,3 +337,22 @@ def test_the_contact_cap_holds_with_a_far_future_decision_in_the_log(
         (folder / "decisions-1.jsonl").write_text(json.dumps(line) + "\n")
     assert sum(m != s.CONTROL_ARM for m in sent) == cap, sent
     assert engine.history.future == 1, "the far-future line is ignored and counted"
+
+
+@pytest.mark.parametrize("rows", [[3], [2, 3, 4], [4, 3], [0, 2], [], [5]])
+def test_snapshot_rows_by_slice_or_take_are_the_same_rows(rows: list[int]) -> None:
+    """A request's consecutive snapshot rows are sliced, others taken: the same frame either way."""
+    from engage.serving.engine import _rows
+
+    frame = pd.DataFrame(
+        {
+            s.USER_ID: pd.Series([f"u{i}" for i in range(6)], dtype="str"),
+            "x": np.arange(6, dtype=float),
+            "plan": pd.Series(["a", None, "b", "c", None, "d"], dtype="str"),
+        },
+        index=pd.RangeIndex(10, 16),
+    )
+    got = _rows(frame, rows)
+    expected = frame.iloc[rows].reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, expected)
+    assert got.index.equals(pd.RangeIndex(len(rows)))

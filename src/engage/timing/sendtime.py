@@ -74,11 +74,15 @@ class TimingModel:
         """(n, channels): relative expected gain per channel, the population's effect x the user's
         open rate over similar users' (``open_lift_*``; channels without opens: the effect alone)."""
         out = np.ones((table.height, len(schemas.CHANNELS)))
+        lifts = [f"open_lift_{ch}" for ch in schemas.CHANNELS if ch in OPEN_EVENTS]
+        present = [c for c in lifts if c in table.columns]
+        # one select for every lift column: each polars call costs a request's row its fixed cost
+        values = table.select(pl.col(c).fill_null(1.0) for c in present).to_numpy() if present else None
         for j, ch in enumerate(schemas.CHANNELS):
             out[:, j] = self.channel_effect.get(ch, 1.0)
             column = f"open_lift_{ch}"
-            if ch in OPEN_EVENTS and column in table.columns:
-                out[:, j] *= table[column].fill_null(1.0).to_numpy()
+            if values is not None and column in present:
+                out[:, j] *= values[:, present.index(column)]
         return out
 
 
