@@ -136,11 +136,14 @@ QUIET_ENV = {
     "DO_NOT_TRACK": "true",
     "BENTOML_DO_NOT_TRACK": "true",
     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    # a tqdm bar per model loaded from the registry (several per command, one per round of the loop)
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
 
 
 def quiet_env() -> None:
-    """Telemetry off before any tracking or serving library is imported."""
+    """Telemetry and MLflow's download bars off before any tracking or serving library is imported
+    (each only where the user's environment leaves it unset)."""
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
 
