@@ -20,6 +20,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -294,10 +295,11 @@ class RankedGains:
 
     feature_names: tuple[str, ...] = ()
 
-    def expected_gains(self, features: pd.DataFrame, catalog: Any) -> pd.DataFrame:
+    def gain_matrix(self, features: pd.DataFrame, catalog: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Gains per catalog arm (`none` first, then each message in catalog order) and all modelled."""
         arms = [m.id for m in catalog.messages]
-        gains = {arm: [float(len(arms) - i)] * len(features) for i, arm in enumerate(arms)}
-        return pd.DataFrame({s.CONTROL_ARM: 0.0, **gains}, index=features.index)
+        row = [0.0, *(float(len(arms) - i) for i in range(len(arms)))]
+        return np.tile(row, (len(features), 1)), np.ones(len(row), dtype=bool)
 
 
 def test_a_user_just_messaged_is_not_sent_it_again_inside_its_cooldown(world: World, tmp_path: Path) -> None:

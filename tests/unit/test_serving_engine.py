@@ -302,10 +302,11 @@ class RankedGains:
 
     feature_names: tuple[str, ...] = ()
 
-    def expected_gains(self, features: pd.DataFrame, catalog: object) -> pd.DataFrame:
+    def gain_matrix(self, features: pd.DataFrame, catalog: object) -> tuple[np.ndarray, np.ndarray]:
+        """Gains per catalog arm (`none` first, then each message in catalog order) and all modelled."""
         arms = [m.id for m in CAT.messages]
-        gains = {arm: [float(len(arms) - i)] * len(features) for i, arm in enumerate(arms)}
-        return pd.DataFrame({s.CONTROL_ARM: 0.0, **gains}, index=features.index)
+        row = [0.0, *(float(len(arms) - i) for i in range(len(arms)))]
+        return np.tile(row, (len(features), 1)), np.ones(len(row), dtype=bool)
 
 
 def test_the_contact_cap_holds_with_a_far_future_decision_in_the_log(

@@ -258,3 +258,22 @@ def test_domain_learns_each_arm_where_it_may_be_sent() -> None:
     assert abs(scoped.predict_uplift(X)["coupon"][rows].mean() - ate) < 0.005  # centred on the domain
     with pytest.raises(ValueError, match="domain has"):
         MultiArmUplift(**params).fit(X, arm, y, propensity=prop, domain=domain.iloc[:10])
+
+
+def test_the_gain_matrix_is_the_expected_gains_by_catalog_arm() -> None:
+    """Scoring's array path: ``expected_gain`` reindexed to the catalog's arms (NaN where the model
+    has no arm), with the mask of the arms it has; an outcome column the catalog lacks is ignored."""
+    from engage.config import DEFAULT_CATALOG_PATH
+    from engage.models.uplift import expected_gain, expected_gain_matrix
+    from engage.offers.catalog import load_catalog
+    from engage.offers.policy import gain_matrix
+
+    catalog = load_catalog(DEFAULT_CATALOG_PATH)
+    arms = [s.CONTROL_ARM, *catalog.arms[2:], "retired_offer"]  # one catalog message missing
+    rng = np.random.default_rng(2)
+    outcomes = pd.DataFrame(rng.random((5, len(arms))), columns=arms, index=range(10, 15))
+    matrix, modelled = expected_gain_matrix(outcomes.to_numpy(), arms, catalog)
+    gains = expected_gain(outcomes, catalog)
+    np.testing.assert_array_equal(matrix, gain_matrix(gains, catalog.arms))
+    assert modelled.tolist() == [a in gains.columns for a in catalog.arms]
+    assert not modelled[1] and np.isnan(matrix[:, 1]).all() and (matrix[:, 0] == 0).all()

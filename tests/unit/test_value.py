@@ -167,10 +167,13 @@ class _SameUplift:
     """Every user answers every message alike: only the value weighting can tell users apart."""
 
     def __init__(self, arms: list[str]) -> None:
-        self.arms = arms
+        self.arms_ = arms
 
     def predict_outcomes(self, X: pd.DataFrame) -> pd.DataFrame:
-        return pd.DataFrame({a: 0.1 if a == s.CONTROL_ARM else 0.102 for a in self.arms}, index=X.index)
+        return pd.DataFrame({a: 0.1 if a == s.CONTROL_ARM else 0.102 for a in self.arms_}, index=X.index)
+
+    def outcome_matrix(self, X: pd.DataFrame) -> np.ndarray:
+        return self.predict_outcomes(X).to_numpy()
 
 
 def test_value_weighting_sends_messages_to_valuable_users(features: pd.DataFrame) -> None:

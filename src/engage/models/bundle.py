@@ -131,6 +131,14 @@ class OfferBundle:
 
         return expected_gain(self.outcomes(frame), catalog)
 
+    def gain_matrix(self, frame: pd.DataFrame, catalog: Catalog) -> tuple[np.ndarray, np.ndarray]:
+        """``expected_gains`` as (rows, ``catalog.arms``) floats, NaN for arms the model lacks, and
+        the mask of the arms it has (``uplift.expected_gain_matrix``: the scoring path)."""
+        from engage.models.uplift import expected_gain_matrix
+
+        _require_features(frame, self.feature_names, "offers")
+        return expected_gain_matrix(self.model.outcome_matrix(frame), self.model.arms_, catalog)
+
     def predict_outcomes(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Alias used by the MLflow pyfunc wrapper."""
         return self.outcomes(frame)

@@ -311,8 +311,12 @@ class MultiArmUplift(BaseEstimator):
         The boosters read one float matrix (``FrameSpec.matrix``): the same predictions as the
         fitted estimators on the prepared frame, without LightGBM's per-call pandas conversion.
         """
+        return pd.DataFrame(self.outcome_matrix(X), index=X.index, columns=self.arms_)
+
+    def outcome_matrix(self, X: pd.DataFrame) -> np.ndarray:
+        """``predict_outcomes`` as a (rows, arms) array in ``arms_`` order (scoring needs no frame)."""
         check_is_fitted(self, "models_")
-        return pd.DataFrame(self._shrink(self._raw_outcomes(X)), index=X.index, columns=self.arms_)
+        return self._shrink(self._raw_outcomes(X))
 
     def _shrink(self, out: np.ndarray) -> np.ndarray:
         """Each arm's uplift moved toward its average effect (``shrinkage_``), in place.
@@ -364,10 +368,31 @@ class MultiArmUplift(BaseEstimator):
 def expected_gain(outcomes: pd.DataFrame, catalog: Catalog) -> pd.DataFrame:
     """Money per arm: (p(arm) - p(none)) * value - cost; `none` is 0. Arms the model lacks are absent."""
     values = outcomes.to_numpy(dtype=np.float64)  # plain arrays: per-arm Series arithmetic costs more
-    position = {arm: i for i, arm in enumerate(outcomes.columns)}
+    return pd.DataFrame(_gains(values, list(outcomes.columns), catalog), index=outcomes.index)
+
+
+def expected_gain_matrix(
+    outcomes: np.ndarray, arms: Sequence[str], catalog: Catalog
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`expected_gain` of (rows, ``arms``) outcome probabilities as (rows, ``catalog.arms``)
+    gains (NaN for arms the model lacks) and the mask of the arms it has: no frames, which cost a
+    one-user request more than the arithmetic."""
+    gains = _gains(np.asarray(outcomes, dtype=np.float64), arms, catalog)
+    out = np.full((len(outcomes), len(catalog.arms)), np.nan)
+    modelled = np.zeros(len(catalog.arms), dtype=bool)
+    for j, arm in enumerate(catalog.arms):
+        if arm in gains:
+            out[:, j] = gains[arm]
+            modelled[j] = True
+    return out, modelled
+
+
+def _gains(values: np.ndarray, arms: Sequence[str], catalog: Catalog) -> dict[str, np.ndarray]:
+    """The gains per arm the outcomes have (`none` first, then the catalog's messages in order)."""
+    position = {arm: i for i, arm in enumerate(arms)}
     base = values[:, position[s.CONTROL_ARM]]
-    gains = {s.CONTROL_ARM: np.zeros(len(outcomes))}
+    gains = {s.CONTROL_ARM: np.zeros(len(values))}
     for m in catalog.messages:
         if m.id in position:
             gains[m.id] = (values[:, position[m.id]] - base) * m.value - m.cost
-    return pd.DataFrame(gains, index=outcomes.index)
+    return gains

@@ -22,11 +22,11 @@ from engage import schemas as s
 from engage.config import PolicyConfig, TimingConfig
 from engage.hashing import decision_keys
 from engage.models.bundle import ChurnBundle, OfferBundle
+from engage.models.uplift import expected_gain_matrix
 from engage.offers.catalog import Catalog
 from engage.offers.policy import (
     channel_allowed,
     draw_arms,
-    gain_matrix,
     probability_matrix,
     value_weighted_gains,
     value_weights,
@@ -137,12 +137,11 @@ def score_columns(
     }
     catalog = models.catalog
     decision_time = pd.Timestamp(as_of.max()).to_pydatetime()
-    gains = (
-        models.offers.expected_gains(features, catalog)
+    arm_gains, modelled = (  # NaN for arms the offers model lacks
+        models.offers.gain_matrix(features, catalog)
         if models.offers is not None
-        else pd.DataFrame({s.CONTROL_ARM: np.zeros(len(features))})
+        else expected_gain_matrix(np.zeros((len(features), 1)), [s.CONTROL_ARM], catalog)
     )
-    arm_gains = gain_matrix(gains, catalog.arms)  # NaN for arms the offers model lacks
     value = _value_columns(features, models.churn)
     if policy.value_weighting:
         reference = getattr(getattr(models.churn, "value", None), "reference_revenue_", float("nan"))
@@ -197,7 +196,6 @@ def score_columns(
         channel_index >= 0, np.asarray(s.CHANNELS, dtype=object)[np.maximum(channel_index, 0)], s.CONTROL_ARM
     )
     out["message_text"] = _texts(catalog, arms, out[s.CHANNEL], features)
-    modelled = np.isin(np.asarray(catalog.arms, dtype=object), list(gains.columns))
     picked = arm_gains[rows, chosen]
     out[s.EXPECTED_GAIN] = np.where(modelled[chosen], picked, 0.0)
     out[s.PROPENSITY] = propensity
