@@ -228,7 +228,7 @@ def main() -> None:
     table = offer_table(small.events, small.exposures, cfg, users=small.users)
     train_offers(fit_offers(table, cfg, load_catalog(cfg.offers.catalog_path), n_boot=10), cfg)
     del small, table
-    cluster = None
+    cluster, master = None, None
     if args.cluster:
         from engage.spark.cluster import local_cluster
 
@@ -243,23 +243,26 @@ def main() -> None:
             n_events = events.select(pl.len()).collect().item()
             ts_max = events.select(pl.col("ts").max()).collect().item()
             as_of = (ts_max - timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
-            print(f"\n{users:,} users, {n_events:,} events (simulated in {time.perf_counter() - tick:.0f} s)")
-            results = {task: _measure(task, data, tracking, as_of, None) for task in TASKS}
-            if cluster is not None:
-                results["cluster-score-top10"] = _measure(
-                    "cluster-score-top10", data, tracking, as_of, master
-                )
-            for task, r in results.items():
+            print(
+                f"\n{users:,} users, {n_events:,} events (simulated in {time.perf_counter() - tick:.0f} s)",
+                flush=True,
+            )
+            results: dict[str, dict[str, Any]] = {}
+            runs = [(task, None) for task in TASKS]
+            runs += [("cluster-score-top10", master)] if cluster is not None else []
+            for task, where in runs:  # each line as soon as it is measured (long runs)
+                r = results[task] = _measure(task, data, tracking, as_of, where)
                 per = n_events / r["seconds"] if task.endswith("features") else r["users"] / r["seconds"]
                 unit = "events/s" if task.endswith("features") else "users/s"
                 print(
                     f"  {task:<22} {r['seconds']:7.1f} s {per:>12,.0f} {unit:<9} "
                     f"(+{r['startup']:.0f} s start) "
                     f"driver RSS python {r['python_rss_gb']:.2f} GB, jvm {r['jvm_rss_gb']:.2f} GB; "
-                    f"{r['load']}"
+                    f"{r['load']}",
+                    flush=True,
                 )
                 if r["stages"]:
-                    print("    " + ", ".join(f"{k} {v:.1f} s" for k, v in r["stages"].items()))
+                    print("    " + ", ".join(f"{k} {v:.1f} s" for k, v in r["stages"].items()), flush=True)
             for what in ("features", "score", "score-top10"):
                 ratio = results[f"embedded-{what}"]["seconds"] / results[f"spark-{what}"]["seconds"]
                 print(f"  spark local[2] / embedded throughput, {what}: {ratio:.0%}")

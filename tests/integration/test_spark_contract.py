@@ -20,6 +20,7 @@ REFERENCE = datetime(2024, 6, 1, tzinfo=UTC)
 CSV = """user_id,ts,event_type,amount,session_id,colour
 u1,2024-01-01T10:00:00Z,purchase,12.5,s1,red
 u1,2024-01-01T10:00:00Z,purchase,12.5,s1,red
+ u1 ,2024-01-01T10:00:00Z,purchase,12.50,s1 ,red
 u2,2024-01-02 11:30:15.123456+02:00,page_view,,s2,
 u3,2024-01-03T08:00:00+0100,page_view,,,blue
 u4,2024-01-04T09:15,add_to_cart,,,
@@ -82,6 +83,11 @@ def test_csv_rows_timestamps_and_reasons_match_the_embedded_reader(spark: Any, t
     assert {s.REASON_DUPLICATE, s.REASON_MISSING_USER, s.REASON_BAD_TS, s.REASON_FUTURE_TS} <= reasons
     assert {s.REASON_BAD_AMOUNT, s.REASON_MISSING_EVENT_TYPE} <= reasons
     assert "colour" in quarantine.columns  # the input row is kept, extra columns included
+    # as written, padding included (" u1 " is a duplicate of "u1": its own text is kept)
+    inputs = ["row", "user_id", "ts", "event_type", "amount", "session_id", "colour"]
+    want = read_events(path, reference_time=REFERENCE).quarantine.select(inputs)
+    got = quarantine.sort("row").select(inputs).with_columns(pl.col("row").cast(want.schema["row"]))
+    assert got.equals(want), (got, want)
 
 
 def test_json_lines_with_a_malformed_line_and_no_optional_columns(spark: Any, tmp_path: Path) -> None:

@@ -90,15 +90,21 @@ def _parse_amount(col: Column, dtype: DataType) -> tuple[Column, Column]:
     return F.when(present, parsed), F.coalesce(bad, F.lit(False))
 
 
-def _as_text(frame: DataFrame, name: str) -> Column:
-    """A column as strings; nested values (JSON objects, lists) as JSON text."""
+def _text(col: Column, dtype: DataType) -> Column:
+    """A value as a string; nested values (JSON objects, lists) as JSON text."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    dtype = frame.schema[name].dataType
     if isinstance(dtype, T.StructType | T.ArrayType | T.MapType):
-        return F.to_json(F.col(name))
-    return F.col(name).cast("string")
+        return F.to_json(col)
+    return col.cast("string")
+
+
+def _as_text(frame: DataFrame, name: str) -> Column:
+    """A column of ``frame`` as strings (:func:`_text`)."""
+    from pyspark.sql import functions as F
+
+    return _text(F.col(name), frame.schema[name].dataType)
 
 
 @dataclass(frozen=True)
@@ -167,6 +173,7 @@ def validate_events(
     """Split a raw Spark frame with canonical column names into accepted events and quarantined rows."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
+    from pyspark.sql import types as T
 
     missing = [c for c in s.EVENT_REQUIRED if c not in raw.columns]
     if missing:
@@ -187,17 +194,20 @@ def validate_events(
         amount, bad_amount = _parse_amount(F.col("amount"), raw.schema["amount"].dataType)
     else:
         amount, bad_amount = F.lit(None).cast("double"), F.lit(False)
-    canonical = [user.alias(s.USER_ID), ts.alias(s.TS), etype.alias(s.EVENT_TYPE)]
+    canon: dict[str, Column] = {s.USER_ID: user, s.TS: ts, s.EVENT_TYPE: etype}
+    trimmed = {s.USER_ID, s.EVENT_TYPE}  # canonical text of the input column of that name
     for name in s.EVENT_OPTIONAL:
         if name == "amount":
-            canonical.append(amount.alias(name))
+            canon[name] = amount
         elif name == "properties" and name not in raw.columns and extra:
-            canonical.append(F.to_json(F.struct(*[F.col(c) for c in extra])).alias(name))
+            canon[name] = F.to_json(F.struct(*[F.col(c) for c in extra]))
         elif name in raw.columns:
             value = F.trim(_as_text(raw, name))
-            canonical.append(F.when(value != "", value).alias(name))
+            canon[name] = F.when(value != "", value)
+            trimmed.add(name)
         else:
-            canonical.append(F.lit(None).cast("string").alias(name))
+            canon[name] = F.lit(None).cast("string")
+    canonical = [canon[c].alias(c) for c in s.EVENT_COLUMNS]
 
     reason = F.when(F.lit(False), F.lit(None))
     if CORRUPT in raw.columns:
@@ -211,16 +221,43 @@ def validate_events(
         reason = reason.when(ts > F.lit(reference_time), F.lit(s.REASON_FUTURE_TS))
     reason = reason.when(bad_amount, F.lit(s.REASON_BAD_AMOUNT))
 
-    raw_text = [_as_text(raw, c).alias(c) for c in inputs]
+    # The input values travel through the de-duplication shuffle as they are (as text only for the
+    # quarantined rows, after it), and a text value equal to its canonical value (the usual case:
+    # nothing to trim) as null, restored from the canonical column after the shuffle.
+    restored = {c for c in trimmed if isinstance(raw.schema[c].dataType, T.StringType)}
+    kept = [
+        (F.when(~F.col(c).eqNullSafe(canon[c]), F.col(c)) if c in restored else F.col(c)).alias(c)
+        for c in inputs
+    ]
     if CORRUPT in raw.columns:
-        raw_text.append(F.col(CORRUPT).alias(LINE))
-    staged = frame.select("__row", *canonical, reason.alias("__reason"), F.struct(*raw_text).alias("__raw"))
-    # clean rows apart from flagged ones (the null reason is part of the key): the first copy stays
-    copies = Window.partitionBy(*s.EVENT_COLUMNS, F.col("__reason").isNull()).orderBy("__row")
-    duplicate = F.col("__reason").isNull() & (F.row_number().over(copies) > 1)
-    marked = staged.withColumn(
-        "__reason", F.when(duplicate, F.lit(s.REASON_DUPLICATE)).otherwise(F.col("__reason"))
-    ).withColumn("__raw", F.when(F.col("__reason").isNotNull(), F.col("__raw")))
+        kept.append(F.col(CORRUPT).alias(LINE))
+    staged = frame.select("__row", *canonical, reason.alias("__reason"), F.struct(*kept).alias("__in"))
+    # clean rows apart from flagged ones (the null reason is part of the key): the first copy stays.
+    # A hash of the key columns leads the key: the window's sort compares 8 bytes, not ten columns
+    # (the amount stays out of the hash: -0.0 and 0.0 are one key)
+    key: list[Column | str] = [*s.EVENT_COLUMNS, F.col("__reason").isNull()]
+    lead = F.xxhash64(*[c for c in s.EVENT_COLUMNS if c != "amount"])
+    duplicate = F.col("__reason").isNull() & (
+        F.row_number().over(Window.partitionBy(lead, *key).orderBy("__row")) > 1
+    )
+    given = F.col("__in")
+
+    def raw_text(c: str) -> Column:
+        value = given.getField(c)
+        if c in restored:
+            value = F.coalesce(value, F.col(c))
+        return _text(value, raw.schema[c].dataType).alias(c)
+
+    raw_texts = [raw_text(c) for c in inputs]
+    if CORRUPT in raw.columns:
+        raw_texts.append(given.getField(LINE).alias(LINE))
+    marked = (
+        staged.withColumn(
+            "__reason", F.when(duplicate, F.lit(s.REASON_DUPLICATE)).otherwise(F.col("__reason"))
+        )
+        .withColumn("__raw", F.when(F.col("__reason").isNotNull(), F.struct(*raw_texts)))
+        .drop("__in")
+    )
     return SparkValidation(rows=marked, rows_in=rows_in, extra_columns=extra, input_columns=tuple(inputs))
 
 
