@@ -103,6 +103,7 @@ CASES: dict[str, Case] = {
         fit=lambda m: m.fit(X_TRAIN, ARM, Y_TRAIN),
         predicts={
             "predict_outcomes": lambda m: m.predict_outcomes(X_CALIB),
+            "outcome_matrix": lambda m: m.outcome_matrix(X_CALIB),
             "predict_uplift": lambda m: m.predict_uplift(X_CALIB),
         },
         change={"learner": "s"},
