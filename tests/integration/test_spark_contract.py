@@ -131,3 +131,25 @@ def test_users_and_exposures_csv_are_typed_like_the_embedded_reader(spark: Any, 
     assert types["signup_ts"] == "timestamp" and types["opted_in"] == "boolean", types
     assert first is not None and first["ts"] == datetime(2024, 1, 1)  # session time is UTC: naive
     assert first["channel"] is None
+
+
+def test_an_unreadable_users_or_exposures_time_is_an_error_as_in_the_embedded_reader(
+    spark: Any, tmp_path: Path
+) -> None:
+    from engage.events import EventsFileError, utc_column
+    from engage.spark.io import read_exposures, read_users
+    from engage.spark.session import utc_session
+
+    users = tmp_path / "users.csv"
+    users.write_text("user_id,signup_ts\na,2024-01-01T00:00:00Z\nb,\nc,not a time\nd,also not\n")
+    exposures = tmp_path / "exposures.csv"
+    exposures.write_text("user_id,ts,message_id\na,1704067200,coupon\nb,yesterday,coupon\n")
+    for path, option, column, read in (
+        (users, "--users", "signup_ts", read_users),
+        (exposures, "--exposures", "ts", read_exposures),
+    ):
+        with pytest.raises(EventsFileError) as embedded:
+            utc_column(pl.read_csv(path), column, source=f"{option} {path}")
+        with utc_session(spark), pytest.raises(EventsFileError) as mine:
+            read(spark, path)
+        assert str(mine.value) == str(embedded.value)

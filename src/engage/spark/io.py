@@ -19,7 +19,7 @@ from engage import schemas as s
 from engage.events import EventsFileError, detect_format
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
 
 CORRUPT = "_corrupt_record"
 """Spark's column for a JSON Lines line that is not one JSON object (quarantined as malformed)."""
@@ -73,14 +73,37 @@ def read_table(
     return frame
 
 
+def _utc_column(spark: SparkSession, frame: DataFrame, name: str, source: str) -> Column:
+    """Column ``name`` as UTC timestamps; a value present but unreadable is an EventsFileError naming
+    the source, the column, its first such row and value (``engage.events.utc_column``'s rule: a
+    table of users or past messages is not quarantined row by row). Values typed as timestamps or
+    dates cannot fail: only other types are checked, with one Spark job returning one row."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    from engage.spark.validate import _row_numbers, utc_timestamp
+
+    parsed = utc_timestamp(frame, name)
+    if isinstance(frame.schema[name].dataType, T.TimestampType | T.TimestampNTZType | T.DateType):
+        return parsed
+    unreadable = F.col(name).isNotNull() & parsed.isNull()
+    if frame.filter(unreadable).select(name).first() is not None:
+        numbered, _ = _row_numbers(spark, frame)
+        first = numbered.filter(unreadable).orderBy("__row").select("__row", name).first()
+        assert first is not None
+        raise EventsFileError(
+            f"{source}: column '{name}' row {first['__row']}: cannot read {first[name]!r} as a timestamp"
+        )
+    return parsed
+
+
 def read_users(spark: SparkSession, location: str | Path) -> DataFrame:
     """The users table (one row per user_id); ``signup_ts`` read as UTC like event times."""
-    from engage.spark.validate import utc_timestamp
-
     frame = read_table(spark, location, "--users", (s.USER_ID,))
     frame = frame.withColumn(s.USER_ID, frame[s.USER_ID].cast("string"))
     if s.SIGNUP_TS in frame.columns:
-        frame = frame.withColumn(s.SIGNUP_TS, utc_timestamp(frame, s.SIGNUP_TS))
+        source = f"--users {uri_text(location)}"
+        frame = frame.withColumn(s.SIGNUP_TS, _utc_column(spark, frame, s.SIGNUP_TS, source))
     return frame
 
 
@@ -88,13 +111,11 @@ def read_exposures(spark: SparkSession, location: str | Path) -> DataFrame:
     """Past messages (user_id, ts, message_id, channel) with UTC times."""
     from pyspark.sql import functions as F
 
-    from engage.spark.validate import utc_timestamp
-
     frame = read_table(spark, location, "--exposures", (s.USER_ID, s.TS, s.MESSAGE_ID))
     channel = F.col(s.CHANNEL).cast("string") if s.CHANNEL in frame.columns else F.lit(None).cast("string")
     return frame.select(
         F.col(s.USER_ID).cast("string").alias(s.USER_ID),
-        utc_timestamp(frame, s.TS).alias(s.TS),
+        _utc_column(spark, frame, s.TS, f"--exposures {uri_text(location)}").alias(s.TS),
         F.col(s.MESSAGE_ID).cast("string").alias(s.MESSAGE_ID),
         channel.alias(s.CHANNEL),
     )
