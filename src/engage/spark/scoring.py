@@ -158,14 +158,20 @@ def write_features(
 ) -> SparkScoreRun:
     """``engage features --engine spark``: the feature table of every date, written as a data set
     (the quarantine beside it); ``users`` counts its rows."""
+    from pyspark import StorageLevel
+
     started = time.perf_counter()
     with utc_session(spark):
         quarantine = quarantine_beside(out)
         inputs = _inputs(spark, events, users, exposures, quarantine, reference_time)
         accepted = SparkValidation.accepted_of(inputs.rows)
         table = spark_features(spark, accepted, dates, config.features, inputs.users, inputs.exposures)
+        # persisted: the sort's sampling pass builds it once and the sort reads it (the features
+        # have no shuffle of their own after validation, so the sampling would compute them again)
+        table = table.persist(StorageLevel.MEMORY_AND_DISK)
         written = write_dataset(table.orderBy(s.AS_OF, s.USER_ID), out)
         n = spark.read.parquet(written.uri).count()
+        table.unpersist()
         inputs.rows.unpersist()
     return SparkScoreRun(
         users=n,
