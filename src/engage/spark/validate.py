@@ -231,12 +231,7 @@ def validate_events(
     ]
     if CORRUPT in raw.columns:
         kept.append(F.col(CORRUPT).alias(LINE))
-    # Rows of a user share a partition from here on: the de-duplication window (its key holds the
-    # user) and every per-user step of the features downstream (groupings by user and day, session,
-    # category; the carts window; joins on user_id) run in place, with no further shuffle of events
-    staged = frame.select(
-        "__row", *canonical, reason.alias("__reason"), F.struct(*kept).alias("__in")
-    ).repartition(s.USER_ID)
+    staged = frame.select("__row", *canonical, reason.alias("__reason"), F.struct(*kept).alias("__in"))
     # clean rows apart from flagged ones (the null reason is part of the key): the first copy stays.
     # A hash of the key columns leads the key: the window's sort compares 8 bytes, not ten columns
     # (the amount stays out of the hash: -0.0 and 0.0 are one key)
