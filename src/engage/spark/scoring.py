@@ -166,8 +166,8 @@ def write_features(
         inputs = _inputs(spark, events, users, exposures, quarantine, reference_time)
         accepted = SparkValidation.accepted_of(inputs.rows)
         table = spark_features(spark, accepted, dates, config.features, inputs.users, inputs.exposures)
-        # persisted: the sort's sampling pass builds it once and the sort reads it (the features
-        # have no shuffle of their own after validation, so the sampling would compute them again)
+        # persisted: the sort's sampling pass builds it once and the sort reads it (else the
+        # sampling runs the features' last stage, the joins and formulas, a second time)
         table = table.persist(StorageLevel.MEMORY_AND_DISK)
         written = write_dataset(table.orderBy(s.AS_OF, s.USER_ID), out)
         n = spark.read.parquet(written.uri).count()
