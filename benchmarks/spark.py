@@ -1,7 +1,9 @@
 """Spark local[2] next to the embedded engine on the same data, in one run.
 
     .venv/bin/python benchmarks/spark.py [--users 20000,50000] [--days 60] [--cluster]
-    .venv/bin/python benchmarks/spark.py --users 100000,1000000 --days 120   # ~10M events at 1M users
+    .venv/bin/python benchmarks/spark.py --users 100000 --days 120   # 5.24M events (52 a user)
+
+(``--days`` sets events per user: 120 days gave 52, so 10M events at 1M users is about 23 days.)
 
 Trains small models into a temporary MLflow store, simulates each population (benchmarks/score.py's
 ``simulate_chunks``: a folder of Parquet files), then runs each measurement in its own process so
