@@ -313,7 +313,8 @@ def feature_load(redis_url: str, prefix: str, snapshot_path: str, rows: int) -> 
 def engine_latency(
     config_path: Path, scratch: Path, redis_url: str, prefix: str, users: list[str], n: int
 ) -> dict[str, tuple[float, float]]:
-    """Single-user ``ScoringEngine.score`` in-process, local and Redis store interleaved (same noise)."""
+    """Single-user ``ScoringEngine.score`` in-process, local and Redis store interleaved (same noise),
+    taking turns at going first (the one that runs right after the other finds its caches colder)."""
     from engage.scoring.champions import load_champions
     from engage.serving.engine import ScoringEngine
     from engage.serving.schemas import ScoreRequest
@@ -333,9 +334,10 @@ def engine_latency(
         engines[name] = ScoringEngine(config.model_copy(update={"serve": serve}), models, watch_seconds=None)
     times: dict[str, list[float]] = {name: [] for name in engines}
     try:
+        order = list(engines.items())
         for i in range(n + 30):
             request = ScoreRequest.model_validate({"users": [{"user_id": users[i % len(users)]}]})
-            for name, engine in engines.items():
+            for name, engine in order if i % 2 else order[::-1]:  # neither store always goes second
                 t0 = time.perf_counter()
                 engine.score(request)
                 if i >= 30:  # warm-up
