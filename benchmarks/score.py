@@ -42,6 +42,7 @@ from engage import schemas as s
 from engage.config import load_config
 from engage.datasets.simulate import simulate
 from engage.hashing import decision_keys
+from engage.models.uplift import expected_gain
 from engage.offers.catalog import load_catalog
 from engage.offers.policy import action_probabilities
 from engage.offers.templates import render_many
@@ -179,7 +180,9 @@ def main() -> None:
         return value
 
     p = timed("bare churn predict_proba", lambda: models.churn.churn_probability(features))
-    gains = timed("offers expected_gains", lambda: models.offers.expected_gains(features, models.catalog))
+    gains = timed(
+        "offers expected gains", lambda: expected_gain(models.offers.outcomes(features), models.catalog)
+    )
     history = exposure_history(exposures, as_of, models.catalog.history_days)
     probs, _ = timed(
         "policy (rules, caps, cooldowns, holdout)",

@@ -12,7 +12,7 @@ from engage import schemas as s
 from engage.config import DEFAULT_CATALOG_PATH, PolicyConfig
 from engage.models.bundle import ChurnBundle, OfferBundle
 from engage.models.churn import RecencyBaseline
-from engage.models.uplift import MultiArmUplift
+from engage.models.uplift import MultiArmUplift, expected_gain
 from engage.offers.catalog import load_catalog
 from engage.offers.policy import action_probabilities
 from engage.scoring.core import ScoringModels, score_features
@@ -75,7 +75,7 @@ def test_the_draw_is_seeded_per_user_and_reports_the_probability_it_used(models:
     assert (other[s.MESSAGE_ID] != first[s.MESSAGE_ID]).any()
     assert first["decision_id"].is_unique and not set(other["decision_id"]) & set(first["decision_id"])
 
-    gains = models.offers.expected_gains(features, CAT)  # type: ignore[union-attr]
+    gains = expected_gain(models.offers.outcomes(features), CAT)  # type: ignore[union-attr]
     probs, hold = action_probabilities(features, gains, CAT, config=policy, as_of=NOW)
     column = [CAT.arms.index(a) for a in first[s.MESSAGE_ID]]
     chosen_p = probs.to_numpy()[np.arange(len(first)), column]

@@ -271,7 +271,7 @@ def test_a_few_rows_reasons_read_like_many() -> None:
 def test_decision_times_are_the_send_times_of_the_rows_sent() -> None:
     """The score columns (what /score and batch runs carry) are :func:`send_times`' choice, nulls where
     nothing is sent."""
-    from engage.timing.sendtime import SEND_AT, SEND_PROPENSITY, SEND_REASON, decision_times, send_reasons
+    from engage.timing.sendtime import SEND_AT, SEND_PROPENSITY, SEND_REASON, _reason_texts, decision_times
 
     f, _ = _send_features()
     cfg = TimingConfig(epsilon=0.5)
@@ -281,4 +281,11 @@ def test_decision_times_are_the_send_times_of_the_rows_sent() -> None:
     assert str(out[SEND_AT].dtype) == "datetime64[us, UTC]"
     assert out[SEND_AT][0] == times[SEND_AT].to_pandas()[0] and out[SEND_AT].isna().tolist() == [False, True]
     assert out[SEND_PROPENSITY][0] == times[SEND_PROPENSITY][0] and np.isnan(out[SEND_PROPENSITY][1])
-    assert out[SEND_REASON].tolist() == [send_reasons(times, f.profile)[0], None]
+    reasons = _reason_texts(
+        times["send_basis"].to_numpy(),
+        times["local_send_hour"].to_numpy().astype(np.int64),
+        times["zone"],
+        times["zone_source"],
+        f.profile,
+    )
+    assert out[SEND_REASON].tolist() == [reasons[0], None]

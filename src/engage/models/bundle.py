@@ -125,15 +125,9 @@ class OfferBundle:
         _require_features(frame, self.feature_names, "offers")
         return self.model.predict_outcomes(frame)
 
-    def expected_gains(self, frame: pd.DataFrame, catalog: Catalog) -> pd.DataFrame:
-        """(p(arm) - p(none)) * value - cost per arm; `none` is 0."""
-        from engage.models.uplift import expected_gain
-
-        return expected_gain(self.outcomes(frame), catalog)
-
     def gain_matrix(self, frame: pd.DataFrame, catalog: Catalog) -> tuple[np.ndarray, np.ndarray]:
-        """``expected_gains`` as (rows, ``catalog.arms``) floats, NaN for arms the model lacks, and
-        the mask of the arms it has (``uplift.expected_gain_matrix``: the scoring path)."""
+        """(p(arm) - p(none)) * value - cost as (rows, ``catalog.arms``) floats, NaN for arms the
+        model lacks, and the mask of the arms it has (``uplift.expected_gain_matrix``)."""
         from engage.models.uplift import expected_gain_matrix
 
         _require_features(frame, self.feature_names, "offers")

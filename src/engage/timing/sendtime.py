@@ -235,17 +235,6 @@ def active_spans(profile: NDArray[np.float64], weekdays: bool = True) -> NDArray
     return np.asarray(windows.argmax(axis=1), dtype=np.int64)
 
 
-def send_reasons(times: pl.DataFrame, profile: NDArray[np.float64]) -> list[str | None]:
-    """Why each send time, in plain words: the user's active hours, the population's, or quiet hours."""
-    return _reason_texts(
-        times[SEND_BASIS].to_numpy(),
-        times[LOCAL_HOUR].to_numpy().astype(np.int64),
-        times[ZONE],
-        times[ZONE_SOURCE],
-        profile,
-    )
-
-
 _FEW_ROWS = 64
 """Up to this many rows (a request's users) the zone part of the reasons is joined in Python: the
 frame expression costs a request about a millisecond however few the rows."""
@@ -258,7 +247,8 @@ def _reason_texts(
     zone_source: pl.Series,
     profile: NDArray[np.float64],
 ) -> list[str | None]:
-    """:func:`send_reasons` of the rows' send basis, local send hour, zone and its source."""
+    """Why each send time, in plain words (the user's active hours, the population's, or quiet
+    hours, and what is known of the zone), from the rows' send basis, local hour, zone and source."""
     hours = np.arange(HOURS)
     user = np.array([f"usually active {h:02d}:00-{(h + 3) % HOURS:02d}:00 on weekdays" for h in hours])
     population = np.array(
