@@ -9,7 +9,8 @@ dropped, so memory stays bounded), then scores everyone as of one date from a la
 no reasons, reasons for the riskiest 10%, reasons for all (``--explain-all``). Prints per-stage
 times (features, predict, score = offers + policy + render, write), the scoring stages measured
 alone on the same feature matrix, users/s, the ratio to bare ``predict_proba`` on that matrix, the
-1-row ``score_features`` time and peak RSS, each next to ``os.getloadavg()`` (the cores are shared).
+1-row ``score_features`` time and peak RSS, each next to ``os.getloadavg()`` (the cores are shared),
+after a CPU reference that tells a slow machine from slow code (``benchmarks/machine.py``).
 With a timing model (fitted on the training world, registered as champion; ``--no-timing`` skips
 it) the no-reasons run is repeated with send times: each user's timing features from the same
 events, the snapshot's ``timing_*`` columns and ``send_at``, side by side with the run without:
@@ -37,6 +38,7 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 import numpy as np
 import pandas as pd
 import polars as pl
+from machine import describe, load  # a sibling script (benchmarks/ is the script's path[0])
 
 from engage import schemas as s
 from engage.config import load_config
@@ -57,10 +59,6 @@ from engage.training.timing import fit_timing, train_timing
 
 def _rss() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-
-
-def _load() -> str:
-    return "load {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
 
 
 def simulate_chunks(users: int, chunk: int, days: int, out: Path) -> dict[str, Path]:
@@ -87,6 +85,7 @@ def main() -> None:
     parser.add_argument("--spark-users", type=int, default=0, help="also time --engine spark on this many")
     parser.add_argument("--no-timing", action="store_true", help="skip the run with send times")
     args = parser.parse_args()
+    print(describe())  # the machine's speed today, next to the figures below
     root = Path(tempfile.mkdtemp(prefix="engage-bench-"))
     cfg = load_config(
         overrides={
@@ -114,7 +113,7 @@ def main() -> None:
     exposures = pl.read_parquet(paths["exposures"] / "*.parquet")
     n_events = events.select(pl.len()).collect().item()
     print(f"simulated {args.users:,} users, {n_events:,} events in {time.perf_counter() - started:.0f} s")
-    print(f"  peak RSS so far {_rss():.2f} GB; {_load()}")
+    print(f"  peak RSS so far {_rss():.2f} GB; {load()}")
     ts_max = events.select(pl.col(s.TS).max()).collect().item()
     as_of = (ts_max - timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
 
@@ -142,7 +141,7 @@ def main() -> None:
         stages = ", ".join(f"{k} {v:.1f} s" for k, v in summary.stages.items())
         print(
             f"embedded, {label}: {summary.seconds:.1f} s ({summary.users_per_second:,.0f} users/s); "
-            f"{stages}; peak RSS {_rss():.2f} GB; {_load()}"
+            f"{stages}; peak RSS {_rss():.2f} GB; {load()}"
         )
     base = results["messages, no reasons"]
     top = results["reasons for top 10%"].seconds - base.seconds
@@ -166,7 +165,7 @@ def main() -> None:
             f"{with_times.stages['score'] - base.stages['score']:+.1f} s, write "
             f"{with_times.stages['write'] - base.stages['write']:+.1f} s); "
             f"{sent[s.SEND_AT].is_not_null().sum():,} of {sent.height:,} sends timed; target <= 30 s at 1M "
-            f"users; {_load()}"
+            f"users; {load()}"
         )
 
     features = pd.read_parquet(root / "features.parquet")
@@ -210,7 +209,7 @@ def main() -> None:
     )
     timed("to_storable", lambda: to_storable(scored))
     bare = timings["bare churn predict_proba"]
-    print(f"stages alone on the same {n:,}-user feature matrix ({_load()}):")
+    print(f"stages alone on the same {n:,}-user feature matrix ({load()}):")
     for name, seconds in timings.items():
         print(f"  {name:<42} {seconds:7.2f} s  {n / seconds:>12,.0f} users/s  x{seconds / bare:5.2f} of bare")
     print(f"  embedded end-to-end (no reasons) / bare predict_proba: x{base.seconds / bare:.1f}")
@@ -222,7 +221,7 @@ def main() -> None:
         tick = time.perf_counter()
         score_features(one, models, policy=cfg.policy, seed=cfg.seed, history=h1, reasons_top_k=None)
         runs.append(time.perf_counter() - tick)
-    print(f"1-row score_features: median {np.median(runs[5:]) * 1e3:.1f} ms ({_load()})")
+    print(f"1-row score_features: median {np.median(runs[5:]) * 1e3:.1f} ms ({load()})")
 
     if args.spark_users:
         from engage.spark import score_spark
@@ -249,7 +248,7 @@ def main() -> None:
             )
             print(
                 f"spark local[2], {summary.users:,} users, {label}: {summary.seconds:.1f} s "
-                f"({summary.users_per_second:,.0f} users/s); {_load()}"
+                f"({summary.users_per_second:,.0f} users/s); {load()}"
             )
     print(f"peak RSS: {_rss():.2f} GB")
 

@@ -8,7 +8,8 @@ It starts two one-worker ``bentoml serve`` processes on free loopback ports (mod
 the model's input form, same request body). For both it prints single-user latency p50/p99 (the
 service with reasons and message; target p99 <= 25 ms), requests/s with 16 concurrent clients, and
 users/s with batches of 100 with the ratio service/bare (target >= 40%); plus the bare model
-in-process, and ``os.getloadavg()`` before and after (the load generator shares the CPUs). Both
+in-process, and ``os.getloadavg()`` before and after (the load generator shares the CPUs), with a
+CPU reference that tells a slow machine from slow code (``benchmarks/machine.py``). Both
 servers run with one OpenMP thread per process (``OMP_NUM_THREADS=1`` unless set), as
 ``engage serve`` starts the service. The engage service writes its decisions to a temp folder.
 
@@ -50,6 +51,7 @@ from urllib.parse import urlparse
 import numpy as np
 import pandas as pd
 import yaml
+from machine import describe, load  # a sibling script (benchmarks/ is the script's path[0])
 
 from engage import schemas as s
 from engage.config import load_config
@@ -283,10 +285,6 @@ def has_timing(config_path: Path) -> bool:
     return True
 
 
-def load() -> str:
-    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg()) + f" ({os.cpu_count()} CPUs)"
-
-
 def online_config(config_path: Path, scratch: Path, redis_url: str, prefix: str, workers: int) -> Path:
     """The benchmark config with the Redis online store (own key prefix) and ``workers`` workers."""
     raw = yaml.safe_load(config_path.read_text()) or {}
@@ -464,7 +462,7 @@ def main() -> None:
         online_urls = {workers: wait_ready(process) for workers, process in online.items()}
         timed_url = wait_ready(timed_server) if timed_server is not None else None
         untimed_url = wait_ready(untimed_server) if untimed_server is not None else None
-        print(f"users={len(users)} servers ready in {time.perf_counter() - started:.1f} s; {load()}")
+        print(f"users={len(users)} servers ready in {time.perf_counter() - started:.1f} s; {describe()}")
         bare_local = in_process_bare(config_path, args)
         before = load()
         bare_fig = measure(bare_url, None, users, args)
