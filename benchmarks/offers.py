@@ -34,6 +34,8 @@ from typing import Any
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
+from machine import load  # a sibling script (benchmarks/ is the script's path[0])
+
 from engage.config import EngageConfig, OfferConfig
 from engage.datasets.simulate import simulate
 from engage.offers.catalog import load_catalog
@@ -64,10 +66,6 @@ class Result:
     @property
     def met(self) -> bool:
         return self.learned >= BAR
-
-
-def _load() -> str:
-    return "load {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
 
 
 def _rss() -> float:
@@ -187,7 +185,7 @@ def main() -> None:
         print(f"{r.users:,} users, {r.label}:")
         print(
             f"  time: simulate {r.sim_s:.1f} s, table {r.table_s:.1f} s, fit {r.fit_s:.1f} s; "
-            f"rows_train {r.rows_train:,}; {_load()}"
+            f"rows_train {r.rows_train:,}; {load()}"
         )
         print(
             f"  true increment over none, share of oracle: learned {r.learned:.3f}, "
@@ -210,7 +208,7 @@ def main() -> None:
             f"{r.oracle_inc:>8.4f} {r.dr:>7.4f} [{r.dr_low:.4f},{r.dr_high:.4f}] {r.best_single_dr:>8.4f} "
             f"{r.fit_s:>6.1f}  {'met' if r.met else 'MISSED'}"
         )
-    print(f"peak RSS: {_rss():.2f} GB; {os.cpu_count()} CPUs, {_load()}")
+    print(f"peak RSS: {_rss():.2f} GB; {load()}")
 
 
 if __name__ == "__main__":

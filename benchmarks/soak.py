@@ -34,7 +34,8 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve import load, stop, wait_ready  # a sibling script, not a package
+from machine import load  # sibling scripts, not a package
+from serve import stop, wait_ready
 
 from engage import schemas as s
 from engage.config import load_config
