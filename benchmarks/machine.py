@@ -14,26 +14,30 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 
+T = TypeVar("T")
 
-def _best_ms(run: Callable[[], object], repeat: int = 5) -> float:
-    """The fastest of ``repeat`` timed calls of ``run``, in ms (the least disturbed by neighbours)."""
-    best = float("inf")
+
+def best_of(run: Callable[[], T], repeat: int) -> tuple[float, T]:
+    """(the fastest of ``repeat`` timed calls of ``run`` in seconds: the least disturbed by
+    neighbours, the last call's result)."""
+    times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - t0)
-    return best * 1000
+        value = run()
+        times.append(time.perf_counter() - t0)
+    return min(times), value
 
 
 def reference_ms() -> tuple[float, float]:
     """(pure Python: sum of a million ints, NumPy: sort of a million floats), each the best of 5 in ms."""
     values = np.random.default_rng(0).random(1_000_000)
-    python_ms = _best_ms(lambda: sum(range(1_000_000)))
-    numpy_ms = _best_ms(lambda: np.sort(values))
-    return python_ms, numpy_ms
+    python_s, _ = best_of(lambda: sum(range(1_000_000)), 5)
+    numpy_s, _ = best_of(lambda: np.sort(values), 5)
+    return python_s * 1000, numpy_s * 1000
 
 
 def load() -> str:

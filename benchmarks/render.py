@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
-from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import pandas as pd
+from machine import best_of  # a sibling script (benchmarks/ is the script's path[0])
 
 from engage.config import DEFAULT_CATALOG_PATH
 from engage.offers.catalog import catalog_from_dict, load_catalog
@@ -33,15 +31,6 @@ HIGH = (
     "{{ days_since_last_purchase | default('many') | fmt('.0f') }} days ago, "
     "mostly on {{ top_category | default('our shop') }}."
 )
-
-
-def _best(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
-    times, value = [], None
-    for _ in range(repeat):
-        tick = time.perf_counter()
-        value = fn()
-        times.append(time.perf_counter() - tick)
-    return min(times), value
 
 
 def main() -> None:
@@ -69,11 +58,11 @@ def main() -> None:
         ("high-cardinality template", high, np.full(n, "m", dtype=object)),
     ]
     columns = [features[c].tolist() for c in features.columns]
-    floor, _ = _best(lambda: [f"{a} {b} {c}" for a, b, c in zip(*columns, strict=True)], args.repeat)
+    floor, _ = best_of(lambda: [f"{a} {b} {c}" for a, b, c in zip(*columns, strict=True)], args.repeat)
     load = "load {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
     print(f"{n:,} rows, best of {args.repeat}; bare per-row str join {floor:.2f} s ({load})")
     for label, catalog, arms in cases:
-        seconds, texts = _best(lambda c=catalog, a=arms: render_many(c, a, features), args.repeat)
+        seconds, texts = best_of(lambda c=catalog, a=arms: render_many(c, a, features), args.repeat)
         print(
             f"  {label:<28} render_many {seconds:6.2f} s  {n / seconds:>12,.0f} rows/s  "
             f"x{seconds / floor:.2f} of the bare join   e.g. {texts[1]!r}"
